@@ -1,0 +1,81 @@
+import ServiceLifecycle
+import Synchronization
+
+/// History kept in memory: for tests and throwaway servers. Not durable.
+public final class MemoryMessageStore: MessageStore {
+    private struct Room {
+        var messages: [Message] = []
+    }
+
+    private struct State {
+        var rooms: [String: Room] = [:]
+        var clientIds: [IdempotencyKey: Message] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let idempotencyWindowMs: Int64
+
+    public init(idempotencyWindow: Duration = .seconds(600)) {
+        self.idempotencyWindowMs = idempotencyWindow.milliseconds
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+    }
+
+    public func append(_ draft: MessageDraft) async throws -> AppendResult {
+        state.withLock { state in
+            let key = draft.clientId.map { IdempotencyKey(room: draft.room, user: draft.user, clientId: $0) }
+            if let key, let original = state.clientIds[key],
+                original.timestamp.milliseconds >= draft.timestamp.milliseconds - idempotencyWindowMs
+            {
+                return AppendResult(message: original, duplicate: true)
+            }
+            let seq = Int64(state.rooms[draft.room, default: Room()].messages.count + 1)
+            let message = draft.stored(seq: seq)
+            state.rooms[draft.room, default: Room()].messages.append(message)
+            if let key { state.clientIds[key] = message }
+            return AppendResult(message: message, duplicate: false)
+        }
+    }
+
+    public func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
+        state.withLock { state in
+            let all = state.rooms[room]?.messages ?? []
+            // seq n lives at index n - 1.
+            let lower = Int(max(query.after ?? 0, 0))
+            let upper = Int(min(query.before.map { $0 - 1 } ?? Int64(all.count), Int64(all.count)))
+            guard lower < upper else { return HistoryPage(messages: [], hasMore: false) }
+            if query.pagesForward {
+                let end = min(lower + query.limit, upper)
+                return HistoryPage(messages: Array(all[lower..<end]), hasMore: end < upper)
+            } else {
+                let start = max(upper - query.limit, lower)
+                return HistoryPage(messages: Array(all[start..<upper]), hasMore: start > lower)
+            }
+        }
+    }
+
+    public func lastSeq(room: String) async throws -> Int64 {
+        state.withLock { Int64($0.rooms[room]?.messages.count ?? 0) }
+    }
+
+    public func rooms() async throws -> [(room: String, seq: Int64)] {
+        state.withLock { state in
+            state.rooms.map { (room: $0.key, seq: Int64($0.value.messages.count)) }.sorted { $0.room < $1.room }
+        }
+    }
+}
+
+struct IdempotencyKey: Hashable {
+    var room: String
+    var user: String
+    var clientId: String
+}
+
+extension Duration {
+    public var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

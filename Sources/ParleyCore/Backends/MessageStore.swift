@@ -1,0 +1,34 @@
+import ServiceLifecycle
+
+/// Durable, ordered history of every room.
+///
+/// Guarantees every implementation gives (the shared behavioural suite checks them):
+/// - `append` returns only after the message is durably committed; if it throws, nothing was
+///   stored and the message must not be delivered.
+/// - `seq` is per room, starts at 1 and grows by exactly 1 per stored message, never reused,
+///   even with concurrent appends from several processes.
+/// - An append whose `(room, user, clientId)` was stored within the idempotency window stores
+///   nothing and returns the original message with `duplicate == true`.
+/// - Appends that arrive together may be committed together (group commit).
+/// - Pages are ascending by `seq`; see `HistoryQuery` for the paging direction.
+///
+/// Failures are thrown as `ParleyError` with code `unavailable`.
+public protocol MessageStore: Service {
+    func append(_ draft: MessageDraft) async throws -> AppendResult
+    func history(room: String, query: HistoryQuery) async throws -> HistoryPage
+    /// The room's last seq, 0 when it has no message.
+    func lastSeq(room: String) async throws -> Int64
+    /// Every room with at least one message, with its last seq, by name.
+    func rooms() async throws -> [(room: String, seq: Int64)]
+}
+
+public struct AppendResult: Sendable, Hashable {
+    public var message: Message
+    /// The clientId had been used: nothing was stored and `message` is the original.
+    public var duplicate: Bool
+
+    public init(message: Message, duplicate: Bool) {
+        self.message = message
+        self.duplicate = duplicate
+    }
+}

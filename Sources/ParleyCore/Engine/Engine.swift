@@ -1,0 +1,316 @@
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// The one engine of a process: validates and authorizes commands from every transport, runs
+/// the publish path and keeps sessions, memberships, presence and typing state.
+///
+/// Publish path: validate -> rate limit -> `store.append` (durable, assigns `seq`) ->
+/// `broker.publish` -> every instance's hub -> members' outboxes. The ack is the stored message.
+public final class Engine: Sendable {
+    public let limits: Limits
+    public let instanceID: String
+    let store: any MessageStore
+    let broker: any Broker
+    let presence: any PresenceStore
+    let hub: Hub
+    let logger: Logger
+    private let sessions = Mutex<[ObjectIdentifier: Session]>([:])
+    private let sessionCounter = Atomic<Int>(0)
+    private let draining = Atomic<Bool>(false)
+    private let typing = Mutex<[TypingKey: ContinuousClock.Instant]>([:])
+
+    public init(
+        store: any MessageStore,
+        broker: any Broker,
+        presence: any PresenceStore,
+        limits: Limits = Limits(),
+        instanceID: String = MessageID.next().suffix(8).lowercased(),
+        logger: Logger = Logger(label: "parley.engine")
+    ) {
+        self.store = store
+        self.broker = broker
+        self.presence = presence
+        self.limits = limits
+        self.instanceID = instanceID
+        self.logger = logger
+        self.hub = Hub(store: store, logger: logger)
+        broker.attach(hub)
+    }
+
+    // MARK: Sessions
+
+    /// Opens a session for an authenticated identity; events for it are queued on `outbox`
+    /// (a new one bounded by `limits.maxOutboxBytes` when nil). Fails with `unavailable`
+    /// while the server shuts down.
+    public func connect(_ identity: Identity, encoder: any EventEncoder, outbox: Outbox? = nil) throws(ParleyError) -> Session {
+        guard !isDraining else { throw .unavailable("server is shutting down") }
+        let number = sessionCounter.wrappingAdd(1, ordering: .relaxed).newValue
+        let session = Session(
+            id: "\(instanceID)-\(number)", identity: identity, encoder: encoder,
+            outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits
+        )
+        sessions.withLock { $0[ObjectIdentifier(session)] = session }
+        return session
+    }
+
+    /// Ends a session: leaves its rooms (emitting `leave` where it was the user's last).
+    public func disconnect(_ session: Session) async {
+        session.outbox.close(.goingAway)
+        for room in session.removeAllRooms() {
+            await removeMembership(session, room: room)
+        }
+        sessions.withLock { $0[ObjectIdentifier(session)] = nil }
+    }
+
+    public var sessionCount: Int { sessions.withLock { $0.count } }
+
+    /// True once shutdown began: new sessions are refused.
+    public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    // MARK: Rooms
+
+    public struct JoinAck: Sendable {
+        public var room: String
+        /// The room's last seq when the join took effect.
+        public var seq: Int64
+        public var users: [PresenceEntry]
+    }
+
+    /// Joins a room. `onJoined` runs once membership is in place and before any replayed
+    /// message is queued, so a transport can queue its ack first. With `since`, every stored
+    /// message after it is then queued in order, followed seamlessly by live ones.
+    /// Joining a room already joined answers the ack again and replays nothing.
+    public func join(
+        _ session: Session, room: String, since: Int64?, onJoined: (JoinAck) -> Void
+    ) async throws {
+        let room = try Validation.room(room, limits: limits)
+        try session.identity.authorize(room)
+        let since = try Validation.seq(since, field: "since")
+        guard try session.addRoom(room, limit: limits.maxRoomsPerConnection) else {
+            let last = try await storeCall { try await self.store.lastSeq(room: room) }
+            onJoined(JoinAck(room: room, seq: last, users: try await members(of: room)))
+            return
+        }
+        let position: Hub.Position
+        do {
+            position = try await hub.add(session, room: room, since: since)
+            if position.roomCreated { try await broker.setInterest(room: room, true) }
+            if try await presence.add(room: room, user: session.user, session: session.id, at: .now) {
+                try await broker.publish(.join(room: room, user: session.user, timestamp: .now))
+            }
+        } catch {
+            _ = session.removeRoom(room)
+            await removeMembership(session, room: room)
+            throw ParleyError.wrap(error)
+        }
+        onJoined(JoinAck(room: room, seq: position.lastSeq, users: try await members(of: room)))
+        if position.catchingUp, let since {
+            try await storeCall { try await self.hub.catchUp(session, room: room, from: since) }
+        }
+    }
+
+    public func leave(_ session: Session, room: String) async throws {
+        let room = try Validation.room(room, limits: limits)
+        guard session.removeRoom(room) else { throw ParleyError(.notFound, "not a member of room \(room)") }
+        await removeMembership(session, room: room)
+    }
+
+    private func removeMembership(_ session: Session, room: String) async {
+        if hub.remove(session, room: room) {
+            try? await broker.setInterest(room: room, false)
+        }
+        do {
+            if try await presence.remove(room: room, user: session.user, session: session.id) {
+                await setTyping(room: room, user: session.user, false)
+                try await broker.publish(.leave(room: room, user: session.user, timestamp: .now))
+            }
+        } catch {
+            logger.warning("presence update failed", metadata: ["room": "\(room)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Publishing
+
+    /// Stores a message and fans it out. Returns the stored message (the original one for an
+    /// idempotent retry). `session` is the connection it came through, for its rate limit.
+    public func publish(
+        _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?,
+        session: Session? = nil
+    ) async throws -> Message {
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room)
+        let author = try postingUser(identity, requested: user)
+        let content = try Validation.content(content, limits: limits)
+        let clientId = try Validation.clientId(clientId, limits: limits)
+        try session?.takeRateToken()
+        let draft = MessageDraft(room: room, user: author, content: content, clientId: clientId)
+        let result = try await storeCall { try await self.store.append(draft) }
+        if !result.duplicate {
+            do {
+                try await broker.publish(.message(result.message))
+            } catch {
+                // Stored is stored: members get it through the hub's gap fill.
+                logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
+            }
+        }
+        return result.message
+    }
+
+    private func postingUser(_ identity: Identity, requested: String?) throws(ParleyError) -> String {
+        guard let requested, requested != identity.user else { return identity.user }
+        guard identity.isBackend else {
+            throw ParleyError(.forbidden, "only a backend may post as another user")
+        }
+        return try Validation.user(requested, limits: limits)
+    }
+
+    // MARK: Typing and receipts
+
+    public func typing(_ session: Session, room: String, typing isTyping: Bool) async throws {
+        let room = try joinedRoom(session, room)
+        await setTyping(room: room, user: session.user, isTyping)
+    }
+
+    private func setTyping(room: String, user: String, _ isTyping: Bool) async {
+        let key = TypingKey(room: room, user: user)
+        let changed = typing.withLock { typing in
+            if isTyping {
+                return typing.updateValue(.now + limits.typingTimeout, forKey: key) == nil
+            }
+            return typing.removeValue(forKey: key) != nil
+        }
+        if changed {
+            try? await broker.publish(.typing(room: room, user: user, typing: isTyping))
+        }
+    }
+
+    /// Ends every `typing: true` that was not renewed in time.
+    func expireTyping(now: ContinuousClock.Instant = .now) async {
+        let expired = typing.withLock { typing in
+            let keys = typing.filter { $0.value <= now }.map(\.key)
+            for key in keys { typing[key] = nil }
+            return keys
+        }
+        for key in expired {
+            try? await broker.publish(.typing(room: key.room, user: key.user, typing: false))
+        }
+    }
+
+    public func read(_ session: Session, room: String, seq: Int64) async throws {
+        let room = try joinedRoom(session, room)
+        guard let seq = try Validation.seq(seq, field: "seq") else { return }
+        try await broker.publish(.read(room: room, user: session.user, seq: seq))
+    }
+
+    private func joinedRoom(_ session: Session, _ room: String) throws(ParleyError) -> String {
+        let room = try Validation.room(room, limits: limits)
+        guard session.isMember(of: room) else { throw ParleyError(.notFound, "not a member of room \(room); join it first") }
+        return room
+    }
+
+    // MARK: Reading
+
+    public func history(_ identity: Identity, room: String, before: Int64?, after: Int64?, limit: Int?) async throws -> HistoryPage {
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room)
+        let query = HistoryQuery(
+            before: try Validation.seq(before, field: "before"),
+            after: try Validation.seq(after, field: "after"),
+            limit: try Validation.historyLimit(limit, limits: limits)
+        )
+        return try await storeCall { try await self.store.history(room: room, query: query) }
+    }
+
+    public func members(of room: String) async throws -> [PresenceEntry] {
+        try await storeCall { try await self.presence.members(room: room) }
+    }
+
+    public func presence(_ identity: Identity, room: String) async throws -> [PresenceEntry] {
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room)
+        return try await members(of: room)
+    }
+
+    /// Every room with history or presence, with its last seq and online count.
+    public func rooms(_ identity: Identity) async throws -> [RoomSummary] {
+        let stored = try await storeCall { try await self.store.rooms() }
+        let online = try await storeCall { try await self.presence.onlineCounts() }
+        var summaries: [String: RoomSummary] = [:]
+        for (room, seq) in stored { summaries[room] = RoomSummary(room: room, seq: seq, online: online[room] ?? 0) }
+        for (room, count) in online where summaries[room] == nil {
+            summaries[room] = RoomSummary(room: room, seq: 0, online: count)
+        }
+        return summaries.values.filter { identity.mayAccess($0.room) }.sorted { $0.room < $1.room }
+    }
+
+    /// The rooms where a user is present; empty when offline.
+    public func userRooms(_ user: String) async throws -> [String] {
+        let user = try Validation.user(user, limits: limits)
+        return try await storeCall { try await self.presence.rooms(user: user) }
+    }
+
+    /// Runs a backend call, turning failures other than `ParleyError` into `unavailable`.
+    private func storeCall<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch {
+            throw ParleyError.wrap(error)
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Refuses new sessions and asks every open one to close with "going away", then waits
+    /// (up to `timeout`) for the transports to finish closing them.
+    public func drain(timeout: Duration = .seconds(5)) async {
+        draining.store(true, ordering: .relaxed)
+        let open = sessions.withLock { Array($0.values) }
+        if !open.isEmpty { logger.info("closing \(open.count) sessions") }
+        for session in open { session.outbox.close(.goingAway) }
+        let deadline = ContinuousClock.now + timeout
+        while sessionCount > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+struct TypingKey: Hashable {
+    var room: String
+    var user: String
+}
+
+extension ParleyError {
+    /// A `ParleyError` as is; anything else from a backend as `unavailable`.
+    static func wrap(_ error: any Error) -> ParleyError {
+        if let error = error as? ParleyError { return error }
+        return .unavailable("storage is unavailable: \(error)")
+    }
+}
+
+/// Runs the engine's timers and, on graceful shutdown, drains its sessions. Put it after the
+/// transports in the service group so that it is shut down before them.
+public struct EngineService: Service {
+    let engine: Engine
+
+    public init(engine: Engine) {
+        self.engine = engine
+    }
+
+    public func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: .milliseconds(250))
+                await engine.expireTyping()
+            }
+        }
+        await engine.drain()
+    }
+}
+
+extension Engine {
+    /// Whether the message store answers (for readiness checks).
+    public func storeIsReachable() async -> Bool {
+        (try? await store.lastSeq(room: "parley.readiness")) != nil
+    }
+}

@@ -1,0 +1,298 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// Local fan-out: room -> local members, delivering each room's messages strictly in `seq`
+/// order without gap or duplicate.
+///
+/// Two cursors make that hold whatever order the broker hands messages over in:
+/// - per room, `lastDelivered`: an early arrival waits in `pending` until the gap before it
+///   closes, or until `gapTimeout` passes and the gap is filled from the store;
+/// - per member, `cursor`: a member that joined with `since` first replays history from the
+///   store while live messages wait in its buffer; it goes live once the two meet.
+///
+/// Each event is encoded once per wire format and the same bytes are queued on every member's
+/// outbox, synchronously and under the room's shard lock, so no member can slow another.
+final class Hub: BrokerReceiver {
+    private final class Shard: Sendable {
+        let rooms = Mutex<[String: Room]>([:])
+    }
+
+    private static let shardCount = 16
+    private let shards = (0..<Hub.shardCount).map { _ in Shard() }
+    private let store: any MessageStore
+    private let logger: Logger
+    let gapTimeout: Duration
+    /// Live messages a catching-up member may buffer before it re-reads the store instead.
+    static let maxCatchUpBuffer = 4096
+
+    init(store: any MessageStore, gapTimeout: Duration = .milliseconds(200), logger: Logger) {
+        self.store = store
+        self.gapTimeout = gapTimeout
+        self.logger = logger
+    }
+
+    private func shard(_ room: String) -> Shard {
+        var hasher = Hasher()
+        hasher.combine(room)
+        return shards[Int(UInt(bitPattern: hasher.finalize()) % UInt(Hub.shardCount))]
+    }
+
+    // MARK: Membership
+
+    struct Position {
+        /// The room's last delivered seq when the member was added.
+        var lastSeq: Int64
+        /// The member must replay history from the store (`catchUp`) before it is live.
+        var catchingUp: Bool
+        /// The room had no local member before: the broker must start carrying it here.
+        var roomCreated: Bool
+    }
+
+    /// Adds `session` to `room`. Without `since` it starts at the room's current end; with it,
+    /// at `since` (capped at the current end) and must then `catchUp`.
+    func add(_ session: Session, room: String, since: Int64?) async throws -> Position {
+        let shard = shard(room)
+        let existing = shard.rooms.withLock { rooms -> Position? in
+            rooms[room]?.add(session, since: since).map { Position(lastSeq: $0.last, catchingUp: $0.catchingUp, roomCreated: false) }
+        }
+        if let existing { return existing }
+        let stored = try await store.lastSeq(room: room)
+        return shard.rooms.withLock { rooms in
+            var created = false
+            if rooms[room] == nil {
+                rooms[room] = Room(lastDelivered: stored)
+                created = true
+            }
+            let (last, catchingUp) = rooms[room]!.add(session, since: since)!
+            return Position(lastSeq: last, catchingUp: catchingUp, roomCreated: created)
+        }
+    }
+
+    /// Removes `session` from `room`; returns true when the room has no local member left.
+    func remove(_ session: Session, room: String) -> Bool {
+        shard(room).rooms.withLock { rooms in
+            guard rooms[room]?.members.removeValue(forKey: ObjectIdentifier(session)) != nil else { return false }
+            if rooms[room]!.members.isEmpty {
+                rooms[room] = nil
+                return true
+            }
+            return false
+        }
+    }
+
+    /// Replays stored messages after the member's cursor until it meets the live stream.
+    func catchUp(_ session: Session, room: String, from since: Int64) async throws {
+        var cursor = since
+        while true {
+            let page = try await store.history(room: room, query: HistoryQuery(after: cursor, limit: 100))
+            for message in page.messages where message.seq == cursor + 1 {
+                session.send(.message(message))
+                cursor = message.seq
+            }
+            if page.hasMore { continue }
+            let live = shard(room).rooms.withLock { rooms in
+                rooms[room]?.finishCatchUp(session, cursor: &cursor) ?? true
+            }
+            if live { return }
+        }
+    }
+
+    // MARK: Delivery
+
+    func receive(_ event: ServerEvent) {
+        guard case .message(let message) = event else {
+            shard(event.room).rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(event) }
+            return
+        }
+        let scheduleGapFill = shard(message.room).rooms.withLock { rooms in
+            rooms[message.room]?.receive(message) ?? false
+        }
+        if scheduleGapFill { scheduleGapFillTask(room: message.room) }
+    }
+
+    private func scheduleGapFillTask(room: String) {
+        Task { [self] in
+            var attempts = 0
+            while true {
+                try? await Task.sleep(for: gapTimeout)
+                attempts += 1
+                if await fillGap(room: room, giveUp: attempts >= 25) { return }
+            }
+        }
+    }
+
+    /// Reads the missing messages of a room's gap from the store. Returns true when no gap
+    /// is left to wait for.
+    private func fillGap(room: String, giveUp: Bool) async -> Bool {
+        let gap = shard(room).rooms.withLock { rooms in rooms[room]?.gap }
+        guard let (after, before) = gap else {
+            shard(room).rooms.withLock { rooms in rooms[room]?.gapFillScheduled = false }
+            return true
+        }
+        let missing: [Message]
+        do {
+            let limit = Int(min(before - after - 1, 100))
+            missing = try await store.history(room: room, query: HistoryQuery(before: before, after: after, limit: limit)).messages
+        } catch {
+            logger.warning("gap fill failed", metadata: ["room": "\(room)", "error": "\(error)"])
+            missing = []
+        }
+        return shard(room).rooms.withLock { rooms in
+            guard rooms[room] != nil else { return true }
+            for message in missing { _ = rooms[room]!.receive(message) }
+            if giveUp, rooms[room]!.gap != nil {
+                logger.error("skipping messages missing from the store", metadata: ["room": "\(room)"])
+                rooms[room]!.skipGap()
+            }
+            let done = rooms[room]!.gap == nil
+            if done { rooms[room]!.gapFillScheduled = false }
+            return done
+        }
+    }
+}
+
+/// One room's local state, mutated only under its shard's lock.
+struct Room {
+    struct Member {
+        let session: Session
+        /// Last seq queued on the member's outbox.
+        var cursor: Int64
+        /// Live messages held while the member replays history; nil once live.
+        var buffer: [Message]?
+        var bufferOverflowed = false
+    }
+
+    var lastDelivered: Int64
+    var pending: [Int64: Message] = [:]
+    var gapFillScheduled = false
+    var members: [ObjectIdentifier: Member] = [:]
+
+    init(lastDelivered: Int64) {
+        self.lastDelivered = lastDelivered
+    }
+
+    /// Adds a member; nil when the session is already a member.
+    mutating func add(_ session: Session, since: Int64?) -> (last: Int64, catchingUp: Bool)? {
+        let key = ObjectIdentifier(session)
+        guard members[key] == nil else { return nil }
+        let cursor = min(since ?? lastDelivered, lastDelivered)
+        let catchingUp = cursor < lastDelivered
+        members[key] = Member(session: session, cursor: cursor, buffer: catchingUp ? [] : nil)
+        return (lastDelivered, catchingUp)
+    }
+
+    /// The missing range `(after, before)` when a message waits for an earlier one.
+    var gap: (Int64, Int64)? {
+        guard let first = pending.keys.min() else { return nil }
+        return (lastDelivered, first)
+    }
+
+    /// Takes a message from the broker or the store. Returns true when it opened a gap that
+    /// needs a gap-fill task.
+    mutating func receive(_ message: Message) -> Bool {
+        if message.seq <= lastDelivered || pending[message.seq] != nil { return false }
+        guard message.seq == lastDelivered + 1 else {
+            pending[message.seq] = message
+            defer { gapFillScheduled = true }
+            return !gapFillScheduled
+        }
+        deliver(message)
+        while let next = pending.removeValue(forKey: lastDelivered + 1) {
+            deliver(next)
+        }
+        return false
+    }
+
+    /// Gives up on the missing messages before the first pending one.
+    mutating func skipGap() {
+        guard let first = pending.keys.min() else { return }
+        lastDelivered = first - 1
+        while let next = pending.removeValue(forKey: lastDelivered + 1) {
+            deliver(next)
+        }
+    }
+
+    private mutating func deliver(_ message: Message) {
+        lastDelivered = message.seq
+        var encoded = EncodedEvent(.message(message))
+        for index in members.values.indices {
+            members.values[index].deliver(message, encoded: &encoded)
+        }
+    }
+
+    func deliverEphemeral(_ event: ServerEvent) {
+        var encoded = EncodedEvent(event)
+        let skip = event.subjectUserIfNotEchoed
+        for member in members.values where member.session.user != skip {
+            member.session.outbox.enqueue(encoded.bytes(for: member.session.encoder))
+        }
+    }
+
+    /// Moves a catching-up member to live once its replay reached the buffered live messages.
+    /// Returns false when the member must read the store again (a gap remains).
+    mutating func finishCatchUp(_ session: Session, cursor: inout Int64) -> Bool {
+        let key = ObjectIdentifier(session)
+        guard var member = members[key], var buffer = member.buffer else { return true }
+        defer { members[key] = member }
+        member.cursor = cursor
+        if member.bufferOverflowed {
+            member.buffer = []
+            member.bufferOverflowed = false
+            return false
+        }
+        buffer.removeAll { $0.seq <= cursor }
+        if let first = buffer.first, first.seq != cursor + 1 {
+            member.buffer = buffer
+            return false
+        }
+        for message in buffer {
+            session.send(.message(message))
+            cursor = message.seq
+        }
+        member.cursor = cursor
+        guard cursor >= lastDelivered else {
+            member.buffer = []
+            return false
+        }
+        member.buffer = nil
+        return true
+    }
+}
+
+extension Room.Member {
+    mutating func deliver(_ message: Message, encoded: inout EncodedEvent) {
+        if buffer != nil {
+            if buffer!.count >= Hub.maxCatchUpBuffer {
+                buffer!.removeAll()
+                bufferOverflowed = true
+            } else if !bufferOverflowed {
+                buffer!.append(message)
+            }
+            return
+        }
+        // A live member's cursor never trails the room: it is either at the previous seq or,
+        // right after a replay that read ahead of the broker, already past this one.
+        guard message.seq == cursor + 1 else { return }
+        cursor = message.seq
+        session.outbox.enqueue(encoded.bytes(for: session.encoder))
+    }
+}
+
+/// An event with its encodings, made at most once per wire format during one delivery.
+struct EncodedEvent {
+    let event: ServerEvent
+    private var cache: [(ObjectIdentifier, ByteBuffer)] = []
+
+    init(_ event: ServerEvent) {
+        self.event = event
+    }
+
+    mutating func bytes(for encoder: any EventEncoder) -> ByteBuffer {
+        let key = ObjectIdentifier(encoder)
+        for (cached, bytes) in cache where cached == key { return bytes }
+        let bytes = encoder.encode(event)
+        cache.append((key, bytes))
+        return bytes
+    }
+}

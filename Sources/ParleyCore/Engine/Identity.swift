@@ -1,0 +1,37 @@
+/// Who is acting, as established by a transport's authentication.
+public struct Identity: Sendable, Hashable {
+    public var user: String
+    /// Rooms this identity may join, post to and read: nil means every room.
+    public var rooms: RoomPatterns?
+    /// A backend authenticated with an API key: may post as any user and read any room.
+    public var isBackend: Bool
+
+    public init(user: String, rooms: RoomPatterns? = nil, isBackend: Bool = false) {
+        self.user = user
+        self.rooms = rooms
+        self.isBackend = isBackend
+    }
+
+    public func mayAccess(_ room: String) -> Bool {
+        isBackend || rooms?.matches(room) ?? true
+    }
+
+    func authorize(_ room: String) throws(ParleyError) {
+        guard mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
+    }
+}
+
+/// Exact room names and `prefix*` patterns.
+public struct RoomPatterns: Sendable, Hashable {
+    public var exact: Set<String>
+    public var prefixes: [String]
+
+    public init(_ patterns: [String]) {
+        exact = Set(patterns.filter { !$0.hasSuffix("*") })
+        prefixes = patterns.filter { $0.hasSuffix("*") }.map { String($0.dropLast()) }
+    }
+
+    public func matches(_ room: String) -> Bool {
+        exact.contains(room) || prefixes.contains { room.hasPrefix($0) }
+    }
+}

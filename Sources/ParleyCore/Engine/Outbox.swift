@@ -1,0 +1,109 @@
+import NIOCore
+import Synchronization
+
+/// Why a session's connection is being closed by the server.
+public enum CloseReason: Sendable, Hashable {
+    /// The unsent backlog passed its bound (WebSocket 1013; the client may resume).
+    case slowConsumer
+    /// The server is shutting down (WebSocket 1001).
+    case goingAway
+    /// The client broke a rule (WebSocket 1008).
+    case policyViolation(String)
+    /// The server failed to serve the session (WebSocket 1011).
+    case serverError(String)
+}
+
+/// A session's bounded queue of encoded frames, filled by the hub without ever blocking and
+/// drained by the transport's single writer task.
+///
+/// When the queued bytes pass `maxBytes` the outbox drops its backlog and closes with
+/// `.slowConsumer`: a slow reader only ever costs its own bound, never the room's speed.
+public final class Outbox: Sendable {
+    public enum Next: Sendable {
+        case frames([ByteBuffer])
+        case closed(CloseReason)
+    }
+
+    private struct State {
+        var queue: [ByteBuffer] = []
+        var bytes = 0
+        var closing: CloseReason?
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+    public let maxBytes: Int
+
+    public init(maxBytes: Int) {
+        self.maxBytes = maxBytes
+    }
+
+    /// Queues a frame; returns false when the outbox is closed or just overflowed.
+    @discardableResult
+    public func enqueue(_ frame: ByteBuffer) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard state.closing == nil else { return (false, nil) }
+            state.bytes += frame.readableBytes
+            if state.bytes > maxBytes {
+                state.queue.removeAll()
+                state.bytes = 0
+                state.closing = .slowConsumer
+                return (false, state.waiter.take())
+            }
+            state.queue.append(frame)
+            return (true, state.waiter.take())
+        }
+        waiter?.resume()
+        return accepted
+    }
+
+    /// Asks the writer to close the connection. `.goingAway` lets the queued frames go first;
+    /// every other reason drops them.
+    public func close(_ reason: CloseReason) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard state.closing == nil else { return nil }
+            state.closing = reason
+            if reason != .goingAway {
+                state.queue.removeAll()
+                state.bytes = 0
+            }
+            return state.waiter.take()
+        }
+        waiter?.resume()
+    }
+
+    public var isClosing: Bool { state.withLock { $0.closing != nil } }
+
+    /// Waits for the next batch: everything queued so far, in order, or the close reason once
+    /// the queue is empty. Returns `.closed(.goingAway)` when the calling task is cancelled.
+    public func next() async -> Next {
+        while true {
+            if let next = takeBatch() { return next }
+            if Task.isCancelled { return .closed(.goingAway) }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let ready = state.withLock { state -> Bool in
+                        if !state.queue.isEmpty || state.closing != nil { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if ready { continuation.resume() }
+                }
+            } onCancel: {
+                state.withLock { $0.waiter.take() }?.resume()
+            }
+        }
+    }
+
+    private func takeBatch() -> Next? {
+        state.withLock { state in
+            if !state.queue.isEmpty {
+                let batch = state.queue
+                state.queue.removeAll(keepingCapacity: true)
+                state.bytes = 0
+                return .frames(batch)
+            }
+            return state.closing.map { .closed($0) }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import NIOCore
+import Synchronization
+
+/// Encodes engine events for one wire format. The hub encodes each event once per encoder and
+/// shares the bytes with every session that uses it.
+public protocol EventEncoder: AnyObject, Sendable {
+    func encode(_ event: ServerEvent) -> ByteBuffer
+}
+
+/// One client connection as the engine sees it, whatever its transport.
+public final class Session: Sendable, Hashable {
+    public let id: String
+    public let identity: Identity
+    public var user: String { identity.user }
+    public let outbox: Outbox
+    public let encoder: any EventEncoder
+    private let rateLimit: Mutex<TokenBucket>
+    private let joined = Mutex<Set<String>>([])
+
+    init(id: String, identity: Identity, encoder: any EventEncoder, outbox: Outbox, limits: Limits) {
+        self.id = id
+        self.identity = identity
+        self.encoder = encoder
+        self.outbox = outbox
+        self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst))
+    }
+
+    public var rooms: Set<String> { joined.withLock { $0 } }
+
+    public func isMember(of room: String) -> Bool { joined.withLock { $0.contains(room) } }
+
+    /// Adds the room; false when already joined or when the connection holds `limit` rooms.
+    func addRoom(_ room: String, limit: Int) throws(ParleyError) -> Bool {
+        try joined.withLock { rooms throws(ParleyError) -> Bool in
+            if rooms.contains(room) { return false }
+            guard rooms.count < limit else {
+                throw ParleyError(.tooLarge, "a connection may join at most \(limit) rooms")
+            }
+            rooms.insert(room)
+            return true
+        }
+    }
+
+    func removeRoom(_ room: String) -> Bool {
+        joined.withLock { $0.remove(room) != nil }
+    }
+
+    func removeAllRooms() -> Set<String> {
+        joined.withLock { rooms in
+            defer { rooms.removeAll() }
+            return rooms
+        }
+    }
+
+    func takeRateToken() throws(ParleyError) {
+        if let wait = rateLimit.withLock({ $0.take() }) {
+            throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
+        }
+    }
+
+    /// Queues an event encoded for this session alone (replays, direct replies).
+    @discardableResult
+    func send(_ event: ServerEvent) -> Bool {
+        outbox.enqueue(encoder.encode(event))
+    }
+
+    public static func == (lhs: Session, rhs: Session) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}

@@ -1,0 +1,28 @@
+/// A token bucket: `rate` tokens per second, holding at most `burst`. A rate of 0 never limits.
+public struct TokenBucket: Sendable {
+    public let rate: Double
+    public let burst: Double
+    private var tokens: Double
+    private var updatedAt: ContinuousClock.Instant
+
+    public init(rate: Double, burst: Double, now: ContinuousClock.Instant = .now) {
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self.tokens = max(burst, 1)
+        self.updatedAt = now
+    }
+
+    /// Takes one token. Returns nil when allowed, or how many milliseconds until one is free.
+    public mutating func take(now: ContinuousClock.Instant = .now) -> Int? {
+        guard rate > 0 else { return nil }
+        let elapsed = updatedAt.duration(to: now)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        tokens = min(burst, tokens + seconds * rate)
+        updatedAt = now
+        if tokens >= 1 {
+            tokens -= 1
+            return nil
+        }
+        return max(1, Int(((1 - tokens) / rate * 1000).rounded(.up)))
+    }
+}

@@ -1,0 +1,78 @@
+/// A room event as the engine emits it; transports encode it for their wire.
+public enum ServerEvent: Sendable, Hashable {
+    case message(Message)
+    case join(room: String, user: String, timestamp: Timestamp)
+    case leave(room: String, user: String, timestamp: Timestamp)
+    case typing(room: String, user: String, typing: Bool)
+    case read(room: String, user: String, seq: Int64)
+
+    public var room: String {
+        switch self {
+        case .message(let message): message.room
+        case .join(let room, _, _), .leave(let room, _, _), .typing(let room, _, _), .read(let room, _, _): room
+        }
+    }
+
+    /// The user this event is about; join, leave and typing events are not sent back to them.
+    var subjectUserIfNotEchoed: String? {
+        switch self {
+        case .join(_, let user, _), .leave(_, let user, _), .typing(_, let user, _): user
+        case .message, .read: nil
+        }
+    }
+}
+
+/// One page of history, ascending by `seq`.
+public struct HistoryPage: Sendable, Hashable {
+    public var messages: [Message]
+    /// Whether more messages exist in the paging direction.
+    public var hasMore: Bool
+
+    public init(messages: [Message], hasMore: Bool) {
+        self.messages = messages
+        self.hasMore = hasMore
+    }
+}
+
+/// Which page of a room's history to read.
+public struct HistoryQuery: Sendable, Hashable {
+    /// Only messages with a seq below this.
+    public var before: Int64?
+    /// Only messages with a seq above this.
+    public var after: Int64?
+    public var limit: Int
+
+    public init(before: Int64? = nil, after: Int64? = nil, limit: Int) {
+        self.before = before
+        self.after = after
+        self.limit = limit
+    }
+
+    /// With `after` the page starts right above it (paging forward); otherwise it ends right
+    /// below `before` or at the newest message (paging backward).
+    public var pagesForward: Bool { after != nil }
+}
+
+/// A user present in a room.
+public struct PresenceEntry: Sendable, Hashable {
+    public var user: String
+    /// When the user's first current session entered the room.
+    public var since: Timestamp
+
+    public init(user: String, since: Timestamp) {
+        self.user = user
+        self.since = since
+    }
+}
+
+public struct RoomSummary: Sendable, Hashable {
+    public var room: String
+    public var seq: Int64
+    public var online: Int
+
+    public init(room: String, seq: Int64, online: Int) {
+        self.room = room
+        self.seq = seq
+        self.online = online
+    }
+}

@@ -1,0 +1,32 @@
+/// The limits of the wire protocol. Every one is configurable; the defaults are the spec's.
+public struct Limits: Sendable, Hashable {
+    /// Longest room name, in characters of `[A-Za-z0-9_.:-]`.
+    public var maxRoomLength = 64
+    /// Longest user id, in characters of `[A-Za-z0-9_.-]`.
+    public var maxUserLength = 32
+    /// Longest message content, in Unicode code points after trimming surrounding whitespace.
+    public var maxContentLength = 4000
+    /// Longest `clientId`, in bytes.
+    public var maxClientIdLength = 128
+    /// Largest WebSocket frame or HTTP body, in bytes.
+    public var maxFrameBytes = 64 * 1024
+    /// Per-connection publish rate (token bucket refill per second); 0 turns the limit off.
+    public var ratePerSecond: Double = 20
+    /// Token bucket capacity.
+    public var rateBurst: Double = 40
+    /// History page size bounds and default.
+    public var maxHistoryLimit = 100
+    public var defaultHistoryLimit = 50
+    /// Unsent bytes a connection may have queued before it is cut off as a slow consumer.
+    public var maxOutboxBytes = 4 * 1024 * 1024
+    /// Consecutive bad frames after which a connection is closed.
+    public var maxConsecutiveBadFrames = 50
+    /// Rooms one connection may have joined at once.
+    public var maxRoomsPerConnection = 100
+    /// How long a `typing: true` lasts unless renewed.
+    public var typingTimeout: Duration = .seconds(5)
+    /// How long a `clientId` is remembered for idempotent retries.
+    public var idempotencyWindow: Duration = .seconds(600)
+
+    public init() {}
+}

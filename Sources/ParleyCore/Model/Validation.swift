@@ -1,0 +1,82 @@
+/// Name and content rules of the protocol, checked once at the engine's edge.
+public enum Validation {
+    public static func isValidRoom(_ room: String, limits: Limits) -> Bool {
+        isValidName(room, maxLength: limits.maxRoomLength, allowColon: true)
+    }
+
+    public static func isValidUser(_ user: String, limits: Limits) -> Bool {
+        isValidName(user, maxLength: limits.maxUserLength, allowColon: false)
+    }
+
+    private static func isValidName(_ name: String, maxLength: Int, allowColon: Bool) -> Bool {
+        let utf8 = name.utf8
+        guard !utf8.isEmpty, utf8.count <= maxLength else { return false }
+        for byte in utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"):
+                continue
+            case UInt8(ascii: ":") where allowColon:
+                continue
+            default:
+                return false
+            }
+        }
+        return true
+    }
+
+    public static func room(_ room: String, limits: Limits) throws(ParleyError) -> String {
+        guard isValidRoom(room, limits: limits) else {
+            throw .badRequest("invalid room name: 1 to \(limits.maxRoomLength) characters of A-Z a-z 0-9 _ . : -")
+        }
+        return room
+    }
+
+    public static func user(_ user: String, limits: Limits) throws(ParleyError) -> String {
+        guard isValidUser(user, limits: limits) else {
+            throw .badRequest("invalid user id: 1 to \(limits.maxUserLength) characters of A-Z a-z 0-9 _ . -")
+        }
+        return user
+    }
+
+    /// Trims surrounding whitespace and checks the length in code points.
+    public static func content(_ content: String, limits: Limits) throws(ParleyError) -> String {
+        let scalars = content.unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
+            let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
+        else {
+            throw .badRequest("content is empty")
+        }
+        let trimmed = scalars[first...last]
+        var count = 0
+        for _ in trimmed {
+            count += 1
+            if count > limits.maxContentLength {
+                throw .badRequest("content is longer than \(limits.maxContentLength) characters")
+            }
+        }
+        return String(trimmed)
+    }
+
+    public static func clientId(_ clientId: String?, limits: Limits) throws(ParleyError) -> String? {
+        guard let clientId else { return nil }
+        guard !clientId.isEmpty, clientId.utf8.count <= limits.maxClientIdLength else {
+            throw .badRequest("clientId must be 1 to \(limits.maxClientIdLength) bytes")
+        }
+        return clientId
+    }
+
+    public static func historyLimit(_ limit: Int?, limits: Limits) throws(ParleyError) -> Int {
+        guard let limit else { return limits.defaultHistoryLimit }
+        guard (1...limits.maxHistoryLimit).contains(limit) else {
+            throw .badRequest("limit must be between 1 and \(limits.maxHistoryLimit)")
+        }
+        return limit
+    }
+
+    public static func seq(_ seq: Int64?, field: String) throws(ParleyError) -> Int64? {
+        guard let seq else { return nil }
+        guard seq >= 0 else { throw .badRequest("\(field) must be a non-negative integer") }
+        return seq
+    }
+}

@@ -1,0 +1,291 @@
+import Logging
+import ParleyCore
+import SQLiteNIO
+import ServiceLifecycle
+import Synchronization
+
+/// History in an embedded SQLite file (WAL mode), with group commit.
+///
+/// One writer task owns all writes: it takes every append queued while the previous commit
+/// ran and commits them in one transaction (one fsync), so durability does not cap throughput
+/// at one fsync per message. The writer alone assigns `seq`, from a per-room cache it loads
+/// from the file, so only one process may write a given file. Reads use their own connection
+/// and see every committed message (WAL).
+public final class SQLiteMessageStore: MessageStore {
+    public struct Configuration: Sendable {
+        /// `FULL` syncs every commit to disk (survives power loss); `NORMAL` survives a crash
+        /// of the process but may lose the last commits on power loss.
+        public enum Synchronous: String, Sendable { case full = "FULL", normal = "NORMAL" }
+
+        public var path: String
+        public var synchronous: Synchronous = .full
+        public var idempotencyWindow: Duration = .seconds(600)
+        /// Most appends committed in one transaction.
+        public var maxBatch = 512
+
+        public init(path: String) {
+            self.path = path
+        }
+    }
+
+    private typealias Pending = (draft: MessageDraft, continuation: CheckedContinuation<AppendResult, any Error>)
+
+    private struct WriterState {
+        var queue: [Pending] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var stopping = false
+    }
+
+    private let configuration: Configuration
+    private let writer: SQLiteConnection
+    private let reader: SQLiteConnection
+    private let logger: Logger
+    private let state = Mutex(WriterState())
+    /// Last seq per room as known to the writer; touched only by the writer task.
+    private let lastSeqs = Mutex<[String: Int64]>([:])
+    /// Batch sizes committed so far (for benchmarks and metrics).
+    public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
+
+    private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, logger: Logger) {
+        self.configuration = configuration
+        self.writer = writer
+        self.reader = reader
+        self.logger = logger
+    }
+
+    /// Opens (creating if needed) and migrates the database file.
+    public static func open(_ configuration: Configuration, logger: Logger = Logger(label: "parley.sqlite")) async throws -> SQLiteMessageStore {
+        let writer = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+        do {
+            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=\(configuration.synchronous.rawValue)", "PRAGMA busy_timeout=5000"] {
+                _ = try await writer.query(pragma, [])
+            }
+            try await migrate(writer)
+            let reader = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            _ = try await reader.query("PRAGMA busy_timeout=5000", [])
+            return SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, logger: logger)
+        } catch {
+            try? await writer.close()
+            throw error
+        }
+    }
+
+    private static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE messages(
+                room TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, user TEXT NOT NULL,
+                content TEXT NOT NULL, ts INTEGER NOT NULL, client_id TEXT,
+                PRIMARY KEY (room, seq)) WITHOUT ROWID
+            """,
+            "CREATE INDEX messages_client_id ON messages(room, user, client_id) WHERE client_id IS NOT NULL",
+        ]
+    ]
+
+    private static func migrate(_ db: SQLiteConnection) async throws {
+        let version = try await db.query("PRAGMA user_version", []).first?.column("user_version")?.integer ?? 0
+        for (index, statements) in migrations.enumerated() where index >= version {
+            _ = try await db.query("BEGIN IMMEDIATE", [])
+            do {
+                for statement in statements { _ = try await db.query(statement, []) }
+                _ = try await db.query("PRAGMA user_version = \(index + 1)", [])
+                _ = try await db.query("COMMIT", [])
+            } catch {
+                _ = try? await db.query("ROLLBACK", [])
+                throw error
+            }
+        }
+    }
+
+    // MARK: Service
+
+    /// Runs the writer until graceful shutdown, then commits what is queued and closes.
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            while let batch = await nextBatch() {
+                await commit(batch)
+            }
+        } onGracefulShutdown: {
+            self.stop()
+        }
+        try? await reader.close()
+        try? await writer.close()
+    }
+
+    private func stop() {
+        state.withLock { state in
+            state.stopping = true
+            return state.waiter.take()
+        }?.resume()
+    }
+
+    private func nextBatch() async -> [Pending]? {
+        while true {
+            let batch = state.withLock { state -> [Pending]? in
+                if state.queue.isEmpty { return state.stopping ? [] : nil }
+                let count = min(state.queue.count, configuration.maxBatch)
+                defer { state.queue.removeFirst(count) }
+                return Array(state.queue.prefix(count))
+            }
+            if let batch { return batch.isEmpty ? nil : batch }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.queue.isEmpty || state.stopping { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    // MARK: Writing
+
+    public func append(_ draft: MessageDraft) async throws -> AppendResult {
+        try await withCheckedThrowingContinuation { continuation in
+            let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+                guard !state.stopping else { return (false, nil) }
+                state.queue.append((draft, continuation))
+                return (true, state.waiter.take())
+            }
+            if accepted {
+                waiter?.resume()
+            } else {
+                continuation.resume(throwing: ParleyError.unavailable("the store is shutting down"))
+            }
+        }
+    }
+
+    private func commit(_ batch: [Pending]) async {
+        do {
+            let results = try await writeBatch(batch.map(\.draft))
+            stats.withLock { $0 = ($0.batches + 1, $0.appends + batch.count) }
+            for (pending, result) in zip(batch, results) { pending.continuation.resume(returning: result) }
+        } catch {
+            logger.error("commit failed", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
+            // The cache may hold seqs of the rolled-back transaction: reload it on next use.
+            lastSeqs.withLock { $0.removeAll() }
+            let failure = ParleyError.unavailable("could not store the message")
+            for pending in batch { pending.continuation.resume(throwing: failure) }
+        }
+    }
+
+    private func writeBatch(_ drafts: [MessageDraft]) async throws -> [AppendResult] {
+        _ = try await writer.query("BEGIN IMMEDIATE", [])
+        do {
+            var results: [AppendResult] = []
+            results.reserveCapacity(drafts.count)
+            var inBatch: [String: Message] = [:]  // idempotency within this batch
+            var rows: [Message] = []
+            for draft in drafts {
+                if let original = try await duplicate(of: draft, inBatch: inBatch) {
+                    results.append(AppendResult(message: original, duplicate: true))
+                    continue
+                }
+                let message = draft.stored(seq: try await nextSeq(room: draft.room))
+                if let key = Self.batchKey(draft) { inBatch[key] = message }
+                rows.append(message)
+                results.append(AppendResult(message: message, duplicate: false))
+            }
+            try await insert(rows)
+            _ = try await writer.query("COMMIT", [])
+            return results
+        } catch {
+            _ = try? await writer.query("ROLLBACK", [])
+            throw error
+        }
+    }
+
+    private static func batchKey(_ draft: MessageDraft) -> String? {
+        draft.clientId.map { "\(draft.room)\u{0}\(draft.user)\u{0}\($0)" }
+    }
+
+    private func duplicate(of draft: MessageDraft, inBatch: [String: Message]) async throws -> Message? {
+        guard let clientId = draft.clientId else { return nil }
+        if let key = Self.batchKey(draft), let original = inBatch[key] { return original }
+        let since = draft.timestamp.milliseconds - configuration.idempotencyWindow.milliseconds
+        let rows = try await writer.query(
+            "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE room = ? AND user = ? AND client_id = ? AND ts >= ? ORDER BY seq DESC LIMIT 1",
+            [.text(draft.room), .text(draft.user), .text(clientId), .integer(Int(since))]
+        )
+        return rows.first.flatMap(Self.message)
+    }
+
+    private func nextSeq(room: String) async throws -> Int64 {
+        let cached = lastSeqs.withLock { $0[room] }
+        let last: Int64
+        if let cached {
+            last = cached
+        } else {
+            last = try await Self.maxSeq(room: room, on: writer)
+        }
+        lastSeqs.withLock { $0[room] = last + 1 }
+        return last + 1
+    }
+
+    /// Inserts in multi-row statements: one statement (and one thread-pool hop) per 128 rows.
+    private func insert(_ rows: [Message]) async throws {
+        var start = 0
+        while start < rows.count {
+            let chunk = rows[start..<min(start + 128, rows.count)]
+            let placeholders = Array(repeating: "(?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            var binds: [SQLiteData] = []
+            binds.reserveCapacity(chunk.count * 7)
+            for message in chunk {
+                binds += [
+                    .text(message.room), .integer(Int(message.seq)), .text(message.id), .text(message.user),
+                    .text(message.content), .integer(Int(message.timestamp.milliseconds)),
+                    message.clientId.map { .text($0) } ?? .null,
+                ]
+            }
+            _ = try await writer.query("INSERT INTO messages(room, seq, id, user, content, ts, client_id) VALUES \(placeholders)", binds)
+            start += chunk.count
+        }
+    }
+
+    // MARK: Reading
+
+    public func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
+        let lower = query.after ?? 0
+        let upper = query.before ?? Int64.max
+        guard lower + 1 < upper else { return HistoryPage(messages: [], hasMore: false) }
+        let order = query.pagesForward ? "ASC" : "DESC"
+        let rows = try await reader.query(
+            "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq \(order) LIMIT ?",
+            [.text(room), .integer(Int(lower)), .integer(Int(upper)), .integer(query.limit + 1)]
+        )
+        var messages = rows.compactMap(Self.message)
+        let hasMore = messages.count > query.limit
+        if hasMore { messages.removeLast() }
+        if !query.pagesForward { messages.reverse() }
+        return HistoryPage(messages: messages, hasMore: hasMore)
+    }
+
+    public func lastSeq(room: String) async throws -> Int64 {
+        try await Self.maxSeq(room: room, on: reader)
+    }
+
+    public func rooms() async throws -> [(room: String, seq: Int64)] {
+        let rows = try await reader.query("SELECT room, MAX(seq) AS seq FROM messages GROUP BY room ORDER BY room", [])
+        return rows.compactMap { row in
+            guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer else { return nil }
+            return (room, Int64(seq))
+        }
+    }
+
+    private static func maxSeq(room: String, on db: SQLiteConnection) async throws -> Int64 {
+        let rows = try await db.query("SELECT MAX(seq) AS seq FROM messages WHERE room = ?", [.text(room)])
+        return Int64(rows.first?.column("seq")?.integer ?? 0)
+    }
+
+    private static func message(_ row: SQLiteRow) -> Message? {
+        guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer,
+            let id = row.column("id")?.string, let user = row.column("user")?.string,
+            let content = row.column("content")?.string, let ts = row.column("ts")?.integer
+        else { return nil }
+        return Message(
+            id: id, room: room, seq: Int64(seq), user: user, content: content,
+            timestamp: Timestamp(milliseconds: Int64(ts)), clientId: row.column("client_id")?.string
+        )
+    }
+}

@@ -1,0 +1,38 @@
+import Logging
+import ParleyCore
+
+/// Everything a Parley server is started with. Read from flags and environment in one place
+/// (`parley serve`); tests build it directly.
+public struct ServerConfiguration: Sendable {
+    public enum Storage: String, Sendable, CaseIterable {
+        /// Embedded SQLite file under `dataDirectory` (the default).
+        case sqlite
+        /// In memory: for tests and throwaway servers; nothing survives a restart.
+        case memory
+    }
+
+    /// Address the HTTP/WebSocket server binds.
+    public var host = "0.0.0.0"
+    /// HTTP/WebSocket/SSE port; 0 picks a free one (see `ParleyServer.onListening`).
+    public var port = 8080
+    /// gRPC port, reserved for the gRPC transport.
+    public var grpcPort = 50051
+    public var dataDirectory = "./data"
+    public var storage = Storage.sqlite
+    public var synchronous = SQLiteSynchronous.full
+    public var limits = Limits()
+    /// Time a WebSocket client that did not authenticate at upgrade has to send `connect`.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// Interval of server pings on idle WebSockets; a client that misses one is closed.
+    public var pingInterval: Duration = .seconds(30)
+    /// Folder the web client is served from; nil serves the copy bundled with the server.
+    public var publicDirectory: String?
+    public var logLevel = Logger.Level.info
+
+    public init() {}
+}
+
+/// `PRAGMA synchronous` of the SQLite store: `full` survives power loss, `normal` a crash.
+public enum SQLiteSynchronous: String, Sendable, CaseIterable {
+    case full, normal
+}

@@ -1,0 +1,82 @@
+import NIOCore
+import ParleyCore
+
+/// The JSON shapes of PROTOCOL.md, shared by the WebSocket, SSE and HTTP transports.
+enum WireJSON {
+    static func message(_ message: Message, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("id"); json.string(message.id)
+            json.key("room"); json.string(message.room)
+            json.key("seq"); json.number(message.seq)
+            json.key("user"); json.string(message.user)
+            json.key("content"); json.string(message.content)
+            json.key("timestamp"); json.string(message.timestamp.rfc3339)
+            if let clientId = message.clientId {
+                json.key("clientId"); json.string(clientId)
+            }
+        }
+    }
+
+    /// The `data` object of a server event.
+    static func eventData(_ event: ServerEvent, into json: inout JSONWriter) {
+        switch event {
+        case .message(let message):
+            Self.message(message, into: &json)
+        case .join(let room, let user, let timestamp), .leave(let room, let user, let timestamp):
+            json.object { json in
+                json.key("room"); json.string(room)
+                json.key("user"); json.string(user)
+                json.key("timestamp"); json.string(timestamp.rfc3339)
+            }
+        case .typing(let room, let user, let typing):
+            json.object { json in
+                json.key("room"); json.string(room)
+                json.key("user"); json.string(user)
+                json.key("typing"); json.bool(typing)
+            }
+        case .read(let room, let user, let seq):
+            json.object { json in
+                json.key("room"); json.string(room)
+                json.key("user"); json.string(user)
+                json.key("seq"); json.number(seq)
+            }
+        }
+    }
+
+    static func eventName(_ event: ServerEvent) -> StaticString {
+        switch event {
+        case .message: "message"
+        case .join: "join"
+        case .leave: "leave"
+        case .typing: "typing"
+        case .read: "read"
+        }
+    }
+
+    static func error(_ error: ParleyError, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("code"); json.string(error.code.name)
+            json.key("message"); json.string(error.message)
+            if let retryAfterMs = error.retryAfterMs {
+                json.key("retryAfterMs"); json.number(retryAfterMs)
+            }
+        }
+    }
+
+    static func page(_ page: HistoryPage, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("messages")
+            json.array(page.messages) { json, message in Self.message(message, into: &json) }
+            json.key("hasMore"); json.bool(page.hasMore)
+        }
+    }
+
+    static func users(_ users: [PresenceEntry], into json: inout JSONWriter) {
+        json.array(users) { json, entry in
+            json.object { json in
+                json.key("user"); json.string(entry.user)
+                json.key("since"); json.string(entry.since.rfc3339)
+            }
+        }
+    }
+}

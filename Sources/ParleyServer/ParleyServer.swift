@@ -1,0 +1,110 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import ParleyCore
+import ParleySQLite
+import ServiceLifecycle
+import UnixSignals
+
+/// A built Parley server: backends, engine and transports, run as one service group.
+///
+/// The group shuts down in reverse order: first the engine drains (refuses new sessions and
+/// closes every WebSocket with 1001), then the HTTP server stops, then the backends finish
+/// (the store commits what is queued).
+public struct ParleyServer: Sendable {
+    public let engine: Engine
+    public let configuration: ServerConfiguration
+    let services: [any Service]
+    let logger: Logger
+
+    /// Builds the server. `onListening` receives the bound HTTP port (useful with port 0).
+    public static func build(
+        _ configuration: ServerConfiguration,
+        logger: Logger = Logger(label: "parley"),
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws -> ParleyServer {
+        let logger = {
+            var logger = logger
+            logger.logLevel = configuration.logLevel
+            return logger
+        }()
+        let store = try await makeStore(configuration, logger: logger)
+        let broker = MemoryBroker()
+        let presence = MemoryPresenceStore()
+        let engine = Engine(
+            store: store, broker: broker, presence: presence,
+            limits: configuration.limits, logger: logger
+        )
+        let authenticator = OpenAuthenticator(limits: configuration.limits)
+        if authenticator.isOpen {
+            logger.warning("open mode: no authentication is configured, anyone may claim any user id")
+        }
+
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.add(middleware: FileMiddleware(
+            configuration.publicDirectory ?? bundledPublicDirectory(),
+            searchForIndexHtml: true, logger: logger
+        ))
+        HealthRoutes(engine: engine).register(on: router)
+        WebSocketRoutes(
+            engine: engine, authenticator: authenticator,
+            settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),
+            logger: logger
+        ).register(on: router)
+
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(
+                webSocketRouter: router,
+                configuration: .init(ws: WebSocketServerConfiguration(
+                    maxFrameSize: configuration.limits.maxFrameBytes,
+                    autoPing: .enabled(timePeriod: configuration.pingInterval),
+                    closeTimeout: .seconds(5)
+                ))
+            ),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? configuration.port
+                logger.info("HTTP and WebSocket listening on http://\(configuration.host):\(port) (WebSocket at /ws)")
+                await onListening(port)
+            },
+            logger: logger
+        )
+        return ParleyServer(
+            engine: engine, configuration: configuration,
+            services: [store, broker, presence, app, EngineService(engine: engine)],
+            logger: logger
+        )
+    }
+
+    private static func makeStore(_ configuration: ServerConfiguration, logger: Logger) async throws -> any MessageStore {
+        switch configuration.storage {
+        case .memory:
+            logger.info("history in memory (not durable)")
+            return MemoryMessageStore(idempotencyWindow: configuration.limits.idempotencyWindow)
+        case .sqlite:
+            try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+            let path = URL(fileURLWithPath: configuration.dataDirectory).appendingPathComponent("parley.sqlite").path
+            var sqlite = SQLiteMessageStore.Configuration(path: path)
+            sqlite.synchronous = configuration.synchronous == .full ? .full : .normal
+            sqlite.idempotencyWindow = configuration.limits.idempotencyWindow
+            logger.info("history in SQLite at \(path) (synchronous=\(sqlite.synchronous.rawValue))")
+            return try await SQLiteMessageStore.open(sqlite, logger: logger)
+        }
+    }
+
+    static func bundledPublicDirectory() -> String {
+        Bundle.module.url(forResource: "Public", withExtension: nil)?.path ?? "Public"
+    }
+
+    /// Runs until a signal in `gracefulShutdownSignals` arrives or `group` is told to stop.
+    public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
+        ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: gracefulShutdownSignals,
+            logger: logger
+        ))
+    }
+}

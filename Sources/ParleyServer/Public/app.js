@@ -1,0 +1,1538 @@
+/*
+ * Parley web client: vanilla JavaScript, no dependencies, no build step.
+ * Speaks the Parley WebSocket protocol, version 1 (see docs/protocol.md).
+ *
+ * Safety rule for this file: user content (names, rooms, messages) only ever
+ * reaches the page through textContent / createTextNode, never innerHTML.
+ */
+(() => {
+  'use strict';
+
+  // ---------------------------------------------------------------------------
+  // Constants and small helpers
+  // ---------------------------------------------------------------------------
+
+  const USER_RE = /^[A-Za-z0-9_.-]{1,32}$/;
+  const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+  const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
+  const MAX_CONTENT = 4000;
+  const COUNTER_FROM = 3500;
+  const REQUEST_TIMEOUT_MS = 10000;
+  const BACKOFF_START_MS = 500;
+  const BACKOFF_CAP_MS = 15000;
+  const STABLE_AFTER_MS = 10000; // a connection that stays up this long resets the backoff
+  const PING_EVERY_MS = 25000;
+  const TYPING_RENEW_MS = 3000;
+  const TYPING_IDLE_MS = 5000;
+  const TYPING_EXPIRE_MS = 6000; // safety net: the server itself expires typing after 5 s
+  const HISTORY_PAGE = 50;
+  const GAP_PAGE = 100;
+  const MAX_NOTICES = 200;
+  const GROUP_WINDOW_MS = 5 * 60 * 1000;
+  const NEAR_BOTTOM_PX = 80;
+  const NEAR_TOP_PX = 80;
+  const ALERT_QUIET_MS = 1500;
+
+  const $ = (id) => document.getElementById(id);
+  const ignore = () => {};
+  const codePoints = (text) => Array.from(text).length;
+  const collator = new Intl.Collator(undefined, { sensitivity: 'base', numeric: true });
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+  const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
+  const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric', year: 'numeric' });
+
+  function make(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function listText(names) {
+    if (names.length <= 1) return names.join('');
+    return `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
+  }
+
+  function randomHex(bytes) {
+    const values = crypto.getRandomValues(new Uint8Array(bytes));
+    return Array.from(values, (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  function newClientId() {
+    return `c-${Date.now().toString(36)}-${randomHex(6)}`;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Persistence (localStorage, namespaced; failures fall back to memory)
+  // ---------------------------------------------------------------------------
+
+  const storage = {
+    get(key, fallback) {
+      try {
+        const raw = localStorage.getItem(`parley.${key}`);
+        return raw === null ? fallback : JSON.parse(raw);
+      } catch {
+        return fallback;
+      }
+    },
+    set(key, value) {
+      try {
+        localStorage.setItem(`parley.${key}`, JSON.stringify(value));
+      } catch {
+        // Storage full or disabled: the app keeps working, it just forgets on reload.
+      }
+    },
+    remove(key) {
+      try {
+        localStorage.removeItem(`parley.${key}`);
+      } catch {
+        // Same as above.
+      }
+    },
+  };
+
+  function saveRooms() {
+    storage.set('rooms', [...app.rooms.keys()]);
+    storage.set('currentRoom', app.currentRoom);
+  }
+
+  function saveOutbox() {
+    const items = [];
+    for (const room of app.rooms.values()) {
+      for (const item of room.outbox) {
+        items.push({ room: item.room, content: item.content, clientId: item.clientId, createdAt: item.createdAt });
+      }
+    }
+    storage.set('outbox', { user: app.user, items });
+  }
+
+  function restoreOutbox() {
+    const saved = storage.get('outbox', null);
+    if (!saved || saved.user !== app.user || !Array.isArray(saved.items)) return;
+    for (const item of saved.items) {
+      const room = app.rooms.get(item.room);
+      if (room && typeof item.content === 'string' && typeof item.clientId === 'string') {
+        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId, item.createdAt));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Application state
+  // ---------------------------------------------------------------------------
+
+  const app = {
+    user: null,
+    token: null,
+    connection: 'offline',
+    currentRoom: null,
+    rooms: new Map(), // name -> room state, in sidebar order
+    settings: { notify: true, sound: true },
+  };
+
+  function makeRoom(name) {
+    return {
+      name,
+      messages: [], // sorted by seq, no duplicates
+      seqs: new Set(),
+      lastSeq: 0, // highest seq received from the room's stream or history: the resume point
+      synced: false, // true once the latest history page is loaded; then `since` can resume
+      hasOlder: false,
+      loadingOlder: false,
+      fillingGap: false,
+      joined: false,
+      joining: false,
+      error: null,
+      unread: 0,
+      presence: new Map(), // user -> since
+      typing: new Map(), // user -> expiry timer
+      reads: new Map(), // user -> latest read seq
+      readSent: 0,
+      notices: [], // {afterSeq, time, node}
+      outbox: [], // outgoing messages not yet acknowledged
+      sending: false,
+      prepended: false,
+      renderedSeq: 0,
+      nodes: new Map(), // seq -> message element
+      seenNodes: new Map(), // seq -> seen-by element
+      dayNodes: new Map(), // day key -> separator element
+      listNode: null,
+      historyNode: null,
+      emptyNode: null,
+    };
+  }
+
+  function currentRoom() {
+    return app.currentRoom ? app.rooms.get(app.currentRoom) || null : null;
+  }
+
+  function isRoomInView(room) {
+    return room.name === app.currentRoom && document.visibilityState === 'visible';
+  }
+
+  function isValidMessage(msg) {
+    return Boolean(msg) && Number.isInteger(msg.seq) && typeof msg.user === 'string' && typeof msg.content === 'string';
+  }
+
+  // ---------------------------------------------------------------------------
+  // Connection: one WebSocket, exponential backoff with jitter, heartbeat
+  // ---------------------------------------------------------------------------
+
+  const conn = {
+    socket: null,
+    wanted: false, // false once signed out: no reconnection
+    lost: false, // the connection dropped and has not come back yet
+    attempt: 0,
+    retryAt: 0,
+    retryTimer: null,
+    countdownTimer: null,
+    stableTimer: null,
+    pingTimer: null,
+  };
+
+  function socketUrl() {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const query = app.token ? `token=${encodeURIComponent(app.token)}` : `user=${encodeURIComponent(app.user)}`;
+    return `${scheme}//${location.host}/ws?${query}`;
+  }
+
+  function connect() {
+    clearReconnectTimers();
+    if (conn.socket) return;
+    conn.wanted = true;
+    if (navigator.onLine === false) {
+      setConnection('offline');
+      return;
+    }
+    setConnection('connecting');
+    let socket;
+    try {
+      socket = new WebSocket(socketUrl());
+    } catch {
+      scheduleReconnect('invalid url');
+      return;
+    }
+    conn.socket = socket;
+    socket.onopen = () => {
+      if (conn.socket === socket) onSocketOpen();
+    };
+    socket.onmessage = (event) => {
+      if (conn.socket === socket) onFrame(event.data);
+    };
+    socket.onclose = (event) => {
+      if (conn.socket === socket) onSocketClosed(event.code, event.reason);
+    };
+  }
+
+  function onSocketOpen() {
+    setConnection('online');
+    conn.stableTimer = setTimeout(() => { conn.attempt = 0; }, STABLE_AFTER_MS);
+    conn.pingTimer = setInterval(heartbeat, PING_EVERY_MS);
+    for (const room of app.rooms.values()) joinOnServer(room);
+    for (const room of app.rooms.values()) flushOutbox(room);
+  }
+
+  function onSocketClosed(code, reason) {
+    conn.socket = null;
+    clearTimeout(conn.stableTimer);
+    clearInterval(conn.pingTimer);
+    failPendingRequests();
+    for (const room of app.rooms.values()) resetLiveState(room);
+    if (code === 1008 || code === 1009) {
+      toast(`The server closed the connection${reason ? ` (${reason})` : ''}. Reconnecting…`);
+    }
+    if (!conn.wanted || navigator.onLine === false) {
+      setConnection('offline');
+      return;
+    }
+    scheduleReconnect(code);
+  }
+
+  /** Closes the socket now and handles the close at once, without waiting for the handshake. */
+  function dropSocket(code, reason) {
+    const socket = conn.socket;
+    if (!socket) return;
+    socket.onclose = null;
+    socket.close(code, reason);
+    onSocketClosed(code, '');
+  }
+
+  function scheduleReconnect(why) {
+    const base = Math.min(BACKOFF_CAP_MS, BACKOFF_START_MS * 2 ** conn.attempt);
+    const delay = Math.round(Math.min(BACKOFF_CAP_MS, base * (0.75 + Math.random() * 0.5)));
+    conn.attempt += 1;
+    conn.retryAt = Date.now() + delay;
+    console.debug(`parley: connection closed (${why}), reconnecting in ${delay} ms`);
+    conn.retryTimer = setTimeout(connect, delay);
+    conn.countdownTimer = setInterval(renderConnection, 250);
+    setConnection('reconnecting');
+  }
+
+  function clearReconnectTimers() {
+    clearTimeout(conn.retryTimer);
+    clearInterval(conn.countdownTimer);
+  }
+
+  function heartbeat() {
+    request('ping', {}).catch((err) => {
+      if (err.code === 'timeout') dropSocket(4000, 'heartbeat timeout');
+    });
+  }
+
+  function isOnline() {
+    return Boolean(conn.socket) && conn.socket.readyState === WebSocket.OPEN && app.connection === 'online';
+  }
+
+  function setConnection(state) {
+    const previous = app.connection;
+    app.connection = state;
+    renderConnection();
+    if (previous === 'online' && state !== 'online' && conn.wanted) {
+      conn.lost = true;
+      announce('Connection lost. Reconnecting.');
+    } else if (state === 'online' && conn.lost) {
+      conn.lost = false;
+      announce('Back online.');
+    }
+  }
+
+  function onBrowserOffline() {
+    if (conn.socket) {
+      dropSocket(4000, 'browser offline');
+    } else if (conn.wanted) {
+      clearReconnectTimers();
+      setConnection('offline');
+    }
+  }
+
+  function onBrowserOnline() {
+    if (conn.wanted && !conn.socket) {
+      conn.attempt = 0;
+      connect();
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Protocol requests: {event, data, id} answered by exactly one ack or error
+  // ---------------------------------------------------------------------------
+
+  const pending = new Map(); // id -> {resolve, reject, timer}
+  let nextRequestId = 1;
+
+  function protocolError(code, message, data) {
+    const error = new Error(message || code);
+    error.code = code;
+    error.data = data || {};
+    return error;
+  }
+
+  function request(event, data, timeoutMs = REQUEST_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+      const socket = conn.socket;
+      if (!socket || socket.readyState !== WebSocket.OPEN) {
+        reject(protocolError('offline', 'Not connected'));
+        return;
+      }
+      const id = nextRequestId++;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(protocolError('timeout', `No answer to ${event}`));
+      }, timeoutMs);
+      pending.set(id, { resolve, reject, timer });
+      socket.send(JSON.stringify({ event, data, id }));
+    });
+  }
+
+  function settleRequest(frame) {
+    const entry = pending.get(frame.id);
+    if (!entry) return;
+    pending.delete(frame.id);
+    clearTimeout(entry.timer);
+    const data = frame.data || {};
+    if (frame.event === 'error') entry.reject(protocolError(data.code || 'error', data.message, data));
+    else entry.resolve(data);
+  }
+
+  function failPendingRequests() {
+    for (const entry of pending.values()) {
+      clearTimeout(entry.timer);
+      entry.reject(protocolError('disconnected', 'Connection lost'));
+    }
+    pending.clear();
+  }
+
+  const serverEvents = {
+    message: onMessageEvent,
+    join: onJoinEvent,
+    leave: onLeaveEvent,
+    typing: onTypingEvent,
+    read: onReadEvent,
+    error: (data) => toast(data.message || data.code || 'Server error'),
+  };
+
+  function onFrame(raw) {
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame.event !== 'string') return;
+    const answersRequest = frame.id !== undefined && frame.id !== null;
+    if (answersRequest && (frame.event === 'ack' || frame.event === 'error' || frame.event === 'pong')) {
+      settleRequest(frame);
+      return;
+    }
+    const handler = serverEvents[frame.event];
+    if (handler && frame.data && typeof frame.data === 'object') handler(frame.data);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rooms state: join, resume, history, leave, switch
+  // ---------------------------------------------------------------------------
+
+  function addRoom(name) {
+    let room = app.rooms.get(name);
+    if (!room) {
+      room = makeRoom(name);
+      app.rooms.set(name, room);
+      saveRooms();
+      joinOnServer(room);
+    }
+    return room;
+  }
+
+  function joinOnServer(room) {
+    if (!isOnline() || room.joining || room.joined) return;
+    room.joining = true;
+    const data = { room: room.name };
+    if (room.synced) data.since = room.lastSeq;
+    request('join', data).then((ack) => onJoined(room, ack), (err) => onJoinFailed(room, err));
+  }
+
+  function onJoined(room, ack) {
+    room.joining = false;
+    if (app.rooms.get(room.name) !== room) {
+      request('leave', { room: room.name }).catch(ignore);
+      return;
+    }
+    room.joined = true;
+    room.error = null;
+    const users = Array.isArray(ack.users) ? ack.users : [];
+    room.presence = new Map(users.filter((p) => p && typeof p.user === 'string').map((p) => [p.user, p.since]));
+    if (!room.synced) loadLatest(room);
+    scheduleRender();
+  }
+
+  function onJoinFailed(room, err) {
+    room.joining = false;
+    if (err.code === 'offline' || err.code === 'disconnected') return; // rejoined on reconnect
+    if (err.code === 'timeout') {
+      setTimeout(() => joinOnServer(room), 1000);
+      return;
+    }
+    room.error = `Could not join: ${err.message}`;
+    scheduleRender();
+  }
+
+  function resetLiveState(room) {
+    room.joined = false;
+    room.joining = false;
+    for (const timer of room.typing.values()) clearTimeout(timer);
+    room.typing.clear();
+  }
+
+  function addMessage(room, msg) {
+    if (!isValidMessage(msg) || room.seqs.has(msg.seq)) return false;
+    room.seqs.add(msg.seq);
+    const list = room.messages;
+    if (!list.length || list[list.length - 1].seq < msg.seq) {
+      list.push(msg);
+    } else {
+      let lo = 0;
+      let hi = list.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (list[mid].seq < msg.seq) lo = mid + 1;
+        else hi = mid;
+      }
+      list.splice(lo, 0, msg);
+    }
+    if (msg.user === app.user && msg.clientId) settleOutgoing(room, msg.clientId);
+    return true;
+  }
+
+  /** Adds a page from `history`; pages of the latest or newer messages also move the resume point. */
+  function addPage(room, page, { newer }) {
+    const messages = Array.isArray(page.messages) ? page.messages.filter(isValidMessage) : [];
+    for (const msg of messages) {
+      addMessage(room, msg);
+      if (newer) room.lastSeq = Math.max(room.lastSeq, msg.seq);
+    }
+    return messages;
+  }
+
+  function loadLatest(room) {
+    request('history', { room: room.name, limit: HISTORY_PAGE }).then((page) => {
+      addPage(room, page, { newer: true });
+      room.hasOlder = Boolean(page.hasMore);
+      room.synced = true;
+      scheduleRender();
+    }, () => {
+      if (room.joined) setTimeout(() => loadLatest(room), 2000);
+    });
+  }
+
+  function loadOlder(room) {
+    if (!room.hasOlder || room.loadingOlder || !room.messages.length || !isOnline()) return;
+    room.loadingOlder = true;
+    request('history', { room: room.name, before: room.messages[0].seq, limit: HISTORY_PAGE })
+      .then((page) => {
+        addPage(room, page, { newer: false });
+        room.hasOlder = Boolean(page.hasMore);
+        room.prepended = true;
+      }, ignore)
+      .finally(() => {
+        room.loadingOlder = false;
+        scheduleRender();
+      });
+    scheduleRender();
+  }
+
+  /** Defensive: the server promises no gaps, but if one shows up, fetch what is missing. */
+  function fillGap(room, after) {
+    if (room.fillingGap) return;
+    room.fillingGap = true;
+    request('history', { room: room.name, after, limit: GAP_PAGE }).then((page) => {
+      const messages = addPage(room, page, { newer: true });
+      room.fillingGap = false;
+      if (page.hasMore && messages.length) fillGap(room, messages[messages.length - 1].seq);
+      scheduleRender();
+    }, () => { room.fillingGap = false; });
+  }
+
+  function joinRoomByName(raw) {
+    const name = raw.trim().replace(/^#/, '');
+    if (!ROOM_RE.test(name)) {
+      return 'Room names are 1 to 64 characters: letters, digits, dot (.), underscore (_), colon (:) or hyphen (-). No spaces.';
+    }
+    addRoom(name);
+    switchRoom(name);
+    return '';
+  }
+
+  function leaveRoom(name) {
+    const room = app.rooms.get(name);
+    if (!room) return;
+    if (typingOut.room === name) stopTyping();
+    resetLiveState(room);
+    const names = [...app.rooms.keys()];
+    const index = names.indexOf(name);
+    app.rooms.delete(name);
+    if (isOnline()) request('leave', { room: name }).catch(ignore);
+    if (app.currentRoom === name) {
+      const rest = names.filter((n) => n !== name);
+      app.currentRoom = rest[Math.min(index, rest.length - 1)] || null;
+    }
+    saveRooms();
+    saveOutbox();
+    announce(`Left ${name}.`);
+    scheduleRender({ toBottom: true });
+  }
+
+  function switchRoom(name) {
+    if (!app.rooms.has(name)) return;
+    if (app.currentRoom !== name && typingOut.active) stopTyping();
+    app.currentRoom = name;
+    app.rooms.get(name).unread = 0;
+    saveRooms();
+    setSidebarOpen(false);
+    scheduleRender({ toBottom: true });
+  }
+
+  function switchRoomBy(step) {
+    const names = [...app.rooms.keys()];
+    if (!names.length) return;
+    const index = names.indexOf(app.currentRoom);
+    const next = names[(index + step + names.length) % names.length];
+    switchRoom(next);
+    announce(`Room ${next}.`);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Server events: messages, presence (join / leave)
+  // ---------------------------------------------------------------------------
+
+  function onMessageEvent(msg) {
+    const room = app.rooms.get(msg.room);
+    if (!room || !isValidMessage(msg)) return;
+    const gapAfter = room.synced && msg.seq > room.lastSeq + 1 ? room.lastSeq : null;
+    room.lastSeq = Math.max(room.lastSeq, msg.seq);
+    const added = addMessage(room, msg);
+    if (gapAfter !== null) fillGap(room, gapAfter);
+    if (!added) return;
+    clearTypingOf(room, msg.user);
+    if (msg.user !== app.user) onNewFromOthers(room, msg);
+    scheduleRender();
+  }
+
+  function onNewFromOthers(room, msg) {
+    if (!isRoomInView(room)) room.unread += 1;
+    if (room.name === app.currentRoom) announce(`${msg.user}: ${msg.content}`);
+    if (document.visibilityState === 'hidden') alertNewMessage(room, msg);
+  }
+
+  function onJoinEvent(data) {
+    const room = app.rooms.get(data.room);
+    if (!room || typeof data.user !== 'string' || room.presence.has(data.user)) return;
+    room.presence.set(data.user, data.timestamp);
+    if (data.user !== app.user) addNotice(room, `${data.user} joined`, data.timestamp);
+    scheduleRender();
+  }
+
+  function onLeaveEvent(data) {
+    const room = app.rooms.get(data.room);
+    if (!room || typeof data.user !== 'string' || !room.presence.has(data.user)) return;
+    room.presence.delete(data.user);
+    clearTypingOf(room, data.user);
+    if (data.user !== app.user) addNotice(room, `${data.user} left`, data.timestamp);
+    scheduleRender();
+  }
+
+  function addNotice(room, text, timestamp) {
+    const node = make('li', 'notice', text);
+    node.dataset.room = room.name;
+    const time = Date.parse(timestamp);
+    room.notices.push({ afterSeq: room.lastSeq, time: Number.isNaN(time) ? Date.now() : time, node });
+    if (room.notices.length > MAX_NOTICES) room.notices.shift();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Outgoing messages: an outbox per room, retried with the same clientId
+  // ---------------------------------------------------------------------------
+
+  function makeOutgoing(roomName, content, clientId, createdAt) {
+    return { room: roomName, content, clientId, createdAt: createdAt || Date.now(), failed: null, node: null };
+  }
+
+  function sendMessage(room, content) {
+    room.outbox.push(makeOutgoing(room.name, content, newClientId()));
+    saveOutbox();
+    flushOutbox(room);
+    scheduleRender({ toBottom: true });
+  }
+
+  /** Sends the room's oldest waiting message; one in flight per room keeps the order. */
+  function flushOutbox(room) {
+    if (room.sending || !isOnline() || app.rooms.get(room.name) !== room) return;
+    const item = room.outbox.find((entry) => !entry.failed);
+    if (!item) return;
+    room.sending = true;
+    request('message', { room: item.room, content: item.content, clientId: item.clientId }).then((msg) => {
+      room.sending = false;
+      addMessage(room, msg);
+      settleOutgoing(room, item.clientId);
+      scheduleRender();
+      flushOutbox(room);
+    }, (err) => {
+      room.sending = false;
+      onSendFailed(room, item, err);
+    });
+  }
+
+  function onSendFailed(room, item, err) {
+    if (!room.outbox.includes(item)) return;
+    switch (err.code) {
+      case 'offline':
+      case 'disconnected':
+        return; // flushed again once reconnected
+      case 'rate_limited':
+        setTimeout(() => flushOutbox(room), Number(err.data.retryAfterMs) || 1000);
+        return;
+      case 'timeout':
+      case 'unavailable':
+        setTimeout(() => flushOutbox(room), 2000);
+        return;
+      default:
+        item.failed = err.message || err.code;
+        scheduleRender();
+        flushOutbox(room);
+    }
+  }
+
+  function settleOutgoing(room, clientId) {
+    const index = room.outbox.findIndex((item) => item.clientId === clientId);
+    if (index === -1) return;
+    room.outbox.splice(index, 1);
+    saveOutbox();
+  }
+
+  function retryOutgoing(room, clientId) {
+    const item = room.outbox.find((entry) => entry.clientId === clientId);
+    if (!item) return;
+    item.failed = null;
+    flushOutbox(room);
+    scheduleRender();
+  }
+
+  function discardOutgoing(room, clientId) {
+    settleOutgoing(room, clientId);
+    scheduleRender();
+    $('composer-input').focus();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rendering: batched; the timeline reuses nodes so focus and scroll survive
+  // ---------------------------------------------------------------------------
+
+  const ui = { queued: false, toBottom: false, shownRoom: null, noRoomNode: null, toastTimer: null };
+
+  function scheduleRender(options = {}) {
+    if (options.toBottom) ui.toBottom = true;
+    if (ui.queued) return;
+    ui.queued = true;
+    setTimeout(render, 0);
+  }
+
+  function render() {
+    ui.queued = false;
+    renderRoomList();
+    renderHeader();
+    renderTimeline();
+    renderPresence();
+    renderTyping();
+    renderComposer();
+    renderTitle();
+    maybeSendRead();
+  }
+
+  /** Puts `nodes` in `parent` in order, moving or removing only what differs. */
+  function reconcile(parent, nodes) {
+    let cursor = parent.firstChild;
+    for (const node of nodes) {
+      if (node === cursor) cursor = cursor.nextSibling;
+      else parent.insertBefore(node, cursor);
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+  }
+
+  function renderConnection() {
+    const status = $('connection-status');
+    const labels = { connecting: 'Connecting…', online: 'Online', offline: 'Offline' };
+    let label = labels[app.connection];
+    if (app.connection === 'reconnecting') {
+      const seconds = Math.max(0, Math.ceil((conn.retryAt - Date.now()) / 1000));
+      label = `Reconnecting in ${seconds}s`;
+    }
+    status.dataset.state = app.connection;
+    $('connection-label').textContent = label;
+    $('reconnect-now').hidden = !conn.wanted || (app.connection !== 'reconnecting' && app.connection !== 'offline');
+  }
+
+  function renderRoomList() {
+    const nodes = [...app.rooms.values()].map(roomListNode);
+    reconcile($('room-list'), nodes);
+    $('rooms-empty').hidden = nodes.length > 0;
+  }
+
+  function roomListNode(room) {
+    if (!room.listNode) {
+      const item = make('li', 'room');
+      item.dataset.room = room.name;
+      const open = make('button', 'room-open');
+      open.type = 'button';
+      open.append(make('span', 'room-hash', '#'), make('span', 'room-name', room.name), make('span', 'unread'));
+      const leave = make('button', 'room-leave', '×');
+      leave.type = 'button';
+      leave.setAttribute('aria-label', `Leave ${room.name}`);
+      leave.title = `Leave ${room.name}`;
+      item.append(open, leave);
+      room.listNode = item;
+    }
+    const item = room.listNode;
+    const isCurrent = room.name === app.currentRoom;
+    item.classList.toggle('current', isCurrent);
+    item.classList.toggle('has-unread', room.unread > 0);
+    const open = item.querySelector('.room-open');
+    if (isCurrent) open.setAttribute('aria-current', 'true');
+    else open.removeAttribute('aria-current');
+    const badge = item.querySelector('.unread');
+    badge.textContent = room.unread > 0 ? String(room.unread) : '';
+    badge.dataset.count = String(room.unread);
+    open.setAttribute('aria-label', room.unread > 0 ? `${room.name}, ${room.unread} unread` : room.name);
+    return item;
+  }
+
+  function renderHeader() {
+    const room = currentRoom();
+    $('room-title').textContent = room ? `#${room.name}` : 'No room';
+    $('me-name').textContent = app.user || '';
+  }
+
+  function renderTitle() {
+    let unread = 0;
+    for (const room of app.rooms.values()) unread += room.unread;
+    const room = currentRoom();
+    const base = room ? `#${room.name} · Parley` : 'Parley';
+    document.title = unread ? `(${unread}) ${base}` : base;
+  }
+
+  function renderPresence() {
+    const room = currentRoom();
+    const users = room ? [...room.presence.keys()].sort(collator.compare) : [];
+    const nodes = users.map((user) => {
+      const item = make('li', user === app.user ? 'person self' : 'person', user);
+      item.dataset.user = user;
+      return item;
+    });
+    $('presence-list').replaceChildren(...nodes);
+    $('presence-count').textContent = room ? `(${users.length})` : '';
+  }
+
+  function renderTyping() {
+    const room = currentRoom();
+    const users = room ? [...room.typing.keys()].sort(collator.compare) : [];
+    let text = '';
+    if (users.length === 1) text = `${users[0]} is typing…`;
+    else if (users.length > 1 && users.length <= 3) text = `${listText(users)} are typing…`;
+    else if (users.length > 3) text = 'Several people are typing…';
+    const indicator = $('typing-indicator');
+    if (indicator.textContent !== text) indicator.textContent = text;
+  }
+
+  function renderComposer() {
+    const room = currentRoom();
+    const input = $('composer-input');
+    input.disabled = !room;
+    $('composer-send').disabled = !room;
+    input.placeholder = room ? `Message #${room.name}` : 'Join a room to chat';
+    updateCounter();
+  }
+
+  function isNearBottom(list) {
+    return list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  function renderTimeline() {
+    const list = $('messages');
+    const room = currentRoom();
+    if (!room) {
+      ui.shownRoom = null;
+      reconcile(list, [noRoomNode()]);
+      setPill(false);
+      return;
+    }
+    const switched = ui.shownRoom !== room.name;
+    const nearBottom = isNearBottom(list);
+    const before = { height: list.scrollHeight, top: list.scrollTop };
+    reconcile(list, timelineNodes(room));
+    const newestSeq = room.messages.length ? room.messages[room.messages.length - 1].seq : 0;
+    const newFromOthers = hasNewFromOthers(room);
+    if (switched || ui.toBottom || (nearBottom && !room.prepended)) {
+      list.scrollTop = list.scrollHeight;
+      setPill(false);
+    } else if (room.prepended) {
+      list.scrollTop = before.top + (list.scrollHeight - before.height);
+    } else if (newFromOthers) {
+      setPill(true);
+    }
+    ui.shownRoom = room.name;
+    ui.toBottom = false;
+    room.prepended = false;
+    room.renderedSeq = newestSeq;
+    if (room.synced && room.hasOlder && list.scrollHeight <= list.clientHeight + NEAR_TOP_PX) loadOlder(room);
+  }
+
+  function hasNewFromOthers(room) {
+    for (let i = room.messages.length - 1; i >= 0 && room.messages[i].seq > room.renderedSeq; i--) {
+      if (room.messages[i].user !== app.user) return true;
+    }
+    return false;
+  }
+
+  /** The current room's timeline: history status, days, messages, notices, receipts, outbox. */
+  function timelineNodes(room) {
+    const nodes = [historyNode(room)];
+    const receipts = receiptsBySeq(room);
+    let previous = null;
+    for (const item of mergedTimeline(room)) {
+      const day = dayKey(item.time);
+      if (!previous || dayKey(previous.time) !== day) nodes.push(dayNode(room, day, item.time));
+      if (item.msg) {
+        const node = messageNode(room, item.msg);
+        node.classList.toggle('grouped', isGrouped(previous, item));
+        nodes.push(node);
+        const readers = receipts.get(item.msg.seq);
+        if (readers) nodes.push(seenByNode(room, item.msg, readers));
+      } else {
+        nodes.push(item.node);
+      }
+      previous = item;
+    }
+    for (const item of room.outbox) nodes.push(outgoingNode(room, item));
+    if (nodes.length === 1 && room.synced) nodes.push(emptyRoomNode(room));
+    return nodes;
+  }
+
+  function mergedTimeline(room) {
+    const items = [];
+    let n = 0;
+    const notices = room.notices;
+    for (const msg of room.messages) {
+      while (n < notices.length && notices[n].afterSeq < msg.seq) items.push(notices[n++]);
+      const time = Date.parse(msg.timestamp);
+      items.push({ msg, time: Number.isNaN(time) ? 0 : time });
+    }
+    while (n < notices.length) items.push(notices[n++]);
+    return items;
+  }
+
+  function isGrouped(previous, item) {
+    return Boolean(previous && previous.msg && item.msg) &&
+      previous.msg.user === item.msg.user &&
+      dayKey(previous.time) === dayKey(item.time) &&
+      item.time - previous.time < GROUP_WINDOW_MS;
+  }
+
+  function dayKey(time) {
+    const date = new Date(time);
+    return `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
+  }
+
+  function dayLabel(time) {
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (dayKey(time) === dayKey(today.getTime())) return 'Today';
+    if (dayKey(time) === dayKey(yesterday.getTime())) return 'Yesterday';
+    return dayFormat.format(new Date(time));
+  }
+
+  function dayNode(room, key, time) {
+    let node = room.dayNodes.get(key);
+    if (!node) {
+      node = make('li', 'day-separator');
+      node.setAttribute('role', 'separator');
+      node.append(make('span', 'day-label'));
+      room.dayNodes.set(key, node);
+    }
+    node.firstChild.textContent = dayLabel(time); // "Today" becomes "Yesterday" at midnight
+    return node;
+  }
+
+  function messageNode(room, msg) {
+    let node = room.nodes.get(msg.seq);
+    if (node) return node;
+    node = make('li', msg.user === app.user ? 'message own' : 'message');
+    node.dataset.seq = String(msg.seq);
+    node.dataset.room = room.name;
+    const meta = make('div', 'meta');
+    meta.append(make('span', 'author', msg.user), timeNode(msg.timestamp));
+    const content = make('div', 'content');
+    appendLinkified(content, msg.content);
+    node.append(meta, content);
+    room.nodes.set(msg.seq, node);
+    return node;
+  }
+
+  function timeNode(timestamp) {
+    const node = make('time', 'time');
+    const date = new Date(timestamp);
+    if (!Number.isNaN(date.getTime())) {
+      node.dateTime = timestamp;
+      node.textContent = timeFormat.format(date);
+      node.title = fullFormat.format(date);
+    }
+    return node;
+  }
+
+  /** Text with http(s) links made clickable; everything else stays plain text. */
+  function appendLinkified(parent, text) {
+    let last = 0;
+    for (const match of text.matchAll(URL_RE)) {
+      const url = match[0].replace(/[.,;:!?)\]}]+$/, '');
+      parent.append(document.createTextNode(text.slice(last, match.index)));
+      const link = make('a', null, url);
+      link.href = url;
+      link.target = '_blank';
+      link.rel = 'noopener noreferrer';
+      parent.append(link);
+      last = match.index + url.length;
+    }
+    parent.append(document.createTextNode(text.slice(last)));
+  }
+
+  function historyNode(room) {
+    if (!room.historyNode) {
+      const node = make('li', 'history-status');
+      const button = make('button', 'link-button', 'Load older messages');
+      button.type = 'button';
+      button.addEventListener('click', () => loadOlder(room));
+      node.append(button, make('span', 'history-label'));
+      room.historyNode = node;
+    }
+    const node = room.historyNode;
+    const [button, label] = node.children;
+    button.hidden = !room.hasOlder;
+    button.textContent = room.loadingOlder ? 'Loading older messages…' : 'Load older messages';
+    node.setAttribute('aria-busy', String(room.loadingOlder));
+    let text = '';
+    if (room.error) text = room.error;
+    else if (!room.synced) text = 'Loading messages…';
+    else if (!room.hasOlder) text = `This is the beginning of #${room.name}.`;
+    label.textContent = text;
+    node.classList.toggle('error', Boolean(room.error));
+    return node;
+  }
+
+  function emptyRoomNode(room) {
+    if (!room.emptyNode) room.emptyNode = make('li', 'empty', 'No messages yet. Say hello!');
+    return room.emptyNode;
+  }
+
+  function noRoomNode() {
+    if (!ui.noRoomNode) {
+      const node = make('li', 'empty');
+      node.append(make('p', null, 'Join a room to start chatting.'));
+      const button = make('button', 'button primary', 'Join #general');
+      button.type = 'button';
+      button.addEventListener('click', () => joinRoomByName('general'));
+      node.append(button);
+      ui.noRoomNode = node;
+    }
+    return ui.noRoomNode;
+  }
+
+  function outgoingNode(room, item) {
+    if (!item.node) {
+      const node = make('li', 'pending own');
+      node.dataset.room = room.name;
+      node.dataset.clientId = item.clientId;
+      const meta = make('div', 'meta');
+      meta.append(make('span', 'author', app.user || ''), make('span', 'status'));
+      const content = make('div', 'content');
+      appendLinkified(content, item.content);
+      const actions = make('div', 'pending-actions');
+      const retry = make('button', 'link-button', 'Retry');
+      retry.type = 'button';
+      retry.addEventListener('click', () => retryOutgoing(room, item.clientId));
+      const discard = make('button', 'link-button', 'Discard');
+      discard.type = 'button';
+      discard.addEventListener('click', () => discardOutgoing(room, item.clientId));
+      actions.append(retry, discard);
+      node.append(meta, content, actions);
+      item.node = node;
+    }
+    const node = item.node;
+    node.classList.toggle('failed', Boolean(item.failed));
+    node.querySelector('.status').textContent = item.failed ? `Not sent: ${item.failed}` : 'sending…';
+    node.querySelector('.pending-actions').hidden = !item.failed;
+    return node;
+  }
+
+  function setPill(visible) {
+    $('new-messages').hidden = !visible;
+  }
+
+  function scrollToNewest() {
+    const list = $('messages');
+    list.scrollTop = list.scrollHeight;
+    setPill(false);
+    maybeSendRead();
+  }
+
+  function onTimelineScroll() {
+    const list = $('messages');
+    if (isNearBottom(list)) {
+      setPill(false);
+      maybeSendRead();
+    }
+    const room = currentRoom();
+    if (room && list.scrollTop < NEAR_TOP_PX) loadOlder(room);
+  }
+
+  function announce(text) {
+    const region = $('live-region');
+    const line = make('p', null, text.length > 300 ? `${text.slice(0, 300)}…` : text);
+    region.append(line);
+    while (region.childElementCount > 5) region.firstElementChild.remove();
+  }
+
+  function toast(text) {
+    const node = $('toast');
+    node.textContent = text;
+    node.hidden = false;
+    clearTimeout(ui.toastTimer);
+    ui.toastTimer = setTimeout(() => { node.hidden = true; }, 6000);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Typing: ours (renewed every 3 s while typing) and others' (indicator)
+  // ---------------------------------------------------------------------------
+
+  const typingOut = { room: null, active: false, lastSent: 0, idleTimer: null };
+
+  function sendTyping(roomName, typing) {
+    typingOut.room = roomName;
+    typingOut.active = typing;
+    typingOut.lastSent = Date.now();
+    if (isOnline()) request('typing', { room: roomName, typing }).catch(ignore);
+  }
+
+  function noteTyping() {
+    const room = currentRoom();
+    if (!room) return;
+    if (!$('composer-input').value.trim()) {
+      stopTyping();
+      return;
+    }
+    const stale = Date.now() - typingOut.lastSent >= TYPING_RENEW_MS;
+    if (!typingOut.active || typingOut.room !== room.name || stale) sendTyping(room.name, true);
+    clearTimeout(typingOut.idleTimer);
+    typingOut.idleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+  }
+
+  function stopTyping() {
+    clearTimeout(typingOut.idleTimer);
+    if (typingOut.active) sendTyping(typingOut.room, false);
+  }
+
+  function onTypingEvent(data) {
+    const room = app.rooms.get(data.room);
+    if (!room || typeof data.user !== 'string' || data.user === app.user) return;
+    clearTimeout(room.typing.get(data.user));
+    if (data.typing) {
+      room.typing.set(data.user, setTimeout(() => clearTypingOf(room, data.user), TYPING_EXPIRE_MS));
+    } else {
+      room.typing.delete(data.user);
+    }
+    scheduleRender();
+  }
+
+  function clearTypingOf(room, user) {
+    if (!room.typing.has(user)) return;
+    clearTimeout(room.typing.get(user));
+    room.typing.delete(user);
+    scheduleRender();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Read receipts: send ours when the room is seen, show "seen by" for others
+  // ---------------------------------------------------------------------------
+
+  function maybeSendRead() {
+    const room = currentRoom();
+    if (!room || document.visibilityState !== 'visible' || !document.hasFocus()) return;
+    if (!isNearBottom($('messages'))) return;
+    if (!room.joined || !isOnline() || room.lastSeq <= room.readSent) return;
+    room.readSent = room.lastSeq;
+    request('read', { room: room.name, seq: room.lastSeq }).catch(() => { room.readSent = 0; });
+  }
+
+  function onReadEvent(data) {
+    const room = app.rooms.get(data.room);
+    if (!room || typeof data.user !== 'string' || !Number.isInteger(data.seq)) return;
+    if (data.seq <= (room.reads.get(data.user) || 0)) return;
+    room.reads.set(data.user, data.seq);
+    scheduleRender();
+  }
+
+  /** Maps a message seq to the users (not us) whose latest read is that message. */
+  function receiptsBySeq(room) {
+    const bySeq = new Map();
+    for (const [user, seq] of room.reads) {
+      if (user === app.user) continue;
+      const msg = lastMessageUpTo(room.messages, seq);
+      if (!msg) continue;
+      if (!bySeq.has(msg.seq)) bySeq.set(msg.seq, []);
+      bySeq.get(msg.seq).push(user);
+    }
+    return bySeq;
+  }
+
+  function lastMessageUpTo(messages, seq) {
+    let lo = 0;
+    let hi = messages.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (messages[mid].seq <= seq) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo > 0 ? messages[lo - 1] : null;
+  }
+
+  function seenByNode(room, msg, readers) {
+    let node = room.seenNodes.get(msg.seq);
+    if (!node) {
+      node = make('li', msg.user === app.user ? 'seen-by own' : 'seen-by');
+      node.dataset.room = room.name;
+      node.dataset.seq = String(msg.seq);
+      room.seenNodes.set(msg.seq, node);
+    }
+    const text = `seen by ${readers.sort(collator.compare).join(', ')}`;
+    if (node.textContent !== text) node.textContent = text;
+    return node;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Notifications: desktop notification and a WebAudio chime while hidden
+  // ---------------------------------------------------------------------------
+
+  const alerts = { audio: null, lastAt: 0 };
+
+  function unlockAudio() {
+    const AudioCtx = window.AudioContext || window.webkitAudioContext;
+    if (!AudioCtx) return;
+    if (!alerts.audio) alerts.audio = new AudioCtx();
+    if (alerts.audio.state === 'suspended') alerts.audio.resume().catch(ignore);
+  }
+
+  function playChime() {
+    const ctx = alerts.audio;
+    if (!ctx || ctx.state !== 'running') return;
+    const start = ctx.currentTime;
+    [880, 1318.5].forEach((frequency, i) => {
+      const at = start + i * 0.11;
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.type = 'sine';
+      osc.frequency.value = frequency;
+      gain.gain.setValueAtTime(0.0001, at);
+      gain.gain.exponentialRampToValueAtTime(0.12, at + 0.015);
+      gain.gain.exponentialRampToValueAtTime(0.0001, at + 0.25);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start(at);
+      osc.stop(at + 0.26);
+    });
+  }
+
+  function alertNewMessage(room, msg) {
+    const now = Date.now();
+    if (now - alerts.lastAt < ALERT_QUIET_MS) return;
+    alerts.lastAt = now;
+    if (app.settings.sound) playChime();
+    if (!app.settings.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
+    try {
+      const notification = new Notification(`${msg.user} in #${room.name}`, {
+        body: msg.content.length > 200 ? `${msg.content.slice(0, 200)}…` : msg.content,
+        tag: `parley-${room.name}`,
+      });
+      notification.onclick = () => {
+        window.focus();
+        switchRoom(room.name);
+        notification.close();
+      };
+    } catch {
+      // Some mobile browsers only allow notifications from a service worker.
+    }
+  }
+
+  function renderPermission() {
+    const state = $('notify-permission-state');
+    const button = $('notify-permission');
+    if (!('Notification' in window)) {
+      state.textContent = 'This browser does not support desktop notifications.';
+      button.hidden = true;
+      return;
+    }
+    const texts = {
+      granted: 'Notifications are allowed.',
+      denied: 'Notifications are blocked; allow them in your browser’s site settings.',
+      default: 'The browser will ask you once.',
+    };
+    state.textContent = texts[Notification.permission] || '';
+    button.hidden = Notification.permission !== 'default';
+  }
+
+  function askPermission() {
+    const done = () => renderPermission();
+    const result = Notification.requestPermission(done);
+    if (result && typeof result.then === 'function') result.then(done, done);
+  }
+
+  function loadSettings() {
+    const saved = storage.get('settings', {});
+    app.settings.notify = saved.notify !== false;
+    app.settings.sound = saved.sound !== false;
+    $('setting-notify').checked = app.settings.notify;
+    $('setting-sound').checked = app.settings.sound;
+  }
+
+  function saveSettings() {
+    app.settings.notify = $('setting-notify').checked;
+    app.settings.sound = $('setting-sound').checked;
+    storage.set('settings', app.settings);
+  }
+
+  function openSettings() {
+    renderPermission();
+    const dialog = $('settings');
+    if (typeof dialog.showModal === 'function') dialog.showModal();
+    else dialog.setAttribute('open', '');
+  }
+
+  // ---------------------------------------------------------------------------
+  // Composer: send, counter, auto-grow
+  // ---------------------------------------------------------------------------
+
+  function submitComposer() {
+    const room = currentRoom();
+    const input = $('composer-input');
+    if (!room) return;
+    const content = input.value.trim();
+    if (!content) return;
+    if (codePoints(content) > MAX_CONTENT) {
+      toast(`Messages are limited to ${MAX_CONTENT} characters.`);
+      return;
+    }
+    stopTyping();
+    sendMessage(room, content);
+    input.value = '';
+    autoGrow();
+    updateCounter();
+  }
+
+  function updateCounter() {
+    const counter = $('composer-counter');
+    const length = codePoints($('composer-input').value.trim());
+    let text = '';
+    if (length > MAX_CONTENT) text = `${length - MAX_CONTENT} characters over the ${MAX_CONTENT} limit`;
+    else if (length >= COUNTER_FROM) text = `${MAX_CONTENT - length} characters left`;
+    counter.classList.toggle('over', length > MAX_CONTENT);
+    if (counter.textContent !== text) counter.textContent = text;
+  }
+
+  function autoGrow() {
+    const input = $('composer-input');
+    input.style.height = 'auto';
+    input.style.height = `${Math.min(input.scrollHeight, 200)}px`;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Keyboard and layout: shortcuts, sidebar toggle on narrow screens
+  // ---------------------------------------------------------------------------
+
+  function onComposerKeydown(event) {
+    if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    event.preventDefault();
+    submitComposer();
+  }
+
+  function onGlobalKeydown(event) {
+    if (event.altKey && !event.ctrlKey && !event.metaKey && (event.key === 'ArrowUp' || event.key === 'ArrowDown')) {
+      if (!app.user) return;
+      event.preventDefault();
+      switchRoomBy(event.key === 'ArrowUp' ? -1 : 1);
+    } else if (event.key === 'Escape' && document.body.classList.contains('sidebar-open')) {
+      setSidebarOpen(false);
+      $('sidebar-toggle').focus();
+    }
+  }
+
+  function setSidebarOpen(open) {
+    document.body.classList.toggle('sidebar-open', open);
+    $('sidebar-toggle').setAttribute('aria-expanded', String(open));
+    $('sidebar-backdrop').hidden = !open;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Session: sign in by name or token, sign out
+  // ---------------------------------------------------------------------------
+
+  function readToken() {
+    const params = new URLSearchParams(location.search);
+    const fromUrl = params.get('token');
+    if (fromUrl) {
+      storage.set('token', fromUrl);
+      params.delete('token');
+      const query = params.toString();
+      history.replaceState(null, '', `${location.pathname}${query ? `?${query}` : ''}${location.hash}`);
+      return fromUrl;
+    }
+    return storage.get('token', null);
+  }
+
+  /** The user id is the token's `sub`; the signature is the server's business. */
+  function userFromToken(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const bytes = Uint8Array.from(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+      const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
+      return typeof sub === 'string' ? sub : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function startSession(user) {
+    app.user = user;
+    app.rooms.clear();
+    for (const name of storage.get('rooms', [])) {
+      if (typeof name === 'string' && ROOM_RE.test(name)) app.rooms.set(name, makeRoom(name));
+    }
+    const saved = storage.get('currentRoom', null);
+    app.currentRoom = app.rooms.has(saved) ? saved : app.rooms.keys().next().value || null;
+    restoreOutbox();
+    $('login').hidden = true;
+    $('app').hidden = false;
+    connect();
+    scheduleRender({ toBottom: true });
+  }
+
+  function onLoginSubmit(event) {
+    event.preventDefault();
+    const name = $('name-input').value.trim();
+    const error = $('name-error');
+    if (!USER_RE.test(name)) {
+      error.textContent = 'That name can’t be used. Use 1 to 32 characters: letters A–Z, digits, dot (.), underscore (_) or hyphen (-), with no spaces.';
+      $('name-input').setAttribute('aria-invalid', 'true');
+      $('name-input').focus();
+      return;
+    }
+    clearFieldError('name-input', 'name-error');
+    storage.set('name', name);
+    unlockAudio();
+    startSession(name);
+    $('room-input').focus();
+  }
+
+  function signOut() {
+    conn.wanted = false;
+    stopTyping();
+    dropSocket(1000, 'sign out');
+    clearReconnectTimers();
+    setConnection('offline');
+    storage.remove('name');
+    storage.remove('token');
+    $('name-input').value = app.token ? '' : app.user || '';
+    app.user = null;
+    app.token = null;
+    app.rooms.clear();
+    app.currentRoom = null;
+    ui.shownRoom = null;
+    $('messages').replaceChildren();
+    $('app').hidden = true;
+    $('login').hidden = false;
+    $('name-input').focus();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Wiring and start-up
+  // ---------------------------------------------------------------------------
+
+  function onRoomListClick(event) {
+    const item = event.target.closest('li[data-room]');
+    if (!item) return;
+    if (event.target.closest('.room-leave')) leaveRoom(item.dataset.room);
+    else switchRoom(item.dataset.room);
+  }
+
+  function onJoinSubmit(event) {
+    event.preventDefault();
+    const input = $('room-input');
+    const message = joinRoomByName(input.value);
+    if (message) {
+      $('room-error').textContent = message;
+      input.setAttribute('aria-invalid', 'true');
+      return;
+    }
+    clearFieldError('room-input', 'room-error');
+    input.value = '';
+  }
+
+  function clearFieldError(inputId, errorId) {
+    $(inputId).removeAttribute('aria-invalid');
+    $(errorId).textContent = '';
+  }
+
+  function onVisibilityOrFocus() {
+    const room = currentRoom();
+    if (room && isRoomInView(room)) room.unread = 0;
+    scheduleRender();
+  }
+
+  function bindEvents() {
+    $('login-form').addEventListener('submit', onLoginSubmit);
+    $('join-form').addEventListener('submit', onJoinSubmit);
+    $('name-input').addEventListener('input', () => clearFieldError('name-input', 'name-error'));
+    $('room-input').addEventListener('input', () => clearFieldError('room-input', 'room-error'));
+    $('room-list').addEventListener('click', onRoomListClick);
+    $('composer').addEventListener('submit', (event) => {
+      event.preventDefault();
+      submitComposer();
+    });
+    const input = $('composer-input');
+    input.addEventListener('keydown', onComposerKeydown);
+    input.addEventListener('input', () => {
+      autoGrow();
+      updateCounter();
+      noteTyping();
+    });
+    input.addEventListener('blur', stopTyping);
+    $('messages').addEventListener('scroll', onTimelineScroll, { passive: true });
+    $('new-messages').addEventListener('click', scrollToNewest);
+    $('reconnect-now').addEventListener('click', () => {
+      if (conn.socket) return;
+      conn.attempt = 0;
+      connect();
+    });
+    $('sidebar-toggle').addEventListener('click', () => {
+      setSidebarOpen(!document.body.classList.contains('sidebar-open'));
+    });
+    $('sidebar-backdrop').addEventListener('click', () => setSidebarOpen(false));
+    $('sign-out').addEventListener('click', signOut);
+    $('settings-open').addEventListener('click', openSettings);
+    $('settings').addEventListener('change', saveSettings);
+    $('notify-permission').addEventListener('click', askPermission);
+    document.addEventListener('keydown', onGlobalKeydown);
+    document.addEventListener('pointerdown', unlockAudio, { once: true });
+    document.addEventListener('keydown', unlockAudio, { once: true });
+    document.addEventListener('visibilitychange', onVisibilityOrFocus);
+    window.addEventListener('focus', onVisibilityOrFocus);
+    window.addEventListener('online', onBrowserOnline);
+    window.addEventListener('offline', onBrowserOffline);
+  }
+
+  /** Read-only helpers for automated tests. */
+  function exposeTestHooks() {
+    const api = Object.freeze({
+      state() {
+        const rooms = {};
+        for (const room of app.rooms.values()) {
+          rooms[room.name] = {
+            lastSeq: room.lastSeq,
+            count: room.messages.length,
+            unread: room.unread,
+            pending: room.outbox.length,
+            joined: room.joined,
+          };
+        }
+        return { connection: app.connection, user: app.user, currentRoom: app.currentRoom, rooms };
+      },
+    });
+    Object.defineProperty(window, 'parley', { value: api, writable: false, configurable: false });
+  }
+
+  function boot() {
+    bindEvents();
+    loadSettings();
+    exposeTestHooks();
+    renderConnection();
+    app.token = readToken();
+    if (app.token) {
+      startSession(userFromToken(app.token));
+      return;
+    }
+    const name = storage.get('name', null);
+    if (typeof name === 'string' && USER_RE.test(name)) {
+      startSession(name);
+    } else {
+      $('name-input').focus();
+    }
+  }
+
+  boot();
+})();

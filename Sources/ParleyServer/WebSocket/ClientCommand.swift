@@ -1,0 +1,146 @@
+import Foundation
+import ParleyCore
+
+/// A decoded client frame.
+enum ClientCommand: Sendable, Equatable {
+    case connect(token: String?, user: String?)
+    case join(room: String, since: Int64?)
+    case leave(room: String)
+    case message(room: String, content: String, clientId: String?)
+    case typing(room: String, typing: Bool)
+    case read(room: String, seq: Int64)
+    case history(room: String, before: Int64?, after: Int64?, limit: Int?)
+    case presence(room: String)
+    case ping
+}
+
+/// Parses `{"event": NAME, "data": {...}, "id": N}` frames with an exact error for each
+/// malformed input. Unknown fields are ignored, so clients may send newer fields.
+struct ClientFrameDecoder {
+    struct Failure: Error {
+        var id: FrameID?
+        var error: ParleyError
+    }
+
+    private let decoder = JSONDecoder()
+
+    func decode(_ text: String) -> Result<(FrameID?, ClientCommand), Failure> {
+        let bytes = Data(text.utf8)
+        let header: Header
+        do {
+            header = try decoder.decode(Header.self, from: bytes)
+        } catch {
+            return .failure(Failure(id: nil, error: Self.describe(error)))
+        }
+        if let problem = header.problem { return .failure(Failure(id: header.id, error: problem)) }
+        do {
+            return .success((header.id, try command(header.event, bytes)))
+        } catch let error as ParleyError {
+            return .failure(Failure(id: header.id, error: error))
+        } catch {
+            return .failure(Failure(id: header.id, error: Self.describe(error)))
+        }
+    }
+
+    private func command(_ event: String, _ bytes: Data) throws -> ClientCommand {
+        switch event {
+        case "connect":
+            let data = try decoder.decode(OptionalBody<ConnectData>.self, from: bytes).data
+            return .connect(token: data?.token, user: data?.user)
+        case "join":
+            let data = try body(JoinData.self, bytes)
+            return .join(room: data.room, since: data.since)
+        case "leave":
+            return .leave(room: try body(RoomData.self, bytes).room)
+        case "message":
+            let data = try body(MessageData.self, bytes)
+            return .message(room: data.room, content: data.content, clientId: data.clientId)
+        case "typing":
+            let data = try body(TypingData.self, bytes)
+            return .typing(room: data.room, typing: data.typing)
+        case "read":
+            let data = try body(ReadData.self, bytes)
+            return .read(room: data.room, seq: data.seq)
+        case "history":
+            let data = try body(HistoryData.self, bytes)
+            return .history(room: data.room, before: data.before, after: data.after, limit: data.limit)
+        case "presence":
+            return .presence(room: try body(RoomData.self, bytes).room)
+        case "ping":
+            return .ping
+        default:
+            throw ParleyError.badRequest("unknown event '\(event)'")
+        }
+    }
+
+    private func body<T: Decodable>(_ type: T.Type, _ bytes: Data) throws -> T {
+        try decoder.decode(Body<T>.self, from: bytes).data
+    }
+
+    /// Names the offending field, as a client author needs to fix their code.
+    static func describe(_ error: any Error) -> ParleyError {
+        guard let error = error as? DecodingError else { return .badRequest("invalid frame") }
+        func path(_ context: DecodingError.Context, _ extra: (any CodingKey)? = nil) -> String {
+            (context.codingPath + (extra.map { [$0] } ?? [])).map(\.stringValue).joined(separator: ".")
+        }
+        switch error {
+        case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            return .badRequest("frame is not valid JSON")
+        case .typeMismatch(_, let context) where context.codingPath.isEmpty:
+            return .badRequest("frame must be a JSON object")
+        case .keyNotFound(let key, let context):
+            return .badRequest("missing field '\(path(context, key))'")
+        case .typeMismatch(let type, let context):
+            return .badRequest("field '\(path(context))' must be \(typeName(type))")
+        case .valueNotFound(let type, let context):
+            return .badRequest("field '\(path(context))' must be \(typeName(type)), not null")
+        case .dataCorrupted(let context):
+            return .badRequest("field '\(path(context))' is invalid")
+        @unknown default:
+            return .badRequest("invalid frame")
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is Bool.Type: "a boolean"
+        case is Int64.Type, is Int.Type: "an integer"
+        default: "an object"
+        }
+    }
+}
+
+private struct Header: Decodable {
+    var id: FrameID?
+    var event = ""
+    var problem: ParleyError?
+
+    enum CodingKeys: String, CodingKey { case id, event }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        if container.contains(.id) {
+            guard let id = try? container.decode(FrameID.self, forKey: .id) else {
+                problem = .badRequest("field 'id' must be an integer or a string")
+                return
+            }
+            self.id = id
+        }
+        do {
+            event = try container.decode(String.self, forKey: .event)
+        } catch {
+            problem = ClientFrameDecoder.describe(error)
+        }
+    }
+}
+
+private struct Body<T: Decodable>: Decodable { var data: T }
+private struct OptionalBody<T: Decodable>: Decodable { var data: T? }
+private struct ConnectData: Decodable { var token: String?; var user: String? }
+private struct RoomData: Decodable { var room: String }
+private struct JoinData: Decodable { var room: String; var since: Int64? }
+private struct MessageData: Decodable { var room: String; var content: String; var clientId: String? }
+private struct TypingData: Decodable { var room: String; var typing: Bool }
+private struct ReadData: Decodable { var room: String; var seq: Int64 }
+private struct HistoryData: Decodable { var room: String; var before: Int64?; var after: Int64?; var limit: Int? }

@@ -1,0 +1,37 @@
+import Foundation
+
+struct ConfigurationError: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// Typed reads of environment variables, with a clear error naming the variable.
+struct Environment {
+    let values: [String: String]
+
+    static var current: Environment { Environment(values: ProcessInfo.processInfo.environment) }
+
+    subscript(name: String) -> String? {
+        values[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    func int(_ name: String) throws -> Int? {
+        guard let raw = self[name] else { return nil }
+        guard let value = Int(raw) else { throw ConfigurationError("\(name) must be an integer, got '\(raw)'") }
+        return value
+    }
+
+    func double(_ name: String) throws -> Double? {
+        guard let raw = self[name] else { return nil }
+        guard let value = Double(raw) else { throw ConfigurationError("\(name) must be a number, got '\(raw)'") }
+        return value
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_ raw: String?, _ name: String) throws -> T? where T.RawValue == String {
+        guard let raw else { return nil }
+        guard let value = T(rawValue: raw.lowercased()) else {
+            throw ConfigurationError("\(name) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), got '\(raw)'")
+        }
+        return value
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct Parley: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "parley",
+        abstract: "Parley: a self-hosted real-time chat server.",
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self
+    )
+}

@@ -1,0 +1,133 @@
+import ArgumentParser
+import Logging
+import ParleyCore
+import ParleyServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `parley serve`: every setting is a flag, an environment variable, or its default, in that
+/// order of precedence. The environment names are those of PROTOCOL.md.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start the chat server (HTTP, WebSocket) on its embedded defaults.",
+        discussion: """
+            Every option can also be set by the environment variable named in its help; a flag \
+            wins over the environment. With no option at all Parley listens on 0.0.0.0:8080 and \
+            keeps history in ./data/parley.sqlite.
+            """
+    )
+
+    @Option(help: "Address to bind. [env: PARLEY_HOST] (default: 0.0.0.0)")
+    var host: String?
+
+    @Option(help: "HTTP, WebSocket and SSE port; 0 picks a free port. [env: PORT] (default: 8080)")
+    var port: Int?
+
+    @Option(help: "gRPC port, reserved for the gRPC transport. [env: PARLEY_GRPC_PORT] (default: 50051)")
+    var grpcPort: Int?
+
+    @Option(help: "Folder of the SQLite history file. [env: PARLEY_DATA_DIR] (default: ./data)")
+    var dataDir: String?
+
+    @Option(help: "History storage: sqlite (durable) or memory (tests only). [env: PARLEY_STORAGE] (default: sqlite)")
+    var storage: String?
+
+    @Option(help: "SQLite sync: full (survives power loss) or normal (survives a crash). [env: PARLEY_SQLITE_SYNCHRONOUS] (default: full)")
+    var sqliteSynchronous: String?
+
+    @Option(help: "Messages per second each connection may publish; 0 turns the limit off. [env: PARLEY_RATE_PER_SEC] (default: 20)")
+    var ratePerSec: Double?
+
+    @Option(help: "Burst of the per-connection publish rate. [env: PARLEY_RATE_BURST] (default: 40)")
+    var rateBurst: Double?
+
+    @Option(help: "Longest message, in characters after trimming. [env: PARLEY_MAX_CONTENT_CHARS] (default: 4000)")
+    var maxContentChars: Int?
+
+    @Option(help: "Largest WebSocket frame or HTTP body, in bytes. [env: PARLEY_MAX_FRAME_BYTES] (default: 65536)")
+    var maxFrameBytes: Int?
+
+    @Option(help: "Largest history page a client may ask for. [env: PARLEY_MAX_HISTORY_LIMIT] (default: 100)")
+    var maxHistoryLimit: Int?
+
+    @Option(help: "Unsent bytes after which a slow connection is closed with 1013. [env: PARLEY_OUTBOX_BYTES] (default: 4194304)")
+    var outboxBytes: Int?
+
+    @Option(help: "Rooms one connection may join. [env: PARLEY_MAX_ROOMS_PER_CONNECTION] (default: 100)")
+    var maxRoomsPerConnection: Int?
+
+    @Option(help: "Seconds a WebSocket client has to authenticate. [env: PARLEY_HANDSHAKE_TIMEOUT] (default: 10)")
+    var handshakeTimeout: Int?
+
+    @Option(help: "Folder to serve the web client from instead of the bundled one. [env: PARLEY_PUBLIC_DIR]")
+    var publicDir: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. [env: PARLEY_LOG_LEVEL] (default: info)")
+    var logLevel: String?
+
+    func run() async throws {
+        let configuration: ServerConfiguration
+        do {
+            configuration = try resolve(environment: Environment.current)
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.message)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = configuration.logLevel
+            return handler
+        }
+        let logger = Logger(label: "parley")
+        logger.info("can hold about \(raiseOpenFilesLimit()) connections (open files limit)")
+        let server = try await ParleyServer.build(configuration, logger: logger)
+        try await server.makeServiceGroup().run()
+    }
+
+    func resolve(environment env: Environment) throws -> ServerConfiguration {
+        var c = ServerConfiguration()
+        c.host = host ?? env["PARLEY_HOST"] ?? c.host
+        c.port = try port ?? env.int("PORT") ?? c.port
+        c.grpcPort = try grpcPort ?? env.int("PARLEY_GRPC_PORT") ?? c.grpcPort
+        c.dataDirectory = dataDir ?? env["PARLEY_DATA_DIR"] ?? c.dataDirectory
+        c.storage = try env.choice(storage ?? env["PARLEY_STORAGE"], "storage") ?? c.storage
+        c.synchronous = try env.choice(sqliteSynchronous ?? env["PARLEY_SQLITE_SYNCHRONOUS"], "sqlite-synchronous") ?? c.synchronous
+        c.limits.ratePerSecond = try ratePerSec ?? env.double("PARLEY_RATE_PER_SEC") ?? c.limits.ratePerSecond
+        c.limits.rateBurst = try rateBurst ?? env.double("PARLEY_RATE_BURST") ?? c.limits.rateBurst
+        c.limits.maxContentLength = try maxContentChars ?? env.int("PARLEY_MAX_CONTENT_CHARS") ?? c.limits.maxContentLength
+        c.limits.maxFrameBytes = try maxFrameBytes ?? env.int("PARLEY_MAX_FRAME_BYTES") ?? c.limits.maxFrameBytes
+        c.limits.maxHistoryLimit = try maxHistoryLimit ?? env.int("PARLEY_MAX_HISTORY_LIMIT") ?? c.limits.maxHistoryLimit
+        c.limits.defaultHistoryLimit = min(c.limits.defaultHistoryLimit, c.limits.maxHistoryLimit)
+        c.limits.maxOutboxBytes = try outboxBytes ?? env.int("PARLEY_OUTBOX_BYTES") ?? c.limits.maxOutboxBytes
+        c.limits.maxRoomsPerConnection = try maxRoomsPerConnection ?? env.int("PARLEY_MAX_ROOMS_PER_CONNECTION") ?? c.limits.maxRoomsPerConnection
+        if let seconds = try handshakeTimeout ?? env.int("PARLEY_HANDSHAKE_TIMEOUT") { c.handshakeTimeout = .seconds(seconds) }
+        c.publicDirectory = publicDir ?? env["PARLEY_PUBLIC_DIR"]
+        if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
+            guard let parsed = Logger.Level(rawValue: level) else { throw ConfigurationError("invalid log level '\(level)'") }
+            c.logLevel = parsed
+        }
+        guard (0...65535).contains(c.port), (0...65535).contains(c.grpcPort) else { throw ConfigurationError("ports must be 0...65535") }
+        guard c.limits.ratePerSecond >= 0, c.limits.rateBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
+        guard c.limits.maxContentLength > 0, c.limits.maxFrameBytes >= 1024, c.limits.maxHistoryLimit > 0,
+            c.limits.maxOutboxBytes > 0, c.limits.maxRoomsPerConnection > 0
+        else { throw ConfigurationError("limits must be positive (frames at least 1024 bytes)") }
+        return c
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the resulting soft limit.
+func raiseOpenFilesLimit() -> Int {
+    #if canImport(Glibc)
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return -1 }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
+    return Int(limit.rlim_cur)
+    #else
+    return -1
+    #endif
+}
