@@ -173,17 +173,18 @@ public final class SQLiteMessageStore: MessageStore {
     private func writeBatch(_ drafts: [MessageDraft]) async throws -> [AppendResult] {
         _ = try await writer.query("BEGIN IMMEDIATE", [])
         do {
+            var known = try await recentClientIds(for: drafts)
             var results: [AppendResult] = []
             results.reserveCapacity(drafts.count)
-            var inBatch: [String: Message] = [:]  // idempotency within this batch
             var rows: [Message] = []
             for draft in drafts {
-                if let original = try await duplicate(of: draft, inBatch: inBatch) {
+                let key = IdempotencyKey(draft)
+                if let key, let original = known[key] {
                     results.append(AppendResult(message: original, duplicate: true))
                     continue
                 }
                 let message = draft.stored(seq: try await nextSeq(room: draft.room))
-                if let key = Self.batchKey(draft) { inBatch[key] = message }
+                if let key { known[key] = message }
                 rows.append(message)
                 results.append(AppendResult(message: message, duplicate: false))
             }
@@ -196,19 +197,28 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    private static func batchKey(_ draft: MessageDraft) -> String? {
-        draft.clientId.map { "\(draft.room)\u{0}\(draft.user)\u{0}\($0)" }
-    }
-
-    private func duplicate(of draft: MessageDraft, inBatch: [String: Message]) async throws -> Message? {
-        guard let clientId = draft.clientId else { return nil }
-        if let key = Self.batchKey(draft), let original = inBatch[key] { return original }
-        let since = draft.timestamp.milliseconds - configuration.idempotencyWindow.milliseconds
-        let rows = try await writer.query(
-            "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE room = ? AND user = ? AND client_id = ? AND ts >= ? ORDER BY seq DESC LIMIT 1",
-            [.text(draft.room), .text(draft.user), .text(clientId), .integer(Int(since))]
-        )
-        return rows.first.flatMap(Self.message)
+    /// The stored messages whose `(room, user, clientId)` a draft of the batch reuses within
+    /// the idempotency window: one query for the whole batch.
+    private func recentClientIds(for drafts: [MessageDraft]) async throws -> [IdempotencyKey: Message] {
+        let keyed = drafts.filter { $0.clientId != nil }
+        guard let oldest = keyed.map(\.timestamp.milliseconds).min() else { return [:] }
+        var known: [IdempotencyKey: Message] = [:]
+        var start = 0
+        while start < keyed.count {
+            let chunk = keyed[start..<min(start + 256, keyed.count)]
+            var binds: [SQLiteData] = [.integer(Int(oldest - configuration.idempotencyWindow.milliseconds))]
+            for draft in chunk { binds += [.text(draft.room), .text(draft.user), .text(draft.clientId!)] }
+            let tuples = Array(repeating: "(?,?,?)", count: chunk.count).joined(separator: ",")
+            let rows = try await writer.query(
+                "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE client_id IS NOT NULL AND ts >= ? AND (room, user, client_id) IN (VALUES \(tuples)) ORDER BY seq",
+                binds
+            )
+            for message in rows.compactMap(Self.message) {
+                if let key = IdempotencyKey(message) { known[key] = message }
+            }
+            start += chunk.count
+        }
+        return known
     }
 
     private func nextSeq(room: String) async throws -> Int64 {
@@ -287,5 +297,22 @@ public final class SQLiteMessageStore: MessageStore {
             id: id, room: room, seq: Int64(seq), user: user, content: content,
             timestamp: Timestamp(milliseconds: Int64(ts)), clientId: row.column("client_id")?.string
         )
+    }
+}
+
+/// `(room, user, clientId)`: what makes a retry the same message.
+private struct IdempotencyKey: Hashable {
+    var room: String
+    var user: String
+    var clientId: String
+
+    init?(_ draft: MessageDraft) {
+        guard let clientId = draft.clientId else { return nil }
+        (room, user, self.clientId) = (draft.room, draft.user, clientId)
+    }
+
+    init?(_ message: Message) {
+        guard let clientId = message.clientId else { return nil }
+        (room, user, self.clientId) = (message.room, message.user, clientId)
     }
 }

@@ -271,9 +271,10 @@ extension Room.Member {
             }
             return
         }
-        // A live member's cursor never trails the room: it is either at the previous seq or,
-        // right after a replay that read ahead of the broker, already past this one.
-        guard message.seq == cursor + 1 else { return }
+        // A live member's cursor is at the room's previous seq, or past this one right after
+        // a replay that read ahead of the broker. It trails further only when the room gave
+        // up on a gap (`skipGap`), and then it follows the room.
+        guard message.seq > cursor else { return }
         cursor = message.seq
         session.outbox.enqueue(encoded.bytes(for: session.encoder))
     }

@@ -49,7 +49,9 @@ public enum Validation {
         }
         let trimmed = scalars[first...last]
         var count = 0
-        for _ in trimmed {
+        for scalar in trimmed {
+            // U+0000 would be cut off by C-string storage: refuse it rather than store less.
+            if scalar.value == 0 { throw .badRequest("content must not contain NUL characters") }
             count += 1
             if count > limits.maxContentLength {
                 throw .badRequest("content is longer than \(limits.maxContentLength) characters")

@@ -100,7 +100,7 @@
     const items = [];
     for (const room of app.rooms.values()) {
       for (const item of room.outbox) {
-        items.push({ room: item.room, content: item.content, clientId: item.clientId, createdAt: item.createdAt });
+        items.push({ room: item.room, content: item.content, clientId: item.clientId });
       }
     }
     storage.set('outbox', { user: app.user, items });
@@ -112,7 +112,7 @@
     for (const item of saved.items) {
       const room = app.rooms.get(item.room);
       if (room && typeof item.content === 'string' && typeof item.clientId === 'string') {
-        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId, item.createdAt));
+        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId));
       }
     }
   }
@@ -186,6 +186,7 @@
     retryAt: 0,
     retryTimer: null,
     countdownTimer: null,
+    openTimer: null,
     stableTimer: null,
     pingTimer: null,
   };
@@ -213,6 +214,7 @@
       return;
     }
     conn.socket = socket;
+    conn.openTimer = setTimeout(() => dropSocket(4000, 'connect timeout'), REQUEST_TIMEOUT_MS);
     socket.onopen = () => {
       if (conn.socket === socket) onSocketOpen();
     };
@@ -225,6 +227,7 @@
   }
 
   function onSocketOpen() {
+    clearTimeout(conn.openTimer);
     setConnection('online');
     conn.stableTimer = setTimeout(() => { conn.attempt = 0; }, STABLE_AFTER_MS);
     conn.pingTimer = setInterval(heartbeat, PING_EVERY_MS);
@@ -234,6 +237,7 @@
 
   function onSocketClosed(code, reason) {
     conn.socket = null;
+    clearTimeout(conn.openTimer);
     clearTimeout(conn.stableTimer);
     clearInterval(conn.pingTimer);
     failPendingRequests();
@@ -326,7 +330,7 @@
     return error;
   }
 
-  function request(event, data, timeoutMs = REQUEST_TIMEOUT_MS) {
+  function request(event, data) {
     return new Promise((resolve, reject) => {
       const socket = conn.socket;
       if (!socket || socket.readyState !== WebSocket.OPEN) {
@@ -337,7 +341,7 @@
       const timer = setTimeout(() => {
         pending.delete(id);
         reject(protocolError('timeout', `No answer to ${event}`));
-      }, timeoutMs);
+      }, REQUEST_TIMEOUT_MS);
       pending.set(id, { resolve, reject, timer });
       socket.send(JSON.stringify({ event, data, id }));
     });
@@ -611,8 +615,8 @@
   // Outgoing messages: an outbox per room, retried with the same clientId
   // ---------------------------------------------------------------------------
 
-  function makeOutgoing(roomName, content, clientId, createdAt) {
-    return { room: roomName, content, clientId, createdAt: createdAt || Date.now(), failed: null, node: null };
+  function makeOutgoing(roomName, content, clientId) {
+    return { room: roomName, content, clientId, failed: null, node: null };
   }
 
   function sendMessage(room, content) {
@@ -1323,7 +1327,7 @@
 
   function onGlobalKeydown(event) {
     if (event.altKey && !event.ctrlKey && !event.metaKey && (event.key === 'ArrowUp' || event.key === 'ArrowDown')) {
-      if (!app.user) return;
+      if ($('app').hidden) return;
       event.preventDefault();
       switchRoomBy(event.key === 'ArrowUp' ? -1 : 1);
     } else if (event.key === 'Escape' && document.body.classList.contains('sidebar-open')) {
@@ -1394,6 +1398,7 @@
     }
     clearFieldError('name-input', 'name-error');
     storage.set('name', name);
+    storage.set('signedIn', true);
     unlockAudio();
     startSession(name);
     $('room-input').focus();
@@ -1405,9 +1410,9 @@
     dropSocket(1000, 'sign out');
     clearReconnectTimers();
     setConnection('offline');
-    storage.remove('name');
+    storage.remove('signedIn');
     storage.remove('token');
-    $('name-input').value = app.token ? '' : app.user || '';
+    $('name-input').value = storage.get('name', '');
     app.user = null;
     app.token = null;
     app.rooms.clear();
@@ -1527,11 +1532,13 @@
       return;
     }
     const name = storage.get('name', null);
-    if (typeof name === 'string' && USER_RE.test(name)) {
+    const validName = typeof name === 'string' && USER_RE.test(name);
+    if (validName && storage.get('signedIn', false)) {
       startSession(name);
-    } else {
-      $('name-input').focus();
+      return;
     }
+    if (validName) $('name-input').value = name;
+    $('name-input').focus();
   }
 
   boot();

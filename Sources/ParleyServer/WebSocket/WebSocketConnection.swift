@@ -43,13 +43,15 @@ final class WebSocketConnection: Sendable {
                 outbox.close(.goingAway)
             }
         }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.writeLoop(outbound) }
-            group.addTask { await self.readLoop(inbound) }
+        // The connection ends when the reader (client gone) or the writer (server closed it)
+        // ends; the handshake timer only asks the writer to close.
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.writeLoop(outbound); return true }
+            group.addTask { await self.readLoop(inbound); return true }
             if identity == nil {
-                group.addTask { await self.enforceHandshakeTimeout() }
+                group.addTask { await self.enforceHandshakeTimeout(); return false }
             }
-            await group.next()
+            while let ended = await group.next(), !ended {}
             group.cancelAll()
         }
         if let session { await engine.disconnect(session) }

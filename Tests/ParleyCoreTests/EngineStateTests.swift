@@ -1,0 +1,158 @@
+import NIOCore
+@testable import ParleyCore
+import Testing
+
+@Suite("Engine state machines")
+struct EngineStateTests {
+    final class Recorder: EventEncoder {
+        func encode(_ event: ServerEvent) -> ByteBuffer {
+            guard case .message(let message) = event else { return ByteBuffer(string: "event") }
+            return ByteBuffer(string: String(message.seq))
+        }
+    }
+
+    func message(_ seq: Int64, room: String = "r") -> Message {
+        Message(id: "id\(seq)", room: room, seq: seq, user: "u", content: "c", timestamp: .now, clientId: nil)
+    }
+
+    /// The frames queued so far; gives up (closing the outbox) after 2 s so a test never hangs.
+    func frames(_ outbox: Outbox) async -> [String] {
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(2))
+            outbox.close(.serverError("test timed out"))
+        }
+        defer { watchdog.cancel() }
+        guard case .frames(let batch) = await outbox.next() else { return [] }
+        return batch.map { String(buffer: $0) }
+    }
+
+    func session(maxBytes: Int = 1 << 20) -> Session {
+        var limits = Limits()
+        limits.maxOutboxBytes = maxBytes
+        return Session(id: "s", identity: Identity(user: "u"), encoder: Recorder(), outbox: Outbox(maxBytes: maxBytes), limits: limits)
+    }
+
+    @Test("a room delivers early arrivals only once the gap before them closes")
+    func roomReorders() async {
+        let member = session()
+        var room = Room(lastDelivered: 0)
+        _ = room.add(member, since: nil)
+        #expect(room.receive(message(2)) == true)  // opens a gap: schedule a fill
+        #expect(room.receive(message(3)) == false)  // already scheduled
+        #expect(room.gap! == (0, 2))
+        #expect(room.receive(message(1)) == false)
+        #expect(room.receive(message(2)) == false)  // duplicate
+        #expect(room.gap == nil)
+        #expect(await frames(member.outbox) == ["1", "2", "3"])
+    }
+
+    @Test("skipping a gap delivers what waits after it")
+    func roomSkipsGap() async {
+        let member = session()
+        var room = Room(lastDelivered: 4)
+        _ = room.add(member, since: nil)
+        _ = room.receive(message(7))
+        room.skipGap()
+        #expect(room.lastDelivered == 7)
+        _ = room.receive(message(8))
+        #expect(await frames(member.outbox) == ["7", "8"])
+    }
+
+    @Test("a catching-up member buffers live messages and goes live at the seam")
+    func catchUpSeam() async {
+        let member = session()
+        var room = Room(lastDelivered: 5)
+        let position = room.add(member, since: 2)!
+        #expect(position.catchingUp)
+        _ = room.receive(message(6))
+        _ = room.receive(message(7))
+        #expect(member.outbox.isClosing == false)
+        // The replay read 3...6 from the store (6 was committed before the read).
+        var cursor: Int64 = 6
+        #expect(room.finishCatchUp(member, cursor: &cursor))
+        #expect(cursor == 7)
+        _ = room.receive(message(8))
+        #expect(await frames(member.outbox) == ["7", "8"])
+    }
+
+    @Test("a catch-up that stopped short of the buffer reads the store again")
+    func catchUpGap() {
+        let member = session()
+        var room = Room(lastDelivered: 5)
+        _ = room.add(member, since: 0)
+        _ = room.receive(message(6))
+        var cursor: Int64 = 3
+        #expect(room.finishCatchUp(member, cursor: &cursor) == false)
+    }
+
+    @Test("an outbox past its bound drops its backlog and closes as a slow consumer")
+    func outboxOverflow() async {
+        let outbox = Outbox(maxBytes: 10)
+        #expect(outbox.enqueue(ByteBuffer(string: "12345")))
+        #expect(outbox.enqueue(ByteBuffer(string: "123456")) == false)
+        #expect(outbox.enqueue(ByteBuffer(string: "1")) == false)
+        guard case .closed(.slowConsumer) = await outbox.next() else {
+            Issue.record("expected a slow-consumer close")
+            return
+        }
+    }
+
+    @Test("going away still sends what was queued")
+    func outboxGoingAway() async {
+        let outbox = Outbox(maxBytes: 100)
+        outbox.enqueue(ByteBuffer(string: "last"))
+        outbox.close(.goingAway)
+        #expect(await frames(outbox) == ["last"])
+        guard case .closed(.goingAway) = await outbox.next() else {
+            Issue.record("expected going away")
+            return
+        }
+    }
+
+    @Test("token bucket allows the burst, then asks to wait; rate 0 never limits")
+    func tokenBucket() {
+        let start = ContinuousClock.now
+        var bucket = TokenBucket(rate: 20, burst: 40, now: start)
+        for _ in 0..<40 { #expect(bucket.take(now: start) == nil) }
+        #expect(bucket.take(now: start) == 50)
+        #expect(bucket.take(now: start + .milliseconds(50)) == nil)
+        var unlimited = TokenBucket(rate: 0, burst: 0, now: start)
+        for _ in 0..<1000 { #expect(unlimited.take(now: start) == nil) }
+    }
+
+    @Test("names, content and limits follow the protocol")
+    func validation() throws {
+        let limits = Limits()
+        #expect(Validation.isValidRoom("general:fr_1.x-2", limits: limits))
+        #expect(!Validation.isValidRoom("", limits: limits))
+        #expect(!Validation.isValidRoom(String(repeating: "a", count: 65), limits: limits))
+        #expect(!Validation.isValidRoom("with space", limits: limits))
+        #expect(!Validation.isValidRoom("é", limits: limits))
+        #expect(Validation.isValidUser("alice.b-c_1", limits: limits))
+        #expect(!Validation.isValidUser("a:b", limits: limits))
+        #expect(!Validation.isValidUser(String(repeating: "a", count: 33), limits: limits))
+        #expect(try Validation.content("  hi \n", limits: limits) == "hi")
+        #expect(throws: ParleyError.self) { try Validation.content(" \n\t ", limits: limits) }
+        #expect(throws: ParleyError.self) { try Validation.content("nul \u{0} inside", limits: limits) }
+        // 4000 code points is the limit, whatever their UTF-8 size.
+        #expect(try Validation.content(String(repeating: "é", count: 4000), limits: limits).unicodeScalars.count == 4000)
+        #expect(throws: ParleyError.self) { try Validation.content(String(repeating: "a", count: 4001), limits: limits) }
+        #expect(throws: ParleyError.self) { try Validation.historyLimit(0, limits: limits) }
+        #expect(throws: ParleyError.self) { try Validation.historyLimit(101, limits: limits) }
+        #expect(try Validation.historyLimit(nil, limits: limits) == 50)
+    }
+
+    @Test("message ids are ULIDs that sort in creation order")
+    func messageIDs() {
+        let ids = (0..<1000).map { _ in MessageID.next() }
+        #expect(ids == ids.sorted())
+        #expect(Set(ids).count == 1000)
+        #expect(ids.allSatisfy { $0.count == 26 })
+    }
+
+    @Test("timestamps render as RFC 3339 UTC with milliseconds")
+    func timestamps() {
+        #expect(Timestamp(milliseconds: 1_795_342_530_123).rfc3339 == "2026-11-22T10:15:30.123Z")
+        #expect(Timestamp(milliseconds: 5).rfc3339 == "1970-01-01T00:00:00.005Z")
+    }
+}

@@ -1,0 +1,187 @@
+import Foundation
+import ParleyCore
+import ParleySQLite
+import ServiceLifecycle
+import Testing
+
+/// A store under test, running as a service until `close`.
+struct RunningStore: Sendable {
+    let store: any MessageStore
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+    /// Opens a new store on the same data, or nil when the kind keeps nothing.
+    let reopen: @Sendable () async throws -> RunningStore?
+
+    func close() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+
+    static func run(_ store: any MessageStore, reopen: @escaping @Sendable () async throws -> RunningStore?) -> RunningStore {
+        let group = ServiceGroup(configuration: .init(services: [.init(service: store)], logger: .init(label: "test")))
+        return RunningStore(store: store, group: group, task: Task { try await group.run() }, reopen: reopen)
+    }
+}
+
+/// Every `MessageStore` implementation, by name. PostgreSQL joins here.
+enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case memory, sqlite
+
+    var testDescription: String { rawValue }
+
+    func make(idempotencyWindow: Duration = .seconds(600)) async throws -> RunningStore {
+        switch self {
+        case .memory:
+            return .run(MemoryMessageStore(idempotencyWindow: idempotencyWindow)) { nil }
+        case .sqlite:
+            let path = NSTemporaryDirectory() + "parley-store-\(UUID().uuidString).sqlite"
+            @Sendable func open() async throws -> RunningStore {
+                var configuration = SQLiteMessageStore.Configuration(path: path)
+                configuration.idempotencyWindow = idempotencyWindow
+                return .run(try await SQLiteMessageStore.open(configuration), reopen: open)
+            }
+            return try await open()
+        }
+    }
+}
+
+func withStore<T>(_ kind: StoreKind, idempotencyWindow: Duration = .seconds(600), _ body: (any MessageStore, RunningStore) async throws -> T) async throws -> T {
+    let running = try await kind.make(idempotencyWindow: idempotencyWindow)
+    do {
+        let result = try await body(running.store, running)
+        await running.close()
+        return result
+    } catch {
+        await running.close()
+        throw error
+    }
+}
+
+func draft(_ room: String, _ content: String, user: String = "alice", clientId: String? = nil, at timestamp: Timestamp = .now) -> MessageDraft {
+    MessageDraft(room: room, user: user, content: content, timestamp: timestamp, clientId: clientId)
+}
+
+@Suite("MessageStore behaviour")
+struct MessageStoreSuite {
+    @Test("seq starts at 1 and grows by one per room", arguments: StoreKind.allCases)
+    func sequencePerRoom(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            #expect(try await store.lastSeq(room: "a") == 0)
+            let a1 = try await store.append(draft("a", "one"))
+            let b1 = try await store.append(draft("b", "uno"))
+            let a2 = try await store.append(draft("a", "two"))
+            #expect([a1.message.seq, b1.message.seq, a2.message.seq] == [1, 1, 2])
+            #expect(a1.duplicate == false)
+            #expect(try await store.lastSeq(room: "a") == 2)
+            #expect(try await store.lastSeq(room: "b") == 1)
+            let rooms = try await store.rooms()
+            #expect(rooms.map(\.room) == ["a", "b"])
+            #expect(rooms.map(\.seq) == [2, 1])
+        }
+    }
+
+    @Test("concurrent appends get gapless, unique seqs", arguments: StoreKind.allCases)
+    func concurrentAppends(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let seqs = try await withThrowingTaskGroup(of: Int64.self) { group in
+                for index in 0..<300 {
+                    group.addTask { try await store.append(draft(index % 2 == 0 ? "even" : "odd", "m\(index)")).message.seq }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(seqs.count == 300)
+            let page = try await store.history(room: "even", query: HistoryQuery(limit: 100))
+            #expect(page.messages.map(\.seq) == Array(51...150).map(Int64.init))
+            #expect(try await store.lastSeq(room: "even") == 150)
+            #expect(try await store.lastSeq(room: "odd") == 150)
+            #expect(Set(seqs).count == 150)
+        }
+    }
+
+    @Test("a reused clientId returns the original without storing", arguments: StoreKind.allCases)
+    func idempotency(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let first = try await store.append(draft("r", "hello", clientId: "c1"))
+            let retry = try await store.append(draft("r", "hello again", clientId: "c1"))
+            #expect(retry.duplicate)
+            #expect(retry.message == first.message)
+            let otherUser = try await store.append(draft("r", "hello", user: "bob", clientId: "c1"))
+            let otherRoom = try await store.append(draft("s", "hello", clientId: "c1"))
+            #expect(!otherUser.duplicate && otherUser.message.seq == 2)
+            #expect(!otherRoom.duplicate && otherRoom.message.seq == 1)
+            #expect(try await store.lastSeq(room: "r") == 2)
+        }
+    }
+
+    @Test("concurrent retries of one clientId store it once", arguments: StoreKind.allCases)
+    func concurrentRetries(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let results = try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                for _ in 0..<20 { group.addTask { try await store.append(draft("r", "same", clientId: "dup")) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(results.map(\.message)).count == 1)
+            #expect(results.filter { !$0.duplicate }.count == 1)
+            #expect(try await store.lastSeq(room: "r") == 1)
+        }
+    }
+
+    @Test("a clientId is forgotten after the idempotency window", arguments: StoreKind.allCases)
+    func idempotencyWindow(kind: StoreKind) async throws {
+        try await withStore(kind, idempotencyWindow: .seconds(60)) { store, _ in
+            let old = Timestamp.now.adding(milliseconds: -61_000)
+            _ = try await store.append(draft("r", "long ago", clientId: "c1", at: old))
+            let fresh = try await store.append(draft("r", "again", clientId: "c1"))
+            #expect(!fresh.duplicate)
+            #expect(fresh.message.seq == 2)
+        }
+    }
+
+    @Test("history pages ascend and say whether more exist", arguments: StoreKind.allCases)
+    func historyPaging(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            for index in 1...10 { _ = try await store.append(draft("h", "m\(index)")) }
+            func page(_ before: Int64?, _ after: Int64?, _ limit: Int) async throws -> ([Int64], Bool) {
+                let page = try await store.history(room: "h", query: HistoryQuery(before: before, after: after, limit: limit))
+                return (page.messages.map(\.seq), page.hasMore)
+            }
+            #expect(try await page(nil, nil, 4) == ([7, 8, 9, 10], true))
+            #expect(try await page(nil, nil, 10) == (Array(1...10), false))
+            #expect(try await page(7, nil, 4) == ([3, 4, 5, 6], true))
+            #expect(try await page(3, nil, 4) == ([1, 2], false))
+            #expect(try await page(nil, 0, 3) == ([1, 2, 3], true))
+            #expect(try await page(nil, 8, 3) == ([9, 10], false))
+            #expect(try await page(nil, 10, 3) == ([], false))
+            #expect(try await page(8, 2, 3) == ([3, 4, 5], true))
+            #expect(try await page(6, 2, 3) == ([3, 4, 5], false))
+            #expect(try await page(1, nil, 5) == ([], false))
+            let empty = try await store.history(room: "never", query: HistoryQuery(limit: 50))
+            #expect(empty.messages.isEmpty && !empty.hasMore)
+        }
+    }
+
+    @Test("messages keep every field exactly", arguments: StoreKind.allCases)
+    func roundTrip(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let content = "Ça marche 👍🏽 \"quoted\" \\ back\nslash <img src=x onerror=alert(1)> \u{1}\u{7f}"
+            let stored = try await store.append(draft("r", content, user: "zoé", clientId: "ключ"))
+            let read = try await store.history(room: "r", query: HistoryQuery(limit: 1)).messages
+            #expect(read == [stored.message])
+        }
+    }
+
+    @Test("committed messages survive a reopen and seq continues", arguments: StoreKind.allCases)
+    func durability(kind: StoreKind) async throws {
+        let running = try await kind.make()
+        _ = try await running.store.append(draft("d", "one"))
+        let two = try await running.store.append(draft("d", "two", clientId: "k"))
+        await running.close()
+        guard let reopened = try await running.reopen() else { return }  // memory keeps nothing
+        defer { Task { await reopened.close() } }
+        #expect(try await reopened.store.history(room: "d", query: HistoryQuery(limit: 10)).messages.map(\.content) == ["one", "two"])
+        #expect(try await reopened.store.append(draft("d", "three")).message.seq == 3)
+        let retry = try await reopened.store.append(draft("d", "two", clientId: "k"))
+        #expect(retry.duplicate && retry.message == two.message)
+        await reopened.close()
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import Synchronization
+
+/// The real `parley` executable in a child process, for tests that kill or signal it.
+final class ServerProcess: Sendable {
+    private let process: Process
+    private let output = Mutex("")
+    let port: Int
+
+    private init(process: Process, port: Int, output: String) {
+        self.process = process
+        self.port = port
+        self.output.withLock { $0 = output }
+    }
+
+    /// The built `parley` binary next to the test bundle.
+    static var executable: URL {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<3 where !FileManager.default.fileExists(atPath: directory.appendingPathComponent("parley").path) {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent("parley")
+    }
+
+    /// Starts `parley serve --port 0` with `arguments` and waits for its listening line.
+    static func start(_ arguments: [String], environment: [String: String] = [:]) async throws -> ServerProcess {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "0"] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        let lines = AsyncQueue<String>()
+        let collected = Mutex("")
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                lines.finish()
+                return
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            collected.withLock { $0 += text }
+            lines.push(text)
+        }
+        let deadline = ContinuousClock.now + .seconds(20)
+        var seen = ""
+        while ContinuousClock.now < deadline, let chunk = await lines.pop(timeout: deadline - ContinuousClock.now) {
+            seen += chunk
+            if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression) {
+                let port = Int(seen[range].split(separator: ":").last!)!
+                return ServerProcess(process: process, port: port, output: seen)
+            }
+        }
+        process.terminate()
+        throw TestFailure("parley did not start: \(seen)")
+    }
+
+    func kill(_ signal: Int32) {
+        Foundation.kill(process.processIdentifier, signal)
+    }
+
+    /// Waits for the process to exit; returns its status, or nil if still running after `timeout`.
+    func waitForExit(timeout: Duration) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+}

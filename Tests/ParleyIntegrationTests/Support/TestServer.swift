@@ -1,0 +1,73 @@
+import Foundation
+import Logging
+import ParleyCore
+@testable import ParleyServer
+import ServiceLifecycle
+import Synchronization
+
+/// A live Parley server in this process, on a random port.
+struct TestServer {
+    let server: ParleyServer
+    let port: Int
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+    let dataDirectory: String?
+
+    var engine: Engine { server.engine }
+
+    /// Starts a server; `storage` defaults to memory. Use `withServer` to have it stopped.
+    static func start(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+        var configuration = ServerConfiguration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        configuration.storage = .memory
+        configuration.logLevel = .warning
+        configure(&configuration)
+        let ready = AsyncQueue<Int>()
+        let server = try await ParleyServer.build(configuration, logger: Logger(label: "test")) { port in ready.push(port) }
+        let group = server.makeServiceGroup(gracefulShutdownSignals: [])
+        let task = Task { try await group.run() }
+        guard let port = await ready.pop(timeout: .seconds(10)) else {
+            task.cancel()
+            throw TestFailure("server did not start")
+        }
+        return TestServer(
+            server: server, port: port, group: group, task: task,
+            dataDirectory: configuration.storage == .sqlite ? configuration.dataDirectory : nil
+        )
+    }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+
+    func url(_ path: String) -> String { "http://127.0.0.1:\(port)\(path)" }
+}
+
+/// Runs `body` against a fresh server and always stops it.
+func withServer<T>(
+    _ configure: (inout ServerConfiguration) -> Void = { _ in },
+    _ body: (TestServer) async throws -> T
+) async throws -> T {
+    let server = try await TestServer.start(configure)
+    do {
+        let result = try await body(server)
+        await server.stop()
+        return result
+    } catch {
+        await server.stop()
+        throw error
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func temporaryDirectory() -> String {
+    let path = NSTemporaryDirectory() + "parley-test-" + UUID().uuidString
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
