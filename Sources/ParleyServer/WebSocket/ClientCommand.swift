@@ -38,7 +38,7 @@ struct ClientFrameDecoder {
         } catch let error as ParleyError {
             return .failure(Failure(id: header.id, error: error))
         } catch {
-            return .failure(Failure(id: header.id, error: Self.describe(error)))
+            return .failure(Failure(id: header.id, error: Self.describe(error, jsonIsValid: true)))
         }
     }
 
@@ -78,14 +78,16 @@ struct ClientFrameDecoder {
     }
 
     /// Names the offending field, as a client author needs to fix their code.
-    static func describe(_ error: any Error) -> ParleyError {
+    /// `jsonIsValid`: the frame already parsed, so a path-less corruption is a bad value
+    /// (such as 1.5 for an integer), not bad syntax.
+    static func describe(_ error: any Error, jsonIsValid: Bool = false) -> ParleyError {
         guard let error = error as? DecodingError else { return .badRequest("invalid frame") }
         func path(_ context: DecodingError.Context, _ extra: (any CodingKey)? = nil) -> String {
             (context.codingPath + (extra.map { [$0] } ?? [])).map(\.stringValue).joined(separator: ".")
         }
         switch error {
         case .dataCorrupted(let context) where context.codingPath.isEmpty:
-            return .badRequest("frame is not valid JSON")
+            return .badRequest(jsonIsValid ? "a field has an invalid value: \(context.debugDescription)" : "frame is not valid JSON")
         case .typeMismatch(_, let context) where context.codingPath.isEmpty:
             return .badRequest("frame must be a JSON object")
         case .keyNotFound(let key, let context):
