@@ -5,7 +5,7 @@ struct Parley: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "parley",
         abstract: "Parley: a self-hosted real-time chat server.",
-        subcommands: [Serve.self],
+        subcommands: [Serve.self, Bench.self, BenchStore.self],
         defaultSubcommand: Serve.self
     )
 }
