@@ -25,6 +25,8 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeout: Duration = .seconds(10)
     /// Interval of server pings on idle WebSockets; a client that misses one is closed.
     public var pingInterval: Duration = .seconds(30)
+    /// Interval of the comment line that keeps idle SSE streams open through proxies.
+    public var sseHeartbeat: Duration = .seconds(15)
     /// Folder the web client is served from; nil serves the copy bundled with the server.
     public var publicDirectory: String?
     public var logLevel = Logger.Level.info

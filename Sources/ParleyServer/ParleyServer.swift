@@ -42,12 +42,15 @@ public struct ParleyServer: Sendable {
             logger.warning("open mode: no authentication is configured, anyone may claim any user id")
         }
 
-        let router = Router(context: BasicWebSocketRequestContext.self)
+        let router = Router(context: ParleyRequestContext.self)
         router.add(middleware: FileMiddleware(
             configuration.publicDirectory ?? bundledPublicDirectory(),
             searchForIndexHtml: true, logger: logger
         ))
+        let auth = RequestAuth(authenticator: authenticator)
         HealthRoutes(engine: engine).register(on: router)
+        APIRoutes(engine: engine, auth: auth).register(on: router)
+        SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
             engine: engine, authenticator: authenticator,
             settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),

@@ -12,6 +12,7 @@ folder), ``CHROME_BIN`` (browser), ``CHROMEDRIVER`` (driver).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -96,8 +97,10 @@ class ParleyServer:
             "--data-dir", str(self.data_dir),
             "--public-dir", str(PUBLIC_DIR),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        log.close()
+        try:
+            self.proc = self._popen(cmd, log)
+        finally:
+            log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             match = LISTEN_RE.search(self.log_path.read_text(errors="replace"))
@@ -110,6 +113,17 @@ class ParleyServer:
             time.sleep(0.05)
         self.kill()
         return False, "no 'listening on' line within 30 s"
+
+    def _popen(self, cmd: list[str], log, timeout: float = 120) -> subprocess.Popen:
+        """A build relinking the binary makes it briefly missing or busy: wait and retry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            except OSError as err:
+                if err.errno not in (errno.ETXTBSY, errno.ENOENT, errno.EACCES) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 10

@@ -19,6 +19,8 @@ public final class Engine: Sendable {
     private let sessionCounter = Atomic<Int>(0)
     private let draining = Atomic<Bool>(false)
     private let typing = Mutex<[TypingKey: ContinuousClock.Instant]>([:])
+    /// Publish rate of calls that come without a session (HTTP), per user.
+    private let userRates = Mutex<[String: TokenBucket]>([:])
 
     public init(
         store: any MessageStore,
@@ -143,7 +145,11 @@ public final class Engine: Sendable {
         let author = try postingUser(identity, requested: user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
-        try session?.takeRateToken()
+        if let session {
+            try session.takeRateToken()
+        } else {
+            try takeUserRateToken(author)
+        }
         let draft = MessageDraft(room: room, user: author, content: content, clientId: clientId)
         let result = try await storeCall { try await self.store.append(draft) }
         if !result.duplicate {
@@ -155,6 +161,21 @@ public final class Engine: Sendable {
             }
         }
         return result.message
+    }
+
+    private func takeUserRateToken(_ user: String) throws(ParleyError) {
+        let wait = userRates.withLock { rates in
+            rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst)].take()
+        }
+        if let wait {
+            throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
+        }
+    }
+
+    /// Forgets the rate buckets of users idle long enough for their bucket to be full again.
+    func forgetIdleRates() {
+        let idle = Duration.seconds(limits.ratePerSecond > 0 ? max(1, limits.rateBurst / limits.ratePerSecond) : 0)
+        userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: idle) } }
     }
 
     private func postingUser(_ identity: Identity, requested: String?) throws(ParleyError) -> String {
@@ -299,9 +320,12 @@ public struct EngineService: Service {
 
     public func run() async throws {
         try? await cancelWhenGracefulShutdown {
+            var ticks = 0
             while !Task.isCancelled {
                 try await Task.sleep(for: .milliseconds(250))
                 await engine.expireTyping()
+                ticks += 1
+                if ticks % 240 == 0 { engine.forgetIdleRates() }
             }
         }
         await engine.drain()

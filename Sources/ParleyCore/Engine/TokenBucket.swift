@@ -25,4 +25,9 @@ public struct TokenBucket: Sendable {
         }
         return max(1, Int(((1 - tokens) / rate * 1000).rounded(.up)))
     }
+
+    /// Whether the bucket will be full once `idle` has passed since its last use.
+    public func isFull(after idle: Duration, now: ContinuousClock.Instant = .now) -> Bool {
+        updatedAt.duration(to: now) >= idle
+    }
 }

@@ -1150,7 +1150,7 @@
     for (const [user, seq] of room.reads) {
       if (user === app.user) continue;
       const msg = lastMessageUpTo(room.messages, seq);
-      if (!msg) continue;
+      if (!msg || msg.user === user) continue; // the author has obviously seen their own message
       if (!bySeq.has(msg.seq)) bySeq.set(msg.seq, []);
       bySeq.get(msg.seq).push(user);
     }

@@ -12,7 +12,7 @@ struct WebSocketRoutes {
     let settings: WebSocketConnection.Settings
     let logger: Logger
 
-    func register(on router: Router<BasicWebSocketRequestContext>) {
+    func register(on router: Router<ParleyRequestContext>) {
         router.ws("ws") { request, _ in
             guard request.headers[.upgrade]?.lowercased() == "websocket" else {
                 throw HTTPError(.upgradeRequired, headers: [.upgrade: "websocket"], message: "GET /ws must be a WebSocket upgrade")

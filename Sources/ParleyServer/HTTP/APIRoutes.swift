@@ -1,0 +1,97 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import ParleyCore
+
+/// The HTTP API of PROTOCOL.md, for backends: post, history, presence, rooms, users. Every call
+/// goes through the same engine as the WebSocket; errors answer `{"error": {"code", "message"}}`.
+struct APIRoutes {
+    let engine: Engine
+    let auth: RequestAuth
+
+    private struct PostBody: Decodable {
+        var content: String
+        var clientId: String?
+        var user: String?
+    }
+
+    func register(on router: Router<some RequestContext>) {
+        let api = router.group("api")
+        api.post("rooms/:room/messages") { request, context -> Response in
+            let body = try await decode(PostBody.self, from: request)
+            let identity = try await auth.identity(request, claimedUser: body.user)
+            let message = try await engine.publish(
+                identity, as: body.user, room: try context.parameters.require("room"),
+                content: body.content, clientId: body.clientId
+            )
+            return Response.json(.created) { WireJSON.message(message, into: &$0) }
+        }
+        api.get("rooms/:room/messages") { request, context -> Response in
+            let query = request.uri.queryParameters
+            let page = try await engine.history(
+                try await auth.reader(request), room: try context.parameters.require("room"),
+                before: try integer(query, "before"), after: try integer(query, "after"),
+                limit: try integer(query, "limit").map(Int.init)
+            )
+            return Response.json { WireJSON.page(page, into: &$0) }
+        }
+        api.get("rooms/:room/presence") { request, context -> Response in
+            let room = try context.parameters.require("room")
+            let users = try await engine.presence(try await auth.reader(request), room: room)
+            return Response.json { json in
+                json.object { json in
+                    json.key("room"); json.string(room)
+                    json.key("users"); WireJSON.users(users, into: &json)
+                }
+            }
+        }
+        api.get("rooms") { request, _ -> Response in
+            let rooms = try await engine.rooms(try await auth.reader(request))
+            return Response.json { json in
+                json.object { json in
+                    json.key("rooms")
+                    json.array(rooms) { json, room in
+                        json.object { json in
+                            json.key("room"); json.string(room.room)
+                            json.key("seq"); json.number(room.seq)
+                            json.key("online"); json.number(room.online)
+                        }
+                    }
+                }
+            }
+        }
+        api.get("users/:user") { request, context -> Response in
+            _ = try await auth.reader(request)
+            let user = try context.parameters.require("user")
+            let rooms = try await engine.userRooms(user)
+            guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(user) is not online") }
+            return Response.json { json in
+                json.object { json in
+                    json.key("user"); json.string(user)
+                    json.key("online"); json.bool(true)
+                    json.key("rooms"); json.array(rooms) { json, room in json.string(room) }
+                }
+            }
+        }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: engine.limits.maxFrameBytes)
+        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
+            throw ParleyError(.tooLarge, "the body is larger than \(engine.limits.maxFrameBytes) bytes")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            throw ClientFrameDecoder.describe(error)
+        }
+    }
+
+    private func integer(_ query: Hummingbird.Parameters, _ name: String) throws -> Int64? {
+        guard let raw = query[Substring(name)] else { return nil }
+        guard let value = Int64(raw) else { throw ParleyError.badRequest("query '\(name)' must be an integer") }
+        return value
+    }
+}

@@ -1,0 +1,23 @@
+import NIOCore
+import ParleyCore
+
+/// Encodes events as Server-Sent Events: `id: <seq>` (messages only), `event:`, `data:`.
+final class SSEFrames: EventEncoder {
+    static let shared = SSEFrames()
+    static let heartbeat = ByteBuffer(string: ": keepalive\n\n")
+
+    func encode(_ event: ServerEvent) -> ByteBuffer {
+        var json = JSONWriter()
+        WireJSON.eventData(event, into: &json)
+        var buffer = ByteBufferAllocator().buffer(capacity: json.buffer.readableBytes + 48)
+        if case .message(let message) = event {
+            buffer.writeString("id: \(message.seq)\n")
+        }
+        buffer.writeStaticString("event: ")
+        buffer.writeStaticString(WireJSON.eventName(event))
+        buffer.writeStaticString("\ndata: ")
+        buffer.writeImmutableBuffer(json.buffer)
+        buffer.writeStaticString("\n\n")
+        return buffer
+    }
+}

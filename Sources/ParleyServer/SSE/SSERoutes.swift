@@ -1,0 +1,78 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ParleyCore
+
+/// `GET /rooms/{room}/events`: a room as Server-Sent Events. The stream is a session like a
+/// WebSocket's (it joins the room, so its user is present), fed by the same hub. `Last-Event-ID`
+/// or `?since=` resumes exactly as `join` with `since`; a comment line every `heartbeat` keeps
+/// proxies from closing an idle stream.
+struct SSERoutes {
+    let engine: Engine
+    let auth: RequestAuth
+    let heartbeat: Duration
+    let logger: Logger
+
+    func register(on router: Router<ParleyRequestContext>) {
+        router.get("rooms/:room/events") { request, context -> Response in
+            let room = try Validation.room(try context.parameters.require("room"), limits: engine.limits)
+            let identity = try await auth.identity(request, claimedUser: request.uri.queryParameters["user"].map(String.init))
+            guard identity.mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
+            let since = try resumePoint(request)
+            let session = try engine.connect(identity, encoder: SSEFrames.shared)
+            // The client going away ends the stream now, not at the next heartbeat.
+            context.channel.closeFuture.whenComplete { _ in session.outbox.close(.goingAway) }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
+                body: ResponseBody { writer in
+                    await stream(session, room: room, since: since, to: &writer)
+                    try await writer.finish(nil)
+                }
+            )
+        }
+    }
+
+    private func resumePoint(_ request: Request) throws -> Int64? {
+        let raw = request.headers[.init("Last-Event-ID")!] ?? request.uri.queryParameters["since"].map(String.init)
+        guard let raw else { return nil }
+        guard let since = Int64(raw.trimmingCharacters(in: .whitespaces)), since >= 0 else {
+            throw ParleyError.badRequest("Last-Event-ID / since must be a non-negative integer")
+        }
+        return since
+    }
+
+    private func stream(_ session: Session, room: String, since: Int64?, to writer: inout any ResponseBodyWriter) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    try await engine.join(session, room: room, since: since) { _ in }
+                } catch {
+                    logger.warning("sse join failed", metadata: ["room": "\(room)", "error": "\(error)"])
+                    session.outbox.close(.serverError("join failed"))
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: heartbeat)
+                    session.outbox.enqueue(SSEFrames.heartbeat)
+                }
+            }
+            loop: while true {
+                switch await session.outbox.next() {
+                case .frames(let frames):
+                    do {
+                        try await writer.write(contentsOf: frames)
+                    } catch {
+                        break loop
+                    }
+                case .closed:
+                    break loop
+                }
+            }
+            group.cancelAll()
+        }
+        await engine.disconnect(session)
+    }
+}
