@@ -97,6 +97,21 @@ struct EngineStateTests {
         }
     }
 
+    @Test("a replay waits for the writer to drain instead of overflowing")
+    func outboxSpace() async {
+        let outbox = Outbox(maxBytes: 10)
+        #expect(await outbox.waitForSpace())
+        outbox.enqueue(ByteBuffer(string: "123456"))
+        let waiting = Task { await outbox.waitForSpace() }
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(await frames(outbox) == ["123456"])
+        #expect(await waiting.value)
+        outbox.enqueue(ByteBuffer(string: "123456"))
+        let closed = Task { await outbox.waitForSpace() }
+        outbox.close(.slowConsumer)
+        #expect(await closed.value == false)
+    }
+
     @Test("going away still sends what was queued")
     func outboxGoingAway() async {
         let outbox = Outbox(maxBytes: 100)

@@ -87,6 +87,9 @@ final class Hub: BrokerReceiver {
         while true {
             let page = try await store.history(room: room, query: HistoryQuery(after: cursor, limit: 100))
             for message in page.messages where message.seq == cursor + 1 {
+                // Replay only as fast as the client reads: a long history must not look like
+                // a slow consumer.
+                guard await session.outbox.waitForSpace() else { return }
                 session.send(.message(message))
                 cursor = message.seq
             }

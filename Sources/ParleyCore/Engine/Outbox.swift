@@ -29,6 +29,8 @@ public final class Outbox: Sendable {
         var bytes = 0
         var closing: CloseReason?
         var waiter: CheckedContinuation<Void, Never>?
+        /// Producers that pace themselves (history replays) waiting for the queue to drain.
+        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state = Mutex(State())
@@ -60,16 +62,33 @@ public final class Outbox: Sendable {
     /// Asks the writer to close the connection. `.goingAway` lets the queued frames go first;
     /// every other reason drops them.
     public func close(_ reason: CloseReason) {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.closing == nil else { return nil }
+        let (waiter, spaceWaiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>]) in
+            guard state.closing == nil else { return (nil, []) }
             state.closing = reason
             if reason != .goingAway {
                 state.queue.removeAll()
                 state.bytes = 0
             }
-            return state.waiter.take()
+            defer { state.spaceWaiters.removeAll() }
+            return (state.waiter.take(), state.spaceWaiters)
         }
         waiter?.resume()
+        for waiter in spaceWaiters { waiter.resume() }
+    }
+
+    /// Waits until at most half the bound is queued (or the outbox closes). Producers that can
+    /// wait, such as a history replay, call it so that they fill the socket as fast as it
+    /// drains instead of overflowing the outbox. Returns false once the outbox is closing.
+    public func waitForSpace() async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                if state.closing != nil || state.bytes <= maxBytes / 2 { return true }
+                state.spaceWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+        return !isClosing
     }
 
     public var isClosing: Bool { state.withLock { $0.closing != nil } }
@@ -96,11 +115,15 @@ public final class Outbox: Sendable {
     }
 
     private func takeBatch() -> Next? {
-        state.withLock { state in
+        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+        defer { for waiter in spaceWaiters { waiter.resume() } }
+        return state.withLock { state in
             if !state.queue.isEmpty {
                 let batch = state.queue
                 state.queue.removeAll(keepingCapacity: true)
                 state.bytes = 0
+                spaceWaiters = state.spaceWaiters
+                state.spaceWaiters.removeAll()
                 return .frames(batch)
             }
             return state.closing.map { .closed($0) }

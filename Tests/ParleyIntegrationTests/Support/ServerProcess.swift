@@ -22,39 +22,32 @@ final class ServerProcess: Sendable {
         return directory.appendingPathComponent("parley")
     }
 
-    /// Starts `parley serve --port 0` with `arguments` and waits for its listening line.
+    /// Starts `parley serve --port 0` with `arguments` and waits for its listening line. The
+    /// child writes to a log file that is polled: no pipes or dispatch sources, which
+    /// Foundation on Linux handles poorly when several children run at once.
     static func start(_ arguments: [String], environment: [String: String] = [:]) async throws -> ServerProcess {
+        let log = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("parley.log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let output = try FileHandle(forWritingTo: log)
         let process = Process()
         process.executableURL = executable
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "0"] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
+        process.standardError = output
+        process.standardOutput = output
         try process.run()
-        let lines = AsyncQueue<String>()
-        let collected = Mutex("")
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                lines.finish()
-                return
-            }
-            let text = String(decoding: data, as: UTF8.self)
-            collected.withLock { $0 += text }
-            lines.push(text)
-        }
+        try? output.close()
         let deadline = ContinuousClock.now + .seconds(20)
         var seen = ""
-        while ContinuousClock.now < deadline, let chunk = await lines.pop(timeout: deadline - ContinuousClock.now) {
-            seen += chunk
+        while ContinuousClock.now < deadline, process.isRunning {
+            seen = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
             if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression) {
                 let port = Int(seen[range].split(separator: ":").last!)!
                 return ServerProcess(process: process, port: port, output: seen)
             }
+            try await Task.sleep(for: .milliseconds(20))
         }
-        process.terminate()
+        if process.isRunning { process.terminate() }
         throw TestFailure("parley did not start: \(seen)")
     }
 

@@ -1,0 +1,59 @@
+@testable import parley
+import ParleyServer
+import Testing
+
+@Suite("Configuration from flags and environment")
+struct ConfigurationTests {
+    @Test("defaults are the embedded ones")
+    func defaults() throws {
+        let configuration = try Serve.parse([]).resolve(environment: Environment(values: [:]))
+        #expect(configuration.port == 8080)
+        #expect(configuration.grpcPort == 50051)
+        #expect(configuration.dataDirectory == "./data")
+        #expect(configuration.storage == .sqlite)
+        #expect(configuration.limits.ratePerSecond == 20)
+        #expect(configuration.limits.rateBurst == 40)
+        #expect(configuration.limits.maxContentLength == 4000)
+        #expect(configuration.limits.maxFrameBytes == 65536)
+    }
+
+    @Test("the environment names of PROTOCOL.md are honoured and a flag wins over them")
+    func precedence() throws {
+        let environment = Environment(values: [
+            "PORT": "9001", "PARLEY_GRPC_PORT": "50052", "PARLEY_DATA_DIR": "/tmp/x",
+            "PARLEY_RATE_PER_SEC": "0", "PARLEY_RATE_BURST": "7", "PARLEY_OUTBOX_BYTES": "1024",
+        ])
+        let fromEnvironment = try Serve.parse([]).resolve(environment: environment)
+        #expect(fromEnvironment.port == 9001)
+        #expect(fromEnvironment.grpcPort == 50052)
+        #expect(fromEnvironment.dataDirectory == "/tmp/x")
+        #expect(fromEnvironment.limits.ratePerSecond == 0)
+        #expect(fromEnvironment.limits.rateBurst == 7)
+        #expect(fromEnvironment.limits.maxOutboxBytes == 1024)
+        let flagged = try Serve.parse(["--port", "9002", "--rate-per-sec", "5"]).resolve(environment: environment)
+        #expect(flagged.port == 9002)
+        #expect(flagged.limits.ratePerSecond == 5)
+    }
+
+    @Test("invalid values are refused with the variable's name")
+    func invalidValues() throws {
+        #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PORT": "http"])) }
+        #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PORT": "70000"])) }
+        #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_STORAGE": "mongo"])) }
+        #expect(throws: ConfigurationError.self) { try Serve.parse(["--rate-per-sec=-1"]).resolve(environment: Environment(values: [:])) }
+        do {
+            _ = try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_RATE_BURST": "lots"]))
+            Issue.record("accepted a non-number")
+        } catch let error as ConfigurationError {
+            #expect(error.message.contains("PARLEY_RATE_BURST"))
+        }
+    }
+
+    @Test("--help explains every option with its environment variable")
+    func help() {
+        let help = Serve.helpMessage()
+        for name in ["PORT", "PARLEY_GRPC_PORT", "PARLEY_DATA_DIR", "PARLEY_RATE_PER_SEC", "PARLEY_RATE_BURST", "PARLEY_MAX_FRAME_BYTES"] {
+            #expect(help.contains(name), "\(name) missing from --help")
+        }
+    }
+}
