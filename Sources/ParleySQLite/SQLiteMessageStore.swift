@@ -206,11 +206,20 @@ public final class SQLiteMessageStore: MessageStore {
         var start = 0
         while start < keyed.count {
             let chunk = keyed[start..<min(start + 256, keyed.count)]
-            var binds: [SQLiteData] = [.integer(Int(oldest - configuration.idempotencyWindow.milliseconds))]
+            var binds: [SQLiteData] = []
             for draft in chunk { binds += [.text(draft.room), .text(draft.user), .text(draft.clientId!)] }
+            binds.append(.integer(Int(oldest - configuration.idempotencyWindow.milliseconds)))
             let tuples = Array(repeating: "(?,?,?)", count: chunk.count).joined(separator: ",")
+            // One index search per key. `(room, user, client_id) IN (VALUES ...)` scanned the
+            // whole index instead: 167 ms against 0.009 ms per batch at 100k messages.
             let rows = try await writer.query(
-                "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE client_id IS NOT NULL AND ts >= ? AND (room, user, client_id) IN (VALUES \(tuples)) ORDER BY seq",
+                """
+                WITH k(room, user, client_id) AS (VALUES \(tuples))
+                SELECT m.room, m.seq, m.id, m.user, m.content, m.ts, m.client_id
+                FROM k CROSS JOIN messages AS m INDEXED BY messages_client_id
+                    ON m.room = k.room AND m.user = k.user AND m.client_id = k.client_id
+                WHERE m.client_id IS NOT NULL AND m.ts >= ? ORDER BY m.seq
+                """,
                 binds
             )
             for message in rows.compactMap(Self.message) {
