@@ -118,7 +118,7 @@ struct HTTPAndSSETests {
 
     @Test("every HTTP error path answers its status and error JSON, and stores nothing")
     func errorPaths() async throws {
-        try await withServer({ $0.limits.ratePerSecond = 1; $0.limits.rateBurst = 1 }) { server in
+        try await withServer({ $0.limits.ratePerSecond = 0.2; $0.limits.rateBurst = 1 }) { server in
             let post = server.url("/api/rooms/r/messages")
             func expectError(_ result: HTTPResult, _ status: Int, _ code: String) {
                 #expect(result.status == status, "\(result.json)")

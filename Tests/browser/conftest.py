@@ -338,7 +338,9 @@ class ChatPage:
         field.clear()
         field.send_keys(room)
         self.clickable("#room-join").click()
-        self.visible(f'#room-list li[data-room="{room}"]')
+        # Present, not necessarily visible: on a phone the sidebar closes once the room opens.
+        self.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'#room-list li[data-room="{room}"]')),
+                   f"{room} not in the room list")
         self.until(lambda d: self.state()["rooms"].get(room, {}).get("joined"), f"never joined {room}")
         self.until(lambda d: self.state()["currentRoom"] == room, f"{room} never became current")
         self.clickable("#composer-input")
