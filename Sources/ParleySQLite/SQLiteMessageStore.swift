@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import ParleyCore
 import SQLiteNIO
@@ -22,6 +23,8 @@ public final class SQLiteMessageStore: MessageStore {
         public var idempotencyWindow: Duration = .seconds(600)
         /// Most appends committed in one transaction.
         public var maxBatch = 512
+        /// Where the batch-size histogram goes; none when nil.
+        public var metricsFactory: (any MetricsFactory)?
 
         public init(path: String) {
             self.path = path
@@ -43,14 +46,16 @@ public final class SQLiteMessageStore: MessageStore {
     private let state = Mutex(WriterState())
     /// Last seq per room as known to the writer; touched only by the writer task.
     private let lastSeqs = Mutex<[String: Int64]>([:])
-    /// Batch sizes committed so far (for benchmarks and metrics).
+    /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
+    private let batchSizes: Recorder?
 
     private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
         self.writer = writer
         self.reader = reader
         self.logger = logger
+        self.batchSizes = configuration.metricsFactory.map { Recorder(label: ParleyMetrics.batchSizeLabel, factory: $0) }
     }
 
     /// Opens (creating if needed) and migrates the database file.
@@ -160,6 +165,7 @@ public final class SQLiteMessageStore: MessageStore {
         do {
             let results = try await writeBatch(batch.map(\.draft))
             stats.withLock { $0 = ($0.batches + 1, $0.appends + batch.count) }
+            batchSizes?.record(batch.count)
             for (pending, result) in zip(batch, results) { pending.continuation.resume(returning: result) }
         } catch {
             logger.error("commit failed", metadata: ["error": "\(error)", "batch": "\(batch.count)"])

@@ -4,6 +4,7 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import ParleyCore
+import Prometheus
 import ParleySQLite
 import ServiceLifecycle
 import UnixSignals
@@ -30,12 +31,14 @@ public struct ParleyServer: Sendable {
             logger.logLevel = configuration.logLevel
             return logger
         }()
-        let store = try await makeStore(configuration, logger: logger)
+        let registry = PrometheusCollectorRegistry()
+        let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
+        let store = try await makeStore(configuration, metrics: metrics, logger: logger)
         let broker = MemoryBroker()
         let presence = MemoryPresenceStore()
         let engine = Engine(
             store: store, broker: broker, presence: presence,
-            limits: configuration.limits, logger: logger
+            limits: configuration.limits, metrics: metrics, logger: logger
         )
         let authenticator = OpenAuthenticator(limits: configuration.limits)
         if authenticator.isOpen {
@@ -48,7 +51,9 @@ public struct ParleyServer: Sendable {
             searchForIndexHtml: true, logger: logger
         ))
         let auth = RequestAuth(authenticator: authenticator)
+        router.add(middleware: ErrorMetricsMiddleware(metrics: metrics))
         HealthRoutes(engine: engine).register(on: router)
+        MetricsRoute(engine: engine, registry: registry, storage: configuration.storage.rawValue).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
@@ -82,7 +87,22 @@ public struct ParleyServer: Sendable {
         )
     }
 
-    private static func makeStore(_ configuration: ServerConfiguration, logger: Logger) async throws -> any MessageStore {
+    /// The version reported by `parley_build_info`.
+    public static let version = "0.1.0"
+
+    /// Buckets suited to chat: sub-millisecond commits up to multi-second stalls.
+    static func makeMetricsFactory(_ registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        let latency: [Duration] = [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+            .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+            .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)]
+        factory.durationHistogramBuckets[ParleyMetrics.deliveryLatencyLabel] = latency
+        factory.durationHistogramBuckets[ParleyMetrics.appendLatencyLabel] = latency
+        factory.valueHistogramBuckets[ParleyMetrics.batchSizeLabel] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+        return factory
+    }
+
+    private static func makeStore(_ configuration: ServerConfiguration, metrics: ParleyMetrics, logger: Logger) async throws -> any MessageStore {
         switch configuration.storage {
         case .memory:
             logger.info("history in memory (not durable)")
@@ -93,6 +113,7 @@ public struct ParleyServer: Sendable {
             var sqlite = SQLiteMessageStore.Configuration(path: path)
             sqlite.synchronous = configuration.synchronous == .full ? .full : .normal
             sqlite.idempotencyWindow = configuration.limits.idempotencyWindow
+            sqlite.metricsFactory = metrics.factory
             logger.info("history in SQLite at \(path) (synchronous=\(sqlite.synchronous.rawValue))")
             return try await SQLiteMessageStore.open(sqlite, logger: logger)
         }

@@ -23,13 +23,13 @@ struct EngineStateTests {
         }
         defer { watchdog.cancel() }
         guard case .frames(let batch) = await outbox.next() else { return [] }
-        return batch.map { String(buffer: $0) }
+        return batch.map { String(buffer: $0.bytes) }
     }
 
     func session(maxBytes: Int = 1 << 20) -> Session {
         var limits = Limits()
         limits.maxOutboxBytes = maxBytes
-        return Session(id: "s", identity: Identity(user: "u"), encoder: Recorder(), outbox: Outbox(maxBytes: maxBytes), limits: limits)
+        return Session(id: "s", identity: Identity(user: "u"), transport: "test", encoder: Recorder(), outbox: Outbox(maxBytes: maxBytes), limits: limits)
     }
 
     @Test("a room delivers early arrivals only once the gap before them closes")

@@ -10,6 +10,7 @@ import Synchronization
 public final class Engine: Sendable {
     public let limits: Limits
     public let instanceID: String
+    public let metrics: ParleyMetrics
     let store: any MessageStore
     let broker: any Broker
     let presence: any PresenceStore
@@ -27,16 +28,18 @@ public final class Engine: Sendable {
         broker: any Broker,
         presence: any PresenceStore,
         limits: Limits = Limits(),
+        metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
         logger: Logger = Logger(label: "parley.engine")
     ) {
+        self.metrics = metrics
         self.store = store
         self.broker = broker
         self.presence = presence
         self.limits = limits
         self.instanceID = instanceID
         self.logger = logger
-        self.hub = Hub(store: store, logger: logger)
+        self.hub = Hub(store: store, metrics: metrics, logger: logger)
         broker.attach(hub)
     }
 
@@ -45,14 +48,17 @@ public final class Engine: Sendable {
     /// Opens a session for an authenticated identity; events for it are queued on `outbox`
     /// (a new one bounded by `limits.maxOutboxBytes` when nil). Fails with `unavailable`
     /// while the server shuts down.
-    public func connect(_ identity: Identity, encoder: any EventEncoder, outbox: Outbox? = nil) throws(ParleyError) -> Session {
+    public func connect(
+        _ identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox? = nil
+    ) throws(ParleyError) -> Session {
         guard !isDraining else { throw .unavailable("server is shutting down") }
         let number = sessionCounter.wrappingAdd(1, ordering: .relaxed).newValue
         let session = Session(
-            id: "\(instanceID)-\(number)", identity: identity, encoder: encoder,
+            id: "\(instanceID)-\(number)", identity: identity, transport: transport, encoder: encoder,
             outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits
         )
         sessions.withLock { $0[ObjectIdentifier(session)] = session }
+        metrics.connection(transport)?.increment()
         return session
     }
 
@@ -62,7 +68,9 @@ public final class Engine: Sendable {
         for room in session.removeAllRooms() {
             await removeMembership(session, room: room)
         }
-        sessions.withLock { $0[ObjectIdentifier(session)] = nil }
+        if sessions.withLock({ $0.removeValue(forKey: ObjectIdentifier(session)) }) != nil {
+            metrics.connection(session.transport)?.decrement()
+        }
     }
 
     public var sessionCount: Int { sessions.withLock { $0.count } }
@@ -97,9 +105,13 @@ public final class Engine: Sendable {
         let position: Hub.Position
         do {
             position = try await hub.add(session, room: room, since: since)
-            if position.roomCreated { try await broker.setInterest(room: room, true) }
+            metrics.members.increment()
+            if position.roomCreated {
+                metrics.rooms.increment()
+                try await broker.setInterest(room: room, true)
+            }
             if try await presence.add(room: room, user: session.user, session: session.id, at: .now) {
-                try await broker.publish(.join(room: room, user: session.user, timestamp: .now))
+                try await publishToBroker(.join(room: room, user: session.user, timestamp: .now))
             }
         } catch {
             _ = session.removeRoom(room)
@@ -119,13 +131,16 @@ public final class Engine: Sendable {
     }
 
     private func removeMembership(_ session: Session, room: String) async {
-        if hub.remove(session, room: room) {
+        let (removed, roomEmpty) = hub.remove(session, room: room)
+        if removed { metrics.members.decrement() }
+        if roomEmpty {
+            metrics.rooms.decrement()
             try? await broker.setInterest(room: room, false)
         }
         do {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
                 await setTyping(room: room, user: session.user, false)
-                try await broker.publish(.leave(room: room, user: session.user, timestamp: .now))
+                try await publishToBroker(.leave(room: room, user: session.user, timestamp: .now))
             }
         } catch {
             logger.warning("presence update failed", metadata: ["room": "\(room)", "error": "\(error)"])
@@ -146,15 +161,23 @@ public final class Engine: Sendable {
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
         if let session {
-            try session.takeRateToken()
+            do {
+                try session.takeRateToken()
+            } catch {
+                metrics.rateLimited.increment()
+                throw error
+            }
         } else {
             try takeUserRateToken(author)
         }
         let draft = MessageDraft(room: room, user: author, content: content, clientId: clientId)
+        let started = ContinuousClock.now
         let result = try await storeCall { try await self.store.append(draft) }
+        metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+        (result.duplicate ? metrics.duplicates : metrics.published).increment()
         if !result.duplicate {
             do {
-                try await broker.publish(.message(result.message))
+                try await publishToBroker(.message(result.message))
             } catch {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
@@ -163,11 +186,17 @@ public final class Engine: Sendable {
         return result.message
     }
 
+    private func publishToBroker(_ event: ServerEvent) async throws {
+        metrics.brokerPublished.increment()
+        try await broker.publish(event)
+    }
+
     private func takeUserRateToken(_ user: String) throws(ParleyError) {
         let wait = userRates.withLock { rates in
             rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst)].take()
         }
         if let wait {
+            metrics.rateLimited.increment()
             throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
     }
@@ -202,7 +231,7 @@ public final class Engine: Sendable {
             return typing.removeValue(forKey: key) != nil
         }
         if changed {
-            try? await broker.publish(.typing(room: room, user: user, typing: isTyping))
+            try? await publishToBroker(.typing(room: room, user: user, typing: isTyping))
         }
     }
 
@@ -214,14 +243,14 @@ public final class Engine: Sendable {
             return keys
         }
         for key in expired {
-            try? await broker.publish(.typing(room: key.room, user: key.user, typing: false))
+            try? await publishToBroker(.typing(room: key.room, user: key.user, typing: false))
         }
     }
 
     public func read(_ session: Session, room: String, seq: Int64) async throws {
         let room = try joinedRoom(session, room)
         guard let seq = try Validation.seq(seq, field: "seq") else { return }
-        try await broker.publish(.read(room: room, user: session.user, seq: seq))
+        try await publishToBroker(.read(room: room, user: session.user, seq: seq))
     }
 
     private func joinedRoom(_ session: Session, _ room: String) throws(ParleyError) -> String {

@@ -21,13 +21,15 @@ final class Hub: BrokerReceiver {
     private static let shardCount = 16
     private let shards = (0..<Hub.shardCount).map { _ in Shard() }
     private let store: any MessageStore
+    private let metrics: ParleyMetrics
     private let logger: Logger
     let gapTimeout: Duration
     /// Live messages a catching-up member may buffer before it re-reads the store instead.
     static let maxCatchUpBuffer = 4096
 
-    init(store: any MessageStore, gapTimeout: Duration = .milliseconds(200), logger: Logger) {
+    init(store: any MessageStore, metrics: ParleyMetrics, gapTimeout: Duration = .milliseconds(200), logger: Logger) {
         self.store = store
+        self.metrics = metrics
         self.gapTimeout = gapTimeout
         self.logger = logger
     }
@@ -69,15 +71,15 @@ final class Hub: BrokerReceiver {
         }
     }
 
-    /// Removes `session` from `room`; returns true when the room has no local member left.
-    func remove(_ session: Session, room: String) -> Bool {
+    /// Removes `session` from `room`. `roomEmpty`: the room has no local member left.
+    func remove(_ session: Session, room: String) -> (removed: Bool, roomEmpty: Bool) {
         shard(room).rooms.withLock { rooms in
-            guard rooms[room]?.members.removeValue(forKey: ObjectIdentifier(session)) != nil else { return false }
+            guard rooms[room]?.members.removeValue(forKey: ObjectIdentifier(session)) != nil else { return (false, false) }
             if rooms[room]!.members.isEmpty {
                 rooms[room] = nil
-                return true
+                return (true, true)
             }
-            return false
+            return (true, false)
         }
     }
 
@@ -104,13 +106,17 @@ final class Hub: BrokerReceiver {
     // MARK: Delivery
 
     func receive(_ event: ServerEvent) {
+        metrics.brokerReceived.increment()
         guard case .message(let message) = event else {
             shard(event.room).rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(event) }
             return
         }
-        let scheduleGapFill = shard(message.room).rooms.withLock { rooms in
-            rooms[message.room]?.receive(message) ?? false
+        let (scheduleGapFill, delivered) = shard(message.room).rooms.withLock { rooms -> (Bool, Int) in
+            guard rooms[message.room] != nil else { return (false, 0) }
+            let gap = rooms[message.room]!.receive(message)
+            return (gap, rooms[message.room]!.takeDeliveredCount())
         }
+        if delivered > 0 { metrics.delivered.increment(by: delivered) }
         if scheduleGapFill { scheduleGapFillTask(room: message.room) }
     }
 
@@ -170,6 +176,8 @@ struct Room {
     var pending: [Int64: Message] = [:]
     var gapFillScheduled = false
     var members: [ObjectIdentifier: Member] = [:]
+    /// Messages queued on members' outboxes since the hub last read it (for metrics).
+    private var deliveredCount = 0
 
     init(lastDelivered: Int64) {
         self.lastDelivered = lastDelivered
@@ -207,6 +215,11 @@ struct Room {
         return false
     }
 
+    mutating func takeDeliveredCount() -> Int {
+        defer { deliveredCount = 0 }
+        return deliveredCount
+    }
+
     /// Gives up on the missing messages before the first pending one.
     mutating func skipGap() {
         guard let first = pending.keys.min() else { return }
@@ -219,8 +232,8 @@ struct Room {
     private mutating func deliver(_ message: Message) {
         lastDelivered = message.seq
         var encoded = EncodedEvent(.message(message))
-        for index in members.values.indices {
-            members.values[index].deliver(message, encoded: &encoded)
+        for index in members.values.indices where members.values[index].deliver(message, encoded: &encoded) {
+            deliveredCount += 1
         }
     }
 
@@ -264,7 +277,8 @@ struct Room {
 }
 
 extension Room.Member {
-    mutating func deliver(_ message: Message, encoded: inout EncodedEvent) {
+    /// Queues the message live, or buffers it while catching up. Returns true when queued.
+    mutating func deliver(_ message: Message, encoded: inout EncodedEvent) -> Bool {
         if buffer != nil {
             if buffer!.count >= Hub.maxCatchUpBuffer {
                 buffer!.removeAll()
@@ -272,14 +286,14 @@ extension Room.Member {
             } else if !bufferOverflowed {
                 buffer!.append(message)
             }
-            return
+            return false
         }
         // A live member's cursor is at the room's previous seq, or past this one right after
         // a replay that read ahead of the broker. It trails further only when the room gave
         // up on a gap (`skipGap`), and then it follows the room.
-        guard message.seq > cursor else { return }
+        guard message.seq > cursor else { return false }
         cursor = message.seq
-        session.outbox.enqueue(encoded.bytes(for: session.encoder))
+        return session.outbox.enqueue(encoded.bytes(for: session.encoder), publishedAt: message.timestamp)
     }
 }
 

@@ -19,13 +19,20 @@ public enum CloseReason: Sendable, Hashable {
 /// When the queued bytes pass `maxBytes` the outbox drops its backlog and closes with
 /// `.slowConsumer`: a slow reader only ever costs its own bound, never the room's speed.
 public final class Outbox: Sendable {
+    /// An encoded frame and, for a live message, when it was published (for the delivery
+    /// latency metric).
+    public struct Frame: Sendable {
+        public var bytes: ByteBuffer
+        public var publishedAt: Timestamp?
+    }
+
     public enum Next: Sendable {
-        case frames([ByteBuffer])
+        case frames([Frame])
         case closed(CloseReason)
     }
 
     private struct State {
-        var queue: [ByteBuffer] = []
+        var queue: [Frame] = []
         var bytes = 0
         var closing: CloseReason?
         var waiter: CheckedContinuation<Void, Never>?
@@ -42,7 +49,7 @@ public final class Outbox: Sendable {
 
     /// Queues a frame; returns false when the outbox is closed or just overflowed.
     @discardableResult
-    public func enqueue(_ frame: ByteBuffer) -> Bool {
+    public func enqueue(_ frame: ByteBuffer, publishedAt: Timestamp? = nil) -> Bool {
         let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
             guard state.closing == nil else { return (false, nil) }
             state.bytes += frame.readableBytes
@@ -52,7 +59,7 @@ public final class Outbox: Sendable {
                 state.closing = .slowConsumer
                 return (false, state.waiter.take())
             }
-            state.queue.append(frame)
+            state.queue.append(Frame(bytes: frame, publishedAt: publishedAt))
             return (true, state.waiter.take())
         }
         waiter?.resume()

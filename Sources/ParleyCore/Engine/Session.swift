@@ -11,15 +11,18 @@ public protocol EventEncoder: AnyObject, Sendable {
 public final class Session: Sendable, Hashable {
     public let id: String
     public let identity: Identity
+    /// The transport's name, for metrics: `websocket`, `sse`, `grpc`.
+    public let transport: String
     public var user: String { identity.user }
     public let outbox: Outbox
     public let encoder: any EventEncoder
     private let rateLimit: Mutex<TokenBucket>
     private let joined = Mutex<Set<String>>([])
 
-    init(id: String, identity: Identity, encoder: any EventEncoder, outbox: Outbox, limits: Limits) {
+    init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits) {
         self.id = id
         self.identity = identity
+        self.transport = transport
         self.encoder = encoder
         self.outbox = outbox
         self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst))

@@ -20,7 +20,7 @@ struct SSERoutes {
             let identity = try await auth.identity(request, claimedUser: request.uri.queryParameters["user"].map(String.init))
             guard identity.mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
             let since = try resumePoint(request)
-            let session = try engine.connect(identity, encoder: SSEFrames.shared)
+            let session = try engine.connect(identity, transport: "sse", encoder: SSEFrames.shared)
             // The client going away ends the stream now, not at the next heartbeat.
             context.channel.closeFuture.whenComplete { _ in session.outbox.close(.goingAway) }
             return Response(
@@ -63,11 +63,13 @@ struct SSERoutes {
                 switch await session.outbox.next() {
                 case .frames(let frames):
                     do {
-                        try await writer.write(contentsOf: frames)
+                        try await writer.write(contentsOf: frames.map(\.bytes))
+                        engine.metrics.recordDeliveries(frames)
                     } catch {
                         break loop
                     }
-                case .closed:
+                case .closed(let reason):
+                    if reason == .slowConsumer { engine.metrics.slowConsumer() }
                     break loop
                 }
             }

@@ -59,7 +59,7 @@ final class WebSocketConnection: Sendable {
     }
 
     private func open(_ identity: Identity) throws(ParleyError) {
-        let session = try engine.connect(identity, encoder: frames, outbox: outbox)
+        let session = try engine.connect(identity, transport: "websocket", encoder: frames, outbox: outbox)
         state.withLock { $0.session = session }
     }
 
@@ -71,11 +71,13 @@ final class WebSocketConnection: Sendable {
                 switch await outbox.next() {
                 case .frames(let batch):
                     for frame in batch {
-                        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame)))
+                        try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)))
                     }
+                    engine.metrics.recordDeliveries(batch)
                 case .closed(let reason):
                     // Cancelled means the reader ended first: the client is already gone.
                     guard !Task.isCancelled else { return }
+                    if reason == .slowConsumer { engine.metrics.slowConsumer() }
                     let (code, text) = Self.closeCode(reason)
                     logger.debug("closing websocket", metadata: ["code": "\(code)", "reason": "\(text)"])
                     try await outbound.close(code, reason: text)
@@ -139,6 +141,7 @@ final class WebSocketConnection: Sendable {
     }
 
     private func reply(error: ParleyError, id: FrameID?) {
+        engine.metrics.error(error.code)
         outbox.enqueue(frames.error(error, id: id))
         guard error.code == .badRequest else { return }
         let bad = state.withLock { state in

@@ -44,6 +44,7 @@ enum JSON: Sendable, Equatable, Decodable, CustomStringConvertible {
 
     var string: String? { if case .string(let value) = self { value } else { nil } }
     var int: Int? { if case .number(let value) = self { Int(exactly: value) } else { nil } }
+    var number: Double? { if case .number(let value) = self { value } else { nil } }
     var bool: Bool? { if case .bool(let value) = self { value } else { nil } }
     var array: [JSON]? { if case .array(let value) = self { value } else { nil } }
     var object: [String: JSON]? { if case .object(let value) = self { value } else { nil } }

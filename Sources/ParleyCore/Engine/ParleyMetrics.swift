@@ -1,0 +1,77 @@
+import CoreMetrics
+
+/// Every metric Parley emits, through swift-metrics with an injected factory (so that each
+/// server, and each test, has its own registry). Names and meanings: docs/operations.md.
+public struct ParleyMetrics: Sendable {
+    public static let deliveryLatencyLabel = "parley_delivery_latency_seconds"
+    public static let appendLatencyLabel = "parley_store_append_seconds"
+    public static let batchSizeLabel = "parley_store_batch_size"
+
+    public let factory: any MetricsFactory
+    let published: Counter
+    let duplicates: Counter
+    let delivered: Counter
+    let brokerPublished: Counter
+    let brokerReceived: Counter
+    let slowConsumers: Counter
+    let rateLimited: Counter
+    let rooms: Meter
+    let members: Meter
+    let appendLatency: Timer
+    public let deliveryLatency: Timer
+    private let connections: [String: Meter]
+    private let errors: [String: Counter]
+
+    public static let transports = ["websocket", "sse", "grpc"]
+    static let errorCodes: [ParleyError.Code] = [.badRequest, .unauthorized, .forbidden, .notFound, .tooLarge, .rateLimited, .unavailable, .internal]
+
+    public init(factory: any MetricsFactory = MetricsSystem.factory, version: String = "dev") {
+        self.factory = factory
+        published = Counter(label: "parley_messages_published_total", factory: factory)
+        duplicates = Counter(label: "parley_messages_duplicate_total", factory: factory)
+        delivered = Counter(label: "parley_messages_delivered_total", factory: factory)
+        brokerPublished = Counter(label: "parley_broker_published_total", factory: factory)
+        brokerReceived = Counter(label: "parley_broker_received_total", factory: factory)
+        slowConsumers = Counter(label: "parley_slow_consumers_total", factory: factory)
+        rateLimited = Counter(label: "parley_rate_limited_total", factory: factory)
+        rooms = Meter(label: "parley_rooms", factory: factory)
+        members = Meter(label: "parley_members", factory: factory)
+        appendLatency = Timer(label: Self.appendLatencyLabel, factory: factory)
+        deliveryLatency = Timer(label: Self.deliveryLatencyLabel, factory: factory)
+        connections = Dictionary(uniqueKeysWithValues: Self.transports.map {
+            ($0, Meter(label: "parley_connections", dimensions: [("transport", $0)], factory: factory))
+        })
+        errors = Dictionary(uniqueKeysWithValues: Self.errorCodes.map {
+            ($0.name, Counter(label: "parley_errors_total", dimensions: [("code", $0.name)], factory: factory))
+        })
+        Meter(label: "parley_build_info", dimensions: [("version", version)], factory: factory).set(1)
+        for meter in connections.values { meter.set(0) }
+        rooms.set(0)
+        members.set(0)
+    }
+
+    func connection(_ transport: String) -> Meter? { connections[transport] }
+
+    /// Counts an error answered to a client, by its code.
+    public func error(_ code: ParleyError.Code) {
+        errors[code.name]?.increment()
+    }
+
+    /// Counts a connection cut off because its outbox overflowed.
+    public func slowConsumer() {
+        slowConsumers.increment()
+    }
+}
+
+extension ParleyMetrics {
+    /// Records, for the live messages among frames just written to a socket, the time from
+    /// their publication (taken right before the store commit) to the write.
+    public func recordDeliveries(_ frames: [Outbox.Frame]) {
+        var now: Timestamp?
+        for frame in frames {
+            guard let publishedAt = frame.publishedAt else { continue }
+            if now == nil { now = .now }
+            deliveryLatency.recordMilliseconds(max(0, now!.milliseconds - publishedAt.milliseconds))
+        }
+    }
+}
