@@ -12,7 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [],
     dependencies: [
-        // `traits: []`: see docs in shared SWIFT-NOTES (trait flags reorder and force rebuilds).
+        // `traits: []` as in the server's manifest (enabled traits make SwiftPM rebuild needlessly).
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: []),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
     ],
