@@ -43,6 +43,16 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // RESP2/RESP3 client on SwiftNIO: commands, pipelining, pub/sub, reconnection.
+        .target(
+            name: "ParleyRedis",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // The Hummingbird application: WebSocket transport, wiring from configuration.
         .target(
             name: "ParleyServer",
@@ -70,6 +80,17 @@ let package = Package(
         .testTarget(
             name: "ParleyCoreTests",
             dependencies: ["ParleyCore", "ParleySQLite"]
+        ),
+        .testTarget(
+            name: "ParleyRedisTests",
+            dependencies: [
+                "ParleyRedis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(
             name: "ParleyIntegrationTests",
