@@ -28,11 +28,13 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Most unacknowledged messages per publisher.") var window = 16
     @Option(help: "Message content size in bytes.") var size = 100
     @Option(help: "Seconds of publishing.") var duration: Double = 10
+    @Option(help: "Seconds to keep the subscribers open and idle after they joined, before publishing (to measure memory per connection).")
+    var hold: Double = 0
     @Flag(help: "Print the report as JSON on stdout.") var json = false
 
     func validate() throws {
-        guard connections >= 0, rooms > 0, publishers > 0, window > 0, size >= 24, duration > 0, !urls.isEmpty else {
-            throw ValidationError("need rooms, publishers, window > 0, size >= 24, duration > 0 and a URL")
+        guard connections >= 0, rooms > 0, publishers >= 0, window > 0, size >= 24, duration > 0, hold >= 0, !urls.isEmpty else {
+            throw ValidationError("need rooms, window > 0, publishers >= 0, size >= 24, duration > 0, hold >= 0 and a URL")
         }
     }
 
@@ -42,6 +44,10 @@ struct Bench: AsyncParsableCommand {
         let subscribers = (0..<connections).map { Subscriber(index: $0, room: roomNames[$0 % rooms], url: urls[$0 % urls.count]) }
 
         let subscriberTasks = try await openSubscribers(subscribers)
+        if hold > 0 {
+            FileHandle.standardError.write(Data("holding \(subscribers.count) idle connections for \(hold) s\n".utf8))
+            try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
+        }
         let publisherStats = (0..<publishers).map { PublisherStats(room: roomNames[$0 % rooms]) }
         let start = monotonicNanos()
         let deadline = start + UInt64(duration * 1e9)
@@ -60,7 +66,7 @@ struct Bench: AsyncParsableCommand {
         }
         progress.cancel()
         // Measure before closing the subscribers, so that only server-side closes count.
-        let report = makeReport(publishers: publisherStats, subscribers: subscribers, lastAcked: lastAcked, seconds: Double(published - start) / 1e9)
+        let report = makeReport(publishers: publisherStats, subscribers: subscribers, lastAcked: lastAcked, seconds: max(Double(published - start) / 1e9, 1e-9))
         for task in subscriberTasks { task.cancel() }
         if json {
             let encoder = JSONEncoder()
