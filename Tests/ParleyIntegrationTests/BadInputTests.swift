@@ -118,6 +118,21 @@ struct BadInputTests {
         try await expectRejected(#"{"event":"leave","data":{"room":"elsewhere"},"id":1}"#, code: "not_found", id: 1)
     }
 
+    @Test("joining more rooms than a connection may hold is too_large; the connection keeps its rooms")
+    func tooManyRooms() async throws {
+        try await withServer({ $0.limits.maxRoomsPerConnection = 2 }) { server in
+            let client = try await TestClient.connect(port: server.port, user: "alice")
+            try await client.ack("join", ["room": "one"])
+            try await client.ack("join", ["room": "two"])
+            let refused = try await client.request("join", ["room": "three"])
+            #expect(refused["event"].string == "error")
+            #expect(refused["data"]["code"].string == "too_large")
+            #expect(try await client.ack("presence", ["room": "three"])["users"].array?.isEmpty == true)
+            try await client.ack("leave", ["room": "one"])
+            try await client.ack("join", ["room": "three"])
+        }
+    }
+
     @Test("a frame over 64 KiB closes the connection with 1009 and stores nothing")
     func oversizeFrame() async throws {
         try await withSetup { server, client in
