@@ -1,16 +1,13 @@
 import Foundation
-import Synchronization
 
 /// The real `parley` executable in a child process, for tests that kill or signal it.
 final class ServerProcess: Sendable {
     private let process: Process
-    private let output = Mutex("")
     let port: Int
 
-    private init(process: Process, port: Int, output: String) {
+    private init(process: Process, port: Int) {
         self.process = process
         self.port = port
-        self.output.withLock { $0 = output }
     }
 
     /// The built `parley` binary next to the test bundle.
@@ -43,7 +40,7 @@ final class ServerProcess: Sendable {
             seen = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
             if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression) {
                 let port = Int(seen[range].split(separator: ":").last!)!
-                return ServerProcess(process: process, port: port, output: seen)
+                return ServerProcess(process: process, port: port)
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -11,7 +11,6 @@ struct TestServer {
     let port: Int
     let group: ServiceGroup
     let task: Task<Void, any Error>
-    let dataDirectory: String?
 
     var engine: Engine { server.engine }
 
@@ -31,10 +30,7 @@ struct TestServer {
             task.cancel()
             throw TestFailure("server did not start")
         }
-        return TestServer(
-            server: server, port: port, group: group, task: task,
-            dataDirectory: configuration.storage == .sqlite ? configuration.dataDirectory : nil
-        )
+        return TestServer(server: server, port: port, group: group, task: task)
     }
 
     func stop() async {
