@@ -120,9 +120,12 @@ struct RedisCommandLiveTests {
     }
 
     @Test func connectingToAClosedPortFails() async throws {
-        let port = try await RedisServerProcess.freePort()
+        // A port that is bound but not listening refuses connections, and stays ours for the
+        // whole test: a port merely released could be taken by a server another test starts.
+        let reserved = try ReservedPort()
+        defer { reserved.release() }
         let error = await #expect(throws: RedisError.self) {
-            try await RedisConnection.connect(configuration: RedisConfiguration(host: "127.0.0.1", port: port))
+            try await RedisConnection.connect(configuration: RedisConfiguration(host: "127.0.0.1", port: reserved.port))
         }
         #expect(error?.code == .connectionFailed)
     }
