@@ -111,9 +111,13 @@ final class WebSocketConnection: Sendable {
         let decoder = ClientFrameDecoder()
         do {
             for try await message in inbound.messages(maxSize: settings.limits.maxFrameBytes) {
+                // Once the server is closing the socket, what still arrives is ignored; the
+                // reader keeps draining until the client answers the close, so that it never
+                // ends (and cancels the writer) before the writer sent its close code.
+                if outbox.isClosing { continue }
                 guard case .text(let text) = message else {
                     outbox.close(.policyViolation("binary frames are not supported"))
-                    return
+                    continue
                 }
                 switch decoder.decode(text) {
                 case .success(let (id, command)):
@@ -121,7 +125,6 @@ final class WebSocketConnection: Sendable {
                 case .failure(let failure):
                     reply(error: failure.error, id: failure.id)
                 }
-                if outbox.isClosing { return }
             }
         } catch {
             logger.debug("websocket read ended", metadata: ["error": "\(error)"])
