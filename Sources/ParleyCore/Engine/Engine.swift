@@ -151,9 +151,11 @@ public final class Engine: Sendable {
 
     /// Stores a message and fans it out. Returns the stored message (the original one for an
     /// idempotent retry). `session` is the connection it came through, for its rate limit.
+    /// `onStored` runs once the message is durably stored and before it is fanned out, so a
+    /// transport can queue the sender's ack ahead of the deliveries to the room.
     public func publish(
         _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?,
-        session: Session? = nil
+        session: Session? = nil, onStored: (Message) -> Void = { _ in }
     ) async throws -> Message {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room)
@@ -175,6 +177,7 @@ public final class Engine: Sendable {
         let result = try await storeCall { try await self.store.append(draft) }
         metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         (result.duplicate ? metrics.duplicates : metrics.published).increment()
+        onStored(result.message)
         if !result.duplicate {
             do {
                 try await publishToBroker(.message(result.message))
