@@ -162,15 +162,11 @@ public final class Engine: Sendable {
         let author = try postingUser(identity, requested: user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
-        if let session {
-            do {
-                try session.takeRateToken()
-            } catch {
-                metrics.rateLimited.increment()
-                throw error
-            }
-        } else {
-            try takeUserRateToken(author)
+        // A connection has its own bucket; calls without one (HTTP) share one per user.
+        let wait = if let session { session.takeRateToken() } else { takeUserRateToken(author) }
+        if let wait {
+            metrics.rateLimited.increment()
+            throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
         let draft = MessageDraft(room: room, user: author, content: content, clientId: clientId)
         let started = ContinuousClock.now
@@ -194,13 +190,10 @@ public final class Engine: Sendable {
         try await broker.publish(event)
     }
 
-    private func takeUserRateToken(_ user: String) throws(ParleyError) {
-        let wait = userRates.withLock { rates in
+    /// Takes a publish token from the user's bucket: nil when allowed, else milliseconds to wait.
+    private func takeUserRateToken(_ user: String) -> Int? {
+        userRates.withLock { rates in
             rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst)].take()
-        }
-        if let wait {
-            metrics.rateLimited.increment()
-            throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
     }
 

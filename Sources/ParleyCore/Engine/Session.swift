@@ -55,10 +55,9 @@ public final class Session: Sendable, Hashable {
         }
     }
 
-    func takeRateToken() throws(ParleyError) {
-        if let wait = rateLimit.withLock({ $0.take() }) {
-            throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
-        }
+    /// Takes a publish token: nil when allowed, else milliseconds until one is free.
+    func takeRateToken() -> Int? {
+        rateLimit.withLock { $0.take() }
     }
 
     /// Queues an event encoded for this session alone (replays, direct replies).
