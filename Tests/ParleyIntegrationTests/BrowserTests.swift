@@ -16,10 +16,11 @@ struct BrowserTests {
 
     @Test("two people chat, survive a server restart, and see markup as text", .enabled(if: required || browserAvailable))
     func seleniumSuite() async throws {
-        let result = try await Self.run(
+        let result = try await runToCompletion(
+            URL(fileURLWithPath: "/usr/bin/env"),
             ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "Tests/browser"],
             environment: ["PARLEY_BIN": ServerProcess.executable.path, "PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()],
-            timeout: .seconds(300)
+            directory: Self.repository, timeout: .seconds(300)
         )
         #expect(result.status == 0, "browser suite failed:\n\(result.output)")
     }
@@ -34,28 +35,5 @@ struct BrowserTests {
         guard (try? probe.run()) != nil else { return false }
         probe.waitUntilExit()
         return probe.terminationStatus == 0
-    }
-
-    /// Runs a command with its output in a log file, polling for its end (bounded).
-    static func run(_ arguments: [String], environment: [String: String], timeout: Duration) async throws -> (status: Int32, output: String) {
-        let log = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("browser.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let output = try FileHandle(forWritingTo: log)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        process.currentDirectoryURL = repository
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        try? output.close()
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        if process.isRunning { process.terminate() }
-        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-        return (process.isRunning ? -1 : process.terminationStatus, text)
     }
 }

@@ -102,22 +102,16 @@ struct BenchToolTests {
     @Test("a short bench against a live server reports zero loss and plausible numbers")
     func benchReport() async throws {
         try await withServer({ $0.limits.ratePerSecond = 0 }) { server in
-            let process = Process()
-            process.executableURL = ServerProcess.executable
-            process.arguments = [
-                "bench", "--url", "ws://127.0.0.1:\(server.port)/ws", "--connections", "20", "--rooms", "2",
-                "--publishers", "2", "--duration", "2", "--json",
-            ]
-            let output = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("bench.json")
-            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
-            process.standardOutput = try FileHandle(forWritingTo: output)
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let deadline = ContinuousClock.now + .seconds(60)
-            while process.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
-            #expect(!process.isRunning)
-            #expect(process.terminationStatus == 0)
-            let report = try JSON.parse(String(contentsOf: output, encoding: .utf8))
+            let result = try await runToCompletion(
+                ServerProcess.executable,
+                [
+                    "bench", "--url", "ws://127.0.0.1:\(server.port)/ws", "--connections", "20", "--rooms", "2",
+                    "--publishers", "2", "--duration", "2", "--json",
+                ],
+                includeErrors: false, timeout: .seconds(60)
+            )
+            #expect(result.status == 0)
+            let report = try JSON.parse(result.output)
             let acked = try #require(report["acked"].int)
             #expect(acked > 10)
             #expect(report["publishErrors"].int == 0)
