@@ -149,14 +149,15 @@ public final class Engine: Sendable {
 
     // MARK: Publishing
 
-    /// Stores a message and fans it out. Returns the stored message (the original one for an
-    /// idempotent retry). `session` is the connection it came through, for its rate limit.
+    /// Stores a message and fans it out. Returns the stored message (the original one, marked
+    /// `duplicate`, for an idempotent retry). `session` is the connection it came through, for its rate limit.
     /// `onStored` runs once the message is durably stored and before it is fanned out, so a
     /// transport can queue the sender's ack ahead of the deliveries to the room.
+    @discardableResult
     public func publish(
         _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?,
-        session: Session? = nil, onStored: (Message) -> Void = { _ in }
-    ) async throws -> Message {
+        session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
+    ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room)
         let author = try postingUser(identity, requested: user)
@@ -173,7 +174,7 @@ public final class Engine: Sendable {
         let result = try await storeCall { try await self.store.append(draft) }
         metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         (result.duplicate ? metrics.duplicates : metrics.published).increment()
-        onStored(result.message)
+        onStored(result)
         if !result.duplicate {
             do {
                 try await publishToBroker(.message(result.message))
@@ -182,7 +183,7 @@ public final class Engine: Sendable {
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
         }
-        return result.message
+        return result
     }
 
     private func publishToBroker(_ event: ServerEvent) async throws {

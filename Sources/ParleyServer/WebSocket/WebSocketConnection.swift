@@ -182,8 +182,8 @@ final class WebSocketConnection: Sendable {
             ack(id, fields: { json in json.key("room"); json.string(room) })
         case .message(let room, let content, let clientId):
             // The ack is queued as soon as the message is stored, ahead of the room's deliveries.
-            _ = try await engine.publish(session.identity, room: room, content: content, clientId: clientId, session: session) { message in
-                ack(id, value: { WireJSON.message(message, into: &$0) })
+            try await engine.publish(session.identity, room: room, content: content, clientId: clientId, session: session) { stored in
+                ack(id, value: { WireJSON.message(stored.message, into: &$0) })
             }
         case .typing(let room, let typing):
             try await engine.typing(session, room: room, typing: typing)
