@@ -15,7 +15,7 @@ public struct ServerConfiguration: Sendable {
     public var host = "0.0.0.0"
     /// HTTP/WebSocket/SSE port; 0 picks a free one (see `ParleyServer.onListening`).
     public var port = 8080
-    /// gRPC port, reserved for the gRPC transport.
+    /// gRPC port (ChatService and Health, plaintext HTTP/2); 0 picks a free one.
     public var grpcPort = 50051
     public var dataDirectory = "./data"
     public var storage = Storage.sqlite

@@ -4,6 +4,7 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import ParleyCore
+import ParleyGRPC
 import Prometheus
 import ParleySQLite
 import ServiceLifecycle
@@ -11,20 +12,22 @@ import UnixSignals
 
 /// A built Parley server: backends, engine and transports, run as one service group.
 ///
-/// The group shuts down in reverse order: first the engine drains (refuses new sessions and
-/// closes every WebSocket with 1001), then the HTTP server stops, then the backends finish
-/// (the store commits what is queued).
+/// The group shuts down in reverse order: first the engine drains (refuses new sessions, closes
+/// every WebSocket with 1001 and ends every gRPC stream with UNAVAILABLE), then the gRPC and
+/// HTTP servers stop, then the backends finish (the store commits what is queued).
 public struct ParleyServer: Sendable {
     public let engine: Engine
     public let configuration: ServerConfiguration
     let services: [any Service]
     let logger: Logger
 
-    /// Builds the server. `onListening` receives the bound HTTP port (useful with port 0).
+    /// Builds the server. `onListening` and `onGRPCListening` receive the bound HTTP and gRPC
+    /// ports (useful with port 0).
     public static func build(
         _ configuration: ServerConfiguration,
         logger: Logger = Logger(label: "parley"),
-        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in },
+        onGRPCListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> ParleyServer {
         let logger = {
             var logger = logger
@@ -80,9 +83,24 @@ public struct ParleyServer: Sendable {
             },
             logger: logger
         )
+        let grpc = GRPCTransport(
+            host: configuration.host, port: configuration.grpcPort,
+            maxRequestBytes: configuration.limits.maxFrameBytes,
+            services: [
+                ChatService(
+                    engine: engine, authenticator: authenticator,
+                    settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),
+                    logger: logger
+                ),
+                HealthService(engine: engine),
+            ],
+            logger: logger, onListening: onGRPCListening
+        )
+        // Shut down in reverse: the engine ends every session first (WebSocket 1001, gRPC
+        // UNAVAILABLE), then the transports stop, then the backends.
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: [store, broker, presence, app, EngineService(engine: engine)],
+            services: [store, broker, presence, app, grpc, EngineService(engine: engine)],
             logger: logger
         )
     }

@@ -25,7 +25,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HTTP, WebSocket and SSE port; 0 picks a free port. [env: PORT] (default: 8080)")
     var port: Int?
 
-    @Option(help: "gRPC port, reserved for the gRPC transport. [env: PARLEY_GRPC_PORT] (default: 50051)")
+    @Option(help: "gRPC port (chat.v1.ChatService and grpc.health.v1.Health); 0 picks a free one. [env: PARLEY_GRPC_PORT] (default: 50051)")
     var grpcPort: Int?
 
     @Option(help: "Folder of the SQLite history file. [env: PARLEY_DATA_DIR] (default: ./data)")

@@ -1,0 +1,49 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ParleyCore
+import ServiceLifecycle
+
+/// The gRPC server (ChatService and Health on HTTP/2, plaintext) as a service of the server's
+/// group. On graceful shutdown it stops accepting calls and waits for the running ones; the
+/// engine, shut down before it, has already ended every stream with UNAVAILABLE.
+public struct GRPCTransport: Service {
+    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let host: String
+    let logger: Logger
+    let onListening: @Sendable (Int) async -> Void
+
+    /// `maxRequestBytes` is Parley's limit on one request message, checked by the services
+    /// (RESOURCE_EXHAUSTED); the transport refuses anything over four times it before
+    /// buffering it whole (it resets the stream).
+    public init(
+        host: String, port: Int, maxRequestBytes: Int, services: [any RegistrableRPCService],
+        logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) {
+        var config = HTTP2ServerTransport.Posix.Config.defaults
+        config.rpc.maxRequestPayloadSize = maxRequestBytes * 4
+        let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
+            ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port)
+        self.server = GRPCServer(
+            transport: .http2NIOPosix(address: address, transportSecurity: .plaintext, config: config),
+            services: services
+        )
+        self.host = host
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await server.serve() }
+                let address = try await server.transport.listeningAddress
+                let port = address.ipv4?.port ?? address.ipv6?.port ?? 0
+                logger.info("gRPC listening on \(host):\(port) (chat.v1.ChatService, grpc.health.v1.Health)")
+                await onListening(port)
+            }
+        } onGracefulShutdown: {
+            server.beginGracefulShutdown()
+        }
+    }
+}
