@@ -9,6 +9,7 @@ import Synchronization
 struct TestServer {
     let server: ParleyServer
     let port: Int
+    let grpcPort: Int
     let group: ServiceGroup
     let task: Task<Void, any Error>
 
@@ -19,18 +20,24 @@ struct TestServer {
         var configuration = ServerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
+        configuration.grpcPort = 0
         configuration.storage = .memory
         configuration.logLevel = .warning
         configure(&configuration)
         let ready = AsyncQueue<Int>()
-        let server = try await ParleyServer.build(configuration, logger: Logger(label: "test")) { port in ready.push(port) }
+        let grpcReady = AsyncQueue<Int>()
+        let server = try await ParleyServer.build(
+            configuration, logger: Logger(label: "test"),
+            onListening: { port in ready.push(port) },
+            onGRPCListening: { port in grpcReady.push(port) }
+        )
         let group = server.makeServiceGroup(gracefulShutdownSignals: [])
         let task = Task { try await group.run() }
-        guard let port = await ready.pop(timeout: .seconds(10)) else {
+        guard let port = await ready.pop(timeout: .seconds(10)), let grpcPort = await grpcReady.pop(timeout: .seconds(10)) else {
             task.cancel()
             throw TestFailure("server did not start")
         }
-        return TestServer(server: server, port: port, group: group, task: task)
+        return TestServer(server: server, port: port, grpcPort: grpcPort, group: group, task: task)
     }
 
     func stop() async {
