@@ -39,7 +39,7 @@ public struct GRPCTransport: Service {
                 group.addTask { try await server.serve() }
                 let address = try await server.transport.listeningAddress
                 let port = address.ipv4?.port ?? address.ipv6?.port ?? 0
-                logger.info("gRPC listening on \(host):\(port) (chat.v1.ChatService, grpc.health.v1.Health)")
+                logger.info("gRPC listening on \(host):\(port) (chat.v1.ChatService, grpc.health.v1.Health, reflection)")
                 await onListening(port)
             }
         } onGracefulShutdown: {

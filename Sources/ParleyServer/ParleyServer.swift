@@ -93,6 +93,9 @@ public struct ParleyServer: Sendable {
                     logger: logger
                 ),
                 HealthService(engine: engine),
+                try ReflectionService(services: [
+                    "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                ]),
             ],
             logger: logger, onListening: onGRPCListening
         )

@@ -3,7 +3,8 @@ import Testing
 
 /// Interop with a gRPC implementation Parley did not write: Python `grpcio` with stubs that
 /// `grpcio-tools` generates from `proto/`, driving SendMessage, GetHistory, GetPresence,
-/// GetUser, JoinChat, Chat and Health against a live server (`Tests/grpc_interop`).
+/// GetUser, JoinChat, Chat and Health against a live server, and `grpcio-reflection`
+/// discovering and calling the service without the .proto files (`Tests/grpc_interop`).
 ///
 /// Skipped when Python lacks grpcio, grpcio-tools or pytest, unless `PARLEY_REQUIRE_GRPC_INTEROP=1`
 /// (set by `.ci/run`, which installs them) makes their absence a failure.
@@ -21,7 +22,7 @@ struct GRPCInteropTests {
                 directory: BrowserTests.repository, timeout: .seconds(180)
             )
             #expect(result.status == 0, "Python gRPC suite failed:\n\(result.output)")
-            #expect(result.output.contains("5 passed"), "unexpected pytest summary:\n\(result.output)")
+            #expect(result.output.contains("6 passed"), "unexpected pytest summary:\n\(result.output)")
         }
     }
 

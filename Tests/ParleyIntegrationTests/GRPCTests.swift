@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import ParleyGRPC
+import SwiftProtobuf
 import Testing
 
 /// `chat.v1.ChatService` and `grpc.health.v1.Health` through a real grpc-swift client over
@@ -395,5 +396,47 @@ extension EventStream {
             $0.requestID = requestID
             $0.command = command
         })
+    }
+}
+
+@Suite("gRPC server reflection")
+struct GRPCReflectionTests {
+    @Test("reflection lists the services and serves each file with its imports; unknown names are NOT_FOUND")
+    func reflection() async throws {
+        try await withServer { server in
+            try await withGRPCClient(
+                transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: server.grpcPort), transportSecurity: .plaintext)
+            ) { grpc in
+                let reflection = Grpc_Reflection_V1_ServerReflection.Client(wrapping: grpc)
+                let requests: [Grpc_Reflection_V1_ServerReflectionRequest] = [
+                    .with { $0.listServices = "" },
+                    .with { $0.fileContainingSymbol = "chat.v1.ChatService.SendMessage" },
+                    .with { $0.fileContainingSymbol = "grpc.health.v1.HealthCheckResponse.ServingStatus" },
+                    .with { $0.fileByFilename = "chat/v1/chat.proto" },
+                    .with { $0.fileContainingSymbol = "chat.v1.Nothing" },
+                ]
+                let responses = try await reflection.serverReflectionInfo(
+                    request: StreamingClientRequest { writer in try await writer.write(contentsOf: requests) }
+                ) { response in
+                    try await response.messages.reduce(into: []) { $0.append($1) }
+                }
+                #expect(responses.count == 5)
+                #expect(responses[0].listServicesResponse.service.map(\.name) == [
+                    "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                ])
+                let chatFiles = try responses[1].fileDescriptorResponse.fileDescriptorProto.map {
+                    try Google_Protobuf_FileDescriptorProto(serializedBytes: $0)
+                }
+                #expect(chatFiles.map(\.name) == ["chat/v1/chat.proto", "google/protobuf/timestamp.proto"])
+                #expect(chatFiles[0].service.first?.method.map(\.name).contains("JoinChat") == true)
+                let healthFiles = try responses[2].fileDescriptorResponse.fileDescriptorProto.map {
+                    try Google_Protobuf_FileDescriptorProto(serializedBytes: $0)
+                }
+                #expect(healthFiles.map(\.name) == ["grpc/health/v1/health.proto"])
+                #expect(responses[3].fileDescriptorResponse.fileDescriptorProto == responses[1].fileDescriptorResponse.fileDescriptorProto)
+                #expect(responses[4].errorResponse.errorCode == 5)
+                #expect(responses[4].originalRequest.fileContainingSymbol == "chat.v1.Nothing")
+            }
+        }
     }
 }

@@ -150,3 +150,27 @@ def test_health_service(channel):
     with pytest.raises(grpc.RpcError) as failure:
         health.Check(health_pb2.HealthCheckRequest(service="nope"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lets_a_generic_client_call_without_proto_files(channel):
+    """What grpcurl does: discover the services through reflection, then call one with
+    messages built from the reflected descriptors alone (no generated stubs)."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"chat.v1.ChatService", "grpc.health.v1.Health"} <= services
+    pool = descriptor_pool.DescriptorPool(database)
+    service = pool.FindServiceByName("chat.v1.ChatService")
+    assert {m.name for m in service.methods} >= {"GetUser", "SendMessage", "GetHistory", "JoinChat", "Chat", "GetPresence"}
+
+    request_type = message_factory.GetMessageClass(pool.FindMessageTypeByName("chat.v1.ChatMessage"))
+    ack_type = message_factory.GetMessageClass(pool.FindMessageTypeByName("chat.v1.MessageAck"))
+    send = channel.unary_unary(
+        "/chat.v1.ChatService/SendMessage",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=ack_type.FromString,
+    )
+    ack = send(request_type(room_id=room(), sender_id="reflector", content="found you"))
+    assert ack.message.seq == 1 and ack.message.content == "found you"
