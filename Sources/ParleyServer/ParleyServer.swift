@@ -22,10 +22,12 @@ public struct ParleyServer: Sendable {
     let logger: Logger
 
     /// Builds the server. `onListening` and `onGRPCListening` receive the bound HTTP and gRPC
-    /// ports (useful with port 0).
+    /// ports (useful with port 0). `store` replaces the one `configuration.storage` names (for
+    /// embedding Parley, and for tests that inject faults).
     public static func build(
         _ configuration: ServerConfiguration,
         logger: Logger = Logger(label: "parley"),
+        store: (any MessageStore)? = nil,
         onListening: @escaping @Sendable (Int) async -> Void = { _ in },
         onGRPCListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> ParleyServer {
@@ -36,7 +38,7 @@ public struct ParleyServer: Sendable {
         }()
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
-        let store = try await makeStore(configuration, metrics: metrics, logger: logger)
+        let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
         let broker = MemoryBroker()
         let presence = MemoryPresenceStore()
         let engine = Engine(

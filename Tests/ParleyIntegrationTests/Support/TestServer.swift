@@ -16,7 +16,9 @@ struct TestServer {
     var engine: Engine { server.engine }
 
     /// Starts a server; `storage` defaults to memory. Use `withServer` to have it stopped.
-    static func start(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+    static func start(
+        store: (any MessageStore)? = nil, _ configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
@@ -27,7 +29,7 @@ struct TestServer {
         let ready = AsyncQueue<Int>()
         let grpcReady = AsyncQueue<Int>()
         let server = try await ParleyServer.build(
-            configuration, logger: Logger(label: "test"),
+            configuration, logger: Logger(label: "test"), store: store,
             onListening: { port in ready.push(port) },
             onGRPCListening: { port in grpcReady.push(port) }
         )
@@ -50,10 +52,11 @@ struct TestServer {
 
 /// Runs `body` against a fresh server and always stops it.
 func withServer<T>(
+    store: (any MessageStore)? = nil,
     _ configure: (inout ServerConfiguration) -> Void = { _ in },
     _ body: (TestServer) async throws -> T
 ) async throws -> T {
-    let server = try await TestServer.start(configure)
+    let server = try await TestServer.start(store: store, configure)
     do {
         let result = try await body(server)
         await server.stop()
