@@ -10,6 +10,7 @@ import ServiceLifecycle
 public struct GRPCTransport: Service {
     let server: GRPCServer<HTTP2ServerTransport.Posix>
     let host: String
+    let port: Int
     let logger: Logger
     let onListening: @Sendable (Int) async -> Void
 
@@ -29,21 +30,45 @@ public struct GRPCTransport: Service {
             services: services
         )
         self.host = host
+        self.port = port
         self.logger = logger
         self.onListening = onListening
     }
 
     public func run() async throws {
         try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
+            try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await server.serve() }
-                let address = try await server.transport.listeningAddress
-                let port = address.ipv4?.port ?? address.ipv6?.port ?? 0
-                logger.info("gRPC listening on \(host):\(port) (chat.v1.ChatService, grpc.health.v1.Health, reflection)")
-                await onListening(port)
+                let address: GRPCNIOTransportCore.SocketAddress
+                do {
+                    address = try await server.transport.listeningAddress
+                } catch {
+                    // The server never listened: its own error (say, the port is taken) says why.
+                    do {
+                        try await group.waitForAll()
+                    } catch {
+                        throw GRPCListenError(host: host, port: port, underlying: error)
+                    }
+                    throw GRPCListenError(host: host, port: port, underlying: error)
+                }
+                let bound = address.ipv4?.port ?? address.ipv6?.port ?? 0
+                logger.info("gRPC listening on \(host):\(bound) (chat.v1.ChatService, grpc.health.v1.Health, reflection)")
+                await onListening(bound)
+                try await group.waitForAll()
             }
         } onGracefulShutdown: {
             server.beginGracefulShutdown()
         }
+    }
+}
+
+/// The gRPC server could not listen, with the transport's reason.
+struct GRPCListenError: Error, CustomStringConvertible {
+    let host: String
+    let port: Int
+    let underlying: any Error
+
+    var description: String {
+        "gRPC could not listen on \(host):\(port) (set --grpc-port / PARLEY_GRPC_PORT): \(underlying)"
     }
 }

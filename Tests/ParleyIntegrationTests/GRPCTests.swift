@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOPosix
 import ParleyGRPC
 import SwiftProtobuf
 import Testing
@@ -396,6 +397,25 @@ extension EventStream {
             $0.requestID = requestID
             $0.command = command
         })
+    }
+}
+
+@Suite("gRPC start-up")
+struct GRPCStartupTests {
+    @Test("a gRPC port already in use stops start-up with an error naming it")
+    func portTaken() async throws {
+        let holder = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(holder.localAddress?.port)
+        let result = try await runToCompletion(
+            ServerProcess.executable,
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "\(port)", "--storage", "memory"],
+            timeout: .seconds(30)
+        )
+        try await holder.close()
+        #expect(result.status != 0 && result.status != nil)
+        #expect(result.output.contains("gRPC could not listen on 127.0.0.1:\(port)"), "\(result.output)")
+        #expect(result.output.contains("Address already in use"))
     }
 }
 
