@@ -1,0 +1,49 @@
+import Synchronization
+
+/// Wakes one waiting task early. A poke while nobody waits is kept for the next wait, so a
+/// change made just before the wait starts is never missed.
+final class Wakeup: Sendable {
+    private struct State {
+        var pending = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func poke() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter.take() { return waiter }
+            state.pending = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    /// Returns at the next poke, after `timeout` (nil: no timeout), or when cancelled.
+    func wait(upTo timeout: Duration?) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.wait() }
+            if let timeout { group.addTask { try? await Task.sleep(for: timeout) } }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.pending || Task.isCancelled {
+                        state.pending = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            poke()
+        }
+    }
+}
