@@ -253,3 +253,29 @@ struct JWTKeyTests {
         #expect(await failure { $0.auth.jwksFile = symmetric }?.contains("PARLEY_JWT_JWKS_FILE") == true)
     }
 }
+
+@Suite("JWT verification cost")
+struct JWTCostTests {
+    @Test("verifying a token (HS256, RS256, ES256) is cheap; figures printed")
+    func cost() async throws {
+        let rsaFile = Tokens.file(Tokens.rsa.publicKey.pemRepresentation, name: "rsa.pem")
+        let ecFile = Tokens.file(Tokens.ec.publicKey.pemRepresentation, name: "ec.pem")
+        var report: [String] = []
+        for (name, configure, token) in [
+            ("HS256", { (c: inout AuthConfiguration) in c.jwtSecret = Tokens.secret }, try await Tokens.hs256(TestClaims(sub: "alice"))),
+            ("RS256", { (c: inout AuthConfiguration) in c.publicKeyFile = rsaFile }, try await Tokens.rs256(TestClaims(sub: "alice"))),
+            ("ES256", { (c: inout AuthConfiguration) in c.publicKeyFile = ecFile }, try await Tokens.es256(TestClaims(sub: "alice"))),
+        ] as [(String, (inout AuthConfiguration) -> Void, String)] {
+            var configuration = AuthConfiguration()
+            configure(&configuration)
+            let verifier = try #require(try await TokenVerifier.load(configuration, limits: .init()))
+            let rounds = 200
+            let started = ContinuousClock.now
+            for _ in 0..<rounds { #expect(try await verifier.verify(token).user == "alice") }
+            let each = (ContinuousClock.now - started) / rounds
+            report.append("\(name) \(each)")
+            #expect(each < .milliseconds(50))
+        }
+        print("JWT verification per token (debug build): \(report.joined(separator: ", "))")
+    }
+}
