@@ -55,7 +55,10 @@ final class WebSocketConnection: Sendable {
             if identity == nil {
                 group.addTask { await self.enforceHandshakeTimeout(); return false }
             }
-            group.addTask { await self.enforceExpiry(); return false }
+            // Only tokens expire: open mode needs no watcher (one task less per connection).
+            if !authenticator.isOpen {
+                group.addTask { await self.enforceExpiry(); return false }
+            }
             while let ended = await group.next(), !ended {}
             group.cancelAll()
         }
