@@ -8,7 +8,7 @@ import Testing
 /// Every input must be answered in time with a spec'd answer, and the store must hold exactly
 /// the seed messages plus those the fuzzer saw succeed.
 ///
-/// `PARLEY_FUZZ_ITERATIONS` (default 2000) and `PARLEY_FUZZ_SEED` make longer or other runs.
+/// `PARLEY_FUZZ_ITERATIONS` (default 1200) and `PARLEY_FUZZ_SEED` make longer or other runs.
 @Suite("Fuzzing")
 struct FuzzTests {
     static let apiKey = "fuzz-backend-key-0123456789abcdef"
@@ -34,7 +34,7 @@ struct FuzzTests {
     @Test("fuzzed frames, requests and tokens: spec'd errors, no crash, no hang, store unchanged")
     func fuzz() async throws {
         let environment = ProcessInfo.processInfo.environment
-        let iterations = environment["PARLEY_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 2000
+        let iterations = environment["PARLEY_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 1200
         let seed = environment["PARLEY_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED_CAFE
         try await withJWTServer({
             $0.auth.apiKeys = [Self.apiKey]
