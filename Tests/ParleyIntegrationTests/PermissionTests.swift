@@ -1,4 +1,5 @@
 import Foundation
+import ParleyAuth
 @testable import ParleyServer
 import Testing
 
@@ -24,6 +25,11 @@ struct PermissionTests {
             // Nothing reached room b.
             let reader = try await TestClient.connect(port: server.port, query: "?token=\(try await Tokens.hs256(TestClaims(sub: "root")))")
             #expect(try await reader.ack("history", ["room": "b"])["messages"].array?.isEmpty == true)
+            // Looking a user up shows only the rooms the token allows.
+            try await reader.ack("join", ["room": "b"])
+            try await reader.ack("join", ["room": "a"])
+            let root = try await http("GET", server.url("/api/users/root"), headers: bearer(token))
+            #expect(root.json["rooms"].array?.compactMap(\.string) == ["a"])
         }
     }
 
@@ -93,5 +99,19 @@ struct PermissionTests {
             #expect(try await http("POST", server.url("/api/rooms/r/messages"), body: #"{"content":"x","user":"u"}"#, headers: bearer(Self.apiKey)).status == 201)
             #expect(try await http("POST", server.url("/api/rooms/r/messages"), body: #"{"content":"x","user":"u"}"#).status == 201)
         }
+    }
+}
+
+@Suite("API key comparison")
+struct APIKeyTests {
+    @Test("only an exact key matches, among several; none configured matches nothing")
+    func matching() {
+        let keys = APIKeys(["first-key", "second-key"])
+        #expect(keys.matches("first-key"))
+        #expect(keys.matches("second-key"))
+        #expect(!keys.matches("second-ke"))
+        #expect(!keys.matches("second-key "))
+        #expect(!keys.matches(""))
+        #expect(!APIKeys([]).matches(""))
     }
 }
