@@ -15,10 +15,13 @@ public struct ChatService: RegistrableRPCService {
         public var limits: Limits
         /// How long a `Chat` stream without `authorization` metadata has to send `connect`.
         public var handshakeTimeout: Duration
+        /// How long a stream whose token expired has to send `connect` with a fresh one.
+        public var refreshGrace: Duration
 
-        public init(limits: Limits, handshakeTimeout: Duration) {
+        public init(limits: Limits, handshakeTimeout: Duration, refreshGrace: Duration = .seconds(30)) {
             self.limits = limits
             self.handshakeTimeout = handshakeTimeout
+            self.refreshGrace = refreshGrace
         }
     }
 
@@ -44,16 +47,16 @@ public struct ChatService: RegistrableRPCService {
             forMethod: Method.JoinChat.descriptor,
             deserializer: LimitedDeserializer<Chat_V1_JoinRequest>(maxBytes: settings.limits.maxFrameBytes),
             serializer: EncodedEventSerializer()
-        ) { request, _ in
+        ) { request, context in
             let single = try await ServerRequest(stream: request)
-            return await joinChat(single.message, metadata: single.metadata)
+            return await joinChat(single.message, metadata: single.metadata, peer: context.remotePeer)
         }
         router.registerHandler(
             forMethod: Method.Chat.descriptor,
             deserializer: LimitedDeserializer<Chat_V1_ChatCommand>(maxBytes: settings.limits.maxFrameBytes),
             serializer: EncodedEventSerializer()
-        ) { request, _ in
-            await chat(request)
+        ) { request, context in
+            await chat(request, peer: context.remotePeer)
         }
     }
 
@@ -91,18 +94,21 @@ public struct ChatService: RegistrableRPCService {
 
     /// The credential of `authorization: Bearer <JWT or API key>`.
     static func bearerToken(_ metadata: Metadata) -> String? {
-        for value in metadata[stringValues: "authorization"] {
-            let trimmed = value.trimmed
-            if trimmed.lowercased().hasPrefix("bearer ") {
-                return String(trimmed.dropFirst("bearer ".count)).trimmed
-            }
-        }
-        return nil
+        metadata[stringValues: "authorization"].lazy.compactMap(BearerToken.parse).first
     }
 
-    /// The identity of a call that acts as `user` (empty: the credential's own user).
+    /// The identity of a call that acts as `user` (empty: the credential's own user). A
+    /// backend (API key) acts as the user it names, which it must name.
     func identity(_ metadata: Metadata, user: String) async throws(ParleyError) -> Identity {
-        try await authenticator.authenticate(token: Self.bearerToken(metadata), user: user.nonEmpty)
+        let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: user.nonEmpty)
+        return try acting(identity, as: user)
+    }
+
+    /// A backend identity turned into the user it acts as; any other identity as is.
+    func acting(_ identity: Identity, as user: String) throws(ParleyError) -> Identity {
+        guard identity.isBackend else { return identity }
+        guard !user.isEmpty else { throw ParleyError.badRequest("user_id: required with an API key (the user to act as)") }
+        return Identity(user: try Validation.user(user, limits: settings.limits), isBackend: true)
     }
 
     /// The identity of a read-only call: in open mode anyone may read.
@@ -126,7 +132,7 @@ public struct ChatService: RegistrableRPCService {
     }
 
     @Sendable func sendMessage(_ request: Chat_V1_ChatMessage, metadata: Metadata) async throws -> Chat_V1_MessageAck {
-        let identity = try await identity(metadata, user: request.senderID)
+        let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: request.senderID.nonEmpty)
         let result = try await engine.publish(
             identity, as: request.senderID.nonEmpty, room: request.roomID, content: request.content,
             clientId: request.hasClientID ? request.clientID : nil
@@ -157,14 +163,15 @@ public struct ChatService: RegistrableRPCService {
 
     // MARK: Streaming RPCs
 
-    func joinChat(_ request: Chat_V1_JoinRequest, metadata: Metadata) async -> StreamingServerResponse<ByteBuffer> {
+    func joinChat(_ request: Chat_V1_JoinRequest, metadata: Metadata, peer: String) async -> StreamingServerResponse<ByteBuffer> {
+        let stream: StreamConnection
         let identity: Identity
         do {
             identity = try await self.identity(metadata, user: request.userID)
+            stream = try StreamConnection(service: self, peer: peer)
         } catch {
             return StreamingServerResponse(error: failure(error))
         }
-        let stream = StreamConnection(service: self)
         return StreamingServerResponse { writer in
             try await stream.serve(writer, identity: identity) { session in
                 try await engine.join(session, room: request.roomID, since: request.hasSinceSeq ? request.sinceSeq : nil) { joined in
@@ -175,16 +182,17 @@ public struct ChatService: RegistrableRPCService {
         }
     }
 
-    func chat(_ request: StreamingServerRequest<Chat_V1_ChatCommand>) async -> StreamingServerResponse<ByteBuffer> {
+    func chat(_ request: StreamingServerRequest<Chat_V1_ChatCommand>, peer: String) async -> StreamingServerResponse<ByteBuffer> {
+        let stream: StreamConnection
         var identity: Identity?
-        if Self.bearerToken(request.metadata) != nil {
-            do {
-                identity = try await self.identity(request.metadata, user: "")
-            } catch {
-                return StreamingServerResponse(error: failure(error))
+        do {
+            if Self.bearerToken(request.metadata) != nil {
+                identity = try await authenticator.authenticate(token: Self.bearerToken(request.metadata), user: nil)
             }
+            stream = try StreamConnection(service: self, peer: peer)
+        } catch {
+            return StreamingServerResponse(error: failure(error))
         }
-        let stream = StreamConnection(service: self)
         return StreamingServerResponse { [identity] writer in
             try await stream.serveCommands(writer, identity: identity, commands: request.messages)
             return [:]
@@ -194,8 +202,4 @@ public struct ChatService: RegistrableRPCService {
 
 extension String {
     var nonEmpty: String? { isEmpty ? nil : self }
-
-    var trimmed: String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
 }

@@ -16,16 +16,35 @@ final class StreamConnection: Sendable {
         var badCommands = 0
         /// The client cancelled the call: nobody is listening for a status.
         var cancelled = false
+        /// The backend credential of the call's metadata, until `connect` names its user.
+        var backend: Identity?
     }
 
     private let service: ChatService
     private let outbox: Outbox
     private let encoder = ProtoEventEncoder.shared
     private let state = Mutex(State())
+    private let expiry: TokenExpiry
+    /// The stream's place in the connection limits, given back when it ends.
+    private let ticket: ConnectionLimiter.Ticket
 
-    init(service: ChatService) {
+    /// Counts the stream against the connection limits (total and per client address, as for
+    /// WebSockets); throws when one is reached. `peer` is gRPC's `ipv4:host:port` form.
+    init(service: ChatService, peer: String) throws(ParleyError) {
         self.service = service
         self.outbox = Outbox(maxBytes: service.settings.limits.maxOutboxBytes)
+        self.expiry = TokenExpiry(grace: service.settings.refreshGrace)
+        self.ticket = try service.engine.connections.acquire(address: Self.address(ofPeer: peer))
+    }
+
+    /// The client's IP address in a gRPC peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`).
+    static func address(ofPeer peer: String) -> String? {
+        if peer.hasPrefix("ipv6:["), let end = peer.firstIndex(of: "]") {
+            return String(peer[peer.index(peer.startIndex, offsetBy: 6)..<end])
+        }
+        guard peer.hasPrefix("ipv4:"), let colon = peer.lastIndex(of: ":") else { return nil }
+        let host = peer[peer.index(peer.startIndex, offsetBy: 5)..<colon]
+        return host.isEmpty ? nil : String(host)
     }
 
     private var engine: Engine { service.engine }
@@ -45,7 +64,20 @@ final class StreamConnection: Sendable {
     private func open(_ identity: Identity) throws(ParleyError) -> Session {
         let session = try engine.connect(identity, transport: "grpc", encoder: encoder, outbox: outbox)
         state.withLock { $0.session = session }
+        expiry.poke()
         return session
+    }
+
+    /// Ends the stream with UNAUTHENTICATED once its token expired and no fresh one came
+    /// within the grace period (only `Chat` can send one, with `connect`); the client is warned
+    /// with an `error` event at expiry.
+    private func enforceExpiry() async {
+        guard !service.authenticator.isOpen else { return }
+        await expiry.watch({ self.session }) { error in
+            engine.metrics.error(error.code)
+            send(.error(error, requestID: ""))
+        }
+        if !Task.isCancelled { end(RPCError(code: .unauthenticated, message: "token expired")) }
     }
 
     // MARK: JoinChat
@@ -60,6 +92,7 @@ final class StreamConnection: Sendable {
         do {
             session = try open(identity)
         } catch {
+            ticket.release()
             throw service.failure(error)
         }
         // The stream is over when a task returns true: the writer, or the cut-off watch; `start`
@@ -75,6 +108,7 @@ final class StreamConnection: Sendable {
             }
             group.addTask { await self.writeLoop(writer); return true }
             group.addTask { await self.watchForCutOff() }
+            group.addTask { await self.enforceExpiry(); return false }
             while let ended = await group.next(), !ended {}
             self.outbox.close(.goingAway)
             group.cancelAll()
@@ -101,10 +135,14 @@ final class StreamConnection: Sendable {
         _ writer: RPCWriter<ByteBuffer>, identity: Identity?,
         commands: RPCAsyncSequence<Chat_V1_ChatCommand, any Error>
     ) async throws {
-        if let identity {
+        // A backend (API key) opens its session with `connect{user}`: the user it acts as.
+        let opened = identity?.isBackend == true ? nil : identity
+        state.withLock { $0.backend = identity?.isBackend == true ? identity : nil }
+        if let opened {
             do {
-                _ = try open(identity)
+                _ = try open(opened)
             } catch {
+                ticket.release()
                 throw service.failure(error)
             }
         }
@@ -115,7 +153,8 @@ final class StreamConnection: Sendable {
             group.addTask { await self.writeLoop(writer); return true }
             group.addTask { await self.readLoop(commands); return false }
             group.addTask { await self.watchForCutOff() }
-            if identity == nil {
+            group.addTask { await self.enforceExpiry(); return false }
+            if opened == nil {
                 group.addTask { await self.enforceHandshakeTimeout(); return false }
             }
             while let ended = await group.next(), !ended {}
@@ -248,14 +287,24 @@ final class StreamConnection: Sendable {
         }
     }
 
+    /// `connect`: opens the session; on an open one, a token is a refresh (same user only)
+    /// that moves the expiry and may narrow the rooms.
     private func connect(token: String?, user: String?) async throws -> Session {
         if let session {
-            guard user == nil || user == session.user else {
+            if let token {
+                try await engine.refresh(session, with: service.authenticator.authenticate(token: token, user: user ?? session.user))
+                expiry.poke()
+            } else if let user, user != session.user {
                 throw ParleyError.badRequest("already connected as \(session.user)")
             }
             return session
         }
-        return try open(try await service.authenticator.authenticate(token: token, user: user))
+        let identity = if token == nil, let backend = state.withLock({ $0.backend }) {
+            backend
+        } else {
+            try await service.authenticator.authenticate(token: token, user: user)
+        }
+        return try open(try service.acting(identity, as: user ?? ""))
     }
 
     // MARK: Writing
@@ -283,6 +332,7 @@ final class StreamConnection: Sendable {
     /// Leaves the session's rooms and ends the call with the status the server chose, if any.
     private func finish() async throws {
         outbox.close(.goingAway)
+        ticket.release()
         if let session { await engine.disconnect(session) }
         if let status = state.withLock({ $0.endStatus }) { throw status }
     }

@@ -1,4 +1,5 @@
 import Logging
+import ParleyAuth
 import ParleyCore
 
 /// Everything a Parley server is started with. Read from flags and environment in one place
@@ -30,6 +31,17 @@ public struct ServerConfiguration: Sendable {
     /// Folder the web client is served from; nil serves the copy bundled with the server.
     public var publicDirectory: String?
     public var logLevel = Logger.Level.info
+    /// JWT keys, API keys and claim checks; none configured is open mode.
+    public var auth = AuthConfiguration()
+    /// How long a WebSocket whose token expired may send `connect` with a fresh token before
+    /// it is closed with 1008.
+    public var tokenRefreshGrace: Duration = .seconds(30)
+    /// `Origin`s allowed to open a WebSocket (exact, e.g. `https://chat.example.com`); nil or
+    /// `*` allows every origin. Requests without `Origin` (not from a browser) are allowed.
+    public var allowedOrigins: [String]?
+    /// Origins whose pages may call the HTTP API and SSE (CORS); `*` allows any; empty sends no
+    /// CORS headers (same-origin only).
+    public var corsOrigins: [String] = []
 
     public init() {}
 }

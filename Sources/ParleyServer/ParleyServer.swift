@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import ParleyAuth
 import ParleyCore
 import ParleyGRPC
 import Prometheus
@@ -45,12 +46,10 @@ public struct ParleyServer: Sendable {
             store: store, broker: broker, presence: presence,
             limits: configuration.limits, metrics: metrics, logger: logger
         )
-        let authenticator = OpenAuthenticator(limits: configuration.limits)
-        if authenticator.isOpen {
-            logger.warning("open mode: no authentication is configured, anyone may claim any user id")
-        }
+        let authenticator = try await makeAuthenticator(configuration, logger: logger)
 
         let router = Router(context: ParleyRequestContext.self)
+        router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
         router.add(middleware: FileMiddleware(
             configuration.publicDirectory ?? bundledPublicDirectory(),
             searchForIndexHtml: true, logger: logger
@@ -63,8 +62,11 @@ public struct ParleyServer: Sendable {
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
             engine: engine, authenticator: authenticator,
-            settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),
-            logger: logger
+            settings: .init(
+                limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
+                refreshGrace: configuration.tokenRefreshGrace
+            ),
+            origins: OriginPolicy(configuration.allowedOrigins), logger: logger
         ).register(on: router)
 
         let app = Application(
@@ -91,7 +93,10 @@ public struct ParleyServer: Sendable {
             services: [
                 ChatService(
                     engine: engine, authenticator: authenticator,
-                    settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),
+                    settings: .init(
+                        limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
+                        refreshGrace: configuration.tokenRefreshGrace
+                    ),
                     logger: logger
                 ),
                 HealthService(engine: engine),
@@ -108,6 +113,26 @@ public struct ParleyServer: Sendable {
             services: [store, broker, presence, app, grpc, EngineService(engine: engine)],
             logger: logger
         )
+    }
+
+    /// API keys and JWT keys from the configuration; logs which mode the server runs in.
+    private static func makeAuthenticator(_ configuration: ServerConfiguration, logger: Logger) async throws -> TokenAuthenticator {
+        let authenticator = try await TokenAuthenticator.load(configuration.auth, limits: configuration.limits)
+        if authenticator.isOpen {
+            logger.warning("open mode: no authentication is configured, anyone may claim any user id")
+        } else {
+            logger.info("JWT authentication (\(authenticator.algorithms.joined(separator: ", ")), leeway \(configuration.auth.leewaySeconds) s)")
+        }
+        if let secret = configuration.auth.jwtSecret, secret.utf8.count < 32 {
+            logger.warning("PARLEY_JWT_SECRET is \(secret.utf8.count) bytes; RFC 7518 asks for at least 32 for HS256 (openssl rand -base64 48)")
+        }
+        if !configuration.auth.apiKeys.isEmpty {
+            logger.info("\(configuration.auth.apiKeys.count) backend API key(s) configured")
+        }
+        if configuration.auth.apiKeys.contains(where: { $0.utf8.count < 16 }) {
+            logger.warning("an API key is shorter than 16 characters; use long random keys (openssl rand -hex 32)")
+        }
+        return authenticator
     }
 
     /// The version reported by `parley_build_info`.

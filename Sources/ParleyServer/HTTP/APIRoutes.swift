@@ -61,9 +61,10 @@ struct APIRoutes {
             }
         }
         api.get("users/:user") { request, context -> Response in
-            _ = try await auth.reader(request)
+            let reader = try await auth.reader(request)
             let user = try context.parameters.require("user")
-            let rooms = try await engine.userRooms(user)
+            // A rooms claim also hides the rooms it does not allow.
+            let rooms = try await engine.userRooms(user).filter(reader.mayAccess)
             guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(user) is not online") }
             return Response.json { json in
                 json.object { json in

@@ -14,7 +14,7 @@ func withChatClient<T: Sendable>(port: Int, _ body: (ChatClient) async throws ->
     }
 }
 
-func bearer(_ token: String) -> Metadata { ["authorization": "Bearer \(token)"] }
+func grpcBearer(_ token: String) -> Metadata { ["authorization": "Bearer \(token)"] }
 
 /// The status code of a failed call, or nil when `body` succeeded.
 func grpcStatus(_ body: () async throws -> Void) async -> RPCError.Code? {
