@@ -53,10 +53,21 @@ let package = Package(
         .target(
             name: "ParleyRedis",
             dependencies: [
+                "ParleyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Durable history shared by several instances: PostgreSQL with group commit.
+        .target(
+            name: "ParleyPostgres",
+            dependencies: [
+                "ParleyCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // gRPC ChatService and grpc.health.v1 on grpc-swift 2; generated code in Generated/.
@@ -78,6 +89,8 @@ let package = Package(
             dependencies: [
                 "ParleyCore",
                 "ParleySQLite",
+                "ParleyRedis",
+                "ParleyPostgres",
                 "ParleyGRPC",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -97,14 +110,20 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // Real redis-server and PostgreSQL processes for the tests that need them.
+        .target(
+            name: "ParleyTestSupport",
+            path: "Tests/ParleyTestSupport"
+        ),
         .testTarget(
             name: "ParleyCoreTests",
-            dependencies: ["ParleyCore", "ParleySQLite"]
+            dependencies: ["ParleyCore", "ParleySQLite", "ParleyPostgres", "ParleyTestSupport"]
         ),
         .testTarget(
             name: "ParleyRedisTests",
             dependencies: [
                 "ParleyRedis",
+                "ParleyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -117,6 +136,9 @@ let package = Package(
             dependencies: [
                 "ParleyServer",
                 "parley",
+                "ParleyTestSupport",
+                "ParleyRedis",
+                "ParleyPostgres",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

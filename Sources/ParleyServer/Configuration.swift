@@ -1,5 +1,7 @@
 import Logging
 import ParleyCore
+import ParleyPostgres
+import ParleyRedis
 
 /// Everything a Parley server is started with. Read from flags and environment in one place
 /// (`parley serve`); tests build it directly.
@@ -30,6 +32,26 @@ public struct ServerConfiguration: Sendable {
     /// Folder the web client is served from; nil serves the copy bundled with the server.
     public var publicDirectory: String?
     public var logLevel = Logger.Level.info
+    /// Redis and PostgreSQL shared by several instances; none by default.
+    public var cluster = ClusterConfiguration()
+
+    public init() {}
+}
+
+/// Cluster mode: several instances share Redis (pub/sub and presence) and PostgreSQL
+/// (history). Each backend is used when it is configured.
+public struct ClusterConfiguration: Sendable {
+    /// Pub/sub and presence; nil routes in memory (a single instance).
+    public var redis: RedisConfiguration?
+    /// History; nil keeps it per `ServerConfiguration.storage`.
+    public var database: PostgresEndpoint?
+    /// How long an instance's heartbeat lives: a dead instance's users get `leave` within
+    /// about this plus a fifth of it. Heartbeats go out every fifth of it.
+    public var instanceTTL: Duration = .seconds(5)
+    /// How often each subscribed room is checked against the store for messages pub/sub lost.
+    public var resyncInterval: Duration? = .seconds(10)
+    /// This instance's id in presence and session ids; random when nil.
+    public var instanceID: String?
 
     public init() {}
 }

@@ -4,6 +4,7 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import ParleyCore
+import ParleyRedis
 import Prometheus
 import ParleySQLite
 import ServiceLifecycle
@@ -34,12 +35,16 @@ public struct ParleyServer: Sendable {
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
         let store = try await makeStore(configuration, metrics: metrics, logger: logger)
-        let broker = MemoryBroker()
-        let presence = MemoryPresenceStore()
+        let instanceID = configuration.cluster.instanceID ?? MessageID.next().suffix(8).lowercased()
+        let redis = configuration.cluster.redis.map { RedisBackends(configuration, redis: $0, instanceID: instanceID, logger: logger) }
+        let broker: any Broker = redis?.broker ?? MemoryBroker()
+        let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
         let engine = Engine(
             store: store, broker: broker, presence: presence,
-            limits: configuration.limits, metrics: metrics, logger: logger
+            limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger
         )
+        let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
+        let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
         let authenticator = OpenAuthenticator(limits: configuration.limits)
         if authenticator.isOpen {
             logger.warning("open mode: no authentication is configured, anyone may claim any user id")
@@ -52,8 +57,8 @@ public struct ParleyServer: Sendable {
         ))
         let auth = RequestAuth(authenticator: authenticator)
         router.add(middleware: ErrorMetricsMiddleware(metrics: metrics))
-        HealthRoutes(engine: engine).register(on: router)
-        MetricsRoute(engine: engine, registry: registry, storage: configuration.storage.rawValue).register(on: router)
+        HealthRoutes(engine: engine, backends: backends).register(on: router)
+        MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
@@ -82,7 +87,7 @@ public struct ParleyServer: Sendable {
         )
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: [store, broker, presence, app, EngineService(engine: engine)],
+            services: (redis?.services ?? []) + [store, broker, presence, app, EngineService(engine: engine)],
             logger: logger
         )
     }
@@ -103,6 +108,9 @@ public struct ParleyServer: Sendable {
     }
 
     private static func makeStore(_ configuration: ServerConfiguration, metrics: ParleyMetrics, logger: Logger) async throws -> any MessageStore {
+        if let endpoint = configuration.cluster.database {
+            return try await makePostgresStore(configuration, endpoint: endpoint, metrics: metrics, logger: logger)
+        }
         switch configuration.storage {
         case .memory:
             logger.info("history in memory (not durable)")
