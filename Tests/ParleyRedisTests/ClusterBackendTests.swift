@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import ParleyCore
@@ -54,8 +55,10 @@ struct TestInstance {
     let receiver = RecordingReceiver()
     let task: Task<Void, Never>
 
-    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true) {
-        let client = RedisClient(configuration: server.configuration)
+    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(5)) {
+        var configuration = server.configuration
+        configuration.commandTimeout = commandTimeout
+        let client = RedisClient(configuration: configuration)
         let subscriber = RedisSubscriber(configuration: server.configuration)
         var brokerConfiguration = RedisBroker.Configuration()
         brokerConfiguration.resyncInterval = nil
@@ -211,6 +214,24 @@ struct ClusterBackendTests {
             #expect(leaves.count == 1)  // ann is still present through a-1
             #expect(try await a.presence.members(room: "r").map(\.user) == ["ann"])
             await dead.stop()
+            await a.stop()
+            await b.stop()
+        }
+    }
+
+    @Test("a removal that failed while Redis was away is retried and emits its leave")
+    func retriesFailedRemoval() async throws {
+        try await withRedisServer { server in
+            let a = TestInstance(server, id: "a", commandTimeout: .milliseconds(300))
+            let b = TestInstance(server, id: "b", ttl: .seconds(30))
+            try await b.broker.setInterest(room: "r", true)
+            try await a.waitForSubscribers(room: "r")
+            #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
+            server.signal(SIGSTOP)
+            await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
+            server.signal(SIGCONT)
+            #expect(await b.receiver.waitFor { $0.events.withLock { $0 }.contains { if case .leave(_, "ann", _) = $0 { true } else { false } } })
+            #expect(try await b.presence.members(room: "r").isEmpty)
             await a.stop()
             await b.stop()
         }

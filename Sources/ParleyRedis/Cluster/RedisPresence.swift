@@ -12,6 +12,7 @@ import Synchronization
 /// - `rooms`: set of the rooms with anyone present;
 /// - `owned:<instance>`: set of `room\nuser\nsession` entries owned by an instance;
 /// - `instances`: set of the instance ids that own entries;
+/// - `removed:<session>:<room>`: a 2-minute marker of a last removal, for retries;
 /// - `instance:<id>`: the instance's heartbeat, refreshed every `heartbeatInterval` with a
 ///   `instanceTTL` expiry.
 ///
@@ -23,7 +24,8 @@ import Synchronization
 /// users therefore get `leave` within `instanceTTL + heartbeatInterval` (6 s by default).
 ///
 /// An instance that finds itself missing from `instances` (Redis restarted empty, or it was
-/// reaped while paused) registers its local sessions again and emits their `join`s.
+/// reaped while paused) registers its local sessions again and emits their `join`s; a removal
+/// that failed while Redis was away is retried with each heartbeat and emits its `leave`.
 ///
 /// Scripts compute some key names, so this needs a single Redis (not Redis Cluster).
 public final class RedisPresence: PresenceStore {
@@ -49,6 +51,9 @@ public final class RedisPresence: PresenceStore {
     private let logger: Logger
     /// This instance's sessions, to register them again after Redis lost them.
     private let local = Mutex<[LocalSession: Timestamp]>([:])
+    /// Removals that failed (Redis away): retried with each heartbeat, so a session that ended
+    /// during an outage does not stay present.
+    private let pendingRemovals = Mutex<Set<LocalSession>>([])
     private let eventHandler = Mutex<(@Sendable (ServerEvent) async -> Void)?>(nil)
 
     public init(client: RedisClient, configuration: Configuration, logger: Logger) {
@@ -97,6 +102,11 @@ public final class RedisPresence: PresenceStore {
                     }
                 }
             }
+            for entry in pendingRemovals.withLock({ $0 }) {
+                let last = try await removeInRedis(room: entry.room, user: entry.user, session: entry.session, retry: true)
+                pendingRemovals.withLock { _ = $0.remove(entry) }
+                if last { await emit(.leave(room: entry.room, user: entry.user, timestamp: .now)) }
+            }
         } catch {
             logger.debug("presence heartbeat failed", metadata: ["error": "\(error)"])
         }
@@ -131,7 +141,9 @@ public final class RedisPresence: PresenceStore {
 
     public func add(room: String, user: String, session: String, at: Timestamp) async throws -> Bool {
         let first = try await addInRedis(room: room, user: user, session: session, at: at)
-        local.withLock { $0[LocalSession(room: room, user: user, session: session)] = at }
+        let entry = LocalSession(room: room, user: user, session: session)
+        local.withLock { $0[entry] = at }
+        pendingRemovals.withLock { _ = $0.remove(entry) }
         return first
     }
 
@@ -147,12 +159,24 @@ public final class RedisPresence: PresenceStore {
     }
 
     public func remove(room: String, user: String, session: String) async throws -> Bool {
-        local.withLock { _ = $0.removeValue(forKey: LocalSession(room: room, user: user, session: session)) }
+        let entry = LocalSession(room: room, user: user, session: session)
+        local.withLock { _ = $0.removeValue(forKey: entry) }
+        do {
+            return try await removeInRedis(room: room, user: user, session: session, retry: false)
+        } catch {
+            pendingRemovals.withLock { _ = $0.insert(entry) }
+            throw error
+        }
+    }
+
+    /// `retry`: an earlier attempt failed, possibly after Redis ran it (a timeout): the
+    /// marker the script leaves on a last removal then tells whether the leave is still owed.
+    private func removeInRedis(room: String, user: String, session: String, retry: Bool) async throws -> Bool {
         let reply = try await client.send(RESPCommand(
-            "EVAL", RedisPresenceScripts.remove, 5,
+            "EVAL", RedisPresenceScripts.remove, 6,
             prefix + "presence:" + room, prefix + "sessions:" + room + ":" + user, prefix + "userrooms:" + user,
-            prefix + "rooms", prefix + "owned:" + configuration.instanceID,
-            user, session, room, room + "\n" + user + "\n" + session
+            prefix + "rooms", prefix + "owned:" + configuration.instanceID, prefix + "removed:" + session + ":" + room,
+            user, session, room, room + "\n" + user + "\n" + session, retry ? "1" : "0"
         ))
         return reply.int == 1
     }
@@ -207,16 +231,21 @@ enum RedisPresenceScripts {
         return 0
         """
 
-    /// KEYS: presence, sessions, userrooms, rooms, owned. ARGV: user, session, room, owned
-    /// entry. Returns 1 when it was the user's last session in the room.
+    /// KEYS: presence, sessions, userrooms, rooms, owned, removal marker. ARGV: user, session,
+    /// room, owned entry, retry flag. Returns 1 when it was the user's last session in the
+    /// room. A last removal leaves a marker for 2 minutes: a retry of a removal whose reply was
+    /// lost finds it and still reports the leave, exactly once.
     static let remove = """
         redis.call('SREM', KEYS[5], ARGV[4])
-        if redis.call('SREM', KEYS[2], ARGV[2]) == 1 and redis.call('SCARD', KEYS[2]) == 0 then
+        if redis.call('SREM', KEYS[2], ARGV[2]) == 1 then
+          if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
           redis.call('HDEL', KEYS[1], ARGV[1])
           redis.call('SREM', KEYS[3], ARGV[3])
           if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[4], ARGV[3]) end
+          redis.call('SET', KEYS[6], '1', 'EX', 120)
           return 1
         end
+        if ARGV[5] == '1' and redis.call('DEL', KEYS[6]) == 1 then return 1 end
         return 0
         """
 
