@@ -176,18 +176,16 @@ public final class PostgresStore: MessageStore {
 
     private func writeBatch(_ drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [AppendResult] {
         let rooms = Array(Set(drafts.map(\.room)))
-        // Lock every counter row of the batch, creating the missing ones, in one order.
-        try await connection.query(
-            """
-            INSERT INTO room_counters(room, seq)
-            SELECT r, 0 FROM unnest(\(rooms)::text[]) AS r ORDER BY r COLLATE "C"
-            ON CONFLICT (room) DO NOTHING
-            """,
-            logger: logger
-        )
+        // Lock every counter row of the batch (creating the missing ones) in one order, and
+        // read it: DO UPDATE locks the latest committed version of an existing row.
         var lastSeqs: [String: Int64] = [:]
         let counters = try await connection.query(
-            #"SELECT room, seq FROM room_counters WHERE room = ANY(\#(rooms)::text[]) ORDER BY room COLLATE "C" FOR UPDATE"#,
+            """
+            INSERT INTO room_counters AS c (room, seq)
+            SELECT r, 0 FROM unnest(\(rooms)::text[]) AS r ORDER BY r COLLATE "C"
+            ON CONFLICT (room) DO UPDATE SET seq = c.seq
+            RETURNING room, seq
+            """,
             logger: logger
         )
         for try await (room, seq) in counters.decode((String, Int64).self) { lastSeqs[room] = seq }
@@ -213,19 +211,17 @@ public final class PostgresStore: MessageStore {
             results.append(AppendResult(message: message, duplicate: false))
         }
         guard !rows.isEmpty else { return results }
-        try await connection.query(
-            """
-            INSERT INTO messages(room, seq, id, "user", content, ts, client_id)
-            SELECT room, seq, id, u, content, ts, NULLIF(client_id, '')
-            FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
-                \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
-                \(rows.map { $0.clientId ?? "" })::text[]) AS v(room, seq, id, u, content, ts, client_id)
-            """,
-            logger: logger
-        )
         let touched = Array(Set(rows.map(\.room)))
+        // The rows and the counters in one statement (one round trip).
         try await connection.query(
             """
+            WITH inserted AS (
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id)
+                SELECT room, seq, id, u, content, ts, NULLIF(client_id, '')
+                FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
+                    \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
+                    \(rows.map { $0.clientId ?? "" })::text[]) AS v(room, seq, id, u, content, ts, client_id)
+            )
             UPDATE room_counters AS c SET seq = v.seq
             FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
             WHERE c.room = v.room
