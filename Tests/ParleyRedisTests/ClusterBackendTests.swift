@@ -196,8 +196,9 @@ struct ClusterBackendTests {
     @Test("a dead instance's users are reaped once, by one survivor, with leave events")
     func reaperRemovesDeadInstance() async throws {
         try await withRedisServer { server in
-            let a = TestInstance(server, id: "a", ttl: .milliseconds(500))
-            let b = TestInstance(server, id: "b", ttl: .milliseconds(500))
+            // Long TTLs for the live ones: a loaded machine must not make them look dead.
+            let a = TestInstance(server, id: "a", ttl: .seconds(10))
+            let b = TestInstance(server, id: "b", ttl: .seconds(10))
             try await a.broker.setInterest(room: "r", true)
             try await b.waitForSubscribers(room: "r")
             // "dead" never heartbeats: its entries expire with the TTL its first add set.
@@ -208,7 +209,7 @@ struct ClusterBackendTests {
             let started = ContinuousClock.now
             #expect(await a.receiver.waitFor { $0.events.withLock { $0 }.contains { if case .leave(_, "zed", _) = $0 { true } else { false } } })
             let elapsed = ContinuousClock.now - started
-            #expect(elapsed < .seconds(2))
+            #expect(elapsed < .seconds(5))
             try await Task.sleep(for: .milliseconds(300))
             let leaves = a.receiver.events.withLock { $0 }.filter { if case .leave = $0 { true } else { false } }
             #expect(leaves.count == 1)  // ann is still present through a-1

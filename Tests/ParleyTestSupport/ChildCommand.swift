@@ -14,6 +14,13 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    // Nothing else of this process: `pg_ctl` leaves a server running that would otherwise
+    // hold copies of the tests' sockets (and keep their ports bound) for its whole life.
+    if let closeFrom = addCloseFrom {
+        _ = closeFrom(&actions, 3)
+    } else {
+        markOpenDescriptorsCloseOnExec()
+    }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     var pid: pid_t = 0
@@ -25,9 +32,27 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     return (exitStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
+private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module
+/// does not export.
+private let addCloseFrom: AddCloseFrom? = {
+    guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(symbol, to: AddCloseFrom.self)
+}()
+
+/// Without closefrom: sets FD_CLOEXEC on every descriptor above 2.
+private func markOpenDescriptorsCloseOnExec() {
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+        guard let descriptor = Int32(name), descriptor > 2 else { continue }
+        let flags = fcntl(descriptor, F_GETFD)
+        if flags >= 0 { _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC) }
+    }
+}
+
 /// A free loopback port: binds port 0, reads the port, releases it.
 public func freeLoopbackPort() throws -> Int {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard descriptor >= 0 else { throw TestSupportError("socket() failed") }
     defer { close(descriptor) }
     var address = sockaddr_in()
