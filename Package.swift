@@ -54,10 +54,21 @@ let package = Package(
         .target(
             name: "ParleyRedis",
             dependencies: [
+                "ParleyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Durable history shared by several instances: PostgreSQL with group commit.
+        .target(
+            name: "ParleyPostgres",
+            dependencies: [
+                "ParleyCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // gRPC ChatService and grpc.health.v1 on grpc-swift 2; generated code in Generated/.
@@ -89,6 +100,8 @@ let package = Package(
             dependencies: [
                 "ParleyCore",
                 "ParleySQLite",
+                "ParleyRedis",
+                "ParleyPostgres",
                 "ParleyGRPC",
                 "ParleyAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -112,14 +125,20 @@ let package = Package(
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ]
         ),
+        // Real redis-server and PostgreSQL processes for the tests that need them.
+        .target(
+            name: "ParleyTestSupport",
+            path: "Tests/ParleyTestSupport"
+        ),
         .testTarget(
             name: "ParleyCoreTests",
-            dependencies: ["ParleyCore", "ParleySQLite"]
+            dependencies: ["ParleyCore", "ParleySQLite", "ParleyPostgres", "ParleyTestSupport"]
         ),
         .testTarget(
             name: "ParleyRedisTests",
             dependencies: [
                 "ParleyRedis",
+                "ParleyCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -137,6 +156,9 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+                "ParleyTestSupport",
+                "ParleyRedis",
+                "ParleyPostgres",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

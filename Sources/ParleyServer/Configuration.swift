@@ -1,6 +1,8 @@
 import Logging
 import ParleyAuth
 import ParleyCore
+import ParleyPostgres
+import ParleyRedis
 
 /// Everything a Parley server is started with. Read from flags and environment in one place
 /// (`parley serve`); tests build it directly.
@@ -42,6 +44,26 @@ public struct ServerConfiguration: Sendable {
     /// Origins whose pages may call the HTTP API and SSE (CORS); `*` allows any; empty sends no
     /// CORS headers (same-origin only).
     public var corsOrigins: [String] = []
+    /// Redis and PostgreSQL shared by several instances; none by default.
+    public var cluster = ClusterConfiguration()
+
+    public init() {}
+}
+
+/// Cluster mode: several instances share Redis (pub/sub and presence) and PostgreSQL
+/// (history). Each backend is used when it is configured.
+public struct ClusterConfiguration: Sendable {
+    /// Pub/sub and presence; nil routes in memory (a single instance).
+    public var redis: RedisConfiguration?
+    /// History; nil keeps it per `ServerConfiguration.storage`.
+    public var database: PostgresEndpoint?
+    /// How long an instance's heartbeat lives: a dead instance's users get `leave` within
+    /// about this plus a fifth of it. Heartbeats go out every fifth of it.
+    public var instanceTTL: Duration = .seconds(5)
+    /// How often each subscribed room is checked against the store for messages pub/sub lost.
+    public var resyncInterval: Duration? = .seconds(10)
+    /// This instance's id in presence and session ids; random when nil.
+    public var instanceID: String?
 
     public init() {}
 }

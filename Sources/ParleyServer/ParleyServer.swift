@@ -6,6 +6,7 @@ import NIOCore
 import ParleyAuth
 import ParleyCore
 import ParleyGRPC
+import ParleyRedis
 import Prometheus
 import ParleySQLite
 import ServiceLifecycle
@@ -40,12 +41,16 @@ public struct ParleyServer: Sendable {
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
         let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
-        let broker = MemoryBroker()
-        let presence = MemoryPresenceStore()
+        let instanceID = configuration.cluster.instanceID ?? MessageID.next().suffix(8).lowercased()
+        let redis = configuration.cluster.redis.map { RedisBackends(configuration, redis: $0, instanceID: instanceID, logger: logger) }
+        let broker: any Broker = redis?.broker ?? MemoryBroker()
+        let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
         let engine = Engine(
             store: store, broker: broker, presence: presence,
-            limits: configuration.limits, metrics: metrics, logger: logger
+            limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger
         )
+        let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
+        let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
         let authenticator = try await makeAuthenticator(configuration, logger: logger)
 
         let router = Router(context: ParleyRequestContext.self)
@@ -56,8 +61,8 @@ public struct ParleyServer: Sendable {
         ))
         let auth = RequestAuth(authenticator: authenticator)
         router.add(middleware: ErrorMetricsMiddleware(metrics: metrics))
-        HealthRoutes(engine: engine).register(on: router)
-        MetricsRoute(engine: engine, registry: registry, storage: configuration.storage.rawValue).register(on: router)
+        HealthRoutes(engine: engine, backends: backends).register(on: router)
+        MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
@@ -110,7 +115,7 @@ public struct ParleyServer: Sendable {
         // UNAVAILABLE), then the transports stop, then the backends.
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: [store, broker, presence, app, grpc, EngineService(engine: engine)],
+            services: (redis?.services ?? []) + [store, broker, presence, app, grpc, EngineService(engine: engine)],
             logger: logger
         )
     }
@@ -151,6 +156,9 @@ public struct ParleyServer: Sendable {
     }
 
     private static func makeStore(_ configuration: ServerConfiguration, metrics: ParleyMetrics, logger: Logger) async throws -> any MessageStore {
+        if let endpoint = configuration.cluster.database {
+            return try await makePostgresStore(configuration, endpoint: endpoint, metrics: metrics, logger: logger)
+        }
         switch configuration.storage {
         case .memory:
             logger.info("history in memory (not durable)")

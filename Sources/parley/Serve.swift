@@ -2,6 +2,8 @@ import ArgumentParser
 import Logging
 import ParleyAuth
 import ParleyCore
+import ParleyPostgres
+import ParleyRedis
 import ParleyServer
 
 #if canImport(Glibc)
@@ -110,6 +112,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. [env: PARLEY_LOG_LEVEL] (default: info)")
     var logLevel: String?
 
+    @Option(help: "Redis for cluster mode (pub/sub, presence): redis://[[user]:password@]host[:port][/db]. [env: PARLEY_REDIS_URL, or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD]")
+    var redis: String?
+
+    @Option(help: "PostgreSQL for cluster mode (history): postgres://user:password@host:port/database[?sslmode=require]. [env: PARLEY_DATABASE_URL]")
+    var database: String?
+
+    @Option(help: "Milliseconds an instance's Redis heartbeat lives; a dead instance's users get leave within about 1.2x this. [env: PARLEY_INSTANCE_TTL_MS] (default: 5000)")
+    var instanceTtlMs: Int?
+
+    @Option(help: "Seconds between checks of every subscribed room against the store, for messages pub/sub lost; 0 never. [env: PARLEY_RESYNC_INTERVAL] (default: 10)")
+    var resyncInterval: Double?
+
+    @Option(help: "This instance's id in cluster presence (random by default). [env: PARLEY_INSTANCE_ID]")
+    var instanceId: String?
+
     func run() async throws {
         let configuration: ServerConfiguration
         do {
@@ -156,6 +173,7 @@ struct Serve: AsyncParsableCommand {
             guard let parsed = Logger.Level(rawValue: level) else { throw ConfigurationError("invalid log level '\(level)'") }
             c.logLevel = parsed
         }
+        try resolveCluster(&c.cluster, environment: env)
         guard (0...65535).contains(c.port), (0...65535).contains(c.grpcPort) else { throw ConfigurationError("ports must be 0...65535") }
         guard c.limits.ratePerSecond >= 0, c.limits.rateBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
         guard c.limits.maxContentLength > 0, c.limits.maxFrameBytes >= 1024, c.limits.maxHistoryLimit > 0,
@@ -183,6 +201,30 @@ struct Serve: AsyncParsableCommand {
         guard c.auth.leewaySeconds >= 0, c.tokenRefreshGrace >= .zero else { throw ConfigurationError("the JWT leeway and refresh grace must be >= 0") }
         guard (c.limits.userRatePerSecond ?? 0) >= 0, (c.limits.userRateBurst ?? 0) >= 0 else { throw ConfigurationError("rates must be >= 0") }
         guard c.limits.maxConnections >= 0, c.limits.maxConnectionsPerIP >= 0 else { throw ConfigurationError("connection limits must be >= 0") }
+    }
+}
+
+extension Serve {
+    func resolveCluster(_ c: inout ClusterConfiguration, environment env: Environment) throws {
+        do {
+            if let url = redis ?? env["PARLEY_REDIS_URL"] {
+                c.redis = try RedisConfiguration(url: url)
+            } else {
+                c.redis = try RedisConfiguration(environment: env.values)
+            }
+            c.database = try (database ?? env["PARLEY_DATABASE_URL"]).map { try PostgresEndpoint(url: $0) }
+        } catch {
+            throw ConfigurationError("\(error)")
+        }
+        if let ms = try instanceTtlMs ?? env.int("PARLEY_INSTANCE_TTL_MS") {
+            guard ms >= 500 else { throw ConfigurationError("the instance TTL must be at least 500 ms") }
+            c.instanceTTL = .milliseconds(ms)
+        }
+        if let seconds = try resyncInterval ?? env.double("PARLEY_RESYNC_INTERVAL") {
+            guard seconds >= 0 else { throw ConfigurationError("the resync interval must be >= 0") }
+            c.resyncInterval = seconds == 0 ? nil : .milliseconds(Int64(seconds * 1000))
+        }
+        c.instanceID = instanceId ?? env["PARLEY_INSTANCE_ID"] ?? c.instanceID
     }
 }
 

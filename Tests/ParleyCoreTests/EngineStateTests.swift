@@ -46,6 +46,28 @@ struct EngineStateTests {
         #expect(await frames(member.outbox) == ["1", "2", "3"])
     }
 
+    @Test("resync delivers stored messages the broker lost, with no later message to reveal them")
+    func hubResync() async throws {
+        let store = MemoryMessageStore()
+        let hub = Hub(store: store, metrics: ParleyMetrics(), logger: .init(label: "test"))
+        let member = session()
+        _ = try await hub.add(member, room: "r", since: nil)
+        let first = try await store.append(MessageDraft(room: "r", user: "u", content: "one"))
+        hub.receive(.message(first.message))
+        // Stored but never published: a trailing gap.
+        _ = try await store.append(MessageDraft(room: "r", user: "u", content: "two"))
+        _ = try await store.append(MessageDraft(room: "r", user: "u", content: "three"))
+        await hub.resync(room: "r")
+        await hub.resync(room: "not-here")
+        var seen: [String] = []
+        while seen.count < 3 {
+            let batch = await frames(member.outbox)
+            if batch.isEmpty { break }
+            seen += batch
+        }
+        #expect(seen == ["1", "2", "3"])
+    }
+
     @Test("skipping a gap delivers what waits after it")
     func roomSkipsGap() async {
         let member = session()

@@ -1,6 +1,8 @@
 import Foundation
 import ParleyCore
+import ParleyPostgres
 import ParleySQLite
+import ParleyTestSupport
 import ServiceLifecycle
 import Testing
 
@@ -23,9 +25,14 @@ struct RunningStore: Sendable {
     }
 }
 
-/// Every `MessageStore` implementation, by name. PostgreSQL joins here.
+/// Every `MessageStore` implementation, by name. PostgreSQL joins when a server can be used
+/// (see `PostgresTestServer`); `postgresStoreIsTested` reports when it cannot.
 enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    case memory, sqlite
+    case memory, sqlite, postgres
+
+    static var allCases: [StoreKind] {
+        PostgresTestServer.isAvailable ? [.memory, .sqlite, .postgres] : [.memory, .sqlite]
+    }
 
     var testDescription: String { rawValue }
 
@@ -39,6 +46,14 @@ enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
                 var configuration = SQLiteMessageStore.Configuration(path: path)
                 configuration.idempotencyWindow = idempotencyWindow
                 return .run(try await SQLiteMessageStore.open(configuration), reopen: open)
+            }
+            return try await open()
+        case .postgres:
+            let url = try await PostgresTestServer.shared().createDatabase()
+            @Sendable func open() async throws -> RunningStore {
+                var configuration = try PostgresStore.Configuration(url: url)
+                configuration.idempotencyWindow = idempotencyWindow
+                return .run(try await PostgresStore.open(configuration), reopen: open)
             }
             return try await open()
         }
@@ -63,6 +78,14 @@ func draft(_ room: String, _ content: String, user: String = "alice", clientId: 
 
 @Suite("MessageStore behaviour")
 struct MessageStoreSuite {
+    @Test(
+        "the PostgreSQL store is part of this suite",
+        .enabled(if: PostgresTestServer.isAvailable, "PostgreSQL is not installed: install the postgresql package, set PARLEY_TEST_DATABASE_URL, or PARLEY_REQUIRE_POSTGRES=1 to fail")
+    )
+    func postgresStoreIsTested() {
+        #expect(StoreKind.allCases.contains(.postgres))
+    }
+
     @Test("seq starts at 1 and grows by one per room", arguments: StoreKind.allCases)
     func sequencePerRoom(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in

@@ -1,4 +1,6 @@
 @testable import parley
+import ParleyPostgres
+import ParleyRedis
 import ParleyServer
 import Testing
 
@@ -49,6 +51,34 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("cluster mode: Redis and PostgreSQL from flags, PARLEY_* URLs or REDIS_HOST")
+    func cluster() throws {
+        let none = try Serve.parse([]).resolve(environment: Environment(values: [:]))
+        #expect(none.cluster.redis == nil && none.cluster.database == nil)
+
+        let environment = Environment(values: [
+            "PARLEY_REDIS_URL": "redis://:pw@cache:6380/2", "PARLEY_DATABASE_URL": "postgres://app:s%40cret@db:5433/chat",
+            "PARLEY_INSTANCE_TTL_MS": "2000", "PARLEY_RESYNC_INTERVAL": "0", "PARLEY_INSTANCE_ID": "east-1",
+        ])
+        let c = try Serve.parse([]).resolve(environment: environment).cluster
+        #expect(c.redis?.host == "cache" && c.redis?.port == 6380 && c.redis?.password == "pw" && c.redis?.database == 2)
+        #expect(c.database?.host == "db" && c.database?.port == 5433 && c.database?.username == "app")
+        #expect(c.database?.password == "s@cret" && c.database?.database == "chat")
+        #expect(c.instanceTTL == .seconds(2) && c.resyncInterval == nil && c.instanceID == "east-1")
+
+        let flagged = try Serve.parse(["--redis", "redis://other", "--database", "postgresql://u@h/d?sslmode=require"])
+            .resolve(environment: environment).cluster
+        #expect(flagged.redis?.host == "other" && flagged.redis?.port == 6379)
+        #expect(flagged.database?.host == "h" && flagged.database?.tls == .require)
+
+        let seeded = try Serve.parse([]).resolve(environment: Environment(values: ["REDIS_HOST": "r", "REDIS_PORT": "7000", "REDIS_PASSWORD": "x"]))
+        #expect(seeded.cluster.redis?.host == "r" && seeded.cluster.redis?.port == 7000 && seeded.cluster.redis?.password == "x")
+
+        for bad in [["PARLEY_REDIS_URL": "http://x"], ["PARLEY_DATABASE_URL": "mysql://x"], ["PARLEY_INSTANCE_TTL_MS": "10"], ["REDIS_HOST": "r", "REDIS_PORT": "no"]] {
+            #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: bad)) }
+        }
+    }
+
     @Test("--help explains every option with its environment variable")
     func help() {
         let help = Serve.helpMessage()
@@ -56,7 +86,8 @@ struct ConfigurationTests {
             "PORT", "PARLEY_GRPC_PORT", "PARLEY_DATA_DIR", "PARLEY_RATE_PER_SEC", "PARLEY_RATE_BURST", "PARLEY_MAX_FRAME_BYTES",
             "PARLEY_JWT_SECRET", "PARLEY_JWT_PUBLIC_KEY_FILE", "PARLEY_JWT_JWKS_FILE", "PARLEY_JWT_LEEWAY", "PARLEY_API_KEY",
             "PARLEY_TOKEN_REFRESH_GRACE", "PARLEY_USER_RATE_PER_SEC", "PARLEY_MAX_CONNECTIONS", "PARLEY_MAX_CONNECTIONS_PER_IP",
-            "PARLEY_ALLOWED_ORIGINS", "PARLEY_CORS_ORIGINS",
+            "PARLEY_ALLOWED_ORIGINS", "PARLEY_CORS_ORIGINS", "PARLEY_REDIS_URL", "REDIS_HOST", "PARLEY_DATABASE_URL",
+            "PARLEY_INSTANCE_TTL_MS",
         ] {
             #expect(help.contains(name), "\(name) missing from --help")
         }

@@ -110,7 +110,7 @@ struct GRPCAuthTests {
             $0.tokenRefreshGrace = .seconds(1)
         }) { server in
             try await withChatClient(port: server.grpcPort) { client in
-                let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 2)))
+                let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 5)))
                 let expiring = EventStream.chat(client, metadata: short)
                 _ = try await expiring.request(.join(.with { $0.roomID = "r" }), id: "1")
                 let refreshed = EventStream.chat(client, metadata: short)

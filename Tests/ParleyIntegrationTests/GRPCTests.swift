@@ -259,7 +259,7 @@ struct GRPCTests {
 
     @Test("Chat without credentials: commands before connect are refused, and no connect in time ends it")
     func chatNeedsConnect() async throws {
-        try await withServer({ $0.handshakeTimeout = .milliseconds(500) }) { server in
+        try await withServer({ $0.handshakeTimeout = .seconds(3) }) { server in
             try await withChatClient(port: server.grpcPort) { client in
                 let stream = EventStream.chat(client)
                 stream.send(.join(.with { $0.roomID = "general" }), requestID: "1")
@@ -268,13 +268,13 @@ struct GRPCTests {
                 #expect(refused.error.reason == "unauthorized")
                 stream.send(.ping(.init()), requestID: "2")
                 #expect(try await stream.reply(to: "2").pong.requestID == "2")
-                let ending = try #require(await stream.ended())
+                let ending = try #require(await stream.ended(timeout: .seconds(20)))
                 #expect(ending?.code == .unauthenticated)
 
                 // A connected stream is not ended by the timer.
                 let connected = EventStream.chat(client)
                 _ = try await connected.request(.connect(.with { $0.user = "alice" }), id: "c")
-                try await Task.sleep(for: .milliseconds(800))
+                try await Task.sleep(for: .seconds(4))
                 _ = try await connected.request(.join(.with { $0.roomID = "general" }), id: "j")
                 connected.cancel()
             }

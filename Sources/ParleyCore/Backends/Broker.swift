@@ -18,4 +18,9 @@ public protocol Broker: Service {
 
 public protocol BrokerReceiver: Sendable {
     func receive(_ event: ServerEvent)
+    /// Tells the receiver that the broker may have lost messages of `room` (a reconnection, a
+    /// subscription that just became live, a dropped backlog): it compares what it delivered
+    /// with the store and delivers whatever is missing, in order. This is how a message lost
+    /// by pub/sub with no later message to reveal the gap still reaches every member.
+    func resync(room: String) async
 }

@@ -391,6 +391,12 @@ public struct EngineService: Service {
 }
 
 extension Engine {
+    /// Delivers to local members every stored message the broker may have lost, in every room
+    /// with local members (see `BrokerReceiver.resync(room:)`).
+    public func resyncAllRooms() async {
+        for room in hub.roomNames { await hub.resync(room: room) }
+    }
+
     /// Whether the message store answers (for readiness checks).
     public func storeIsReachable() async -> Bool {
         (try? await store.lastSeq(room: "parley.readiness")) != nil

@@ -120,6 +120,38 @@ final class Hub: BrokerReceiver {
         if scheduleGapFill { scheduleGapFillTask(room: message.room) }
     }
 
+    /// Delivers the stored messages after the room's last delivered one, if the store has
+    /// any: a gap the broker cannot reveal because no later message arrived.
+    func resync(room: String) async {
+        guard var cursor = shard(room).rooms.withLock({ $0[room]?.lastDelivered }) else { return }
+        do {
+            guard try await store.lastSeq(room: room) > cursor else { return }
+            var rounds = 0
+            while rounds < 1000 {
+                rounds += 1
+                let page = try await store.history(room: room, query: HistoryQuery(after: cursor, limit: 100))
+                guard let last = page.messages.last else { return }
+                let (scheduleGapFill, delivered) = shard(room).rooms.withLock { rooms -> (Bool, Int) in
+                    guard rooms[room] != nil else { return (false, 0) }
+                    var gap = false
+                    for message in page.messages where rooms[room]!.receive(message) { gap = true }
+                    return (gap, rooms[room]!.takeDeliveredCount())
+                }
+                if delivered > 0 { metrics.delivered.increment(by: delivered) }
+                if scheduleGapFill { scheduleGapFillTask(room: room) }
+                cursor = last.seq
+                if !page.hasMore { return }
+            }
+        } catch {
+            logger.warning("resync failed", metadata: ["room": "\(room)", "error": "\(error)"])
+        }
+    }
+
+    /// The rooms with local members.
+    var roomNames: [String] {
+        shards.flatMap { shard in shard.rooms.withLock { Array($0.keys) } }
+    }
+
     private func scheduleGapFillTask(room: String) {
         Task { [self] in
             var attempts = 0

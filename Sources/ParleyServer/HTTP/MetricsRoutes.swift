@@ -6,15 +6,17 @@ import Prometheus
 struct MetricsRoute {
     let engine: Engine
     let registry: PrometheusCollectorRegistry
-    let storage: String
+    let backends: [BackendCheck]
 
     func register(on router: Router<some RequestContext>) {
-        let storeUp = registry.makeGauge(
-            descriptor: MetricNameDescriptor(metricName: "parley_backend", unitName: "up", helpText: "1 when the backend answers"),
-            labels: [("backend", storage)]
-        )
+        let gauges = backends.map { backend in
+            (backend, registry.makeGauge(
+                descriptor: MetricNameDescriptor(metricName: "parley_backend", unitName: "up", helpText: "1 when the backend answers"),
+                labels: [("backend", "\(backend.name)")]
+            ))
+        }
         router.get("metrics") { _, _ -> Response in
-            storeUp.set(to: await engine.storeIsReachable() ? 1.0 : 0.0)
+            for (backend, gauge) in gauges { gauge.set(to: await backend.isUp() ? 1.0 : 0.0) }
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: .init(byteBuffer: .init(bytes: registry.emitToBuffer()))

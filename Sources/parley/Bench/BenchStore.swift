@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import ParleyCore
+import ParleyPostgres
 import ParleySQLite
 import ServiceLifecycle
 
@@ -9,7 +10,7 @@ import ServiceLifecycle
 struct BenchStore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-store",
-        abstract: "Measure durable appends per second of the SQLite store (group commit)."
+        abstract: "Measure durable appends per second of the SQLite store, or of PostgreSQL with --database (group commit)."
     )
 
     @Option(help: "Concurrent publishers, each waiting for its append before the next.") var publishers = 1
@@ -18,8 +19,13 @@ struct BenchStore: AsyncParsableCommand {
     @Option(help: "Rooms the publishers write to.") var rooms = 1
     @Option(help: "full or normal.") var synchronous = "full"
     @Option(help: "Folder for the database file (a new file each run).") var dataDir = NSTemporaryDirectory()
+    @Option(help: "Measure the PostgreSQL store at this URL instead (rooms get a fresh prefix each run).") var database: String?
 
     func run() async throws {
+        if let database {
+            try await runPostgres(url: database)
+            return
+        }
         let path = URL(fileURLWithPath: dataDir).appendingPathComponent("bench-\(UUID().uuidString).sqlite").path
         var configuration = SQLiteMessageStore.Configuration(path: path)
         configuration.synchronous = synchronous == "normal" ? .normal : .full
@@ -52,6 +58,40 @@ struct BenchStore: AsyncParsableCommand {
             format: "%d publishers, synchronous=%@: %.0f appends/s (%d in %.1f s), %.1f appends per commit",
             publishers, configuration.synchronous.rawValue, Double(total) / seconds, total, seconds,
             Double(stats.appends) / Double(max(stats.batches, 1))
+        ))
+    }
+}
+
+extension BenchStore {
+    func runPostgres(url: String) async throws {
+        let store = try await PostgresStore.open(try PostgresStore.Configuration(url: url), logger: quietLogger)
+        let group = ServiceGroup(configuration: .init(services: [.init(service: store)], logger: quietLogger))
+        let running = Task { try await group.run() }
+        let run = UUID().uuidString.prefix(8)
+        let content = String(repeating: "x", count: size)
+        let deadline = ContinuousClock.now + .milliseconds(Int(duration * 1000))
+        let start = ContinuousClock.now
+        let total = try await withThrowingTaskGroup(of: Int.self) { tasks in
+            for index in 0..<publishers {
+                tasks.addTask {
+                    var count = 0
+                    while ContinuousClock.now < deadline {
+                        _ = try await store.append(MessageDraft(room: "bench-\(run)-\(index % rooms)", user: "u\(index)", content: content, clientId: "c\(index)-\(count)"))
+                        count += 1
+                    }
+                    return count
+                }
+            }
+            return try await tasks.reduce(0, +)
+        }
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let stats = store.stats.withLock { $0 }
+        await group.triggerGracefulShutdown()
+        _ = try? await running.value
+        print(String(
+            format: "%d publishers, PostgreSQL: %.0f appends/s (%d in %.1f s), %.1f appends per commit",
+            publishers, Double(total) / seconds, total, seconds, Double(stats.appends) / Double(max(stats.batches, 1))
         ))
     }
 }

@@ -68,6 +68,13 @@ final class RedisServerProcess: Sendable {
         }
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT...) to the server process.
+    func signal(_ signal: Int32) {
+        process.withLock { process in
+            if let process { _ = Foundation.kill(process.processIdentifier, signal) }
+        }
+    }
+
     /// Polls with PING until the server answers (NOAUTH counts as an answer), for at most 5 s.
     private func waitUntilReady() async throws {
         var configuration = RedisConfiguration(host: "127.0.0.1", port: port)

@@ -1,0 +1,55 @@
+import Logging
+import NIOPosix
+import PostgresNIO
+
+/// The schema, as numbered steps recorded in `parley_migrations`. A step never changes once
+/// released; a new one is appended. Every instance runs them at start-up under one advisory
+/// lock, so instances starting together apply each step exactly once.
+enum PostgresMigrations {
+    static let steps: [[String]] = [
+        [
+            "CREATE TABLE room_counters(room TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
+            """
+            CREATE TABLE messages(
+                room TEXT NOT NULL, seq BIGINT NOT NULL, id TEXT NOT NULL, "user" TEXT NOT NULL,
+                content TEXT NOT NULL, ts BIGINT NOT NULL, client_id TEXT,
+                PRIMARY KEY (room, seq))
+            """,
+            #"CREATE INDEX messages_client_id ON messages(room, "user", client_id) WHERE client_id IS NOT NULL"#,
+        ]
+    ]
+
+    /// An arbitrary constant: the advisory lock that serializes migrations.
+    static let lockKey = 7_270_001
+
+    static func run(_ endpoint: PostgresEndpoint, connectTimeout: Duration, logger: Logger) async throws {
+        let connection = try await PostgresConnection.connect(
+            on: MultiThreadedEventLoopGroup.singleton.next(),
+            configuration: endpoint.connectionConfiguration(connectTimeout: connectTimeout),
+            id: 0,
+            logger: logger
+        )
+        do {
+            try await connection.withTransaction(logger: logger) { connection in
+                try await connection.query("SELECT pg_advisory_xact_lock(\(lockKey))", logger: logger)
+                try await connection.query(
+                    "CREATE TABLE IF NOT EXISTS parley_migrations(version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                    logger: logger
+                )
+                var current = 0
+                for try await version in try await connection.query("SELECT COALESCE(MAX(version), 0) FROM parley_migrations", logger: logger).decode(Int.self) {
+                    current = version
+                }
+                for (index, statements) in steps.enumerated() where index + 1 > current {
+                    for statement in statements { try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger) }
+                    try await connection.query("INSERT INTO parley_migrations(version) VALUES (\(index + 1))", logger: logger)
+                    logger.info("PostgreSQL schema migrated", metadata: ["version": "\(index + 1)"])
+                }
+            }
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try await connection.close()
+    }
+}

@@ -1,0 +1,413 @@
+import CoreMetrics
+import Logging
+import NIOCore
+import ParleyCore
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+
+/// History in PostgreSQL, shared by every instance of a cluster, with group commit.
+///
+/// One writer task per instance takes every append queued while its previous transaction ran
+/// and commits them together. Inside that transaction it locks the counter row of each room it
+/// writes (`room_counters`, in name order, so two instances never deadlock), looks up the
+/// batch's `clientId`s, assigns the next seqs from the counter rows, inserts the messages and
+/// moves the counters. The row lock is what makes `seq` gapless and unique across instances,
+/// and what makes idempotency hold across them: a second instance racing the same
+/// `(room, user, clientId)` waits for the first one's commit and then finds its message.
+///
+/// When PostgreSQL cannot be reached an append fails with `unavailable` within
+/// `operationTimeout`; nothing is acknowledged that was not committed. The connection pool
+/// reconnects by itself once the server is back.
+public final class PostgresStore: MessageStore {
+    public struct Configuration: Sendable {
+        public var endpoint: PostgresEndpoint
+        /// Connections of the pool (the writer uses one at a time; reads share the rest).
+        public var maximumConnections = 8
+        public var idempotencyWindow: Duration = .seconds(600)
+        /// Most appends committed in one transaction.
+        public var maxBatch = 512
+        /// How long an append or a read may wait (for a connection included) before it fails
+        /// with `unavailable`.
+        public var operationTimeout: Duration = .seconds(5)
+        /// How long start-up keeps retrying to reach the database for its migrations.
+        public var startupTimeout: Duration = .seconds(15)
+        /// Where the batch-size histogram goes; none when nil.
+        public var metricsFactory: (any MetricsFactory)?
+
+        public init(endpoint: PostgresEndpoint) {
+            self.endpoint = endpoint
+        }
+
+        /// `postgres://user:password@host:port/database` (see `PostgresEndpoint`).
+        public init(url: String) throws {
+            self.init(endpoint: try PostgresEndpoint(url: url))
+        }
+    }
+
+    private typealias Pending = (draft: MessageDraft, continuation: CheckedContinuation<AppendResult, any Error>)
+
+    private struct WriterState {
+        var queue: [Pending] = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var stopping = false
+    }
+
+    private let configuration: Configuration
+    private let client: PostgresClient
+    private let logger: Logger
+    private let state = Mutex(WriterState())
+    /// Batches and appends committed so far (for benchmarks).
+    public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
+    private let batchSizes: Recorder?
+
+    private init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        var clientConfiguration = configuration.endpoint.clientConfiguration
+        clientConfiguration.options.connectTimeout = configuration.operationTimeout
+        clientConfiguration.options.maximumConnections = configuration.maximumConnections
+        // The pool logs every failed connection attempt at info: too chatty during an outage.
+        var poolLogger = logger
+        poolLogger.logLevel = max(logger.logLevel, .warning)
+        self.client = PostgresClient(configuration: clientConfiguration, backgroundLogger: poolLogger)
+        self.batchSizes = configuration.metricsFactory.map { Recorder(label: ParleyMetrics.batchSizeLabel, factory: $0) }
+    }
+
+    /// Reaches the database (retrying for up to `startupTimeout`) and brings its schema up to
+    /// date. Several instances may start at once: the migrations run under an advisory lock.
+    public static func open(_ configuration: Configuration, logger: Logger = Logger(label: "parley.postgres")) async throws -> PostgresStore {
+        let deadline = ContinuousClock.now + configuration.startupTimeout
+        var attempt = 0
+        while true {
+            do {
+                try await PostgresMigrations.run(configuration.endpoint, connectTimeout: configuration.operationTimeout, logger: logger)
+                return PostgresStore(configuration: configuration, logger: logger)
+            } catch {
+                attempt += 1
+                guard ContinuousClock.now < deadline else {
+                    throw ParleyError.unavailable("cannot prepare the PostgreSQL database: \(String(reflecting: error))")
+                }
+                logger.warning("PostgreSQL not ready, retrying", metadata: ["error": "\(String(reflecting: error))", "attempt": "\(attempt)"])
+                try await Task.sleep(for: .milliseconds(min(200 * attempt, 2000)))
+            }
+        }
+    }
+
+    // MARK: Service
+
+    /// Runs the connection pool and the writer until graceful shutdown; then commits what is
+    /// queued and closes the pool.
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.client.run() }
+            await withGracefulShutdownHandler {
+                while let batch = await nextBatch() {
+                    await commit(batch)
+                }
+            } onGracefulShutdown: {
+                self.stop()
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func stop() {
+        state.withLock { state in
+            state.stopping = true
+            return state.waiter.take()
+        }?.resume()
+    }
+
+    private func nextBatch() async -> [Pending]? {
+        while true {
+            let batch = state.withLock { state -> [Pending]? in
+                if state.queue.isEmpty { return state.stopping ? [] : nil }
+                let count = min(state.queue.count, configuration.maxBatch)
+                defer { state.queue.removeFirst(count) }
+                return Array(state.queue.prefix(count))
+            }
+            if let batch { return batch.isEmpty ? nil : batch }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.queue.isEmpty || state.stopping { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    // MARK: Writing
+
+    public func append(_ draft: MessageDraft) async throws -> AppendResult {
+        try await withCheckedThrowingContinuation { continuation in
+            let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+                guard !state.stopping else { return (false, nil) }
+                state.queue.append((draft, continuation))
+                return (true, state.waiter.take())
+            }
+            if accepted {
+                waiter?.resume()
+            } else {
+                continuation.resume(throwing: ParleyError.unavailable("the store is shutting down"))
+            }
+        }
+    }
+
+    private func commit(_ batch: [Pending]) async {
+        do {
+            let drafts = batch.map(\.draft)
+            let results = try await withConnection(leaseTimeout: configuration.operationTimeout) { connection in
+                try await connection.withTransaction(logger: self.logger) { connection in
+                    try await self.writeBatch(drafts, on: connection)
+                }
+            }
+            stats.withLock { $0 = ($0.batches + 1, $0.appends + batch.count) }
+            batchSizes?.record(batch.count)
+            for (pending, result) in zip(batch, results) { pending.continuation.resume(returning: result) }
+        } catch {
+            logger.error("commit failed", metadata: ["error": "\(String(reflecting: error))", "batch": "\(batch.count)"])
+            let failure = ParleyError.unavailable("could not store the message")
+            for pending in batch { pending.continuation.resume(throwing: failure) }
+        }
+    }
+
+    private func writeBatch(_ drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [AppendResult] {
+        let rooms = Array(Set(drafts.map(\.room)))
+        // Lock every counter row of the batch (creating the missing ones) in one order, and
+        // read it: DO UPDATE locks the latest committed version of an existing row.
+        var lastSeqs: [String: Int64] = [:]
+        let counters = try await connection.query(
+            """
+            INSERT INTO room_counters AS c (room, seq)
+            SELECT r, 0 FROM unnest(\(rooms)::text[]) AS r ORDER BY r COLLATE "C"
+            ON CONFLICT (room) DO UPDATE SET seq = c.seq
+            RETURNING room, seq
+            """,
+            logger: logger
+        )
+        for try await (room, seq) in counters.decode((String, Int64).self) { lastSeqs[room] = seq }
+
+        // Only now, with the rooms locked, is a concurrent commit of the same clientId visible.
+        var known = try await recentClientIds(for: drafts, on: connection)
+        var results: [AppendResult] = []
+        results.reserveCapacity(drafts.count)
+        var rows: [Message] = []
+        for draft in drafts {
+            let key = IdempotencyKey(draft)
+            if let key, let original = known[key],
+                original.timestamp.milliseconds >= draft.timestamp.milliseconds - configuration.idempotencyWindow.milliseconds
+            {
+                results.append(AppendResult(message: original, duplicate: true))
+                continue
+            }
+            let seq = (lastSeqs[draft.room] ?? 0) + 1
+            lastSeqs[draft.room] = seq
+            let message = draft.stored(seq: seq)
+            if let key { known[key] = message }
+            rows.append(message)
+            results.append(AppendResult(message: message, duplicate: false))
+        }
+        guard !rows.isEmpty else { return results }
+        let touched = Array(Set(rows.map(\.room)))
+        // The rows and the counters in one statement (one round trip).
+        try await connection.query(
+            """
+            WITH inserted AS (
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id)
+                SELECT room, seq, id, u, content, ts, NULLIF(client_id, '')
+                FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
+                    \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
+                    \(rows.map { $0.clientId ?? "" })::text[]) AS v(room, seq, id, u, content, ts, client_id)
+            )
+            UPDATE room_counters AS c SET seq = v.seq
+            FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
+            WHERE c.room = v.room
+            """,
+            logger: logger
+        )
+        return results
+    }
+
+    /// The stored messages whose `(room, user, clientId)` a draft of the batch reuses within
+    /// the idempotency window: one query for the whole batch.
+    private func recentClientIds(for drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [IdempotencyKey: Message] {
+        let keyed = drafts.filter { $0.clientId != nil }
+        guard let oldest = keyed.map(\.timestamp.milliseconds).min() else { return [:] }
+        let since = oldest - configuration.idempotencyWindow.milliseconds
+        let rows = try await connection.query(
+            """
+            SELECT m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id
+            FROM unnest(\(keyed.map(\.room))::text[], \(keyed.map(\.user))::text[], \(keyed.map { $0.clientId! })::text[])
+                AS k(room, u, client_id)
+            JOIN messages AS m ON m.room = k.room AND m."user" = k.u AND m.client_id = k.client_id
+            WHERE m.ts >= \(since) ORDER BY m.seq
+            """,
+            logger: logger
+        )
+        var known: [IdempotencyKey: Message] = [:]
+        for message in try await Self.messages(rows) {
+            if let key = IdempotencyKey(message) { known[key] = message }
+        }
+        return known
+    }
+
+    // MARK: Reading
+
+    public func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
+        let lower = query.after ?? 0
+        let upper = query.before ?? Int64.max
+        guard lower + 1 < upper else { return HistoryPage(messages: [], hasMore: false) }
+        let order = query.pagesForward ? "ASC" : "DESC"
+        let limit = query.limit + 1
+        var messages = try await read {
+            let rows = try await self.client.query(
+                """
+                SELECT room, seq, id, "user", content, ts, client_id FROM messages
+                WHERE room = \(room) AND seq > \(lower) AND seq < \(upper) ORDER BY seq \(unescaped: order) LIMIT \(limit)
+                """,
+                logger: self.logger
+            )
+            return try await Self.messages(rows)
+        }
+        let hasMore = messages.count > query.limit
+        if hasMore { messages.removeLast() }
+        if !query.pagesForward { messages.reverse() }
+        return HistoryPage(messages: messages, hasMore: hasMore)
+    }
+
+    public func lastSeq(room: String) async throws -> Int64 {
+        try await read {
+            let rows = try await self.client.query("SELECT seq FROM room_counters WHERE room = \(room)", logger: self.logger)
+            for try await seq in rows.decode(Int64.self) { return seq }
+            return 0
+        }
+    }
+
+    public func rooms() async throws -> [(room: String, seq: Int64)] {
+        try await read {
+            let rows = try await self.client.query(
+                #"SELECT room, seq FROM room_counters WHERE seq > 0 ORDER BY room COLLATE "C""#, logger: self.logger
+            )
+            var result: [(room: String, seq: Int64)] = []
+            for try await (room, seq) in rows.decode((String, Int64).self) { result.append((room, seq)) }
+            return result
+        }
+    }
+
+    /// Runs `body` on a pooled connection. Only the wait for a connection is bounded: once
+    /// `body` started, its outcome is awaited, so a commit that went through is never reported
+    /// as failed because a timer fired meanwhile. (A connection lost during COMMIT still
+    /// leaves the outcome unknown; a retry with the same clientId then finds the message.)
+    private func withConnection<T: Sendable>(
+        leaseTimeout: Duration, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let lease = LeaseState()
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { connection in
+                    guard lease.start() else { throw TimeoutError(timeout: leaseTimeout) }
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: leaseTimeout)
+                return nil
+            }
+            while let result = try await group.next() {
+                if let value = result {
+                    group.cancelAll()
+                    return value
+                }
+                if lease.timeOut() {
+                    group.cancelAll()
+                    throw TimeoutError(timeout: leaseTimeout)
+                }
+            }
+            throw TimeoutError(timeout: leaseTimeout)
+        }
+    }
+
+    /// Runs a read with the operation timeout, as `unavailable` when it fails.
+    private func read<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        do {
+            return try await withTimeout(configuration.operationTimeout, body)
+        } catch {
+            logger.debug("read failed", metadata: ["error": "\(String(reflecting: error))"])
+            throw ParleyError.unavailable("history is unavailable")
+        }
+    }
+
+    private static func messages(_ rows: PostgresRowSequence) async throws -> [Message] {
+        var messages: [Message] = []
+        for try await (room, seq, id, user, content, ts, clientId) in rows.decode((String, Int64, String, String, String, Int64, String?).self) {
+            messages.append(Message(
+                id: id, room: room, seq: seq, user: user, content: content,
+                timestamp: Timestamp(milliseconds: ts), clientId: clientId
+            ))
+        }
+        return messages
+    }
+}
+
+/// `(room, user, clientId)`: what makes a retry the same message.
+private struct IdempotencyKey: Hashable {
+    var room: String
+    var user: String
+    var clientId: String
+
+    init?(_ draft: MessageDraft) {
+        guard let clientId = draft.clientId else { return nil }
+        (room, user, self.clientId) = (draft.room, draft.user, clientId)
+    }
+
+    init?(_ message: Message) {
+        guard let clientId = message.clientId else { return nil }
+        (room, user, self.clientId) = (message.room, message.user, clientId)
+    }
+}
+
+/// Whether a connection was leased before the lease timeout: whichever happens first wins.
+final class LeaseState: Sendable {
+    private enum State { case waiting, started, timedOut }
+    private let state = Mutex(State.waiting)
+
+    /// The connection arrived: true when the work may start.
+    func start() -> Bool {
+        state.withLock { state in
+            guard state == .waiting else { return false }
+            state = .started
+            return true
+        }
+    }
+
+    /// The timer fired: true when the work had not started (and now never will).
+    func timeOut() -> Bool {
+        state.withLock { state in
+            guard state == .waiting else { return false }
+            state = .timedOut
+            return true
+        }
+    }
+}
+
+struct TimeoutError: Error, CustomStringConvertible {
+    let timeout: Duration
+    var description: String { "no answer within \(timeout)" }
+}
+
+/// Runs `body`, cancelling it and throwing `TimeoutError` once `timeout` passed.
+func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TimeoutError(timeout: timeout) }
+        return value
+    }
+}

@@ -1,0 +1,83 @@
+import Logging
+import ParleyCore
+import ParleyPostgres
+import ParleyRedis
+import ServiceLifecycle
+
+/// A backend whose health `/readyz` and `parley_backend_up` report.
+struct BackendCheck: Sendable {
+    let name: StaticString
+    let isUp: @Sendable () async -> Bool
+
+    /// A backend that does not answer within `timeout` counts as down: probes stay fast.
+    init(name: StaticString, timeout: Duration = .seconds(1), isUp check: @escaping @Sendable () async -> Bool) {
+        self.name = name
+        self.isUp = {
+            await withTaskGroup(of: Bool.self) { group in
+                group.addTask { await check() }
+                group.addTask {
+                    try? await Task.sleep(for: timeout)
+                    return false
+                }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+        }
+    }
+}
+
+/// Cluster mode's Redis side: one command client and one subscriber shared by the broker and
+/// the presence store. The client and subscriber run as services before the others, so they
+/// stop after them.
+struct RedisBackends {
+    let client: RedisClient
+    let subscriber: RedisSubscriber
+    let broker: RedisBroker
+    let presence: RedisPresence
+
+    init(_ configuration: ServerConfiguration, redis: RedisConfiguration, instanceID: String, logger: Logger) {
+        let redisLogger = {
+            var logger = logger
+            logger[metadataKey: "backend"] = "redis"
+            return logger
+        }()
+        client = RedisClient(configuration: redis, logger: redisLogger)
+        subscriber = RedisSubscriber(configuration: redis, logger: redisLogger)
+        var brokerConfiguration = RedisBroker.Configuration()
+        brokerConfiguration.resyncInterval = configuration.cluster.resyncInterval
+        broker = RedisBroker(client: client, subscriber: subscriber, configuration: brokerConfiguration, logger: redisLogger)
+        var presenceConfiguration = RedisPresence.Configuration(instanceID: instanceID)
+        presenceConfiguration.instanceTTL = configuration.cluster.instanceTTL
+        presenceConfiguration.heartbeatInterval = max(.milliseconds(100), configuration.cluster.instanceTTL / 5)
+        presence = RedisPresence(client: client, configuration: presenceConfiguration, logger: redisLogger)
+        let broker = self.broker
+        presence.onEvent { event in
+            do {
+                try await broker.publish(event)
+            } catch {
+                redisLogger.warning("could not publish a presence event", metadata: ["error": "\(error)"])
+            }
+        }
+        logger.info("cluster mode: Redis at \(redis.host):\(redis.port), instance \(instanceID)")
+    }
+
+    var services: [any Service] { [client, subscriber] }
+
+    var check: BackendCheck {
+        let broker = self.broker
+        return BackendCheck(name: "redis") { await broker.isReachable() }
+    }
+}
+
+extension ParleyServer {
+    static func makePostgresStore(_ configuration: ServerConfiguration, endpoint: PostgresEndpoint, metrics: ParleyMetrics, logger: Logger) async throws -> any MessageStore {
+        var postgres = PostgresStore.Configuration(endpoint: endpoint)
+        postgres.idempotencyWindow = configuration.limits.idempotencyWindow
+        postgres.metricsFactory = metrics.factory
+        var postgresLogger = logger
+        postgresLogger[metadataKey: "backend"] = "postgres"
+        logger.info("history in PostgreSQL at \(endpoint.redacted)")
+        return try await PostgresStore.open(postgres, logger: postgresLogger)
+    }
+}

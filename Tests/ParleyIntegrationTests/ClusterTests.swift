@@ -1,0 +1,245 @@
+import Foundation
+import ParleyPostgres
+import ParleyRedis
+import ParleyServer
+import ParleyTestSupport
+import Testing
+
+/// Real Redis and PostgreSQL shared by several instances.
+struct ClusterBackends {
+    let redis: RedisTestServer
+    let postgres: PostgresTestServer
+    let databaseURL: String
+    /// The PostgreSQL server belongs to this test (it may be stopped); else it is shared.
+    let ownsPostgres: Bool
+
+    static func start(privatePostgres: Bool = false) async throws -> ClusterBackends {
+        let redis = try await RedisTestServer.start()
+        let postgres = privatePostgres ? try await PostgresTestServer.start() : try await PostgresTestServer.shared()
+        return ClusterBackends(redis: redis, postgres: postgres, databaseURL: try postgres.createDatabase(), ownsPostgres: privatePostgres)
+    }
+
+    func stop() {
+        redis.kill()
+        if ownsPostgres { postgres.destroy() }
+    }
+
+    /// Fast failure detection and reconnection, no rate limit.
+    func configure(_ c: inout ServerConfiguration) {
+        var redis = try! RedisConfiguration(url: self.redis.url)
+        redis.reconnect = RedisBackoff(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(250))
+        redis.commandTimeout = .seconds(2)
+        c.cluster.redis = redis
+        c.cluster.database = try! PostgresEndpoint(url: databaseURL)
+        c.cluster.instanceTTL = .seconds(1)
+        c.cluster.resyncInterval = .seconds(1)
+        c.limits.ratePerSecond = 0
+    }
+
+    /// Flags of `parley serve` for the same backends.
+    var arguments: [String] {
+        ["--redis", redis.url, "--database", databaseURL, "--instance-ttl-ms", "1000", "--resync-interval", "1", "--rate-per-sec", "0"]
+    }
+}
+
+/// Runs `body` with `count` in-process instances sharing fresh backends; stops everything.
+func withCluster<T>(
+    instances count: Int = 3, privatePostgres: Bool = false,
+    _ body: ([TestServer], ClusterBackends) async throws -> T
+) async throws -> T {
+    let backends = try await ClusterBackends.start(privatePostgres: privatePostgres)
+    var servers: [TestServer] = []
+    do {
+        for _ in 0..<count { servers.append(try await TestServer.start(backends.configure)) }
+        let result = try await body(servers, backends)
+        for server in servers { await server.stop() }
+        backends.stop()
+        return result
+    } catch {
+        for server in servers { await server.stop() }
+        backends.stop()
+        throw error
+    }
+}
+
+let clusterTestsEnabled = RedisTestServer.isAvailable && PostgresTestServer.isAvailable && PostgresTestServer.canStartPrivate
+
+@Suite(
+    "Several instances through Redis and PostgreSQL",
+    .serialized,
+    .enabled(if: clusterTestsEnabled, "needs redis-server and PostgreSQL (scripts/install-test-deps); PARLEY_REQUIRE_REDIS/POSTGRES=1 make this a failure"),
+    .timeLimit(.minutes(3))
+)
+struct ClusterTests {
+    @Test("clients on different instances chat, see each other's presence, and rooms stay apart")
+    func chatAcrossInstances() async throws {
+        try await withCluster { servers, _ in
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            let carol = try await TestClient.connect(port: servers[2].port, user: "carol")
+            try await alice.ack("join", ["room": "general"])
+            let bobJoin = try await bob.ack("join", ["room": "general"])
+            #expect(bobJoin["users"].array?.compactMap { $0["user"].string } == ["alice", "bob"])
+            let joined = try await alice.expect("join")
+            #expect(joined["user"].string == "bob")
+            try await carol.ack("join", ["room": "other"])
+
+            let stored = try await alice.ack("message", ["room": "general", "content": "hello from A", "clientId": "a1"])
+            #expect(try await bob.expect("message") == stored)
+            let elsewhere = try await bob.ack("message", ["room": "other", "content": "hello from B"])
+            // carol's first message is the one of her room: nothing of `general` leaked to her.
+            #expect(try await carol.expect("message") == elsewhere)
+
+            let presence = try await carol.ack("presence", ["room": "general"])
+            #expect(presence["users"].array?.compactMap { $0["user"].string } == ["alice", "bob"])
+            let rooms = try await http("GET", servers[2].url("/api/rooms"))
+            let general = rooms.json["rooms"].array?.first { $0["room"].string == "general" }
+            #expect(general?["seq"].int == 1)
+            #expect(general?["online"].int == 2)
+            let user = try await http("GET", servers[0].url("/api/users/carol"))
+            #expect(user.json["rooms"].array?.compactMap(\.string) == ["other"])
+
+            // An idempotent retry through another instance returns the original.
+            let retry = try await bob.request("message", ["room": "general", "content": "hello from A", "clientId": "a1"])
+            #expect(retry["event"].string == "ack")
+            let sameUser = try await TestClient.connect(port: servers[2].port, user: "alice")
+            let retried = try await sameUser.ack("message", ["room": "general", "content": "hello from A", "clientId": "a1"])
+            #expect(retried == stored)
+
+            bob.close()
+            let left = try await alice.expect("leave")
+            #expect(left["user"].string == "bob")
+        }
+    }
+
+    @Test("concurrent publishers on every instance: every subscriber sees the same gapless order")
+    func gaplessOrderAcrossInstances() async throws {
+        try await withCluster { servers, _ in
+            var subscribers: [TestClient] = []
+            for (index, server) in servers.enumerated() {
+                for number in 0..<2 {
+                    let client = try await TestClient.connect(port: server.port, user: "s\(index)-\(number)")
+                    try await client.ack("join", ["room": "busy"])
+                    subscribers.append(client)
+                }
+            }
+            let perPublisher = 40
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, server) in servers.enumerated() {
+                    for number in 0..<2 {
+                        group.addTask {
+                            let publisher = try await TestClient.connect(port: server.port, user: "p\(index)-\(number)")
+                            for count in 0..<perPublisher {
+                                try await publisher.ack("message", ["room": "busy", "content": "p\(index)-\(number)-\(count)"])
+                            }
+                            publisher.close()
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let total = perPublisher * 6
+            var orders: [[Int]] = []
+            for subscriber in subscribers {
+                let messages = try await subscriber.messages(total, room: "busy", timeout: .seconds(30))
+                orders.append(messages.compactMap { $0["seq"].int })
+            }
+            for order in orders { #expect(order == Array(1...total)) }
+        }
+    }
+
+    @Test("Redis restarting mid-traffic: every acked message still reaches every member")
+    func redisRestart() async throws {
+        try await withCluster(instances: 2) { servers, backends in
+            let reader = try await TestClient.connect(port: servers[1].port, user: "reader")
+            try await reader.ack("join", ["room": "r"])
+            let writer = try await TestClient.connect(port: servers[0].port, user: "writer")
+            try await writer.ack("join", ["room": "r"])
+            var acked: [Int] = []
+            for count in 0..<60 {
+                if count == 20 { backends.redis.kill() }
+                if count == 28 { try await backends.redis.launch() }
+                let reply = try await writer.request("message", ["room": "r", "content": "m\(count)", "clientId": "c\(count)"], timeout: .seconds(10))
+                if reply["event"].string == "ack", let seq = reply["data"]["seq"].int { acked.append(seq) }
+            }
+            #expect(acked.count == 60)  // history is in PostgreSQL: posting works without Redis
+            let received = try await reader.messages(acked.count, room: "r", timeout: .seconds(30)).compactMap { $0["seq"].int }
+            #expect(received == acked)
+            // The last message has no successor to reveal a gap: it still arrives (resync).
+            let last = try await writer.ack("message", ["room": "r", "content": "after"])
+            #expect(try await reader.expect("message")["seq"] == last["seq"])
+        }
+    }
+
+    @Test("PostgreSQL down: posts fail with unavailable, never a false ack, and succeed once it is back")
+    func databaseOutage() async throws {
+        try await withCluster(instances: 2, privatePostgres: true) { servers, backends in
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            try await alice.ack("join", ["room": "r"])
+            try await bob.ack("join", ["room": "r"])
+            let first = try await alice.ack("message", ["room": "r", "content": "before"])
+            try backends.postgres.stop()
+            let failed = try await alice.request("message", ["room": "r", "content": "during", "clientId": "d"], timeout: .seconds(20))
+            #expect(failed["event"].string == "error")
+            #expect(failed["data"]["code"].string == "unavailable")
+            let ready = try await http("GET", servers[0].url("/readyz"))
+            #expect(ready.status == 503)
+            #expect(ready.json["backends"]["postgres"].string == "down")
+            #expect(ready.json["backends"]["redis"].string == "up")
+
+            try backends.postgres.launch()
+            var after: JSON?
+            for _ in 0..<40 where after == nil {
+                let reply = try await alice.request("message", ["room": "r", "content": "during", "clientId": "d"], timeout: .seconds(10))
+                if reply["event"].string == "ack" { after = reply["data"] } else { try await Task.sleep(for: .milliseconds(250)) }
+            }
+            #expect(after?["seq"].int == 2)
+            let seen = try await bob.messages(2, room: "r").compactMap { $0["content"].string }
+            #expect(seen == ["before", "during"])
+            #expect(first["seq"].int == 1)
+            let readyAgain = try await http("GET", servers[1].url("/readyz"))
+            #expect(readyAgain.status == 200)
+        }
+    }
+
+    @Test("SIGKILL of an instance: the others serve on, its users leave in time, its clients resume elsewhere")
+    func instanceKilled() async throws {
+        let backends = try await ClusterBackends.start()
+        defer { backends.stop() }
+        let a = try await ServerProcess.start(backends.arguments)
+        let b = try await ServerProcess.start(backends.arguments)
+        defer {
+            a.kill(SIGKILL)
+            b.kill(SIGKILL)
+        }
+        let watcher = try await TestClient.connect(port: a.port, user: "watcher")
+        try await watcher.ack("join", ["room": "r"])
+        let victim = try await TestClient.connect(port: b.port, user: "victim")
+        try await victim.ack("join", ["room": "r"])
+        _ = try await watcher.expect("join") { $0["user"].string == "victim" }
+        var lastSeen = 0
+        for count in 0..<5 {
+            try await watcher.ack("message", ["room": "r", "content": "m\(count)"])
+            lastSeen = try await victim.expect("message")["seq"].int ?? lastSeen
+        }
+
+        b.kill(SIGKILL)
+        let killed = ContinuousClock.now
+        // The others keep serving while the victim is away.
+        for count in 5..<10 { try await watcher.ack("message", ["room": "r", "content": "m\(count)"]) }
+        let left = try await watcher.expect("leave", timeout: .seconds(10)) { $0["user"].string == "victim" }
+        let leaveAfter = ContinuousClock.now - killed
+        #expect(left["room"].string == "r")
+        // TTL 1 s, heartbeat and reaper every 200 ms: 1.2 s plus delivery; 3 s leaves room for a busy machine.
+        #expect(leaveAfter < .seconds(3), "leave came \(leaveAfter) after the kill")
+        print("cluster: leave arrived \(leaveAfter) after SIGKILL (instance TTL 1 s)")
+
+        // The victim reconnects to the surviving instance and resumes: nothing lost.
+        let resumed = try await TestClient.connect(port: a.port, user: "victim")
+        try await resumed.ack("join", ["room": "r", "since": lastSeen])
+        let replayed = try await resumed.messages(10 - lastSeen, room: "r").compactMap { $0["seq"].int }
+        #expect(replayed == Array((lastSeen + 1)...10))
+        _ = try await watcher.expect("join") { $0["user"].string == "victim" }
+    }
+}

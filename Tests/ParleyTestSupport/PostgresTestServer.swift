@@ -1,0 +1,136 @@
+import Foundation
+import Synchronization
+
+/// A private PostgreSQL server for tests: `initdb` into a temporary folder and `pg_ctl` on a
+/// free loopback port, trust authentication for user `parley`. PostgreSQL refuses to run as
+/// root, so as root it runs as the `postgres` user of the Debian package (`runuser`).
+///
+/// `PARLEY_TEST_DATABASE_URL` points the shared server at an existing database server instead.
+/// `PARLEY_REQUIRE_POSTGRES=1` (set by `.ci/run`) makes an absent PostgreSQL a failure.
+public final class PostgresTestServer: Sendable {
+    public let port: Int
+    let directory: String
+    /// The URL of the server's `postgres` database.
+    public let url: String
+    private let external: Bool
+
+    private init(port: Int, directory: String, url: String, external: Bool) {
+        self.port = port
+        self.directory = directory
+        self.url = url
+        self.external = external
+    }
+
+    public static var binDirectory: String? {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap(Int.init).sorted()
+        guard let version = versions.last else { return nil }
+        let bin = "\(root)/\(version)/bin"
+        return FileManager.default.isExecutableFile(atPath: bin + "/initdb") ? bin : nil
+    }
+
+    public static var isRequired: Bool { ProcessInfo.processInfo.environment["PARLEY_REQUIRE_POSTGRES"] == "1" }
+    static var externalURL: String? { ProcessInfo.processInfo.environment["PARLEY_TEST_DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 } }
+
+    /// PostgreSQL can be used (or is required, so that its absence fails loudly).
+    public static var isAvailable: Bool {
+        externalURL != nil || binDirectory != nil || isRequired
+    }
+
+    /// Whether a private server can be started (for tests that stop and restart it).
+    public static var canStartPrivate: Bool { binDirectory != nil || isRequired }
+
+    private static var isRoot: Bool { getuid() == 0 }
+
+    /// Runs a PostgreSQL binary as a user PostgreSQL accepts.
+    private static func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        guard let bin = binDirectory else { throw TestSupportError("PostgreSQL is not installed (apt-get install postgresql)") }
+        if isRoot {
+            return try runCommand("/usr/sbin/runuser", ["-u", "postgres", "--", "\(bin)/\(tool)"] + arguments)
+        }
+        return try runCommand("\(bin)/\(tool)", arguments)
+    }
+
+    /// Starts a new private server.
+    public static func start() async throws -> PostgresTestServer {
+        let directory = NSTemporaryDirectory() + "parley-pg-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if isRoot { try runCommand("/bin/chown", ["postgres:postgres", directory]) }
+        let initdb = try run("initdb", ["-D", directory + "/data", "-U", "parley", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        guard initdb.status == 0 else { throw TestSupportError("initdb failed: \(initdb.output)") }
+        let server = PostgresTestServer(port: try freeLoopbackPort(), directory: directory, url: "", external: false)
+        let started = PostgresTestServer(port: server.port, directory: directory, url: "postgres://parley@127.0.0.1:\(server.port)/postgres", external: false)
+        try started.launch()
+        Self.cleanup.withLock { $0.append(directory) }
+        return started
+    }
+
+    /// Starts the server again after `stop()`, on the same port and data.
+    public func launch() throws {
+        let result = try Self.run("pg_ctl", [
+            "-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "30",
+            "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200", "start",
+        ])
+        guard result.status == 0 else { throw TestSupportError("pg_ctl start failed: \(result.output)") }
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`).
+    public func stop() throws {
+        guard !external else { return }
+        _ = try Self.run("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Stops the server and deletes its data.
+    public func destroy() {
+        guard !external else { return }
+        try? stop()
+        try? FileManager.default.removeItem(atPath: directory)
+        Self.cleanup.withLock { $0.removeAll { $0 == directory } }
+    }
+
+    /// A new, empty database on this server; returns its URL.
+    public func createDatabase() throws -> String {
+        let name = "parley_test_\(UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: ""))"
+        let result = try runCommand("/usr/bin/psql", ["-X", "-q", "-d", url, "-c", "CREATE DATABASE \(name)"])
+        guard result.status == 0 else { throw TestSupportError("CREATE DATABASE failed: \(result.output)") }
+        guard let slash = url.lastIndex(of: "/") else { throw TestSupportError("bad URL \(url)") }
+        return String(url[...slash]) + name
+    }
+
+    private static let sharedServer = Mutex<PostgresTestServer?>(nil)
+    private static let sharedLock = Mutex(false)
+
+    /// One server for the whole test process (or the external one), started on first use.
+    public static func shared() async throws -> PostgresTestServer {
+        if let server = sharedServer.withLock({ $0 }) { return server }
+        if let externalURL {
+            let server = PostgresTestServer(port: 0, directory: "", url: externalURL, external: true)
+            sharedServer.withLock { $0 = server }
+            return server
+        }
+        // Tests run in parallel: let one start it and the others wait.
+        while sharedLock.withLock({ started in defer { started = true }; return started }) {
+            if let server = sharedServer.withLock({ $0 }) { return server }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        do {
+            let server = try await start()
+            sharedServer.withLock { $0 = server }
+            return server
+        } catch {
+            sharedLock.withLock { $0 = false }
+            throw error
+        }
+    }
+
+    /// Data folders of servers still running, stopped when the test process exits.
+    static let cleanup: Mutex<[String]> = {
+        atexit {
+            for directory in PostgresTestServer.cleanup.withLock({ $0 }) {
+                _ = try? PostgresTestServer.run("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+        }
+        return Mutex([])
+    }()
+}

@@ -1,0 +1,75 @@
+import Foundation
+import Synchronization
+
+/// A private `redis-server` for tests, on a free loopback port, that can be killed and
+/// started again on the same port. `PARLEY_REQUIRE_REDIS=1` makes its absence a failure.
+public final class RedisTestServer: Sendable {
+    public let port: Int
+    private let process = Mutex<Process?>(nil)
+
+    private init(port: Int) {
+        self.port = port
+    }
+
+    public var url: String { "redis://127.0.0.1:\(port)" }
+
+    public static let executable = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/redis-server"
+
+    public static var isAvailable: Bool {
+        FileManager.default.isExecutableFile(atPath: executable) || ProcessInfo.processInfo.environment["PARLEY_REQUIRE_REDIS"] == "1"
+    }
+
+    public static func start() async throws -> RedisTestServer {
+        let server = RedisTestServer(port: try freeLoopbackPort())
+        try await server.launch()
+        return server
+    }
+
+    /// Starts the server (again, after `kill`), empty, on the same port.
+    public func launch() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = [
+            "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(),
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process.withLock { $0 = process }
+        for _ in 0..<250 {
+            if canConnect() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestSupportError("redis-server on port \(port) did not start")
+    }
+
+    /// SIGKILL, as a crash would; waits until the process is gone.
+    public func kill() {
+        guard let process = process.withLock({ value in defer { value = nil }; return value }) else { return }
+        if process.isRunning {
+            Foundation.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    private func canConnect() -> Bool {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+
+    deinit {
+        kill()
+    }
+}
