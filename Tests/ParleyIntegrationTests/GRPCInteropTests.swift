@@ -26,13 +26,5 @@ struct GRPCInteropTests {
         }
     }
 
-    static var pythonGRPCAvailable: Bool {
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import grpc, grpc_tools, pytest"]
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { return false }
-        probe.waitUntilExit()
-        return probe.terminationStatus == 0
-    }
+    static var pythonGRPCAvailable: Bool { pythonCanImport("grpc, grpc_tools, grpc_reflection, pytest") }
 }
