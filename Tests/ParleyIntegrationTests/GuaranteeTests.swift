@@ -92,12 +92,16 @@ struct GuaranteeTests {
     @Test("a client that stops reading is cut off with 1013 while the others keep full speed")
     func slowConsumerCutOff() async throws {
         try await withServer({ $0.limits.ratePerSecond = 0; $0.limits.maxOutboxBytes = 1 << 20 }) { server in
-            let slow = try await TestClient.connect(port: server.port, user: "slow")
+            // The slow client reads through a relay that stops reading from the server, so the
+            // server's socket really backs up (a paused reader in this process might not).
+            let relay = try await TCPRelay.start(to: server.port)
+            defer { Task { await relay.stop() } }
+            let slow = try await TestClient.connect(port: relay.port, user: "slow")
             let fast = try await TestClient.connect(port: server.port, user: "fast")
             let publisher = try await TestClient.connect(port: server.port, user: "pub")
             try await slow.ack("join", ["room": "firehose"])
             try await fast.ack("join", ["room": "firehose"])
-            slow.pauseReading()
+            try await relay.setServerReading(false)
 
             let total = 3000
             let body = String(repeating: "x", count: 3500)
@@ -113,12 +117,12 @@ struct GuaranteeTests {
             // The fast reader finished right behind the publisher: the slow one did not hold it up.
             #expect(delivered - published < .seconds(5), "published in \(published - start), delivered \(delivered - published) later")
 
-            slow.resumeReading()
+            try await relay.setServerReading(true)
             var slowSeqs: [Int] = []
             while let frame = try await slow.next(timeout: .seconds(10)) {
                 if let seq = frame["data"]["seq"].int, frame["event"].string == "message" { slowSeqs.append(seq) }
             }
-            #expect(await slow.closed(timeout: .seconds(5)) == 1013)
+            #expect(await slow.closed(timeout: .seconds(15)) == 1013)
             #expect(slowSeqs.count < total)
             #expect(slowSeqs == Array(1...slowSeqs.count).map { $0 }, "what arrived before the cut is a gapless prefix")
 

@@ -67,7 +67,10 @@ struct MetricsTests {
     func metricsCountLimits() async throws {
         try await withServer({ $0.limits.ratePerSecond = 0.2; $0.limits.rateBurst = 1; $0.limits.maxOutboxBytes = 1 << 18 }) { server in
             let alice = try await TestClient.connect(port: server.port, user: "alice")
-            let bob = try await TestClient.connect(port: server.port, user: "bob")
+            // bob reads through a relay that can stop reading from the server.
+            let relay = try await TCPRelay.start(to: server.port)
+            defer { Task { await relay.stop() } }
+            let bob = try await TestClient.connect(port: relay.port, user: "bob")
             try await bob.ack("join", ["room": "r"])
             try await alice.ack("message", ["room": "r", "content": "first"])
             let limited = try await alice.request("message", ["room": "r", "content": "over the burst"])
@@ -77,7 +80,7 @@ struct MetricsTests {
 
             // bob stops reading while backends flood the room (~10 MB, more than the socket
             // buffers hold): he is cut off. Each post is its own user, so none is rate limited.
-            bob.pauseReading()
+            try await relay.setServerReading(false)
             let body = String(repeating: "y", count: 3500)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for worker in 0..<8 {
@@ -89,7 +92,7 @@ struct MetricsTests {
                 }
                 try await group.waitForAll()
             }
-            bob.resumeReading()
+            try await relay.setServerReading(true)
             #expect(await bob.closed(timeout: .seconds(20)) == 1013)
             try await waitUntil { try await scrape(server)["parley_slow_consumers_total"] == 1 }
             #expect(try await scrape(server)["parley_rate_limited_total"] == 1)

@@ -10,7 +10,6 @@ final class TestClient: Sendable {
     private let closeCode = AsyncQueue<Int>()
     private let outgoing: AsyncStream<WebSocketOutboundWriter.OutboundFrame>
     private let send: AsyncStream<WebSocketOutboundWriter.OutboundFrame>.Continuation
-    private let paused = Atomic<Bool>(false)
     private let ids = Atomic<Int>(0)
     /// Frames popped while waiting for a reply, kept for `next`.
     private let skipped = Mutex<[JSON]>([])
@@ -61,7 +60,6 @@ final class TestClient: Sendable {
             group.addTask {
                 var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
                 while true {
-                    while self.paused.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(5)) }
                     guard let message = try await messages.next() else { break }
                     switch message {
                     case .text(let text): self.inbox.push(text)
@@ -155,11 +153,7 @@ final class TestClient: Sendable {
         return frames
     }
 
-    // MARK: Flow control and closing
-
-    /// Stops reading from the socket (the server's outbox then fills) until `resume`.
-    func pauseReading() { paused.store(true, ordering: .relaxed) }
-    func resumeReading() { paused.store(false, ordering: .relaxed) }
+    // MARK: Closing
 
     /// Closes the connection normally (1000) from the client side.
     func close() {
