@@ -31,19 +31,13 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    private typealias Pending = (draft: MessageDraft, continuation: CheckedContinuation<AppendResult, any Error>)
-
-    private struct WriterState {
-        var queue: [Pending] = []
-        var waiter: CheckedContinuation<Void, Never>?
-        var stopping = false
-    }
+    private typealias Pending = AppendQueue.Pending
 
     private let configuration: Configuration
     private let writer: SQLiteConnection
     private let reader: SQLiteConnection
     private let logger: Logger
-    private let state = Mutex(WriterState())
+    private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
     private let lastSeqs = Mutex<[String: Int64]>([:])
     /// Batches and appends committed so far (for benchmarks).
@@ -52,6 +46,7 @@ public final class SQLiteMessageStore: MessageStore {
 
     private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
+        self.queue = AppendQueue(maxBatch: configuration.maxBatch)
         self.writer = writer
         self.reader = reader
         self.logger = logger
@@ -107,58 +102,20 @@ public final class SQLiteMessageStore: MessageStore {
     /// Runs the writer until graceful shutdown, then commits what is queued and closes.
     public func run() async throws {
         await withGracefulShutdownHandler {
-            while let batch = await nextBatch() {
+            while let batch = await queue.nextBatch() {
                 await commit(batch)
             }
         } onGracefulShutdown: {
-            self.stop()
+            self.queue.stop()
         }
         try? await reader.close()
         try? await writer.close()
     }
 
-    private func stop() {
-        state.withLock { state in
-            state.stopping = true
-            return state.waiter.take()
-        }?.resume()
-    }
-
-    private func nextBatch() async -> [Pending]? {
-        while true {
-            let batch = state.withLock { state -> [Pending]? in
-                if state.queue.isEmpty { return state.stopping ? [] : nil }
-                let count = min(state.queue.count, configuration.maxBatch)
-                defer { state.queue.removeFirst(count) }
-                return Array(state.queue.prefix(count))
-            }
-            if let batch { return batch.isEmpty ? nil : batch }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { state -> Bool in
-                    if !state.queue.isEmpty || state.stopping { return true }
-                    state.waiter = continuation
-                    return false
-                }
-                if ready { continuation.resume() }
-            }
-        }
-    }
-
     // MARK: Writing
 
     public func append(_ draft: MessageDraft) async throws -> AppendResult {
-        try await withCheckedThrowingContinuation { continuation in
-            let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
-                guard !state.stopping else { return (false, nil) }
-                state.queue.append((draft, continuation))
-                return (true, state.waiter.take())
-            }
-            if accepted {
-                waiter?.resume()
-            } else {
-                continuation.resume(throwing: ParleyError.unavailable("the store is shutting down"))
-            }
-        }
+        try await queue.append(draft)
     }
 
     private func commit(_ batch: [Pending]) async {

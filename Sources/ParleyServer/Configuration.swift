@@ -1,4 +1,5 @@
 import Logging
+import ParleyAuth
 import ParleyCore
 import ParleyPostgres
 import ParleyRedis
@@ -17,7 +18,7 @@ public struct ServerConfiguration: Sendable {
     public var host = "0.0.0.0"
     /// HTTP/WebSocket/SSE port; 0 picks a free one (see `ParleyServer.onListening`).
     public var port = 8080
-    /// gRPC port, reserved for the gRPC transport.
+    /// gRPC port (ChatService and Health, plaintext HTTP/2); 0 picks a free one.
     public var grpcPort = 50051
     public var dataDirectory = "./data"
     public var storage = Storage.sqlite
@@ -32,6 +33,17 @@ public struct ServerConfiguration: Sendable {
     /// Folder the web client is served from; nil serves the copy bundled with the server.
     public var publicDirectory: String?
     public var logLevel = Logger.Level.info
+    /// JWT keys, API keys and claim checks; none configured is open mode.
+    public var auth = AuthConfiguration()
+    /// How long a WebSocket whose token expired may send `connect` with a fresh token before
+    /// it is closed with 1008.
+    public var tokenRefreshGrace: Duration = .seconds(30)
+    /// `Origin`s allowed to open a WebSocket (exact, e.g. `https://chat.example.com`); nil or
+    /// `*` allows every origin. Requests without `Origin` (not from a browser) are allowed.
+    public var allowedOrigins: [String]?
+    /// Origins whose pages may call the HTTP API and SSE (CORS); `*` allows any; empty sends no
+    /// CORS headers (same-origin only).
+    public var corsOrigins: [String] = []
     /// Redis and PostgreSQL shared by several instances; none by default.
     public var cluster = ClusterConfiguration()
 

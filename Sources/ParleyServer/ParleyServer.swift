@@ -3,7 +3,9 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import ParleyAuth
 import ParleyCore
+import ParleyGRPC
 import ParleyRedis
 import Prometheus
 import ParleySQLite
@@ -12,20 +14,24 @@ import UnixSignals
 
 /// A built Parley server: backends, engine and transports, run as one service group.
 ///
-/// The group shuts down in reverse order: first the engine drains (refuses new sessions and
-/// closes every WebSocket with 1001), then the HTTP server stops, then the backends finish
-/// (the store commits what is queued).
+/// The group shuts down in reverse order: first the engine drains (refuses new sessions, closes
+/// every WebSocket with 1001 and ends every gRPC stream with UNAVAILABLE), then the gRPC and
+/// HTTP servers stop, then the backends finish (the store commits what is queued).
 public struct ParleyServer: Sendable {
     public let engine: Engine
     public let configuration: ServerConfiguration
     let services: [any Service]
     let logger: Logger
 
-    /// Builds the server. `onListening` receives the bound HTTP port (useful with port 0).
+    /// Builds the server. `onListening` and `onGRPCListening` receive the bound HTTP and gRPC
+    /// ports (useful with port 0). `store` replaces the one `configuration.storage` names (for
+    /// embedding Parley, and for tests that inject faults).
     public static func build(
         _ configuration: ServerConfiguration,
         logger: Logger = Logger(label: "parley"),
-        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        store: (any MessageStore)? = nil,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in },
+        onGRPCListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> ParleyServer {
         let logger = {
             var logger = logger
@@ -34,7 +40,7 @@ public struct ParleyServer: Sendable {
         }()
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
-        let store = try await makeStore(configuration, metrics: metrics, logger: logger)
+        let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
         let instanceID = configuration.cluster.instanceID ?? MessageID.next().suffix(8).lowercased()
         let redis = configuration.cluster.redis.map { RedisBackends(configuration, redis: $0, instanceID: instanceID, logger: logger) }
         let broker: any Broker = redis?.broker ?? MemoryBroker()
@@ -45,12 +51,10 @@ public struct ParleyServer: Sendable {
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
         let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
-        let authenticator = OpenAuthenticator(limits: configuration.limits)
-        if authenticator.isOpen {
-            logger.warning("open mode: no authentication is configured, anyone may claim any user id")
-        }
+        let authenticator = try await makeAuthenticator(configuration, logger: logger)
 
         let router = Router(context: ParleyRequestContext.self)
+        router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
         router.add(middleware: FileMiddleware(
             configuration.publicDirectory ?? bundledPublicDirectory(),
             searchForIndexHtml: true, logger: logger
@@ -63,8 +67,11 @@ public struct ParleyServer: Sendable {
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
         WebSocketRoutes(
             engine: engine, authenticator: authenticator,
-            settings: .init(limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout),
-            logger: logger
+            settings: .init(
+                limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
+                refreshGrace: configuration.tokenRefreshGrace
+            ),
+            origins: OriginPolicy(configuration.allowedOrigins), logger: logger
         ).register(on: router)
 
         let app = Application(
@@ -85,11 +92,52 @@ public struct ParleyServer: Sendable {
             },
             logger: logger
         )
+        let grpc = GRPCTransport(
+            host: configuration.host, port: configuration.grpcPort,
+            maxRequestBytes: configuration.limits.maxFrameBytes,
+            services: [
+                ChatService(
+                    engine: engine, authenticator: authenticator,
+                    settings: .init(
+                        limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
+                        refreshGrace: configuration.tokenRefreshGrace
+                    ),
+                    logger: logger
+                ),
+                HealthService(engine: engine),
+                try ReflectionService(services: [
+                    "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                ]),
+            ],
+            logger: logger, onListening: onGRPCListening
+        )
+        // Shut down in reverse: the engine ends every session first (WebSocket 1001, gRPC
+        // UNAVAILABLE), then the transports stop, then the backends.
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: (redis?.services ?? []) + [store, broker, presence, app, EngineService(engine: engine)],
+            services: (redis?.services ?? []) + [store, broker, presence, app, grpc, EngineService(engine: engine)],
             logger: logger
         )
+    }
+
+    /// API keys and JWT keys from the configuration; logs which mode the server runs in.
+    private static func makeAuthenticator(_ configuration: ServerConfiguration, logger: Logger) async throws -> TokenAuthenticator {
+        let authenticator = try await TokenAuthenticator.load(configuration.auth, limits: configuration.limits)
+        if authenticator.isOpen {
+            logger.warning("open mode: no authentication is configured, anyone may claim any user id")
+        } else {
+            logger.info("JWT authentication (\(authenticator.algorithms.joined(separator: ", ")), leeway \(configuration.auth.leewaySeconds) s)")
+        }
+        if let secret = configuration.auth.jwtSecret, secret.utf8.count < 32 {
+            logger.warning("PARLEY_JWT_SECRET is \(secret.utf8.count) bytes; RFC 7518 asks for at least 32 for HS256 (openssl rand -base64 48)")
+        }
+        if !configuration.auth.apiKeys.isEmpty {
+            logger.info("\(configuration.auth.apiKeys.count) backend API key(s) configured")
+        }
+        if configuration.auth.apiKeys.contains(where: { $0.utf8.count < 16 }) {
+            logger.warning("an API key is shorter than 16 characters; use long random keys (openssl rand -hex 32)")
+        }
+        return authenticator
     }
 
     /// The version reported by `parley_build_info`.

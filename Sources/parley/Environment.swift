@@ -27,6 +27,12 @@ struct Environment {
         return value
     }
 
+    /// A comma-separated list, trimmed, without empty entries; nil when not set.
+    static func list(_ raw: String?) -> [String]? {
+        guard let raw else { return nil }
+        return raw.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
     func choice<T: RawRepresentable & CaseIterable>(_ raw: String?, _ name: String) throws -> T? where T.RawValue == String {
         guard let raw else { return nil }
         guard let value = T(rawValue: raw.lowercased()) else {

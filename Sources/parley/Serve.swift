@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import ParleyAuth
 import ParleyCore
 import ParleyPostgres
 import ParleyRedis
@@ -27,7 +28,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "HTTP, WebSocket and SSE port; 0 picks a free port. [env: PORT] (default: 8080)")
     var port: Int?
 
-    @Option(help: "gRPC port, reserved for the gRPC transport. [env: PARLEY_GRPC_PORT] (default: 50051)")
+    @Option(help: "gRPC port (chat.v1.ChatService and grpc.health.v1.Health); 0 picks a free one. [env: PARLEY_GRPC_PORT] (default: 50051)")
     var grpcPort: Int?
 
     @Option(help: "Folder of the SQLite history file. [env: PARLEY_DATA_DIR] (default: ./data)")
@@ -62,6 +63,48 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Seconds a WebSocket client has to authenticate. [env: PARLEY_HANDSHAKE_TIMEOUT] (default: 10)")
     var handshakeTimeout: Int?
+
+    @Option(help: "HS256 secret (32 bytes or more recommended); turns JWT auth on (prefer the environment: flags show in ps). [env: PARLEY_JWT_SECRET]")
+    var jwtSecret: String?
+
+    @Option(help: "PEM RSA (RS256) or P-256 (ES256) public key file; turns JWT auth on. [env: PARLEY_JWT_PUBLIC_KEY_FILE]")
+    var jwtPublicKeyFile: String?
+
+    @Option(help: "JSON Web Key Set file (RS256/ES256 keys chosen by kid); turns JWT auth on. [env: PARLEY_JWT_JWKS_FILE]")
+    var jwtJwksFile: String?
+
+    @Option(help: "Seconds of clock skew tolerated on exp and nbf. [env: PARLEY_JWT_LEEWAY] (default: 30)")
+    var jwtLeeway: Int?
+
+    @Option(help: "Required token issuer (iss). [env: PARLEY_JWT_ISSUER]")
+    var jwtIssuer: String?
+
+    @Option(help: "Required token audience (aud). [env: PARLEY_JWT_AUDIENCE]")
+    var jwtAudience: String?
+
+    @Option(help: "Backend API keys, comma-separated (prefer the environment). [env: PARLEY_API_KEY]")
+    var apiKey: String?
+
+    @Option(help: "Seconds a WebSocket whose token expired has to send a fresh one. [env: PARLEY_TOKEN_REFRESH_GRACE] (default: 30)")
+    var tokenRefreshGrace: Int?
+
+    @Option(help: "Messages per second one user may publish over all connections. [env: PARLEY_USER_RATE_PER_SEC] (default: twice --rate-per-sec)")
+    var userRatePerSec: Double?
+
+    @Option(help: "Burst of the per-user publish rate. [env: PARLEY_USER_RATE_BURST] (default: twice --rate-burst)")
+    var userRateBurst: Double?
+
+    @Option(help: "Open WebSocket and SSE connections in total; 0 means no limit. [env: PARLEY_MAX_CONNECTIONS] (default: 0)")
+    var maxConnections: Int?
+
+    @Option(help: "Open WebSocket and SSE connections per client IP; 0 means no limit. [env: PARLEY_MAX_CONNECTIONS_PER_IP] (default: 0)")
+    var maxConnectionsPerIp: Int?
+
+    @Option(help: "Origins allowed to open a WebSocket, comma-separated, or *. [env: PARLEY_ALLOWED_ORIGINS] (default: *)")
+    var allowedOrigins: String?
+
+    @Option(help: "Origins allowed to call the HTTP API and SSE from a browser (CORS), comma-separated, or *. [env: PARLEY_CORS_ORIGINS] (default: none)")
+    var corsOrigins: String?
 
     @Option(help: "Folder to serve the web client from instead of the bundled one. [env: PARLEY_PUBLIC_DIR]")
     var publicDir: String?
@@ -98,7 +141,12 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "parley")
         logger.info("can hold about \(raiseOpenFilesLimit()) connections (open files limit)")
-        let server = try await ParleyServer.build(configuration, logger: logger)
+        let server: ParleyServer
+        do {
+            server = try await ParleyServer.build(configuration, logger: logger)
+        } catch let error as AuthConfigurationError {
+            throw ValidationError(error.message)
+        }
         try await server.makeServiceGroup().run()
     }
 
@@ -120,6 +168,7 @@ struct Serve: AsyncParsableCommand {
         c.limits.maxRoomsPerConnection = try maxRoomsPerConnection ?? env.int("PARLEY_MAX_ROOMS_PER_CONNECTION") ?? c.limits.maxRoomsPerConnection
         if let seconds = try handshakeTimeout ?? env.int("PARLEY_HANDSHAKE_TIMEOUT") { c.handshakeTimeout = .seconds(seconds) }
         c.publicDirectory = publicDir ?? env["PARLEY_PUBLIC_DIR"]
+        try resolveSecurity(&c, environment: env)
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
             guard let parsed = Logger.Level(rawValue: level) else { throw ConfigurationError("invalid log level '\(level)'") }
             c.logLevel = parsed
@@ -131,6 +180,27 @@ struct Serve: AsyncParsableCommand {
             c.limits.maxOutboxBytes > 0, c.limits.maxRoomsPerConnection > 0
         else { throw ConfigurationError("limits must be positive (frames at least 1024 bytes)") }
         return c
+    }
+
+    /// Authentication and abuse limits.
+    private func resolveSecurity(_ c: inout ServerConfiguration, environment env: Environment) throws {
+        c.auth.jwtSecret = jwtSecret ?? env["PARLEY_JWT_SECRET"]
+        c.auth.publicKeyFile = jwtPublicKeyFile ?? env["PARLEY_JWT_PUBLIC_KEY_FILE"]
+        c.auth.jwksFile = jwtJwksFile ?? env["PARLEY_JWT_JWKS_FILE"]
+        c.auth.leewaySeconds = try jwtLeeway ?? env.int("PARLEY_JWT_LEEWAY") ?? c.auth.leewaySeconds
+        c.auth.issuer = jwtIssuer ?? env["PARLEY_JWT_ISSUER"]
+        c.auth.audience = jwtAudience ?? env["PARLEY_JWT_AUDIENCE"]
+        c.auth.apiKeys = Environment.list(apiKey ?? env["PARLEY_API_KEY"]) ?? []
+        if let seconds = try tokenRefreshGrace ?? env.int("PARLEY_TOKEN_REFRESH_GRACE") { c.tokenRefreshGrace = .seconds(seconds) }
+        c.limits.userRatePerSecond = try userRatePerSec ?? env.double("PARLEY_USER_RATE_PER_SEC")
+        c.limits.userRateBurst = try userRateBurst ?? env.double("PARLEY_USER_RATE_BURST")
+        c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
+        c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
+        c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
+        c.corsOrigins = Environment.list(corsOrigins ?? env["PARLEY_CORS_ORIGINS"]) ?? []
+        guard c.auth.leewaySeconds >= 0, c.tokenRefreshGrace >= .zero else { throw ConfigurationError("the JWT leeway and refresh grace must be >= 0") }
+        guard (c.limits.userRatePerSecond ?? 0) >= 0, (c.limits.userRateBurst ?? 0) >= 0 else { throw ConfigurationError("rates must be >= 0") }
+        guard c.limits.maxConnections >= 0, c.limits.maxConnectionsPerIP >= 0 else { throw ConfigurationError("connection limits must be >= 0") }
     }
 }
 

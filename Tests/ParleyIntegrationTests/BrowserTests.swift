@@ -27,13 +27,6 @@ struct BrowserTests {
 
     static var browserAvailable: Bool {
         let paths = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
-        guard paths.allSatisfy(FileManager.default.isExecutableFile(atPath:)) else { return false }
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        probe.arguments = ["python3", "-c", "import selenium, pytest"]
-        probe.standardError = FileHandle.nullDevice
-        guard (try? probe.run()) != nil else { return false }
-        probe.waitUntilExit()
-        return probe.terminationStatus == 0
+        return paths.allSatisfy(FileManager.default.isExecutableFile(atPath:)) && pythonCanImport("selenium, pytest")
     }
 }

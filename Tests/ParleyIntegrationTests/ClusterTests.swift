@@ -119,6 +119,32 @@ struct ClusterTests {
         }
     }
 
+    @Test("gRPC in cluster mode: SendMessage on one instance reaches a JoinChat on another and a WebSocket on a third")
+    func grpcAcrossInstances() async throws {
+        try await withCluster { servers, _ in
+            let web = try await TestClient.connect(port: servers[2].port, user: "web")
+            try await web.ack("join", ["room": "ops"])
+            try await withChatClient(port: servers[1].grpcPort) { watcherClient in
+                let watcher = EventStream.join(watcherClient, room: "ops", user: "watcher", since: 0)
+                _ = try #require(await watcher.next())
+                try await withChatClient(port: servers[0].grpcPort) { client in
+                    for index in 1...20 {
+                        _ = try await client.sendMessage(.with { $0.roomID = "ops"; $0.senderID = "bot"; $0.content = "m\(index)" })
+                    }
+                    #expect(try await watcher.messages(20).map(\.seq) == Array(1...20))
+                    let atWeb = try await web.messages(20, room: "ops").compactMap { $0["seq"].int }
+                    #expect(atWeb == Array(1...20))
+                    // Presence is shared: the gRPC watcher on instance 1 is seen from instance 0.
+                    let presence = try await client.getPresence(.with { $0.roomID = "ops" })
+                    #expect(presence.users.map(\.userID) == ["watcher", "web"])
+                    let user = try await client.getUser(.with { $0.userID = "watcher" })
+                    #expect(user.rooms == ["ops"])
+                }
+                watcher.cancel()
+            }
+        }
+    }
+
     @Test("concurrent publishers on every instance: every subscriber sees the same gapless order")
     func gaplessOrderAcrossInstances() async throws {
         try await withCluster { servers, _ in

@@ -82,8 +82,39 @@ struct ConfigurationTests {
     @Test("--help explains every option with its environment variable")
     func help() {
         let help = Serve.helpMessage()
-        for name in ["PORT", "PARLEY_GRPC_PORT", "PARLEY_DATA_DIR", "PARLEY_RATE_PER_SEC", "PARLEY_RATE_BURST", "PARLEY_MAX_FRAME_BYTES", "PARLEY_REDIS_URL", "REDIS_HOST", "PARLEY_DATABASE_URL", "PARLEY_INSTANCE_TTL_MS"] {
+        for name in [
+            "PORT", "PARLEY_GRPC_PORT", "PARLEY_DATA_DIR", "PARLEY_RATE_PER_SEC", "PARLEY_RATE_BURST", "PARLEY_MAX_FRAME_BYTES",
+            "PARLEY_JWT_SECRET", "PARLEY_JWT_PUBLIC_KEY_FILE", "PARLEY_JWT_JWKS_FILE", "PARLEY_JWT_LEEWAY", "PARLEY_API_KEY",
+            "PARLEY_TOKEN_REFRESH_GRACE", "PARLEY_USER_RATE_PER_SEC", "PARLEY_MAX_CONNECTIONS", "PARLEY_MAX_CONNECTIONS_PER_IP",
+            "PARLEY_ALLOWED_ORIGINS", "PARLEY_CORS_ORIGINS", "PARLEY_REDIS_URL", "REDIS_HOST", "PARLEY_DATABASE_URL",
+            "PARLEY_INSTANCE_TTL_MS",
+        ] {
             #expect(help.contains(name), "\(name) missing from --help")
         }
+    }
+
+    @Test("authentication and abuse limits from the environment; a short HS256 secret is accepted")
+    func security() throws {
+        let environment = Environment(values: [
+            "PARLEY_JWT_SECRET": String(repeating: "s", count: 32), "PARLEY_API_KEY": "one, two,,",
+            "PARLEY_JWT_LEEWAY": "5", "PARLEY_MAX_CONNECTIONS_PER_IP": "3", "PARLEY_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "PARLEY_CORS_ORIGINS": "*", "PARLEY_USER_RATE_PER_SEC": "7",
+        ])
+        let c = try Serve.parse(["--max-connections", "9"]).resolve(environment: environment)
+        #expect(c.auth.jwtSecret?.count == 32)
+        #expect(c.auth.apiKeys == ["one", "two"])
+        #expect(c.auth.leewaySeconds == 5)
+        #expect(c.limits.maxConnections == 9)
+        #expect(c.limits.maxConnectionsPerIP == 3)
+        #expect(c.allowedOrigins == ["https://a.example", "https://b.example"])
+        #expect(c.corsOrigins == ["*"])
+        #expect(c.limits.effectiveUserRate.perSecond == 7)
+        #expect(c.limits.effectiveUserRate.burst == 80)
+        let defaults = try Serve.parse([]).resolve(environment: Environment(values: [:]))
+        #expect(defaults.auth.isOpen)
+        #expect(defaults.allowedOrigins == nil)
+        #expect(defaults.limits.effectiveUserRate.perSecond == 40)
+        let short = try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_JWT_SECRET": "short"]))
+        #expect(short.auth.jwtSecret == "short")
     }
 }

@@ -52,11 +52,12 @@ struct GuaranteeTests {
             func stored() async throws -> Int {
                 try await observer.ack("history", ["room": "flow", "limit": 1])["messages"][0]["seq"].int ?? 0
             }
-            try await waitUntil { try await stored() >= 100 }
+            // Bounds are generous: 400 fsynced commits on a loaded 2-core machine take a while.
+            try await waitUntil(timeout: .seconds(60)) { try await stored() >= 100 }
             let early = try await TestClient.connect(port: server.port, user: "early")
             let ack = try await early.ack("join", ["room": "flow", "since": 0])
             #expect(ack["seq"].int ?? 0 >= 100)
-            try await waitUntil { try await stored() >= 200 }
+            try await waitUntil(timeout: .seconds(60)) { try await stored() >= 200 }
             let late = try await TestClient.connect(port: server.port, user: "late")
             try await late.ack("join", ["room": "flow", "since": 150])
             try await publishing.value

@@ -99,15 +99,19 @@ struct MetricsTests {
 
 @Suite("parley bench")
 struct BenchToolTests {
-    @Test("a short bench against a live server reports zero loss and plausible numbers")
-    func benchReport() async throws {
+    @Test(
+        "a short bench against a live server reports zero loss and plausible numbers",
+        arguments: ["websocket", "grpc"]
+    )
+    func benchReport(subscribers: String) async throws {
         try await withServer({ $0.limits.ratePerSecond = 0 }) { server in
+            let grpc = subscribers == "grpc" ? ["--grpc", "127.0.0.1:\(server.grpcPort)"] : []
             let result = try await runToCompletion(
                 ServerProcess.executable,
                 [
                     "bench", "--url", "ws://127.0.0.1:\(server.port)/ws", "--connections", "20", "--rooms", "2",
                     "--publishers", "2", "--duration", "2", "--json",
-                ],
+                ] + grpc,
                 includeErrors: false, timeout: .seconds(60)
             )
             #expect(result.status == 0)

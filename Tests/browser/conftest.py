@@ -94,6 +94,7 @@ class ParleyServer:
             str(PARLEY_BIN), "serve",
             "--host", "127.0.0.1",
             "--port", str(port),
+            "--grpc-port", "0",
             "--data-dir", str(self.data_dir),
             "--public-dir", str(PUBLIC_DIR),
         ]

@@ -22,3 +22,31 @@ public struct OpenAuthenticator: Authenticator {
         return Identity(user: try Validation.user(user, limits: limits))
     }
 }
+
+extension Authenticator {
+    /// Authenticates an `Authorization`-style value, as HTTP headers and gRPC `authorization`
+    /// metadata carry it: `Bearer <JWT or API key>`. A missing or non-Bearer value counts as
+    /// no credential.
+    public func authenticate(authorization: String?, user: String? = nil) async throws(ParleyError) -> Identity {
+        try await authenticate(token: BearerToken.parse(authorization), user: user)
+    }
+}
+
+/// `Authorization: Bearer <credential>` (the scheme is case-insensitive).
+public enum BearerToken {
+    public static func parse(_ authorization: String?) -> String? {
+        guard let authorization else { return nil }
+        let trimmed = authorization.drop { $0 == " " }
+        guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else { return nil }
+        let credential = trimmed.dropFirst(7).trimmingCharacters(in: " \t")
+        return credential.isEmpty ? nil : credential
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        let blanks = Set(set)
+        guard let first = firstIndex(where: { !blanks.contains($0) }), let last = lastIndex(where: { !blanks.contains($0) }) else { return "" }
+        return String(self[first...last])
+    }
+}

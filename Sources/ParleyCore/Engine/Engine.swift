@@ -11,6 +11,8 @@ public final class Engine: Sendable {
     public let limits: Limits
     public let instanceID: String
     public let metrics: ParleyMetrics
+    /// Open long-lived connections, in total and per client address.
+    public let connections: ConnectionLimiter
     let store: any MessageStore
     let broker: any Broker
     let presence: any PresenceStore
@@ -20,7 +22,10 @@ public final class Engine: Sendable {
     private let sessionCounter = Atomic<Int>(0)
     private let draining = Atomic<Bool>(false)
     private let typing = Mutex<[TypingKey: ContinuousClock.Instant]>([:])
-    /// Publish rate of calls that come without a session (HTTP), per user.
+    /// Publish rate of calls that come without a session (HTTP), per user, at the
+    /// per-connection rate.
+    private let sessionlessRates = Mutex<[String: TokenBucket]>([:])
+    /// Publish rate of each user across all of their sessions and calls.
     private let userRates = Mutex<[String: TokenBucket]>([:])
 
     public init(
@@ -37,6 +42,7 @@ public final class Engine: Sendable {
         self.broker = broker
         self.presence = presence
         self.limits = limits
+        self.connections = ConnectionLimiter(maxTotal: limits.maxConnections, maxPerAddress: limits.maxConnectionsPerIP)
         self.instanceID = instanceID
         self.logger = logger
         self.hub = Hub(store: store, metrics: metrics, logger: logger)
@@ -70,6 +76,16 @@ public final class Engine: Sendable {
         }
         if sessions.withLock({ $0.removeValue(forKey: ObjectIdentifier(session)) }) != nil {
             metrics.connection(session.transport)?.decrement()
+        }
+    }
+
+    /// Replaces a session's credential with a fresh one for the same user (`forbidden`
+    /// otherwise): its expiry and room patterns change, and rooms the new credential no
+    /// longer allows are left.
+    public func refresh(_ session: Session, with identity: Identity) async throws(ParleyError) {
+        try session.refresh(identity)
+        for room in session.rooms where !identity.mayAccess(room) {
+            try? await leave(session, room: room)
         }
     }
 
@@ -149,21 +165,24 @@ public final class Engine: Sendable {
 
     // MARK: Publishing
 
-    /// Stores a message and fans it out. Returns the stored message (the original one for an
-    /// idempotent retry). `session` is the connection it came through, for its rate limit.
+    /// Stores a message and fans it out. Returns the stored message (the original one, marked
+    /// `duplicate`, for an idempotent retry). `session` is the connection it came through, for its rate limit.
     /// `onStored` runs once the message is durably stored and before it is fanned out, so a
     /// transport can queue the sender's ack ahead of the deliveries to the room.
+    @discardableResult
     public func publish(
         _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?,
-        session: Session? = nil, onStored: (Message) -> Void = { _ in }
-    ) async throws -> Message {
+        session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
+    ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room)
         let author = try postingUser(identity, requested: user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
-        // A connection has its own bucket; calls without one (HTTP) share one per user.
-        let wait = if let session { session.takeRateToken() } else { takeUserRateToken(author) }
+        // A connection has its own bucket; calls without one (HTTP) share one per user; and
+        // every publish of a user also takes from that user's bucket, whatever it came through.
+        let connectionWait = if let session { session.takeRateToken() } else { takeSessionlessRateToken(author) }
+        let wait = connectionWait ?? takeUserRateToken(author)
         if let wait {
             metrics.rateLimited.increment()
             throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
@@ -173,7 +192,7 @@ public final class Engine: Sendable {
         let result = try await storeCall { try await self.store.append(draft) }
         metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         (result.duplicate ? metrics.duplicates : metrics.published).increment()
-        onStored(result.message)
+        onStored(result)
         if !result.duplicate {
             do {
                 try await publishToBroker(.message(result.message))
@@ -182,7 +201,7 @@ public final class Engine: Sendable {
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
         }
-        return result.message
+        return result
     }
 
     private func publishToBroker(_ event: ServerEvent) async throws {
@@ -190,20 +209,34 @@ public final class Engine: Sendable {
         try await broker.publish(event)
     }
 
-    /// Takes a publish token from the user's bucket: nil when allowed, else milliseconds to wait.
-    private func takeUserRateToken(_ user: String) -> Int? {
-        userRates.withLock { rates in
+    /// Takes a publish token from the user's sessionless bucket: nil when allowed, else
+    /// milliseconds to wait.
+    private func takeSessionlessRateToken(_ user: String) -> Int? {
+        sessionlessRates.withLock { rates in
             rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst)].take()
         }
     }
 
+    /// Takes a publish token from the user's bucket shared by all of their connections.
+    private func takeUserRateToken(_ user: String) -> Int? {
+        let (rate, burst) = limits.effectiveUserRate
+        guard rate > 0 else { return nil }
+        return userRates.withLock { rates in rates[user, default: TokenBucket(rate: rate, burst: burst)].take() }
+    }
+
     /// Forgets the rate buckets of users idle long enough for their bucket to be full again.
     func forgetIdleRates() {
-        let idle = Duration.seconds(limits.ratePerSecond > 0 ? max(1, limits.rateBurst / limits.ratePerSecond) : 0)
-        userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: idle) } }
+        func idle(_ rate: Double, _ burst: Double) -> Duration { .seconds(rate > 0 ? max(1, burst / rate) : 0) }
+        let sessionless = idle(limits.ratePerSecond, limits.rateBurst)
+        sessionlessRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: sessionless) } }
+        let user = idle(limits.effectiveUserRate.perSecond, limits.effectiveUserRate.burst)
+        userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: user) } }
     }
 
     private func postingUser(_ identity: Identity, requested: String?) throws(ParleyError) -> String {
+        if identity.isBackend, requested == nil {
+            throw ParleyError.badRequest("a backend call must name its author with 'user'")
+        }
         guard let requested, requested != identity.user else { return identity.user }
         guard identity.isBackend else {
             throw ParleyError(.forbidden, "only a backend may post as another user")

@@ -5,11 +5,20 @@ public struct Identity: Sendable, Hashable {
     public var rooms: RoomPatterns?
     /// A backend authenticated with an API key: may post as any user and read any room.
     public var isBackend: Bool
+    /// When the credential stops being valid (a token's `exp` plus the leeway); nil when it
+    /// never expires (open mode, API keys). Long-lived transports end the session then unless
+    /// the client refreshes it.
+    public var expiresAt: Timestamp?
 
-    public init(user: String, rooms: RoomPatterns? = nil, isBackend: Bool = false) {
+    public init(user: String, rooms: RoomPatterns? = nil, isBackend: Bool = false, expiresAt: Timestamp? = nil) {
         self.user = user
         self.rooms = rooms
         self.isBackend = isBackend
+        self.expiresAt = expiresAt
+    }
+
+    public func isExpired(at now: Timestamp = .now) -> Bool {
+        expiresAt.map { $0 <= now } ?? false
     }
 
     public func mayAccess(_ room: String) -> Bool {

@@ -38,6 +38,31 @@ public final class Outbox: Sendable {
         var waiter: CheckedContinuation<Void, Never>?
         /// Producers that pace themselves (history replays) waiting for the queue to drain.
         var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Transports waiting for the close decision (`closed()`).
+        var closeWaiters: [CheckedContinuation<CloseReason, Never>] = []
+
+        /// Records the close reason and hands back everyone to wake.
+        mutating func beginClosing(_ reason: CloseReason) -> Wakeups {
+            closing = reason
+            defer {
+                spaceWaiters.removeAll()
+                closeWaiters.removeAll()
+            }
+            return Wakeups(reason: reason, writer: waiter.take(), space: spaceWaiters, close: closeWaiters)
+        }
+    }
+
+    private struct Wakeups {
+        var reason: CloseReason?
+        var writer: CheckedContinuation<Void, Never>?
+        var space: [CheckedContinuation<Void, Never>] = []
+        var close: [CheckedContinuation<CloseReason, Never>] = []
+
+        func resume() {
+            writer?.resume()
+            for waiter in space { waiter.resume() }
+            if let reason { for waiter in close { waiter.resume(returning: reason) } }
+        }
     }
 
     private let state = Mutex(State())
@@ -50,37 +75,47 @@ public final class Outbox: Sendable {
     /// Queues a frame; returns false when the outbox is closed or just overflowed.
     @discardableResult
     public func enqueue(_ frame: ByteBuffer, publishedAt: Timestamp? = nil) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+        let (accepted, wakeups) = state.withLock { state -> (Bool, Wakeups?) in
             guard state.closing == nil else { return (false, nil) }
             state.bytes += frame.readableBytes
             if state.bytes > maxBytes {
                 state.queue.removeAll()
                 state.bytes = 0
-                state.closing = .slowConsumer
-                return (false, state.waiter.take())
+                return (false, state.beginClosing(.slowConsumer))
             }
             state.queue.append(Frame(bytes: frame, publishedAt: publishedAt))
-            return (true, state.waiter.take())
+            return (true, state.waiter.take().map { Wakeups(writer: $0) })
         }
-        waiter?.resume()
+        wakeups?.resume()
         return accepted
     }
 
     /// Asks the writer to close the connection. `.goingAway` lets the queued frames go first;
     /// every other reason drops them.
     public func close(_ reason: CloseReason) {
-        let (waiter, spaceWaiters) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>]) in
-            guard state.closing == nil else { return (nil, []) }
-            state.closing = reason
+        let wakeups = state.withLock { state -> Wakeups? in
+            guard state.closing == nil else { return nil }
             if reason != .goingAway {
                 state.queue.removeAll()
                 state.bytes = 0
             }
-            defer { state.spaceWaiters.removeAll() }
-            return (state.waiter.take(), state.spaceWaiters)
+            return state.beginClosing(reason)
         }
-        waiter?.resume()
-        for waiter in spaceWaiters { waiter.resume() }
+        wakeups?.resume()
+    }
+
+    /// Waits until the outbox is told to close and returns why. A transport whose writes can
+    /// block (a stream under flow control) watches this to end the connection at once
+    /// instead of waiting for a write that may never complete.
+    public func closed() async -> CloseReason {
+        await withCheckedContinuation { (continuation: CheckedContinuation<CloseReason, Never>) in
+            let reason = state.withLock { state -> CloseReason? in
+                if let closing = state.closing { return closing }
+                state.closeWaiters.append(continuation)
+                return nil
+            }
+            if let reason { continuation.resume(returning: reason) }
+        }
     }
 
     /// Waits until at most half the bound is queued (or the outbox closes). Producers that can

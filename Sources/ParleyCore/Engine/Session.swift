@@ -10,22 +10,36 @@ public protocol EventEncoder: AnyObject, Sendable {
 /// One client connection as the engine sees it, whatever its transport.
 public final class Session: Sendable, Hashable {
     public let id: String
-    public let identity: Identity
+    /// The user never changes for a session; the rest of the identity may (`refresh`).
+    public let user: String
     /// The transport's name, for metrics: `websocket`, `sse`, `grpc`.
     public let transport: String
-    public var user: String { identity.user }
     public let outbox: Outbox
     public let encoder: any EventEncoder
     private let rateLimit: Mutex<TokenBucket>
     private let joined = Mutex<Set<String>>([])
+    private let currentIdentity: Mutex<Identity>
 
     init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits) {
         self.id = id
-        self.identity = identity
+        self.user = identity.user
+        self.currentIdentity = Mutex(identity)
         self.transport = transport
         self.encoder = encoder
         self.outbox = outbox
         self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst))
+    }
+
+    /// Who the session acts as now: a refresh replaces the expiry and the room patterns.
+    public var identity: Identity { currentIdentity.withLock { $0 } }
+
+    /// Replaces the identity with a fresh credential's, for the same user only (`forbidden`
+    /// otherwise): a connection cannot change who it is.
+    public func refresh(_ identity: Identity) throws(ParleyError) {
+        guard identity.user == user, !identity.isBackend else {
+            throw ParleyError(.forbidden, "a refreshed token must be for the same user (\(user))")
+        }
+        currentIdentity.withLock { $0 = identity }
     }
 
     public var rooms: Set<String> { joined.withLock { $0 } }

@@ -14,6 +14,15 @@ public struct Limits: Sendable, Hashable {
     public var ratePerSecond: Double = 20
     /// Token bucket capacity.
     public var rateBurst: Double = 40
+    /// Publish rate of one user across all of their connections and HTTP calls; nil means
+    /// twice the per-connection rate (so 0 there turns this off too); 0 turns it off.
+    public var userRatePerSecond: Double?
+    /// Capacity of the per-user bucket; nil means twice the per-connection burst.
+    public var userRateBurst: Double?
+    /// Open WebSocket and SSE connections, all clients together; 0 means no limit.
+    public var maxConnections = 0
+    /// Open WebSocket and SSE connections from one IP address; 0 means no limit.
+    public var maxConnectionsPerIP = 0
     /// History page size bounds and default.
     public var maxHistoryLimit = 100
     public var defaultHistoryLimit = 50
@@ -29,4 +38,9 @@ public struct Limits: Sendable, Hashable {
     public var idempotencyWindow: Duration = .seconds(600)
 
     public init() {}
+
+    /// The per-user publish rate in effect.
+    public var effectiveUserRate: (perSecond: Double, burst: Double) {
+        (userRatePerSecond ?? 2 * ratePerSecond, userRateBurst ?? 2 * rateBurst)
+    }
 }

@@ -20,11 +20,11 @@ struct APIRoutes {
         api.post("rooms/:room/messages") { request, context -> Response in
             let body = try await decode(PostBody.self, from: request)
             let identity = try await auth.identity(request, claimedUser: body.user)
-            let message = try await engine.publish(
+            let stored = try await engine.publish(
                 identity, as: body.user, room: try context.parameters.require("room"),
                 content: body.content, clientId: body.clientId
             )
-            return Response.json(.created) { WireJSON.message(message, into: &$0) }
+            return Response.json(.created) { WireJSON.message(stored.message, into: &$0) }
         }
         api.get("rooms/:room/messages") { request, context -> Response in
             let query = request.uri.queryParameters
@@ -61,9 +61,10 @@ struct APIRoutes {
             }
         }
         api.get("users/:user") { request, context -> Response in
-            _ = try await auth.reader(request)
+            let reader = try await auth.reader(request)
             let user = try context.parameters.require("user")
-            let rooms = try await engine.userRooms(user)
+            // A rooms claim also hides the rooms it does not allow.
+            let rooms = try await engine.userRooms(user).filter(reader.mayAccess)
             guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(user) is not online") }
             return Response.json { json in
                 json.object { json in

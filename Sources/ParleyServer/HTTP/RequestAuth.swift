@@ -8,9 +8,7 @@ struct RequestAuth: Sendable {
     let authenticator: any Authenticator
 
     func bearerToken(_ request: Request) -> String? {
-        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
-            return String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
-        }
+        if let token = BearerToken.parse(request.headers[.authorization]) { return token }
         return request.uri.queryParameters["token"].map(String.init)
     }
 
@@ -24,5 +22,18 @@ struct RequestAuth: Sendable {
         let token = bearerToken(request)
         if token == nil, authenticator.isOpen { return Identity(user: "reader", isBackend: true) }
         return try await authenticator.authenticate(token: token, user: nil)
+    }
+
+    /// The identity of a long-lived stream (SSE), which is a user's session: an API key does
+    /// not make a backend a user, so it is refused here.
+    func streamIdentity(_ request: Request, claimedUser: String?) async throws -> Identity {
+        try Self.refuseBackend(try await identity(request, claimedUser: claimedUser))
+    }
+
+    static func refuseBackend(_ identity: Identity) throws(ParleyError) -> Identity {
+        guard !identity.isBackend else {
+            throw ParleyError(.forbidden, "API keys are for backend HTTP calls; streams and WebSockets need a user token")
+        }
+        return identity
     }
 }

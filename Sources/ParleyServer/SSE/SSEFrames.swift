@@ -6,6 +6,16 @@ final class SSEFrames: EventEncoder {
     static let shared = SSEFrames()
     static let heartbeat = ByteBuffer(string: ": keepalive\n\n")
 
+    /// `event: error` with `{"code", "message"}`, sent before the server ends a stream.
+    static func error(_ error: ParleyError) -> ByteBuffer {
+        var json = JSONWriter()
+        WireJSON.error(error, into: &json)
+        var buffer = ByteBuffer(string: "event: error\ndata: ")
+        buffer.writeImmutableBuffer(json.buffer)
+        buffer.writeStaticString("\n\n")
+        return buffer
+    }
+
     func encode(_ event: ServerEvent) -> ByteBuffer {
         var json = JSONWriter()
         WireJSON.eventData(event, into: &json)

@@ -17,17 +17,28 @@ struct SSERoutes {
     func register(on router: Router<ParleyRequestContext>) {
         router.get("rooms/:room/events") { request, context -> Response in
             let room = try Validation.room(try context.parameters.require("room"), limits: engine.limits)
-            let identity = try await auth.identity(request, claimedUser: request.uri.queryParameters["user"].map(String.init))
+            let identity = try await auth.streamIdentity(request, claimedUser: request.uri.queryParameters["user"].map(String.init))
             guard identity.mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
             let since = try resumePoint(request)
-            let session = try engine.connect(identity, transport: "sse", encoder: SSEFrames.shared)
+            let ticket = try engine.connections.acquire(address: context.channel.remoteAddress?.ipAddress)
+            let session: Session
+            do {
+                session = try engine.connect(identity, transport: "sse", encoder: SSEFrames.shared)
+            } catch {
+                ticket.release()
+                throw error
+            }
             // The client going away ends the stream now, not at the next heartbeat.
-            context.channel.closeFuture.whenComplete { _ in session.outbox.close(.goingAway) }
+            context.channel.closeFuture.whenComplete { _ in
+                session.outbox.close(.goingAway)
+                ticket.release()
+            }
             return Response(
                 status: .ok,
                 headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
                 body: ResponseBody { writer in
                     await stream(session, room: room, since: since, to: &writer)
+                    ticket.release()
                     try await writer.finish(nil)
                 }
             )
@@ -57,6 +68,16 @@ struct SSERoutes {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: heartbeat)
                     session.outbox.enqueue(SSEFrames.heartbeat)
+                }
+            }
+            if let expiresAt = session.identity.expiresAt {
+                // A stream cannot be given a fresh token: it ends when its token expires, with
+                // an `error` event first; the client reconnects with a new token and `since`.
+                group.addTask {
+                    try? await Task.sleep(for: .milliseconds(max(0, expiresAt.milliseconds - Timestamp.now.milliseconds)))
+                    guard !Task.isCancelled else { return }
+                    session.outbox.enqueue(SSEFrames.error(ParleyError(.unauthorized, "token expired")))
+                    session.outbox.close(.goingAway)
                 }
             }
             loop: while true {

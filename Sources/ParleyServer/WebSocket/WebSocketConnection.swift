@@ -13,6 +13,8 @@ final class WebSocketConnection: Sendable {
         var limits: Limits
         /// How long a client that did not authenticate at upgrade has to send `connect`.
         var handshakeTimeout: Duration
+        /// How long a client whose token expired has to send `connect` with a fresh one.
+        var refreshGrace: Duration = .seconds(30)
     }
 
     private let engine: Engine
@@ -22,6 +24,8 @@ final class WebSocketConnection: Sendable {
     private let frames = WebSocketFrames.shared
     let outbox: Outbox
     private let state = Mutex<(session: Session?, badFrames: Int)>((nil, 0))
+    /// Poked whenever the session's identity (so its expiry) changes.
+    private let expiry: TokenExpiry
 
     init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
         self.engine = engine
@@ -29,6 +33,7 @@ final class WebSocketConnection: Sendable {
         self.settings = settings
         self.logger = logger
         self.outbox = Outbox(maxBytes: settings.limits.maxOutboxBytes)
+        self.expiry = TokenExpiry(grace: settings.refreshGrace)
     }
 
     private var session: Session? { state.withLock { $0.session } }
@@ -51,6 +56,10 @@ final class WebSocketConnection: Sendable {
             if identity == nil {
                 group.addTask { await self.enforceHandshakeTimeout(); return false }
             }
+            // Only tokens expire: open mode needs no watcher (one task less per connection).
+            if !authenticator.isOpen {
+                group.addTask { await self.enforceExpiry(); return false }
+            }
             while let ended = await group.next(), !ended {}
             group.cancelAll()
         }
@@ -59,8 +68,10 @@ final class WebSocketConnection: Sendable {
     }
 
     private func open(_ identity: Identity) throws(ParleyError) {
-        let session = try engine.connect(identity, transport: "websocket", encoder: frames, outbox: outbox)
+        let session = try engine.connect(
+            try RequestAuth.refuseBackend(identity), transport: "websocket", encoder: frames, outbox: outbox)
         state.withLock { $0.session = session }
+        expiry.poke()
     }
 
     // MARK: Writing
@@ -103,6 +114,17 @@ final class WebSocketConnection: Sendable {
         if !Task.isCancelled, session == nil {
             outbox.close(.policyViolation("no connect within \(settings.handshakeTimeout)"))
         }
+    }
+
+    /// A token's expiry: at `expiresAt` the client gets `error` `unauthorized` (no `id`); if
+    /// no `connect` with a fresh token for the same user arrives within `refreshGrace`, the
+    /// socket is closed with 1008. A refresh moves the deadline and starts over.
+    private func enforceExpiry() async {
+        await expiry.watch({ self.session }) { error in
+            engine.metrics.error(error.code)
+            outbox.enqueue(frames.error(error, id: nil))
+        }
+        if !Task.isCancelled { outbox.close(.policyViolation("token expired")) }
     }
 
     // MARK: Reading
@@ -182,8 +204,8 @@ final class WebSocketConnection: Sendable {
             ack(id, fields: { json in json.key("room"); json.string(room) })
         case .message(let room, let content, let clientId):
             // The ack is queued as soon as the message is stored, ahead of the room's deliveries.
-            _ = try await engine.publish(session.identity, room: room, content: content, clientId: clientId, session: session) { message in
-                ack(id, value: { WireJSON.message(message, into: &$0) })
+            try await engine.publish(session.identity, room: room, content: content, clientId: clientId, session: session) { stored in
+                ack(id, value: { WireJSON.message(stored.message, into: &$0) })
             }
         case .typing(let room, let typing):
             try await engine.typing(session, room: room, typing: typing)
@@ -220,7 +242,9 @@ final class WebSocketConnection: Sendable {
     }
 
     private func connect(token: String?, user: String?, id: FrameID?) async throws {
-        if let session {
+        if let session, let token {
+            try await refresh(session, token: token, user: user)
+        } else if let session {
             guard user == nil || user == session.user else {
                 throw ParleyError.badRequest("already connected as \(session.user)")
             }
@@ -232,5 +256,15 @@ final class WebSocketConnection: Sendable {
             json.key("user"); json.string(session.user)
             json.key("session"); json.string(session.id)
         })
+    }
+
+    /// `connect` with a token on an open session: a fresh credential for the same user
+    /// replaces the session's expiry and room patterns; rooms the new token no longer allows
+    /// are left. Another user is `forbidden`; an invalid token `unauthorized` (the old one
+    /// keeps running out).
+    private func refresh(_ session: Session, token: String, user: String?) async throws {
+        let identity = try await authenticator.authenticate(token: token, user: user ?? session.user)
+        try await engine.refresh(session, with: identity)
+        expiry.poke()
     }
 }

@@ -12,7 +12,8 @@ struct Bench: AsyncParsableCommand {
         abstract: "Load a running Parley over WebSockets and report throughput, latency, loss and order.",
         discussion: """
             Opens --connections subscriber sockets spread over --rooms fresh rooms (and over every \
-            --url, for a cluster), then --publishers sockets that publish --size-byte messages for \
+            --url, for a cluster; or JoinChat streams to every --grpc target), then --publishers \
+            sockets that publish --size-byte messages for \
             --duration seconds, each at --rate messages per second or, with --rate 0, as fast as \
             the server acks them with at most --window unacknowledged. Start the server with \
             PARLEY_RATE_PER_SEC=0 when publishing faster than its default limit.
@@ -30,6 +31,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds of publishing.") var duration: Double = 10
     @Option(help: "Seconds to keep the subscribers open and idle after they joined, before publishing (to measure memory per connection).")
     var hold: Double = 0
+    @Option(name: .customLong("grpc"), help: "Subscribe over gRPC JoinChat to this host:port instead of WebSockets; repeat for several instances. Publishers stay on --url.")
+    var grpcTargets: [String] = []
     @Flag(help: "Print the report as JSON on stdout.") var json = false
 
     func validate() throws {
@@ -43,7 +46,9 @@ struct Bench: AsyncParsableCommand {
         let roomNames = (0..<rooms).map { "bench-\(runID)-\($0)" }
         let subscribers = (0..<connections).map { Subscriber(index: $0, room: roomNames[$0 % rooms], url: urls[$0 % urls.count]) }
 
-        let subscriberTasks = try await openSubscribers(subscribers)
+        let grpc = grpcTargets.isEmpty ? nil : try GRPCConnections(targets: grpcTargets, streams: connections)
+        defer { grpc?.close() }
+        let subscriberTasks = try await openSubscribers(subscribers, grpc: grpc)
         if hold > 0 {
             FileHandle.standardError.write(Data("holding \(subscribers.count) idle connections for \(hold) s\n".utf8))
             try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
@@ -80,11 +85,19 @@ struct Bench: AsyncParsableCommand {
 
     // MARK: Subscribers
 
-    private func openSubscribers(_ subscribers: [Subscriber]) async throws -> [Task<Void, Never>] {
+    private func openSubscribers(_ subscribers: [Subscriber], grpc: GRPCConnections?) async throws -> [Task<Void, Never>] {
         var tasks: [Task<Void, Never>] = []
         for batch in stride(from: 0, to: subscribers.count, by: 100) {
             let slice = subscribers[batch..<min(batch + 100, subscribers.count)]
-            tasks += slice.map { subscriber in Task { await subscriber.run() } }
+            tasks += slice.map { subscriber in
+                Task {
+                    if let grpc {
+                        await subscriber.runGRPC(grpc.client(for: subscriber.index))
+                    } else {
+                        await subscriber.run()
+                    }
+                }
+            }
             // Open in waves of 100 so the server's accept queue never overflows.
             let deadline = ContinuousClock.now + .seconds(30)
             while slice.contains(where: { !$0.snapshot.joined && !$0.snapshot.closed }), ContinuousClock.now < deadline {

@@ -46,10 +46,18 @@ final class Subscriber: Sendable {
     }
 
     private func record(_ text: inout String) {
-        let now = monotonicNanos()
         guard let seq = FrameScanner.integer(after: #""seq":"#, in: &text) else { return }
-        if let sentAt = FrameScanner.integer(after: #""content":""#, in: &text), now >= UInt64(sentAt) {
-            _ = latency.withLock { $0.record((now - UInt64(sentAt)) / 1000) }
+        record(seq: seq, sentAt: FrameScanner.integer(after: #""content":""#, in: &text).map(UInt64.init))
+    }
+
+    func markJoined() { state.withLock { $0.joined = true } }
+    func markClosed() { state.withLock { $0.closed = true } }
+
+    /// Counts a delivered message; `sentAt` is the publisher's stamp at the start of its content.
+    func record(seq: Int, sentAt: UInt64?) {
+        let now = monotonicNanos()
+        if let sentAt, now >= sentAt {
+            _ = latency.withLock { $0.record((now - sentAt) / 1000) }
         }
         state.withLock { state in
             if seq <= state.last {

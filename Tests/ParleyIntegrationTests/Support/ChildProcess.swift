@@ -29,3 +29,14 @@ func runToCompletion(
     let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
     return (timedOut ? nil : process.terminationStatus, text)
 }
+
+/// Whether `python3 -c "import <modules>"` succeeds (modules comma-separated).
+func pythonCanImport(_ modules: String) -> Bool {
+    let probe = Process()
+    probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    probe.arguments = ["python3", "-c", "import \(modules)"]
+    probe.standardError = FileHandle.nullDevice
+    guard (try? probe.run()) != nil else { return false }
+    probe.waitUntilExit()
+    return probe.terminationStatus == 0
+}

@@ -4,10 +4,12 @@ import Foundation
 final class ServerProcess: Sendable {
     private let process: Process
     let port: Int
+    let grpcPort: Int
 
-    private init(process: Process, port: Int) {
+    private init(process: Process, port: Int, grpcPort: Int) {
         self.process = process
         self.port = port
+        self.grpcPort = grpcPort
     }
 
     /// The built `parley` binary next to the test bundle.
@@ -28,7 +30,7 @@ final class ServerProcess: Sendable {
         let output = try FileHandle(forWritingTo: log)
         let process = Process()
         process.executableURL = executable
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "0"] + arguments
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardError = output
         process.standardOutput = output
@@ -38,9 +40,12 @@ final class ServerProcess: Sendable {
         var seen = ""
         while ContinuousClock.now < deadline, process.isRunning {
             seen = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression) {
+            if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression),
+                let grpcRange = seen.range(of: #"gRPC listening on [0-9.]+:(\d+)"#, options: .regularExpression)
+            {
                 let port = Int(seen[range].split(separator: ":").last!)!
-                return ServerProcess(process: process, port: port)
+                let grpcPort = Int(seen[grpcRange].split(separator: ":").last!)!
+                return ServerProcess(process: process, port: port, grpcPort: grpcPort)
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -9,28 +9,37 @@ import Synchronization
 struct TestServer {
     let server: ParleyServer
     let port: Int
+    let grpcPort: Int
     let group: ServiceGroup
     let task: Task<Void, any Error>
 
     var engine: Engine { server.engine }
 
     /// Starts a server; `storage` defaults to memory. Use `withServer` to have it stopped.
-    static func start(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+    static func start(
+        store: (any MessageStore)? = nil, _ configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
+        configuration.grpcPort = 0
         configuration.storage = .memory
         configuration.logLevel = .warning
         configure(&configuration)
         let ready = AsyncQueue<Int>()
-        let server = try await ParleyServer.build(configuration, logger: Logger(label: "test")) { port in ready.push(port) }
+        let grpcReady = AsyncQueue<Int>()
+        let server = try await ParleyServer.build(
+            configuration, logger: Logger(label: "test"), store: store,
+            onListening: { port in ready.push(port) },
+            onGRPCListening: { port in grpcReady.push(port) }
+        )
         let group = server.makeServiceGroup(gracefulShutdownSignals: [])
         let task = Task { try await group.run() }
-        guard let port = await ready.pop(timeout: .seconds(10)) else {
+        guard let port = await ready.pop(timeout: .seconds(10)), let grpcPort = await grpcReady.pop(timeout: .seconds(10)) else {
             task.cancel()
             throw TestFailure("server did not start")
         }
-        return TestServer(server: server, port: port, group: group, task: task)
+        return TestServer(server: server, port: port, grpcPort: grpcPort, group: group, task: task)
     }
 
     func stop() async {
@@ -43,10 +52,11 @@ struct TestServer {
 
 /// Runs `body` against a fresh server and always stops it.
 func withServer<T>(
+    store: (any MessageStore)? = nil,
     _ configure: (inout ServerConfiguration) -> Void = { _ in },
     _ body: (TestServer) async throws -> T
 ) async throws -> T {
-    let server = try await TestServer.start(configure)
+    let server = try await TestServer.start(store: store, configure)
     do {
         let result = try await body(server)
         await server.stop()

@@ -1,0 +1,205 @@
+import GRPCCore
+import GRPCProtobuf
+import Logging
+import NIOCore
+import ParleyCore
+import SwiftProtobuf
+
+/// `chat.v1.ChatService`: the gRPC transport. Every RPC goes through the same `Engine` as the
+/// WebSocket, SSE and HTTP transports; this type only translates protobuf to engine calls.
+///
+/// The methods are registered by hand rather than through the generated service protocol so
+/// that the streaming RPCs can write events encoded once per room (`EncodedEventSerializer`).
+public struct ChatService: RegistrableRPCService {
+    public struct Settings: Sendable {
+        public var limits: Limits
+        /// How long a `Chat` stream without `authorization` metadata has to send `connect`.
+        public var handshakeTimeout: Duration
+        /// How long a stream whose token expired has to send `connect` with a fresh one.
+        public var refreshGrace: Duration
+
+        public init(limits: Limits, handshakeTimeout: Duration, refreshGrace: Duration = .seconds(30)) {
+            self.limits = limits
+            self.handshakeTimeout = handshakeTimeout
+            self.refreshGrace = refreshGrace
+        }
+    }
+
+    let engine: Engine
+    let authenticator: any Authenticator
+    let settings: Settings
+    let logger: Logger
+
+    public init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
+        self.engine = engine
+        self.authenticator = authenticator
+        self.settings = settings
+        self.logger = logger
+    }
+
+    public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        typealias Method = Chat_V1_ChatService.Method
+        unary(Method.GetUser.descriptor, on: &router, getUser)
+        unary(Method.SendMessage.descriptor, on: &router, sendMessage)
+        unary(Method.GetHistory.descriptor, on: &router, getHistory)
+        unary(Method.GetPresence.descriptor, on: &router, getPresence)
+        router.registerHandler(
+            forMethod: Method.JoinChat.descriptor,
+            deserializer: LimitedDeserializer<Chat_V1_JoinRequest>(maxBytes: settings.limits.maxFrameBytes),
+            serializer: EncodedEventSerializer()
+        ) { request, context in
+            let single = try await ServerRequest(stream: request)
+            return await joinChat(single.message, metadata: single.metadata, peer: context.remotePeer)
+        }
+        router.registerHandler(
+            forMethod: Method.Chat.descriptor,
+            deserializer: LimitedDeserializer<Chat_V1_ChatCommand>(maxBytes: settings.limits.maxFrameBytes),
+            serializer: EncodedEventSerializer()
+        ) { request, context in
+            await chat(request, peer: context.remotePeer)
+        }
+    }
+
+    private func unary<Input: SwiftProtobuf.Message, Output: SwiftProtobuf.Message, Transport: ServerTransport>(
+        _ descriptor: MethodDescriptor,
+        on router: inout RPCRouter<Transport>,
+        _ body: @escaping @Sendable (Input, Metadata) async throws -> Output
+    ) {
+        router.registerHandler(
+            forMethod: descriptor,
+            deserializer: LimitedDeserializer<Input>(maxBytes: settings.limits.maxFrameBytes),
+            serializer: ProtobufSerializer<Output>()
+        ) { request, _ in
+            let single = try await ServerRequest(stream: request)
+            do {
+                return StreamingServerResponse(single: ServerResponse(message: try await body(single.message, single.metadata)))
+            } catch {
+                return StreamingServerResponse(error: failure(error))
+            }
+        }
+    }
+
+    /// Counts an error and turns it into the status the call ends with.
+    func failure(_ error: any Error) -> RPCError {
+        if let error = error as? ParleyError {
+            engine.metrics.error(error.code)
+        } else if !(error is RPCError) {
+            logger.error("gRPC call failed", metadata: ["error": "\(error)"])
+            engine.metrics.error(.internal)
+        }
+        return ParleyError.rpcError(for: error)
+    }
+
+    // MARK: Authentication
+
+    /// The credential of `authorization: Bearer <JWT or API key>`.
+    static func bearerToken(_ metadata: Metadata) -> String? {
+        metadata[stringValues: "authorization"].lazy.compactMap(BearerToken.parse).first
+    }
+
+    /// The identity of a call that acts as `user` (empty: the credential's own user). A
+    /// backend (API key) acts as the user it names, which it must name.
+    func identity(_ metadata: Metadata, user: String) async throws(ParleyError) -> Identity {
+        let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: user.nonEmpty)
+        return try acting(identity, as: user)
+    }
+
+    /// A backend identity turned into the user it acts as; any other identity as is.
+    func acting(_ identity: Identity, as user: String) throws(ParleyError) -> Identity {
+        guard identity.isBackend else { return identity }
+        guard !user.isEmpty else { throw ParleyError.badRequest("user_id: required with an API key (the user to act as)") }
+        return Identity(user: try Validation.user(user, limits: settings.limits), isBackend: true)
+    }
+
+    /// The identity of a read-only call: in open mode anyone may read.
+    func reader(_ metadata: Metadata) async throws(ParleyError) -> Identity {
+        let token = Self.bearerToken(metadata)
+        if token == nil, authenticator.isOpen { return Identity(user: "reader", isBackend: true) }
+        return try await authenticator.authenticate(token: token, user: nil)
+    }
+
+    // MARK: Unary RPCs
+
+    @Sendable func getUser(_ request: Chat_V1_GetUserRequest, metadata: Metadata) async throws -> Chat_V1_GetUserResponse {
+        _ = try await reader(metadata)
+        let rooms = try await engine.userRooms(request.userID)
+        guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(request.userID) is not online") }
+        return .with {
+            $0.user = request.userID
+            $0.online = true
+            $0.rooms = rooms
+        }
+    }
+
+    @Sendable func sendMessage(_ request: Chat_V1_ChatMessage, metadata: Metadata) async throws -> Chat_V1_MessageAck {
+        let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: request.senderID.nonEmpty)
+        let result = try await engine.publish(
+            identity, as: request.senderID.nonEmpty, room: request.roomID, content: request.content,
+            clientId: request.hasClientID ? request.clientID : nil
+        )
+        return .with {
+            $0.message = Chat_V1_ChatMessage(result.message)
+            $0.duplicate = result.duplicate
+        }
+    }
+
+    @Sendable func getHistory(_ request: Chat_V1_HistoryRequest, metadata: Metadata) async throws -> Chat_V1_HistoryResponse {
+        try await Chat_V1_HistoryResponse(history(request, identity: reader(metadata)))
+    }
+
+    func history(_ request: Chat_V1_HistoryRequest, identity: Identity) async throws -> HistoryPage {
+        try await engine.history(
+            identity, room: request.roomID,
+            before: request.hasBeforeSeq ? request.beforeSeq : nil,
+            after: request.hasAfterSeq ? request.afterSeq : nil,
+            limit: request.hasLimit ? Int(request.limit) : nil
+        )
+    }
+
+    @Sendable func getPresence(_ request: Chat_V1_PresenceRequest, metadata: Metadata) async throws -> Chat_V1_PresenceResponse {
+        let users = try await engine.presence(reader(metadata), room: request.roomID)
+        return Chat_V1_PresenceResponse(room: request.roomID, users: users)
+    }
+
+    // MARK: Streaming RPCs
+
+    func joinChat(_ request: Chat_V1_JoinRequest, metadata: Metadata, peer: String) async -> StreamingServerResponse<ByteBuffer> {
+        let stream: StreamConnection
+        let identity: Identity
+        do {
+            identity = try await self.identity(metadata, user: request.userID)
+            stream = try StreamConnection(service: self, peer: peer)
+        } catch {
+            return StreamingServerResponse(error: failure(error))
+        }
+        return StreamingServerResponse { writer in
+            try await stream.serve(writer, identity: identity) { session in
+                try await engine.join(session, room: request.roomID, since: request.hasSinceSeq ? request.sinceSeq : nil) { joined in
+                    stream.send(.ack("", .join(Chat_V1_JoinResult(joined))))
+                }
+            }
+            return [:]
+        }
+    }
+
+    func chat(_ request: StreamingServerRequest<Chat_V1_ChatCommand>, peer: String) async -> StreamingServerResponse<ByteBuffer> {
+        let stream: StreamConnection
+        var identity: Identity?
+        do {
+            if Self.bearerToken(request.metadata) != nil {
+                identity = try await authenticator.authenticate(token: Self.bearerToken(request.metadata), user: nil)
+            }
+            stream = try StreamConnection(service: self, peer: peer)
+        } catch {
+            return StreamingServerResponse(error: failure(error))
+        }
+        return StreamingServerResponse { [identity] writer in
+            try await stream.serveCommands(writer, identity: identity, commands: request.messages)
+            return [:]
+        }
+    }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
+}

@@ -1,0 +1,62 @@
+import GRPCCore
+import GRPCProtobuf
+import ParleyCore
+
+/// `grpc.health.v1.Health` for load balancers and probes. The server as a whole (service "")
+/// and `chat.v1.ChatService` are SERVING while the engine accepts sessions and the message
+/// store answers, NOT_SERVING otherwise; during shutdown `Watch` reports NOT_SERVING and then
+/// ends with UNAVAILABLE so that the server can stop.
+public struct HealthService: Grpc_Health_V1_Health.ServiceProtocol {
+    typealias Status = Grpc_Health_V1_HealthCheckResponse.ServingStatus
+    static let services: Set<String> = ["", "chat.v1.ChatService"]
+
+    let engine: Engine
+    /// How often `Watch` looks for a change.
+    let pollInterval: Duration
+
+    public init(engine: Engine, pollInterval: Duration = .milliseconds(250)) {
+        self.engine = engine
+        self.pollInterval = pollInterval
+    }
+
+    func status() async -> Status {
+        if engine.isDraining { return .notServing }
+        return await engine.storeIsReachable() ? .serving : .notServing
+    }
+
+    public func check(
+        request: ServerRequest<Grpc_Health_V1_HealthCheckRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Grpc_Health_V1_HealthCheckResponse> {
+        guard Self.services.contains(request.message.service) else {
+            throw RPCError(code: .notFound, message: "unknown service \(request.message.service)")
+        }
+        let status = await status()
+        return ServerResponse(message: .with { $0.status = status })
+    }
+
+    public func watch(
+        request: ServerRequest<Grpc_Health_V1_HealthCheckRequest>, context: ServerContext
+    ) async throws -> StreamingServerResponse<Grpc_Health_V1_HealthCheckResponse> {
+        let known = Self.services.contains(request.message.service)
+        return StreamingServerResponse { writer in
+            guard known else {
+                // The spec: report SERVICE_UNKNOWN and keep watching (it may appear later);
+                // Parley's set of services never changes, so the call just stays open.
+                try await writer.write(.with { $0.status = .serviceUnknown })
+                while !Task.isCancelled, !engine.isDraining { try await Task.sleep(for: pollInterval) }
+                throw RPCError(code: .unavailable, message: "server shutting down")
+            }
+            var last: Status?
+            while !Task.isCancelled {
+                let current = await status()
+                if current != last {
+                    try await writer.write(.with { $0.status = current })
+                    last = current
+                }
+                if engine.isDraining { throw RPCError(code: .unavailable, message: "server shutting down") }
+                try await Task.sleep(for: pollInterval)
+            }
+            return [:]
+        }
+    }
+}

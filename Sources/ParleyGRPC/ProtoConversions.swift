@@ -1,0 +1,122 @@
+import ParleyCore
+import SwiftProtobuf
+
+// Conversions between the engine's model and the `chat.v1` messages. Field for field the same
+// as the JSON of the other transports (`room` -> `room_id`, `user` -> `sender_id`/`user_id`).
+
+extension Google_Protobuf_Timestamp {
+    init(_ timestamp: Timestamp) {
+        let (seconds, milliseconds) = timestamp.milliseconds.quotientAndRemainder(dividingBy: 1000)
+        // Normalised: nanos is never negative, as the Timestamp spec requires.
+        let borrow: Int64 = milliseconds < 0 ? 1 : 0
+        self.init(seconds: seconds - borrow, nanos: Int32((milliseconds + borrow * 1000) * 1_000_000))
+    }
+}
+
+extension Chat_V1_ChatMessage {
+    init(_ message: ParleyCore.Message) {
+        self.init()
+        id = message.id
+        roomID = message.room
+        senderID = message.user
+        content = message.content
+        seq = message.seq
+        timestamp = Google_Protobuf_Timestamp(message.timestamp)
+        if let clientId = message.clientId { clientID = clientId }
+    }
+}
+
+extension Chat_V1_Presence {
+    init(_ entry: PresenceEntry) {
+        self.init()
+        userID = entry.user
+        since = Google_Protobuf_Timestamp(entry.since)
+    }
+}
+
+extension Chat_V1_HistoryResponse {
+    init(_ page: HistoryPage) {
+        self.init()
+        messages = page.messages.map(Chat_V1_ChatMessage.init)
+        hasMore_p = page.hasMore
+    }
+}
+
+extension Chat_V1_PresenceResponse {
+    init(room: String, users: [PresenceEntry]) {
+        self.init()
+        roomID = room
+        self.users = users.map(Chat_V1_Presence.init)
+    }
+}
+
+extension Chat_V1_JoinResult {
+    init(_ ack: Engine.JoinAck) {
+        self.init()
+        roomID = ack.room
+        seq = ack.seq
+        users = ack.users.map(Chat_V1_Presence.init)
+    }
+}
+
+extension Chat_V1_ChatEvent {
+    init(_ event: ServerEvent) {
+        self.init()
+        switch event {
+        case .message(let message):
+            self.message = Chat_V1_ChatMessage(message)
+        case .join(let room, let user, let timestamp):
+            join = .with {
+                $0.roomID = room
+                $0.userID = user
+                $0.timestamp = Google_Protobuf_Timestamp(timestamp)
+            }
+        case .leave(let room, let user, let timestamp):
+            leave = .with {
+                $0.roomID = room
+                $0.userID = user
+                $0.timestamp = Google_Protobuf_Timestamp(timestamp)
+            }
+        case .typing(let room, let user, let typing):
+            self.typing = .with {
+                $0.roomID = room
+                $0.userID = user
+                $0.typing = typing
+            }
+        case .read(let room, let user, let seq):
+            read = .with {
+                $0.roomID = room
+                $0.userID = user
+                $0.seq = seq
+            }
+        }
+    }
+
+    static func ack(_ requestID: String, _ result: Chat_V1_Ack.OneOf_Result) -> Chat_V1_ChatEvent {
+        .with {
+            $0.ack = .with {
+                $0.requestID = requestID
+                $0.result = result
+            }
+        }
+    }
+
+    static func error(_ error: ParleyError, requestID: String) -> Chat_V1_ChatEvent {
+        .with { $0.error = Chat_V1_ChatError(error, requestID: requestID) }
+    }
+
+    static func pong(_ requestID: String) -> Chat_V1_ChatEvent {
+        .with { $0.pong = .with { $0.requestID = requestID } }
+    }
+}
+
+extension Chat_V1_ChatError {
+    init(_ error: ParleyError, requestID: String) {
+        self.init()
+        self.requestID = requestID
+        code = Chat_V1_ErrorCode(rawValue: error.grpcCode.rawValue) ?? .internal
+        message = error.message
+        reason = error.code.name
+        if let retryAfterMs = error.retryAfterMs { self.retryAfterMs = Int64(retryAfterMs) }
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import GRPCCore
+import ParleyCore
+import ParleyGRPC
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// A message store that works until told to fail, like a database that goes away.
+final class FlakyStore: MessageStore {
+    private let inner = MemoryMessageStore()
+    private let failing = Atomic<Bool>(false)
+
+    func setFailing(_ value: Bool) { failing.store(value, ordering: .relaxed) }
+
+    private func check() throws {
+        if failing.load(ordering: .relaxed) { throw FlakyStoreDown() }
+    }
+
+    func run() async throws { try await inner.run() }
+
+    func append(_ draft: MessageDraft) async throws -> AppendResult {
+        try check()
+        return try await inner.append(draft)
+    }
+
+    func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
+        try check()
+        return try await inner.history(room: room, query: query)
+    }
+
+    func lastSeq(room: String) async throws -> Int64 {
+        try check()
+        return try await inner.lastSeq(room: room)
+    }
+
+    func rooms() async throws -> [(room: String, seq: Int64)] {
+        try check()
+        return try await inner.rooms()
+    }
+}
+
+struct FlakyStoreDown: Error {}
+
+@Suite("Storage failure")
+struct StorageFailureTests {
+    @Test("when storing fails, every transport answers unavailable and nobody receives the message")
+    func noFalseAck() async throws {
+        let store = FlakyStore()
+        try await withServer(store: store) { server in
+            let member = try await TestClient.connect(port: server.port, user: "member")
+            try await member.ack("join", ["room": "general"])
+            let poster = try await TestClient.connect(port: server.port, user: "poster")
+            _ = try await poster.ack("message", ["room": "general", "content": "before"])
+            _ = try await member.expect("message")
+
+            store.setFailing(true)
+            let refused = try await poster.request("message", ["room": "general", "content": "lost?"])
+            #expect(refused["event"].string == "error")
+            #expect(refused["data"]["code"].string == "unavailable")
+            let post = try await http("POST", server.url("/api/rooms/general/messages"), body: #"{"content": "lost?", "user": "poster"}"#)
+            #expect(post.status == 503)
+            #expect(post.json["error"]["code"].string == "unavailable")
+            try await withChatClient(port: server.grpcPort) { client in
+                let status = await grpcStatus {
+                    _ = try await client.sendMessage(.with { $0.roomID = "general"; $0.senderID = "poster"; $0.content = "lost?" })
+                }
+                #expect(status == .unavailable)
+                #expect(await grpcStatus { _ = try await client.getHistory(.with { $0.roomID = "general" }) } == .unavailable)
+            }
+            #expect(try await member.drain(for: .milliseconds(300)).filter { $0["event"].string == "message" }.isEmpty)
+
+            // Back again: posting works and the room continues without a gap.
+            store.setFailing(false)
+            let after = try await poster.ack("message", ["room": "general", "content": "after"])
+            #expect(after["seq"].int == 2)
+            let received = try await member.expect("message")
+            #expect(received["seq"].int == 2)
+            #expect(received["content"].string == "after")
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+@testable import ParleyServer
+import Testing
+
+/// Tokens that run out on live connections. No leeway here, and a short refresh grace.
+@Suite("Token expiry on live connections")
+struct TokenExpiryTests {
+    func withExpiringServer(_ body: (TestServer) async throws -> Void) async throws {
+        try await withJWTServer({
+            $0.auth.leewaySeconds = 0
+            $0.tokenRefreshGrace = .seconds(1)
+        }, body)
+    }
+
+    /// The unsolicited `error` (no id) the server sends when the token expires.
+    func expectExpiryError(_ client: TestClient) async throws {
+        let error = try await client.expect("error", timeout: .seconds(15))
+        #expect(error["code"].string == "unauthorized")
+        #expect(error["message"].string?.contains("expired") == true)
+    }
+
+    @Test("an expired token gets error unauthorized, then the socket is closed with 1008")
+    func expiryCloses() async throws {
+        try await withExpiringServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 2))
+            let client = try await TestClient.connect(port: server.port, query: "?token=\(token)")
+            try await client.ack("join", ["room": "r"])
+            try await expectExpiryError(client)
+            #expect(await client.closed(timeout: .seconds(15)) == 1008)
+            // The server serves others; alice's session is gone from the room.
+            let other = try await TestClient.connect(port: server.port, query: "?token=\(try await Tokens.hs256(TestClaims(sub: "bob")))")
+            let presence = try await other.ack("presence", ["room": "r"])
+            #expect(presence["users"].array?.isEmpty == true)
+        }
+    }
+
+    @Test("connect with a fresh token for the same user keeps the socket open")
+    func refreshKeepsOpen() async throws {
+        try await withExpiringServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 2))
+            let client = try await TestClient.connect(port: server.port, query: "?token=\(token)")
+            try await client.ack("join", ["room": "r"])
+            try await expectExpiryError(client)
+            let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
+            #expect(try await client.ack("connect", ["token": fresh])["user"].string == "alice")
+            // Well past the grace the socket still works, and is still in its room.
+            #expect(await client.closed(timeout: .seconds(3)) == nil)
+            try await client.ack("message", ["room": "r", "content": "still here"])
+            _ = try await client.expect("message")
+        }
+    }
+
+    @Test("a refresh with another user's token is forbidden, and the socket still closes")
+    func refreshAsAnotherUser() async throws {
+        try await withExpiringServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 2))
+            let client = try await TestClient.connect(port: server.port, query: "?token=\(token)")
+            let bob = try await Tokens.hs256(TestClaims(sub: "bob", expiresIn: 3600))
+            #expect(try await client.request("connect", ["token": bob])["data"]["code"].string == "forbidden")
+            try await expectExpiryError(client)
+            #expect(await client.closed(timeout: .seconds(15)) == 1008)
+        }
+    }
+
+    @Test("a refresh with a narrower rooms claim leaves the rooms no longer allowed")
+    func refreshNarrowsRooms() async throws {
+        try await withJWTServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice"))
+            let client = try await TestClient.connect(port: server.port, query: "?token=\(token)")
+            try await client.ack("join", ["room": "a"])
+            try await client.ack("join", ["room": "b"])
+            try await client.ack("connect", ["token": try await Tokens.hs256(TestClaims(sub: "alice", rooms: ["a"]))])
+            #expect(try await client.request("leave", ["room": "b"])["data"]["code"].string == "not_found")
+            try await client.ack("leave", ["room": "a"])
+        }
+    }
+
+    @Test("an SSE stream ends with an error event when its token expires")
+    func sseEndsAtExpiry() async throws {
+        try await withExpiringServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 2))
+            let sse = try await SSEClient.open(port: server.port, path: "/rooms/r/events?token=\(token)")
+            #expect(sse.status == 200)
+            let error = try await sse.expect("error", timeout: .seconds(15))
+            #expect(error.json["code"].string == "unauthorized")
+            var ended = false
+            for _ in 0..<100 where await sse.next(timeout: .seconds(10)) == nil {
+                ended = true
+                break
+            }
+            #expect(ended)
+        }
+    }
+}
