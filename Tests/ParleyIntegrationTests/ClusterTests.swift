@@ -241,6 +241,31 @@ struct ClusterTests {
         try await withHeavyTestLock { try await killAnInstance() }
     }
 
+    @Test("an instance restarted at once under the same name: the users of its previous run still leave")
+    func restartUnderSameName() async throws {
+        try await withHeavyTestLock {
+            let backends = try await ClusterBackends.start()
+            defer { backends.stop() }
+            let a = try await ServerProcess.start(backends.arguments + ["--instance-id", "alpha"])
+            defer { a.kill(SIGKILL) }
+            var b = try await ServerProcess.start(backends.arguments + ["--instance-id", "beta"])
+            let watcher = try await TestClient.connect(port: a.port, user: "watcher")
+            try await watcher.ack("join", ["room": "r"])
+            let ghost = try await TestClient.connect(port: b.port, user: "ghost")
+            try await ghost.ack("join", ["room": "r"])
+            _ = try await watcher.expect("join") { $0["user"].string == "ghost" }
+            b.kill(SIGKILL)
+            _ = await b.waitForExit(timeout: .seconds(10))
+            b = try await ServerProcess.start(backends.arguments + ["--instance-id", "beta"])
+            defer { b.kill(SIGKILL) }
+            let fresh = try await TestClient.connect(port: b.port, user: "fresh")
+            try await fresh.ack("join", ["room": "r"])
+            _ = try await watcher.expect("leave", timeout: .seconds(10)) { $0["user"].string == "ghost" }
+            let users = try await watcher.ack("presence", ["room": "r"])["users"].array?.compactMap { $0["user"].string }
+            #expect(users == ["fresh", "watcher"])
+        }
+    }
+
     func killAnInstance() async throws {
         let backends = try await ClusterBackends.start()
         defer { backends.stop() }
