@@ -62,7 +62,8 @@ public struct ClusterConfiguration: Sendable {
     public var instanceTTL: Duration = .seconds(5)
     /// How often each subscribed room is checked against the store for messages pub/sub lost.
     public var resyncInterval: Duration? = .seconds(10)
-    /// This instance's id in presence and session ids; random when nil.
+    /// A name for this instance in presence, session ids and logs; each run adds a random
+    /// suffix to it (the id is wholly random when nil).
     public var instanceID: String?
 
     public init() {}

@@ -41,7 +41,10 @@ public struct ParleyServer: Sendable {
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
         let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
-        let instanceID = configuration.cluster.instanceID ?? MessageID.next().suffix(8).lowercased()
+        // Unique per run, even under a configured name: a restarted instance must not take over
+        // the presence entries (and session ids) of its previous run, which the reaper removes.
+        let runID = MessageID.next().suffix(8).lowercased()
+        let instanceID = configuration.cluster.instanceID.map { "\($0)-\(runID.suffix(4))" } ?? runID
         let redis = configuration.cluster.redis.map { RedisBackends(configuration, redis: $0, instanceID: instanceID, logger: logger) }
         let broker: any Broker = redis?.broker ?? MemoryBroker()
         let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()

@@ -124,7 +124,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds between checks of every subscribed room against the store, for messages pub/sub lost; 0 never. [env: PARLEY_RESYNC_INTERVAL] (default: 10)")
     var resyncInterval: Double?
 
-    @Option(help: "This instance's id in cluster presence (random by default). [env: PARLEY_INSTANCE_ID]")
+    @Option(help: "A name for this instance in cluster presence and logs; each run adds a random suffix. [env: PARLEY_INSTANCE_ID]")
     var instanceId: String?
 
     func run() async throws {

@@ -63,13 +63,17 @@ struct PostgresStoreTests {
         .enabled(if: PostgresTestServer.canStartPrivate, "needs a private PostgreSQL (the postgresql package)")
     )
     func databaseOutage() async throws {
+        try await withHeavyTestLock { try await outage() }
+    }
+
+    func outage() async throws {
         let server = try await PostgresTestServer.start()
         defer { server.destroy() }
         let running = try await open(server.url, timeout: .seconds(3))
         let first = try await running.store.append(draft("o", "before"))
         #expect(first.message.seq == 1)
 
-        try server.stop()
+        try await server.stop()
         for attempt in 0..<2 {
             do {
                 let result = try await running.store.append(draft("o", "during \(attempt)", clientId: "d\(attempt)"))
@@ -80,7 +84,7 @@ struct PostgresStoreTests {
         }
         await #expect(throws: ParleyError.self) { try await running.store.lastSeq(room: "o") }
 
-        try server.launch()
+        try await server.launch()
         var recovered: AppendResult?
         for _ in 0..<40 where recovered == nil {
             recovered = try? await running.store.append(draft("o", "after", clientId: "d0"))

@@ -16,7 +16,7 @@ struct ClusterBackends {
     static func start(privatePostgres: Bool = false) async throws -> ClusterBackends {
         let redis = try await RedisTestServer.start()
         let postgres = privatePostgres ? try await PostgresTestServer.start() : try await PostgresTestServer.shared()
-        return ClusterBackends(redis: redis, postgres: postgres, databaseURL: try postgres.createDatabase(), ownsPostgres: privatePostgres)
+        return ClusterBackends(redis: redis, postgres: postgres, databaseURL: try await postgres.createDatabase(), ownsPostgres: privatePostgres)
     }
 
     func stop() {
@@ -45,6 +45,13 @@ struct ClusterBackends {
 /// Runs `body` with `count` in-process instances sharing fresh backends; stops everything.
 func withCluster<T>(
     instances count: Int = 3, privatePostgres: Bool = false,
+    _ body: ([TestServer], ClusterBackends) async throws -> T
+) async throws -> T {
+    try await withHeavyTestLock { try await runCluster(instances: count, privatePostgres: privatePostgres, body) }
+}
+
+private func runCluster<T>(
+    instances count: Int, privatePostgres: Bool,
     _ body: ([TestServer], ClusterBackends) async throws -> T
 ) async throws -> T {
     let backends = try await ClusterBackends.start(privatePostgres: privatePostgres)
@@ -205,7 +212,7 @@ struct ClusterTests {
             try await alice.ack("join", ["room": "r"])
             try await bob.ack("join", ["room": "r"])
             let first = try await alice.ack("message", ["room": "r", "content": "before"])
-            try backends.postgres.stop()
+            try await backends.postgres.stop()
             let failed = try await alice.request("message", ["room": "r", "content": "during", "clientId": "d"], timeout: .seconds(20))
             #expect(failed["event"].string == "error")
             #expect(failed["data"]["code"].string == "unavailable")
@@ -214,7 +221,7 @@ struct ClusterTests {
             #expect(ready.json["backends"]["postgres"].string == "down")
             #expect(ready.json["backends"]["redis"].string == "up")
 
-            try backends.postgres.launch()
+            try await backends.postgres.launch()
             var after: JSON?
             for _ in 0..<40 where after == nil {
                 let reply = try await alice.request("message", ["room": "r", "content": "during", "clientId": "d"], timeout: .seconds(10))
@@ -231,6 +238,35 @@ struct ClusterTests {
 
     @Test("SIGKILL of an instance: the others serve on, its users leave in time, its clients resume elsewhere")
     func instanceKilled() async throws {
+        try await withHeavyTestLock { try await killAnInstance() }
+    }
+
+    @Test("an instance restarted at once under the same name: the users of its previous run still leave")
+    func restartUnderSameName() async throws {
+        try await withHeavyTestLock {
+            let backends = try await ClusterBackends.start()
+            defer { backends.stop() }
+            let a = try await ServerProcess.start(backends.arguments + ["--instance-id", "alpha"])
+            defer { a.kill(SIGKILL) }
+            var b = try await ServerProcess.start(backends.arguments + ["--instance-id", "beta"])
+            let watcher = try await TestClient.connect(port: a.port, user: "watcher")
+            try await watcher.ack("join", ["room": "r"])
+            let ghost = try await TestClient.connect(port: b.port, user: "ghost")
+            try await ghost.ack("join", ["room": "r"])
+            _ = try await watcher.expect("join") { $0["user"].string == "ghost" }
+            b.kill(SIGKILL)
+            _ = await b.waitForExit(timeout: .seconds(10))
+            b = try await ServerProcess.start(backends.arguments + ["--instance-id", "beta"])
+            defer { b.kill(SIGKILL) }
+            let fresh = try await TestClient.connect(port: b.port, user: "fresh")
+            try await fresh.ack("join", ["room": "r"])
+            _ = try await watcher.expect("leave", timeout: .seconds(10)) { $0["user"].string == "ghost" }
+            let users = try await watcher.ack("presence", ["room": "r"])["users"].array?.compactMap { $0["user"].string }
+            #expect(users == ["fresh", "watcher"])
+        }
+    }
+
+    func killAnInstance() async throws {
         let backends = try await ClusterBackends.start()
         defer { backends.stop() }
         let a = try await ServerProcess.start(backends.arguments)

@@ -245,7 +245,7 @@ struct ClusterBackendTests {
             #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
             server.kill()
             try await server.launch()
-            let deadline = ContinuousClock.now + .seconds(5)
+            let deadline = ContinuousClock.now + .seconds(20)
             var members: [PresenceEntry] = []
             while members.isEmpty, ContinuousClock.now < deadline {
                 members = (try? await a.presence.members(room: "r")) ?? []

@@ -32,6 +32,17 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     return (exitStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
+/// `runCommand` on a Dispatch thread: waiting for a child must not block one of the few
+/// threads that run every test's tasks.
+@discardableResult
+func runCommandAsync(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(with: Result { try runCommand(executable, arguments) })
+        }
+    }
+}
+
 private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
 
 /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module

@@ -44,30 +44,61 @@ public final class PostgresTestServer: Sendable {
 
     /// Runs a PostgreSQL binary as a user PostgreSQL accepts.
     private static func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let (executable, arguments) = try command(tool, arguments)
+        return try runCommand(executable, arguments)
+    }
+
+    private static func runAsync(_ tool: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let (executable, arguments) = try command(tool, arguments)
+        return try await runCommandAsync(executable, arguments)
+    }
+
+    private static func command(_ tool: String, _ arguments: [String]) throws -> (String, [String]) {
         guard let bin = binDirectory else { throw TestSupportError("PostgreSQL is not installed (apt-get install postgresql)") }
-        if isRoot {
-            return try runCommand("/usr/sbin/runuser", ["-u", "postgres", "--", "\(bin)/\(tool)"] + arguments)
-        }
-        return try runCommand("\(bin)/\(tool)", arguments)
+        if isRoot { return ("/usr/sbin/runuser", ["-u", "postgres", "--", "\(bin)/\(tool)"] + arguments) }
+        return ("\(bin)/\(tool)", arguments)
     }
 
     /// Starts a new private server.
     public static func start() async throws -> PostgresTestServer {
         let directory = NSTemporaryDirectory() + "parley-pg-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        if isRoot { try runCommand("/bin/chown", ["postgres:postgres", directory]) }
-        let initdb = try run("initdb", ["-D", directory + "/data", "-U", "parley", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
-        guard initdb.status == 0 else { throw TestSupportError("initdb failed: \(initdb.output)") }
+        if isRoot { try await runCommandAsync("/bin/chown", ["postgres:postgres", directory]) }
+        // initdb costs seconds of CPU: run it once per test process and copy its result.
+        let template = try await Self.template()
+        let copy = try await runCommandAsync("/bin/cp", ["-a", template, directory + "/data"])
+        guard copy.status == 0 else { throw TestSupportError("copying the template cluster failed: \(copy.output)") }
         let server = PostgresTestServer(port: try freeLoopbackPort(), directory: directory, url: "", external: false)
         let started = PostgresTestServer(port: server.port, directory: directory, url: "postgres://parley@127.0.0.1:\(server.port)/postgres", external: false)
-        try started.launch()
+        try await started.launch()
         Self.cleanup.withLock { $0.append(directory) }
         return started
     }
 
+    private static let templateTask = Mutex<Task<String, any Error>?>(nil)
+
+    /// A freshly initialized, never started data directory, made once on first use.
+    private static func template() async throws -> String {
+        let task = templateTask.withLock { task in
+            if let task { return task }
+            let made = Task<String, any Error> {
+                let directory = NSTemporaryDirectory() + "parley-pg-template-\(UUID().uuidString.prefix(8))"
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                if isRoot { try await runCommandAsync("/bin/chown", ["postgres:postgres", directory]) }
+                let initdb = try await runAsync("initdb", ["-D", directory + "/data", "-U", "parley", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+                guard initdb.status == 0 else { throw TestSupportError("initdb failed: \(initdb.output)") }
+                cleanup.withLock { $0.append(directory) }
+                return directory + "/data"
+            }
+            task = made
+            return made
+        }
+        return try await task.value
+    }
+
     /// Starts the server again after `stop()`, on the same port and data.
-    public func launch() throws {
-        let result = try Self.run("pg_ctl", [
+    public func launch() async throws {
+        let result = try await Self.runAsync("pg_ctl", [
             "-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "30",
             "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200", "start",
         ])
@@ -75,23 +106,23 @@ public final class PostgresTestServer: Sendable {
     }
 
     /// Stops the server at once, as a crash would (`-m immediate`).
-    public func stop() throws {
+    public func stop() async throws {
         guard !external else { return }
-        _ = try Self.run("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
+        _ = try await Self.runAsync("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
     }
 
     /// Stops the server and deletes its data.
     public func destroy() {
         guard !external else { return }
-        try? stop()
+        _ = try? Self.run("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
         try? FileManager.default.removeItem(atPath: directory)
         Self.cleanup.withLock { $0.removeAll { $0 == directory } }
     }
 
     /// A new, empty database on this server; returns its URL.
-    public func createDatabase() throws -> String {
+    public func createDatabase() async throws -> String {
         let name = "parley_test_\(UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: ""))"
-        let result = try runCommand("/usr/bin/psql", ["-X", "-q", "-d", url, "-c", "CREATE DATABASE \(name)"])
+        let result = try await runCommandAsync("/usr/bin/psql", ["-X", "-q", "-d", url, "-c", "CREATE DATABASE \(name)"])
         guard result.status == 0 else { throw TestSupportError("CREATE DATABASE failed: \(result.output)") }
         guard let slash = url.lastIndex(of: "/") else { throw TestSupportError("bad URL \(url)") }
         return String(url[...slash]) + name
