@@ -3,25 +3,32 @@ import GRPCProtobuf
 import ParleyCore
 
 /// `grpc.health.v1.Health` for load balancers and probes. The server as a whole (service "")
-/// and `chat.v1.ChatService` are SERVING while the engine accepts sessions and the message
-/// store answers, NOT_SERVING otherwise; during shutdown `Watch` reports NOT_SERVING and then
-/// ends with UNAVAILABLE so that the server can stop.
+/// and `chat.v1.ChatService` are SERVING while the engine accepts sessions and every backend
+/// answers (the checks of `/readyz`: the store, and Redis in cluster mode), NOT_SERVING
+/// otherwise; during shutdown `Watch` reports NOT_SERVING and then ends with UNAVAILABLE so
+/// that the server can stop.
 public struct HealthService: Grpc_Health_V1_Health.ServiceProtocol {
     typealias Status = Grpc_Health_V1_HealthCheckResponse.ServingStatus
     static let services: Set<String> = ["", "chat.v1.ChatService"]
 
     let engine: Engine
+    /// True when every backend answers (bounded in time by the caller).
+    let backendsUp: @Sendable () async -> Bool
     /// How often `Watch` looks for a change.
     let pollInterval: Duration
 
-    public init(engine: Engine, pollInterval: Duration = .milliseconds(250)) {
+    public init(
+        engine: Engine, pollInterval: Duration = .milliseconds(250),
+        backendsUp: @escaping @Sendable () async -> Bool
+    ) {
         self.engine = engine
         self.pollInterval = pollInterval
+        self.backendsUp = backendsUp
     }
 
     func status() async -> Status {
         if engine.isDraining { return .notServing }
-        return await engine.storeIsReachable() ? .serving : .notServing
+        return await backendsUp() ? .serving : .notServing
     }
 
     public func check(

@@ -107,7 +107,10 @@ public struct ParleyServer: Sendable {
                     ),
                     logger: logger
                 ),
-                HealthService(engine: engine),
+                HealthService(engine: engine) {
+                    for backend in backends where await !backend.isUp() { return false }
+                    return true
+                },
                 try ReflectionService(services: [
                     "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
                 ]),

@@ -1,4 +1,7 @@
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import ParleyGRPC
 import ParleyPostgres
 import ParleyRedis
 import ParleyServer
@@ -190,7 +193,17 @@ struct ClusterTests {
             try await writer.ack("join", ["room": "r"])
             var acked: [Int] = []
             for count in 0..<60 {
-                if count == 20 { backends.redis.kill() }
+                if count == 20 {
+                    backends.redis.kill()
+                    // Readiness follows: /readyz and the gRPC health check say not serving.
+                    try await waitUntil { try await http("GET", servers[0].url("/readyz")).status == 503 }
+                    try await withGRPCClient(
+                        transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: servers[0].grpcPort), transportSecurity: .plaintext)
+                    ) { grpc in
+                        let health = try await Grpc_Health_V1_Health.Client(wrapping: grpc).check(.with { $0.service = "" })
+                        #expect(health.status == .notServing)
+                    }
+                }
                 if count == 28 { try await backends.redis.launch() }
                 let reply = try await writer.request("message", ["room": "r", "content": "m\(count)", "clientId": "c\(count)"], timeout: .seconds(10))
                 if reply["event"].string == "ack", let seq = reply["data"]["seq"].int { acked.append(seq) }
