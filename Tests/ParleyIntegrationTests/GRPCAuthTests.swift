@@ -107,7 +107,7 @@ struct GRPCAuthTests {
     func expiry() async throws {
         try await withJWTServer({
             $0.auth.leewaySeconds = 0
-            $0.tokenRefreshGrace = .seconds(1)
+            $0.tokenRefreshGrace = .seconds(3)
         }) { server in
             try await withChatClient(port: server.grpcPort) { client in
                 let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 5)))
@@ -116,17 +116,18 @@ struct GRPCAuthTests {
                 let refreshed = EventStream.chat(client, metadata: short)
                 _ = try await refreshed.request(.join(.with { $0.roomID = "r" }), id: "1")
 
-                for stream in [expiring, refreshed] {
+                // The stream to refresh is watched first, so that its refresh comes in time.
+                let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
+                for (index, stream) in [refreshed, expiring].enumerated() {
                     let warning = try await stream.expect(timeout: .seconds(15)) { if case .error = $0.event { true } else { false } }
                     #expect(warning.error.code == .unauthenticated)
                     #expect(warning.error.message.contains("expired"))
+                    if index == 0 { _ = try await refreshed.request(.connect(.with { $0.token = fresh }), id: "2") }
                 }
-                let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
-                _ = try await refreshed.request(.connect(.with { $0.token = fresh }), id: "2")
                 let ending = try #require(await expiring.ended(timeout: .seconds(15)))
                 #expect(ending?.code == .unauthenticated)
                 // Well past the grace the refreshed stream still works.
-                try await Task.sleep(for: .seconds(2))
+                try await Task.sleep(for: .seconds(4))
                 guard case .message? = try await refreshed.request(.message(.with { $0.roomID = "r"; $0.content = "still here" }), id: "3") else {
                     throw TestFailure("no message ack")
                 }

@@ -65,8 +65,11 @@ final class TCPRelay: Sendable {
             peer.writeAndFlush(Self.unwrapInboundIn(data), promise: nil)
         }
 
+        /// Closes the other side once everything read before the close is written to it (an
+        /// empty write completes after the earlier ones), so a final frame is not lost.
         func channelInactive(context: ChannelHandlerContext) {
-            peer.close(promise: nil)
+            let peer = self.peer
+            peer.writeAndFlush(ByteBuffer()).whenComplete { _ in peer.close(promise: nil) }
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
