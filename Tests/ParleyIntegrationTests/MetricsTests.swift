@@ -65,7 +65,7 @@ struct MetricsTests {
 
     @Test("rate-limited publishes and slow consumers cut off are counted")
     func metricsCountLimits() async throws {
-        try await withServer({ $0.limits.ratePerSecond = 0.2; $0.limits.rateBurst = 1; $0.limits.maxOutboxBytes = 1 << 18 }) { server in
+        try await withServer({ $0.limits.ratePerSecond = 0.2; $0.limits.rateBurst = 1; $0.limits.maxOutboxBytes = 1 << 18; $0.pingInterval = .seconds(600) }) { server in
             let alice = try await TestClient.connect(port: server.port, user: "alice")
             // bob reads through a relay that can stop reading from the server.
             let relay = try await TCPRelay.start(to: server.port)
