@@ -23,60 +23,47 @@ struct BenchStore: AsyncParsableCommand {
 
     func run() async throws {
         if let database {
-            try await runPostgres(url: database)
+            let store = try await PostgresStore.open(try PostgresStore.Configuration(url: database), logger: quietLogger)
+            let (rate, total, seconds, perCommit) = try await measure(store, roomPrefix: "bench-\(UUID().uuidString.prefix(8))") {
+                store.stats.withLock { $0 }
+            }
+            print(String(
+                format: "%d publishers, PostgreSQL: %.0f appends/s (%d in %.1f s), %.1f appends per commit",
+                publishers, rate, total, seconds, perCommit
+            ))
             return
         }
         let path = URL(fileURLWithPath: dataDir).appendingPathComponent("bench-\(UUID().uuidString).sqlite").path
         var configuration = SQLiteMessageStore.Configuration(path: path)
         configuration.synchronous = synchronous == "normal" ? .normal : .full
         let store = try await SQLiteMessageStore.open(configuration, logger: quietLogger)
-        let group = ServiceGroup(configuration: .init(services: [.init(service: store)], logger: quietLogger))
-        let running = Task { try await group.run() }
-        let content = String(repeating: "x", count: size)
-        let deadline = ContinuousClock.now + .milliseconds(Int(duration * 1000))
-        let start = ContinuousClock.now
-        let total = try await withThrowingTaskGroup(of: Int.self) { tasks in
-            for index in 0..<publishers {
-                tasks.addTask {
-                    var count = 0
-                    while ContinuousClock.now < deadline {
-                        _ = try await store.append(MessageDraft(room: "room-\(index % rooms)", user: "u\(index)", content: content, clientId: "c\(index)-\(count)"))
-                        count += 1
-                    }
-                    return count
-                }
-            }
-            return try await tasks.reduce(0, +)
-        }
-        let elapsed = ContinuousClock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let stats = store.stats.withLock { $0 }
-        await group.triggerGracefulShutdown()
-        _ = try? await running.value
+        let (rate, total, seconds, perCommit) = try await measure(store, roomPrefix: "room") { store.stats.withLock { $0 } }
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
         print(String(
             format: "%d publishers, synchronous=%@: %.0f appends/s (%d in %.1f s), %.1f appends per commit",
-            publishers, configuration.synchronous.rawValue, Double(total) / seconds, total, seconds,
-            Double(stats.appends) / Double(max(stats.batches, 1))
+            publishers, configuration.synchronous.rawValue, rate, total, seconds, perCommit
         ))
     }
-}
 
-extension BenchStore {
-    func runPostgres(url: String) async throws {
-        let store = try await PostgresStore.open(try PostgresStore.Configuration(url: url), logger: quietLogger)
+    /// Runs the store as a service, appends from every publisher for `duration`, stops it, and
+    /// returns appends per second, the total, the seconds taken and appends per commit.
+    private func measure(
+        _ store: some MessageStore, roomPrefix: String, stats: () -> (batches: Int, appends: Int)
+    ) async throws -> (rate: Double, total: Int, seconds: Double, perCommit: Double) {
         let group = ServiceGroup(configuration: .init(services: [.init(service: store)], logger: quietLogger))
         let running = Task { try await group.run() }
-        let run = UUID().uuidString.prefix(8)
         let content = String(repeating: "x", count: size)
         let deadline = ContinuousClock.now + .milliseconds(Int(duration * 1000))
         let start = ContinuousClock.now
+        let (publishers, rooms) = (self.publishers, self.rooms)
         let total = try await withThrowingTaskGroup(of: Int.self) { tasks in
             for index in 0..<publishers {
                 tasks.addTask {
                     var count = 0
                     while ContinuousClock.now < deadline {
-                        _ = try await store.append(MessageDraft(room: "bench-\(run)-\(index % rooms)", user: "u\(index)", content: content, clientId: "c\(index)-\(count)"))
+                        _ = try await store.append(MessageDraft(
+                            room: "\(roomPrefix)-\(index % rooms)", user: "u\(index)", content: content, clientId: "c\(index)-\(count)"
+                        ))
                         count += 1
                     }
                     return count
@@ -86,12 +73,9 @@ extension BenchStore {
         }
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let stats = store.stats.withLock { $0 }
+        let committed = stats()
         await group.triggerGracefulShutdown()
         _ = try? await running.value
-        print(String(
-            format: "%d publishers, PostgreSQL: %.0f appends/s (%d in %.1f s), %.1f appends per commit",
-            publishers, Double(total) / seconds, total, seconds, Double(stats.appends) / Double(max(stats.batches, 1))
-        ))
+        return (Double(total) / seconds, total, seconds, Double(committed.appends) / Double(max(committed.batches, 1)))
     }
 }
