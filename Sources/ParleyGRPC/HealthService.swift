@@ -53,15 +53,19 @@ public struct HealthService: Grpc_Health_V1_Health.ServiceProtocol {
                 while !Task.isCancelled, !engine.isDraining { try await Task.sleep(for: pollInterval) }
                 throw RPCError(code: .unavailable, message: "server shutting down")
             }
-            var last: Status?
-            while !Task.isCancelled {
-                let current = await status()
-                if current != last {
-                    try await writer.write(.with { $0.status = current })
-                    last = current
+            // Backends are polled; the start of shutdown wakes the watch at once, so that
+            // NOT_SERVING goes out before the streams end and the server stops.
+            try await engine.watchingDrain { drainStarted in
+                var last: Status?
+                while !Task.isCancelled {
+                    let current = await status()
+                    if current != last {
+                        try await writer.write(.with { $0.status = current })
+                        last = current
+                    }
+                    if engine.isDraining { throw RPCError(code: .unavailable, message: "server shutting down") }
+                    await drainStarted.wait(upTo: pollInterval)
                 }
-                if engine.isDraining { throw RPCError(code: .unavailable, message: "server shutting down") }
-                try await Task.sleep(for: pollInterval)
             }
             return [:]
         }

@@ -21,6 +21,8 @@ public final class Engine: Sendable {
     private let sessions = Mutex<[ObjectIdentifier: Session]>([:])
     private let sessionCounter = Atomic<Int>(0)
     private let draining = Atomic<Bool>(false)
+    /// Poked when draining starts, so that watchers (gRPC health) report it at once.
+    private let drainWatchers = Mutex<[ObjectIdentifier: Wakeup]>([:])
     private let typing = Mutex<[TypingKey: ContinuousClock.Instant]>([:])
     /// Publish rate of calls that come without a session (HTTP), per user, at the
     /// per-connection rate.
@@ -93,6 +95,15 @@ public final class Engine: Sendable {
 
     /// True once shutdown began: new sessions are refused.
     public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Runs `body` with a `Wakeup` that is poked the moment draining starts.
+    public func watchingDrain<T>(_ body: (Wakeup) async throws -> T) async rethrows -> T {
+        let wakeup = Wakeup()
+        drainWatchers.withLock { $0[ObjectIdentifier(wakeup)] = wakeup }
+        defer { drainWatchers.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(wakeup)) } }
+        if isDraining { wakeup.poke() }
+        return try await body(wakeup)
+    }
 
     // MARK: Rooms
 
@@ -344,6 +355,7 @@ public final class Engine: Sendable {
     /// (up to `timeout`) for the transports to finish closing them.
     public func drain(timeout: Duration = .seconds(5)) async {
         draining.store(true, ordering: .relaxed)
+        for watcher in drainWatchers.withLock({ Array($0.values) }) { watcher.poke() }
         let open = sessions.withLock { Array($0.values) }
         if !open.isEmpty { logger.info("closing \(open.count) sessions") }
         for session in open { session.outbox.close(.goingAway) }
