@@ -373,10 +373,14 @@ struct GRPCTests {
                 let client = Chat_V1_ChatService.Client(wrapping: grpc)
                 let stream = EventStream.join(client, room: "general", user: "alice")
                 _ = try #require(await stream.next())
+                let stopping = ContinuousClock.now
                 await server.stop()
+                let stopped = ContinuousClock.now - stopping
                 let ending = try #require(await stream.ended())
                 #expect(ending?.code == .unavailable)
-                #expect(await statuses.pop(timeout: .seconds(10)) == .notServing)
+                let last = await statuses.pop(timeout: .seconds(10))
+                let watchEnd = await Task { try await watch.value }.result
+                #expect(last == .notServing, "stop took \(stopped); watch ended with \(watchEnd)")
                 watch.cancel()
             }
         } catch {
