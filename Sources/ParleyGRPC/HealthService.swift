@@ -58,12 +58,15 @@ public struct HealthService: Grpc_Health_V1_Health.ServiceProtocol {
             try await engine.watchingDrain { drainStarted in
                 var last: Status?
                 while !Task.isCancelled {
-                    let current = await status()
+                    // Read once: draining may start while the backends are checked, and the
+                    // stream must not end before it has said NOT_SERVING.
+                    let draining = engine.isDraining
+                    let current = draining ? .notServing : await status()
                     if current != last {
                         try await writer.write(.with { $0.status = current })
                         last = current
                     }
-                    if engine.isDraining { throw RPCError(code: .unavailable, message: "server shutting down") }
+                    if draining { throw RPCError(code: .unavailable, message: "server shutting down") }
                     await drainStarted.wait(upTo: pollInterval)
                 }
             }
