@@ -309,22 +309,6 @@ public final class PostgresStore: MessageStore {
     }
 }
 
-/// `(room, user, clientId)`: what makes a retry the same message.
-private struct IdempotencyKey: Hashable {
-    var room: String
-    var user: String
-    var clientId: String
-
-    init?(_ draft: MessageDraft) {
-        guard let clientId = draft.clientId else { return nil }
-        (room, user, self.clientId) = (draft.room, draft.user, clientId)
-    }
-
-    init?(_ message: Message) {
-        guard let clientId = message.clientId else { return nil }
-        (room, user, self.clientId) = (message.room, message.user, clientId)
-    }
-}
 
 /// Whether a connection was leased before the lease timeout: whichever happens first wins.
 final class LeaseState: Sendable {

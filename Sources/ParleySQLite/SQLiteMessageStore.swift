@@ -271,20 +271,3 @@ public final class SQLiteMessageStore: MessageStore {
         )
     }
 }
-
-/// `(room, user, clientId)`: what makes a retry the same message.
-private struct IdempotencyKey: Hashable {
-    var room: String
-    var user: String
-    var clientId: String
-
-    init?(_ draft: MessageDraft) {
-        guard let clientId = draft.clientId else { return nil }
-        (room, user, self.clientId) = (draft.room, draft.user, clientId)
-    }
-
-    init?(_ message: Message) {
-        guard let clientId = message.clientId else { return nil }
-        (room, user, self.clientId) = (message.room, message.user, clientId)
-    }
-}

@@ -25,7 +25,7 @@ public final class MemoryMessageStore: MessageStore {
 
     public func append(_ draft: MessageDraft) async throws -> AppendResult {
         state.withLock { state in
-            let key = draft.clientId.map { IdempotencyKey(room: draft.room, user: draft.user, clientId: $0) }
+            let key = IdempotencyKey(draft)
             if let key, let original = state.clientIds[key],
                 original.timestamp.milliseconds >= draft.timestamp.milliseconds - idempotencyWindowMs
             {
@@ -65,12 +65,6 @@ public final class MemoryMessageStore: MessageStore {
             state.rooms.map { (room: $0.key, seq: Int64($0.value.messages.count)) }.sorted { $0.room < $1.room }
         }
     }
-}
-
-struct IdempotencyKey: Hashable {
-    var room: String
-    var user: String
-    var clientId: String
 }
 
 extension Duration {

@@ -32,3 +32,26 @@ public struct AppendResult: Sendable, Hashable {
         self.duplicate = duplicate
     }
 }
+
+/// `(room, user, clientId)`: what makes a retry the same message, in every store.
+public struct IdempotencyKey: Hashable, Sendable {
+    public var room: String
+    public var user: String
+    public var clientId: String
+
+    public init(room: String, user: String, clientId: String) {
+        (self.room, self.user, self.clientId) = (room, user, clientId)
+    }
+
+    /// The key of a draft that carries a `clientId`; nil without one.
+    public init?(_ draft: MessageDraft) {
+        guard let clientId = draft.clientId else { return nil }
+        self.init(room: draft.room, user: draft.user, clientId: clientId)
+    }
+
+    /// The key of a stored message that carries a `clientId`; nil without one.
+    public init?(_ message: Message) {
+        guard let clientId = message.clientId else { return nil }
+        self.init(room: message.room, user: message.user, clientId: clientId)
+    }
+}
