@@ -115,8 +115,9 @@ struct ChatTests {
             try await alice.ack("join", ["room": "r"])
             try await bob.ack("join", ["room": "r"])
             _ = try await alice.expect("join")
-            let start = ContinuousClock.now
             try await alice.ack("typing", ["room": "r", "typing": true])
+            // The renewal sets the expiry: measure from just before it is sent.
+            let start = ContinuousClock.now
             try await alice.ack("typing", ["room": "r", "typing": true])
             let on = try await bob.expect("typing")
             #expect(on["user"].string == "alice")
