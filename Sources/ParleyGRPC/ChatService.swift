@@ -121,8 +121,7 @@ public struct ChatService: RegistrableRPCService {
     // MARK: Unary RPCs
 
     @Sendable func getUser(_ request: Chat_V1_GetUserRequest, metadata: Metadata) async throws -> Chat_V1_GetUserResponse {
-        _ = try await reader(metadata)
-        let rooms = try await engine.userRooms(request.userID)
+        let rooms = try await engine.userRooms(try await reader(metadata), user: request.userID)
         guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(request.userID) is not online") }
         return .with {
             $0.user = request.userID

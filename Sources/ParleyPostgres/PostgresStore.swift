@@ -96,11 +96,13 @@ public final class PostgresStore: MessageStore {
     public func run() async throws {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.client.run() }
-            await withGracefulShutdownHandler {
+            // Cancelled (another service failed) or shut down: either way, commit what is
+            // queued and stop, so that the process can exit.
+            await withTaskCancellationOrGracefulShutdownHandler {
                 while let batch = await queue.nextBatch() {
                     await commit(batch)
                 }
-            } onGracefulShutdown: {
+            } onCancelOrGracefulShutdown: {
                 self.queue.stop()
             }
             group.cancelAll()
@@ -214,9 +216,7 @@ public final class PostgresStore: MessageStore {
     // MARK: Reading
 
     public func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
-        let lower = query.after ?? 0
-        let upper = query.before ?? Int64.max
-        guard lower + 1 < upper else { return HistoryPage(messages: [], hasMore: false) }
+        guard let (lower, upper) = query.seqRange else { return HistoryPage(messages: [], hasMore: false) }
         let order = query.pagesForward ? "ASC" : "DESC"
         let limit = query.limit + 1
         var messages = try await read {

@@ -101,11 +101,13 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// Runs the writer until graceful shutdown, then commits what is queued and closes.
     public func run() async throws {
-        await withGracefulShutdownHandler {
+        // Cancelled (another service failed) or shut down: either way, commit what is
+        // queued and stop, so that the process can exit.
+        await withTaskCancellationOrGracefulShutdownHandler {
             while let batch = await queue.nextBatch() {
                 await commit(batch)
             }
-        } onGracefulShutdown: {
+        } onCancelOrGracefulShutdown: {
             self.queue.stop()
         }
         try? await reader.close()
@@ -228,9 +230,7 @@ public final class SQLiteMessageStore: MessageStore {
     // MARK: Reading
 
     public func history(room: String, query: HistoryQuery) async throws -> HistoryPage {
-        let lower = query.after ?? 0
-        let upper = query.before ?? Int64.max
-        guard lower + 1 < upper else { return HistoryPage(messages: [], hasMore: false) }
+        guard let (lower, upper) = query.seqRange else { return HistoryPage(messages: [], hasMore: false) }
         let order = query.pagesForward ? "ASC" : "DESC"
         let rows = try await reader.query(
             "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq \(order) LIMIT ?",

@@ -58,6 +58,7 @@ public struct ParleyServer: Sendable {
 
         let router = Router(context: ParleyRequestContext.self)
         router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
+        router.add(middleware: APIErrorMiddleware())
         router.add(middleware: FileMiddleware(
             configuration.publicDirectory ?? bundledPublicDirectory(),
             searchForIndexHtml: true, logger: logger
@@ -121,7 +122,11 @@ public struct ParleyServer: Sendable {
         // UNAVAILABLE), then the transports stop, then the backends.
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: (redis?.services ?? []) + [store, broker, presence, app, grpc, EngineService(engine: engine)],
+            services: (redis?.services ?? []) + [
+                store, broker, presence,
+                NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
+                grpc, EngineService(engine: engine),
+            ],
             logger: logger
         )
     }
@@ -187,10 +192,44 @@ public struct ParleyServer: Sendable {
 
     /// Runs until a signal in `gracefulShutdownSignals` arrives or `group` is told to stop.
     public func makeServiceGroup(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) -> ServiceGroup {
+        // A service that fails or ends early (an HTTP port already taken, say) shuts the whole
+        // group down gracefully: the process must not live on half-started, serving gRPC but
+        // no browser, nor stop answering SIGTERM. `run()` then rethrows the first error.
         ServiceGroup(configuration: .init(
-            services: services.map { .init(service: $0) },
+            services: services.map {
+                .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
+            },
             gracefulShutdownSignals: gracefulShutdownSignals,
             logger: logger
         ))
     }
+}
+
+/// Runs a service and names it in its error, so that the log says which one stopped the
+/// process and why ("HTTP server on 0.0.0.0:8080: Address already in use").
+struct NamedService: Service {
+    let name: String
+    let service: any Service
+
+    init(name: String, _ service: any Service) {
+        self.name = name
+        self.service = service
+    }
+
+    func run() async throws {
+        do {
+            try await service.run()
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw ServiceFailure(service: name, underlying: error)
+        }
+    }
+}
+
+/// A service of the server failed; `description` names it and gives its cause.
+public struct ServiceFailure: Error, CustomStringConvertible {
+    public let service: String
+    public let underlying: any Error
+    public var description: String { "\(service): \(underlying)" }
 }

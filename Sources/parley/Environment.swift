@@ -15,6 +15,16 @@ struct Environment {
         values[name].flatMap { $0.isEmpty ? nil : $0 }
     }
 
+    /// A setting that turns protection on (a key, a key file): unset is nil, but set and blank
+    /// is an error, so that a template left unfilled never starts the server unprotected.
+    func required(_ name: String, flag: String?) throws -> String? {
+        guard let raw = flag ?? values[name] else { return nil }
+        guard !raw.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw ConfigurationError("\(name) is set but empty; give it a value or unset it (an empty key must not turn authentication off)")
+        }
+        return raw
+    }
+
     func int(_ name: String) throws -> Int? {
         guard let raw = self[name] else { return nil }
         guard let value = Int(raw) else { throw ConfigurationError("\(name) must be an integer, got '\(raw)'") }

@@ -147,7 +147,13 @@ struct Serve: AsyncParsableCommand {
         } catch let error as AuthConfigurationError {
             throw ValidationError(error.message)
         }
-        try await server.makeServiceGroup().run()
+        do {
+            try await server.makeServiceGroup().run()
+        } catch {
+            // Every service has stopped; say why before exiting non-zero.
+            logger.critical("parley stopped: \(error)")
+            throw ExitCode.failure
+        }
     }
 
     func resolve(environment env: Environment) throws -> ServerConfiguration {
@@ -184,13 +190,16 @@ struct Serve: AsyncParsableCommand {
 
     /// Authentication and abuse limits.
     private func resolveSecurity(_ c: inout ServerConfiguration, environment env: Environment) throws {
-        c.auth.jwtSecret = jwtSecret ?? env["PARLEY_JWT_SECRET"]
-        c.auth.publicKeyFile = jwtPublicKeyFile ?? env["PARLEY_JWT_PUBLIC_KEY_FILE"]
-        c.auth.jwksFile = jwtJwksFile ?? env["PARLEY_JWT_JWKS_FILE"]
+        c.auth.jwtSecret = try env.required("PARLEY_JWT_SECRET", flag: jwtSecret)
+        c.auth.publicKeyFile = try env.required("PARLEY_JWT_PUBLIC_KEY_FILE", flag: jwtPublicKeyFile)
+        c.auth.jwksFile = try env.required("PARLEY_JWT_JWKS_FILE", flag: jwtJwksFile)
         c.auth.leewaySeconds = try jwtLeeway ?? env.int("PARLEY_JWT_LEEWAY") ?? c.auth.leewaySeconds
         c.auth.issuer = jwtIssuer ?? env["PARLEY_JWT_ISSUER"]
         c.auth.audience = jwtAudience ?? env["PARLEY_JWT_AUDIENCE"]
-        c.auth.apiKeys = Environment.list(apiKey ?? env["PARLEY_API_KEY"]) ?? []
+        c.auth.apiKeys = Environment.list(try env.required("PARLEY_API_KEY", flag: apiKey)) ?? []
+        if let keys = apiKey ?? env.values["PARLEY_API_KEY"], c.auth.apiKeys.isEmpty, !keys.isEmpty {
+            throw ConfigurationError("PARLEY_API_KEY holds no key (only commas and blanks)")
+        }
         if let seconds = try tokenRefreshGrace ?? env.int("PARLEY_TOKEN_REFRESH_GRACE") { c.tokenRefreshGrace = .seconds(seconds) }
         c.limits.userRatePerSecond = try userRatePerSec ?? env.double("PARLEY_USER_RATE_PER_SEC")
         c.limits.userRateBurst = try userRateBurst ?? env.double("PARLEY_USER_RATE_BURST")

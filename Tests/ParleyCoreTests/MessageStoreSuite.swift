@@ -183,6 +183,26 @@ struct MessageStoreSuite {
         }
     }
 
+    @Test("cursors at the ends of the 64-bit range select nothing or everything, never trap", arguments: StoreKind.allCases)
+    func extremeCursors(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            for index in 1...3 { _ = try await store.append(draft("x", "m\(index)")) }
+            func page(_ before: Int64?, _ after: Int64?) async throws -> [Int64] {
+                try await store.history(room: "x", query: HistoryQuery(before: before, after: after, limit: 10)).messages.map(\.seq)
+            }
+            let max = Int64.max
+            #expect(try await page(nil, max) == [])
+            #expect(try await page(nil, max - 1) == [])
+            #expect(try await page(max, nil) == [1, 2, 3])
+            #expect(try await page(max, max) == [])
+            #expect(try await page(max, max - 1) == [])
+            #expect(try await page(max, 0) == [1, 2, 3])
+            #expect(try await page(0, nil) == [])
+            #expect(try await page(Int64.min, Int64.min) == [])
+            #expect(try await page(nil, Int64.min) == [1, 2, 3])
+        }
+    }
+
     @Test("messages keep every field exactly", arguments: StoreKind.allCases)
     func roundTrip(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in

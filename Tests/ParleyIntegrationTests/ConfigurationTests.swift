@@ -117,4 +117,19 @@ struct ConfigurationTests {
         let short = try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_JWT_SECRET": "short"]))
         #expect(short.auth.jwtSecret == "short")
     }
+
+    @Test("a key setting that is set but empty stops start-up instead of turning authentication off")
+    func emptyKeysRefused() throws {
+        for name in ["PARLEY_JWT_SECRET", "PARLEY_JWT_PUBLIC_KEY_FILE", "PARLEY_JWT_JWKS_FILE", "PARLEY_API_KEY"] {
+            for blank in ["", "  ", "\n"] {
+                #expect(throws: ConfigurationError.self, "\(name)=\(blank.debugDescription)") {
+                    try Serve.parse([]).resolve(environment: Environment(values: [name: blank]))
+                }
+            }
+        }
+        #expect(throws: ConfigurationError.self) { try Serve.parse(["--jwt-secret", ""]).resolve(environment: Environment(values: [:])) }
+        #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_API_KEY": " , ,"])) }
+        // Unset is still open mode, for development.
+        #expect(try Serve.parse([]).resolve(environment: Environment(values: [:])).auth.isOpen)
+    }
 }

@@ -65,6 +65,20 @@ struct GRPCAuthTests {
                 #expect(denied.error.reason == "forbidden")
                 guard case .join? = try await chat.request(.join(.with { $0.roomID = "a" }), id: "2") else { throw TestFailure("no join") }
                 chat.cancel()
+
+                // GetUser shows only the rooms the caller's claim allows.
+                let bob = grpcBearer(try await Tokens.hs256(TestClaims(sub: "bob")))
+                let bobInB = EventStream.join(client, room: "b", metadata: bob)
+                _ = try #require(await bobInB.next())
+                #expect(await grpcStatus { _ = try await client.getUser(request: ClientRequest(message: .with { $0.userID = "bob" }, metadata: token)) } == .notFound)
+                let bobInA = EventStream.join(client, room: "a", metadata: bob)
+                _ = try #require(await bobInA.next())
+                let seen = try await client.getUser(request: ClientRequest(message: .with { $0.userID = "bob" }, metadata: token))
+                #expect(seen.rooms == ["a"])
+                let everything = try await client.getUser(request: ClientRequest(message: .with { $0.userID = "bob" }, metadata: bob))
+                #expect(everything.rooms.sorted() == ["a", "b"])
+                bobInA.cancel()
+                bobInB.cancel()
             }
         }
     }
@@ -97,6 +111,13 @@ struct GRPCAuthTests {
                     throw TestFailure("no connect")
                 }
                 #expect(connected.userID == "helper")
+                // ... and posts as that user.
+                guard case .join? = try await chat.request(.join(.with { $0.roomID = "ops" }), id: "2") else { throw TestFailure("no join") }
+                guard case .message(let posted)? = try await chat.request(.message(.with {
+                    $0.roomID = "ops"
+                    $0.content = "from the helper"
+                }), id: "3") else { throw TestFailure("the backend's Chat stream could not post") }
+                #expect(posted.message.senderID == "helper")
                 watcher.cancel()
                 chat.cancel()
             }

@@ -420,6 +420,22 @@ struct GRPCStartupTests {
         #expect(result.status != 0 && result.status != nil)
         #expect(result.output.contains("gRPC could not listen on 127.0.0.1:\(port)"), "\(result.output)")
     }
+
+    @Test("an HTTP port already in use stops the whole process with an error naming it, gRPC included")
+    func httpPortTaken() async throws {
+        let holder = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(holder.localAddress?.port)
+        let result = try await runToCompletion(
+            ServerProcess.executable,
+            ["serve", "--host", "127.0.0.1", "--port", "\(port)", "--grpc-port", "0", "--data-dir", temporaryDirectory()],
+            timeout: .seconds(30)
+        )
+        try await holder.close()
+        #expect(result.status != 0 && result.status != nil, "still running: \(result.output)")
+        #expect(result.output.contains("HTTP server on 127.0.0.1:\(port)"), "\(result.output)")
+        #expect(result.output.contains("in use"), "\(result.output)")
+    }
 }
 
 @Suite("gRPC server reflection")

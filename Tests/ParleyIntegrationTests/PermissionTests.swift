@@ -86,9 +86,14 @@ struct PermissionTests {
             let client = try await TestClient.connect(port: server.port)
             #expect(try await client.request("connect", ["token": Self.apiKey, "user": "alice"])["data"]["code"].string == "forbidden")
             #expect(try await client.request("join", ["room": "b"])["data"]["code"].string == "unauthorized")
-            #expect(try await SSEClient.open(port: server.port, path: "/rooms/b/events?user=alice", headers: key).status == 403)
             // Only one message was ever stored.
             #expect(try await http("GET", server.url("/api/rooms/b/messages"), headers: key).json["messages"].array?.count == 1)
+            // On SSE an API key follows a room as a watcher: events, but no one's presence.
+            let watcher = try await SSEClient.open(port: server.port, path: "/rooms/b/events?user=alice&since=0", headers: key)
+            #expect(watcher.status == 200)
+            #expect(try await watcher.expect("message").json["user"].string == "ci-bot")
+            #expect(try await http("GET", server.url("/api/rooms/b/presence"), headers: key).json["users"].array?.isEmpty == true)
+            watcher.close()
         }
     }
 

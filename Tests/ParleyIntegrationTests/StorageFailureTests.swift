@@ -40,7 +40,11 @@ final class FlakyStore: MessageStore {
     }
 }
 
-struct FlakyStoreDown: Error {}
+/// Says what a real driver says: where the backend lives. None of it may reach a client.
+struct FlakyStoreDown: Error, CustomStringConvertible {
+    static let secret = "db.internal.example:5432"
+    var description: String { "connection to \(Self.secret) refused (user parley)" }
+}
 
 @Suite("Storage failure")
 struct StorageFailureTests {
@@ -58,15 +62,29 @@ struct StorageFailureTests {
             let refused = try await poster.request("message", ["room": "general", "content": "lost?"])
             #expect(refused["event"].string == "error")
             #expect(refused["data"]["code"].string == "unavailable")
+            // The cause is logged; clients get a stable message without the backend's details.
+            #expect(refused["data"]["message"].string?.contains(FlakyStoreDown.secret) == false)
+            let history = try await poster.request("history", ["room": "general"])
+            #expect(history["data"]["code"].string == "unavailable")
+            #expect(history["data"]["message"].string?.contains(FlakyStoreDown.secret) == false)
             let post = try await http("POST", server.url("/api/rooms/general/messages"), body: #"{"content": "lost?", "user": "poster"}"#)
             #expect(post.status == 503)
             #expect(post.json["error"]["code"].string == "unavailable")
+            let read = try await http("GET", server.url("/api/rooms/general/messages"))
+            #expect(read.status == 503)
+            #expect(!read.text.contains(FlakyStoreDown.secret))
             try await withChatClient(port: server.grpcPort) { client in
                 let status = await grpcStatus {
                     _ = try await client.sendMessage(.with { $0.roomID = "general"; $0.senderID = "poster"; $0.content = "lost?" })
                 }
                 #expect(status == .unavailable)
-                #expect(await grpcStatus { _ = try await client.getHistory(.with { $0.roomID = "general" }) } == .unavailable)
+                do {
+                    _ = try await client.getHistory(.with { $0.roomID = "general" })
+                    Issue.record("GetHistory succeeded on a failing store")
+                } catch let error as RPCError {
+                    #expect(error.code == .unavailable)
+                    #expect(!error.message.contains(FlakyStoreDown.secret))
+                }
             }
             #expect(try await member.drain(for: .milliseconds(300)).filter { $0["event"].string == "message" }.isEmpty)
 

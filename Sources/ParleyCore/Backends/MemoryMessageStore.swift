@@ -43,9 +43,9 @@ public final class MemoryMessageStore: MessageStore {
         state.withLock { state in
             let all = state.rooms[room]?.messages ?? []
             // seq n lives at index n - 1.
-            let lower = Int(max(query.after ?? 0, 0))
-            let upper = Int(min(query.before.map { $0 - 1 } ?? Int64(all.count), Int64(all.count)))
-            guard lower < upper else { return HistoryPage(messages: [], hasMore: false) }
+            guard let range = query.seqRange, range.after < all.count else { return HistoryPage(messages: [], hasMore: false) }
+            let lower = Int(range.after)
+            let upper = Int(min(range.before - 1, Int64(all.count)))
             if query.pagesForward {
                 let end = min(lower + query.limit, upper)
                 return HistoryPage(messages: Array(all[lower..<end]), hasMore: end < upper)

@@ -56,14 +56,15 @@ public final class Engine: Sendable {
     /// Opens a session for an authenticated identity; events for it are queued on `outbox`
     /// (a new one bounded by `limits.maxOutboxBytes` when nil). Fails with `unavailable`
     /// while the server shuts down.
+    /// A `watcher` session follows rooms without being present in them.
     public func connect(
-        _ identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox? = nil
+        _ identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox? = nil, watcher: Bool = false
     ) throws(ParleyError) -> Session {
         guard !isDraining else { throw .unavailable("server is shutting down") }
         let number = sessionCounter.wrappingAdd(1, ordering: .relaxed).newValue
         let session = Session(
             id: "\(instanceID)-\(number)", identity: identity, transport: transport, encoder: encoder,
-            outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits
+            outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits, isWatcher: watcher
         )
         sessions.withLock { $0[ObjectIdentifier(session)] = session }
         metrics.connection(transport)?.increment()
@@ -137,13 +138,13 @@ public final class Engine: Sendable {
                 metrics.rooms.increment()
                 try await broker.setInterest(room: room, true)
             }
-            if try await presence.add(room: room, user: session.user, session: session.id, at: .now) {
+            if !session.isWatcher, try await presence.add(room: room, user: session.user, session: session.id, at: .now) {
                 try await publishToBroker(.join(room: room, user: session.user, timestamp: .now))
             }
         } catch {
             _ = session.removeRoom(room)
             await removeMembership(session, room: room)
-            throw ParleyError.wrap(error)
+            throw wrap(error)
         }
         onJoined(JoinAck(room: room, seq: position.lastSeq, users: try await members(of: room)))
         if position.catchingUp, let since {
@@ -164,6 +165,7 @@ public final class Engine: Sendable {
             metrics.rooms.decrement()
             try? await broker.setInterest(room: room, false)
         }
+        guard !session.isWatcher else { return }
         do {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
                 await setTyping(room: room, user: session.user, false)
@@ -187,7 +189,8 @@ public final class Engine: Sendable {
     ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room)
-        let author = try postingUser(identity, requested: user)
+        // A session posts as its own user, also a backend's session that named its user.
+        let author = try postingUser(identity, requested: user ?? session?.user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
         // A connection has its own bucket; calls without one (HTTP) share one per user; and
@@ -217,7 +220,11 @@ public final class Engine: Sendable {
 
     private func publishToBroker(_ event: ServerEvent) async throws {
         metrics.brokerPublished.increment()
-        try await broker.publish(event)
+        do {
+            try await broker.publish(event)
+        } catch {
+            throw wrap(error)
+        }
     }
 
     /// Takes a publish token from the user's sessionless bucket: nil when allowed, else
@@ -294,6 +301,7 @@ public final class Engine: Sendable {
     }
 
     private func joinedRoom(_ session: Session, _ room: String) throws(ParleyError) -> String {
+        try session.identity.ensureCurrent()
         let room = try Validation.room(room, limits: limits)
         guard session.isMember(of: room) else { throw ParleyError(.notFound, "not a member of room \(room); join it first") }
         return room
@@ -324,6 +332,7 @@ public final class Engine: Sendable {
 
     /// Every room with history or presence, with its last seq and online count.
     public func rooms(_ identity: Identity) async throws -> [RoomSummary] {
+        try identity.ensureCurrent()
         let stored = try await storeCall { try await self.store.rooms() }
         let online = try await storeCall { try await self.presence.onlineCounts() }
         var summaries: [String: RoomSummary] = [:]
@@ -334,10 +343,12 @@ public final class Engine: Sendable {
         return summaries.values.filter { identity.mayAccess($0.room) }.sorted { $0.room < $1.room }
     }
 
-    /// The rooms where a user is present; empty when offline.
-    public func userRooms(_ user: String) async throws -> [String] {
+    /// The rooms where a user is present, as far as `reader` may see them (a `rooms` claim
+    /// hides the rooms it does not allow); empty when offline.
+    public func userRooms(_ reader: Identity, user: String) async throws -> [String] {
+        try reader.ensureCurrent()
         let user = try Validation.user(user, limits: limits)
-        return try await storeCall { try await self.presence.rooms(user: user) }
+        return try await storeCall { try await self.presence.rooms(user: user) }.filter(reader.mayAccess)
     }
 
     /// Runs a backend call, turning failures other than `ParleyError` into `unavailable`.
@@ -345,8 +356,17 @@ public final class Engine: Sendable {
         do {
             return try await body()
         } catch {
-            throw ParleyError.wrap(error)
+            throw wrap(error)
         }
+    }
+
+    /// A `ParleyError` as is; anything else from a backend is logged with its cause and
+    /// answered with a stable `unavailable`: a backend's error text (hosts, ports, SQL) is
+    /// for the operator, not for clients.
+    private func wrap(_ error: any Error) -> ParleyError {
+        if let error = error as? ParleyError { return error }
+        logger.error("backend call failed", metadata: ["error": "\(String(reflecting: error))"])
+        return .unavailable("storage is unavailable; retry later")
     }
 
     // MARK: Shutdown
@@ -369,14 +389,6 @@ public final class Engine: Sendable {
 struct TypingKey: Hashable {
     var room: String
     var user: String
-}
-
-extension ParleyError {
-    /// A `ParleyError` as is; anything else from a backend as `unavailable`.
-    static func wrap(_ error: any Error) -> ParleyError {
-        if let error = error as? ParleyError { return error }
-        return .unavailable("storage is unavailable: \(error)")
-    }
 }
 
 /// Runs the engine's timers and, on graceful shutdown, drains its sessions. Put it after the

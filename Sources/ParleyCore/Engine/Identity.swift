@@ -25,7 +25,16 @@ public struct Identity: Sendable, Hashable {
         isBackend || rooms?.matches(room) ?? true
     }
 
+    /// Refuses an identity whose credential has expired: during the refresh grace a session
+    /// may only send `connect` with a fresh token (and `ping`, `leave`).
+    func ensureCurrent(at now: Timestamp = .now) throws(ParleyError) {
+        guard !isExpired(at: now) else {
+            throw ParleyError(.unauthorized, "token expired; send connect with a fresh token")
+        }
+    }
+
     func authorize(_ room: String) throws(ParleyError) {
+        try ensureCurrent()
         guard mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
     }
 }

@@ -16,12 +16,16 @@ public final class Session: Sendable, Hashable {
     public let transport: String
     public let outbox: Outbox
     public let encoder: any EventEncoder
+    /// A watcher receives a room's events but is not a member anyone sees: no presence, no
+    /// `join`/`leave` (an anonymous SSE reader, a backend following a room).
+    public let isWatcher: Bool
     private let rateLimit: Mutex<TokenBucket>
     private let joined = Mutex<Set<String>>([])
     private let currentIdentity: Mutex<Identity>
 
-    init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits) {
+    init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits, isWatcher: Bool = false) {
         self.id = id
+        self.isWatcher = isWatcher
         self.user = identity.user
         self.currentIdentity = Mutex(identity)
         self.transport = transport

@@ -51,6 +51,17 @@ public struct HistoryQuery: Sendable, Hashable {
     /// With `after` the page starts right above it (paging forward); otherwise it ends right
     /// below `before` or at the newest message (paging backward).
     public var pagesForward: Bool { after != nil }
+
+    /// The open interval of seqs the query selects, `after < seq < before`, or nil when it
+    /// holds none. Safe for any pair of values a client can send: a cursor at `Int64.max`
+    /// selects nothing instead of overflowing `after + 1`.
+    public var seqRange: (after: Int64, before: Int64)? {
+        let after = max(after ?? 0, 0)
+        let before = before ?? .max
+        // `before - after` cannot overflow once `after >= 0`.
+        guard before > after, before - after > 1 else { return nil }
+        return (after, before)
+    }
 }
 
 /// A user present in a room.

@@ -63,8 +63,7 @@ struct APIRoutes {
         api.get("users/:user") { request, context -> Response in
             let reader = try await auth.reader(request)
             let user = try context.parameters.require("user")
-            // A rooms claim also hides the rooms it does not allow.
-            let rooms = try await engine.userRooms(user).filter(reader.mayAccess)
+            let rooms = try await engine.userRooms(reader, user: user)
             guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(user) is not online") }
             return Response.json { json in
                 json.object { json in

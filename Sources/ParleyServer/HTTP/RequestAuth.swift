@@ -24,12 +24,7 @@ struct RequestAuth: Sendable {
         return try await authenticator.authenticate(token: token, user: nil)
     }
 
-    /// The identity of a long-lived stream (SSE), which is a user's session: an API key does
-    /// not make a backend a user, so it is refused here.
-    func streamIdentity(_ request: Request, claimedUser: String?) async throws -> Identity {
-        try Self.refuseBackend(try await identity(request, claimedUser: claimedUser))
-    }
-
+    /// A WebSocket is a user's session: an API key does not make a backend a user.
     static func refuseBackend(_ identity: Identity) throws(ParleyError) -> Identity {
         guard !identity.isBackend else {
             throw ParleyError(.forbidden, "API keys are for backend HTTP calls; streams and WebSockets need a user token")

@@ -5,7 +5,8 @@ import NIOCore
 import ParleyCore
 
 /// `GET /rooms/{room}/events`: a room as Server-Sent Events. The stream is a session like a
-/// WebSocket's (it joins the room, so its user is present), fed by the same hub. `Last-Event-ID`
+/// WebSocket's (it joins the room, so its user is present), fed by the same hub; without a
+/// user (open mode) or with an API key it is a watcher that is not present. `Last-Event-ID`
 /// or `?since=` resumes exactly as `join` with `since`; a comment line every `heartbeat` keeps
 /// proxies from closing an idle stream.
 struct SSERoutes {
@@ -17,32 +18,42 @@ struct SSERoutes {
     func register(on router: Router<ParleyRequestContext>) {
         router.get("rooms/:room/events") { request, context -> Response in
             let room = try Validation.room(try context.parameters.require("room"), limits: engine.limits)
-            let identity = try await auth.streamIdentity(request, claimedUser: request.uri.queryParameters["user"].map(String.init))
+            let identity = try await streamIdentity(request)
             guard identity.mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
             let since = try resumePoint(request)
+            guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
+            // The slot is held until the TCP connection closes, which also covers a client that
+            // resets before the response head is written (the body below then never runs).
             let ticket = try engine.connections.acquire(address: context.channel.remoteAddress?.ipAddress)
-            let session: Session
-            do {
-                session = try engine.connect(identity, transport: "sse", encoder: SSEFrames.shared)
-            } catch {
-                ticket.release()
-                throw error
-            }
-            // The client going away ends the stream now, not at the next heartbeat.
-            context.channel.closeFuture.whenComplete { _ in
-                session.outbox.close(.goingAway)
-                ticket.release()
-            }
+            let channel = context.channel
+            channel.closeFuture.whenComplete { _ in ticket.release() }
             return Response(
                 status: .ok,
                 headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
                 body: ResponseBody { writer in
+                    // The session exists only while the body is written: nothing can leak it.
+                    guard let session = try? engine.connect(identity, transport: "sse", encoder: SSEFrames.shared, watcher: identity.isBackend) else {
+                        try await writer.write(SSEFrames.error(ParleyError.unavailable("server is shutting down")))
+                        try await writer.finish(nil)
+                        return
+                    }
+                    // The client going away ends the stream now, not at the next heartbeat.
+                    channel.closeFuture.whenComplete { _ in session.outbox.close(.goingAway) }
                     await stream(session, room: room, since: since, to: &writer)
                     ticket.release()
                     try await writer.finish(nil)
                 }
             )
         }
+    }
+
+    /// Who follows the room. A user (a token, or `?user=` in open mode) is a session with
+    /// presence, like a WebSocket. Without a user (open mode) or with an API key, the stream
+    /// is an anonymous watcher: it receives the room's events and is in no one's presence.
+    private func streamIdentity(_ request: Request) async throws -> Identity {
+        let claimed = request.uri.queryParameters["user"].map(String.init)
+        if claimed == nil { return try await auth.reader(request) }
+        return try await auth.identity(request, claimedUser: claimed)
     }
 
     private func resumePoint(_ request: Request) throws -> Int64? {

@@ -12,6 +12,8 @@ struct HTTPResult {
     var status: Int
     var headers: [String: String]
     var json: JSON
+    /// The body as received.
+    var text: String = ""
 }
 
 func http(_ method: String, _ url: String, body: String? = nil, headers: [String: String] = [:]) async throws -> HTTPResult {
@@ -27,7 +29,7 @@ func http(_ method: String, _ url: String, body: String? = nil, headers: [String
     var fields: [String: String] = [:]
     for (name, value) in http.allHeaderFields { fields["\(name)".lowercased()] = "\(value)" }
     let text = String(decoding: data, as: UTF8.self)
-    return HTTPResult(status: http.statusCode, headers: fields, json: text.isEmpty ? .missing : try JSON.parse(text))
+    return HTTPResult(status: http.statusCode, headers: fields, json: text.isEmpty ? .missing : try JSON.parse(text), text: text)
 }
 
 /// Reads a Server-Sent Events stream over a raw HTTP/1.1 connection, event by event.

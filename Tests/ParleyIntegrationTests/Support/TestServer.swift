@@ -15,7 +15,9 @@ struct TestServer {
 
     var engine: Engine { server.engine }
 
-    /// Starts a server; `storage` defaults to memory. Use `withServer` to have it stopped.
+    /// Starts a server on the default embedded store (SQLite, in a fresh directory), as
+    /// `parley serve` runs: bad input must be tried where a crash can hide. Use `withServer`
+    /// to have it stopped.
     static func start(
         store: (any MessageStore)? = nil, _ configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
@@ -23,7 +25,8 @@ struct TestServer {
         configuration.host = "127.0.0.1"
         configuration.port = 0
         configuration.grpcPort = 0
-        configuration.storage = .memory
+        configuration.storage = .sqlite
+        configuration.dataDirectory = temporaryDirectory()
         configuration.logLevel = .warning
         configure(&configuration)
         let ready = AsyncQueue<Int>()
@@ -45,6 +48,9 @@ struct TestServer {
     func stop() async {
         await group.triggerGracefulShutdown()
         _ = try? await task.value
+        if server.configuration.dataDirectory.contains("parley-test-") {
+            try? FileManager.default.removeItem(atPath: server.configuration.dataDirectory)
+        }
     }
 
     func url(_ path: String) -> String { "http://127.0.0.1:\(port)\(path)" }
