@@ -18,11 +18,16 @@ public struct GRPCTransport: Service {
     /// (RESOURCE_EXHAUSTED); the transport refuses anything over four times it before
     /// buffering it whole (it resets the stream).
     public init(
-        host: String, port: Int, maxRequestBytes: Int, services: [any RegistrableRPCService],
+        host: String, port: Int, maxRequestBytes: Int, idleTimeout: Duration? = nil, services: [any RegistrableRPCService],
         logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) {
         var config = HTTP2ServerTransport.Posix.Config.defaults
         config.rpc.maxRequestPayloadSize = maxRequestBytes * 4
+        // A connection with no call open is closed after this (GOAWAY): idle sockets cost
+        // memory and file descriptors, and clients reconnect on demand.
+        config.connection.maxIdleTime = idleTimeout
+        // ... and a client that never acknowledges the closing handshake cannot keep it open.
+        config.connection.maxGraceTime = .seconds(5)
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
             ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port)
         self.server = GRPCServer(
@@ -54,12 +59,31 @@ public struct GRPCTransport: Service {
                 let bound = address.ipv4?.port ?? address.ipv6?.port ?? 0
                 logger.info("gRPC listening on \(host):\(bound) (chat.v1.ChatService, grpc.health.v1.Health, reflection)")
                 await onListening(bound)
-                try await group.waitForAll()
+                // A graceful shutdown waits for clients to finish; one that never answers the
+                // closing handshake (an unacknowledged PING) must not keep the process alive.
+                group.addTask {
+                    try await gracefulShutdown()
+                    try await Task.sleep(for: Self.shutdownGrace)
+                    throw ForcedStop()
+                }
+                do {
+                    _ = try await group.next()
+                } catch is ForcedStop {
+                    logger.warning("gRPC connections still open \(Self.shutdownGrace) after shutdown began: closing them")
+                }
+                group.cancelAll()
             }
         } onGracefulShutdown: {
             server.beginGracefulShutdown()
         }
     }
+}
+
+private struct ForcedStop: Error {}
+
+extension GRPCTransport {
+    /// How long a graceful shutdown waits for gRPC clients before closing their connections.
+    static let shutdownGrace: Duration = .seconds(10)
 }
 
 /// The gRPC server could not listen, with the transport's reason.

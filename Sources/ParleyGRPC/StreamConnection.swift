@@ -246,6 +246,11 @@ final class StreamConnection: Sendable {
         }
         guard let session else { throw ParleyError(.unauthorized, "send connect first") }
         switch body {
+        case .join, .leave, .presence: try engine.charge(session)
+        case .history(let request): try engine.charge(session, historyLimit: request.hasLimit ? Int(request.limit) : engine.limits.defaultHistoryLimit)
+        default: break
+        }
+        switch body {
         case .join(let join):
             try await engine.join(session, room: join.roomID, since: join.hasSinceSeq ? join.sinceSeq : nil) { joined in
                 ack(.join(Chat_V1_JoinResult(joined)))

@@ -26,6 +26,9 @@ public struct ServerConfiguration: Sendable {
     public var limits = Limits()
     /// Time a WebSocket client that did not authenticate at upgrade has to send `connect`.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// How long a plain HTTP/1 keep-alive connection may wait between requests, and a gRPC
+    /// connection with no call open, before it is closed.
+    public var idleTimeout: Duration = .seconds(60)
     /// Interval of server pings on idle WebSockets; a client that misses one is closed.
     public var pingInterval: Duration = .seconds(30)
     /// Interval of the comment line that keeps idle SSE streams open through proxies.

@@ -3,16 +3,34 @@ import ParleyCore
 import ParleyPostgres
 import ParleyRedis
 import ServiceLifecycle
+import Synchronization
 
-/// A backend whose health `/readyz` and `parley_backend_up` report.
+/// A backend whose health `/readyz`, `parley_backend_up` and gRPC health report.
+///
+/// Those probes need no credential, so a check's answer is kept for `maxAge` and checks never
+/// overlap: however many probes arrive, the backend sees at most about one query per
+/// `maxAge` (a store query, a Redis PING).
 struct BackendCheck: Sendable {
     let name: StaticString
     let isUp: @Sendable () async -> Bool
 
+    private final class Cache: Sendable {
+        struct State {
+            var last: (up: Bool, at: ContinuousClock.Instant)?
+            /// The check under way; every caller meanwhile awaits it.
+            var running: Task<Bool, Never>?
+        }
+        let state = Mutex(State())
+    }
+
     /// A backend that does not answer within `timeout` counts as down: probes stay fast.
-    init(name: StaticString, timeout: Duration = .seconds(1), isUp check: @escaping @Sendable () async -> Bool) {
+    init(
+        name: StaticString, timeout: Duration = .seconds(1), maxAge: Duration = .seconds(1),
+        isUp check: @escaping @Sendable () async -> Bool
+    ) {
         self.name = name
-        self.isUp = {
+        let cache = Cache()
+        let timed: @Sendable () async -> Bool = {
             await withTaskGroup(of: Bool.self) { group in
                 group.addTask { await check() }
                 group.addTask {
@@ -23,6 +41,22 @@ struct BackendCheck: Sendable {
                 group.cancelAll()
                 return first
             }
+        }
+        self.isUp = {
+            let now = ContinuousClock.now
+            let task = cache.state.withLock { state -> Task<Bool, Never>? in
+                if let last = state.last, now - last.at < maxAge { return nil }
+                if let running = state.running { return running }
+                let running = Task {
+                    let up = await timed()
+                    cache.state.withLock { $0 = .init(last: (up, .now), running: nil) }
+                    return up
+                }
+                state.running = running
+                return running
+            }
+            if let task { return await task.value }
+            return cache.state.withLock { $0.last?.up ?? false }
         }
     }
 }

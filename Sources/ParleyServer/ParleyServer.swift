@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
@@ -40,6 +41,12 @@ public struct ParleyServer: Sendable {
         }()
         let registry = PrometheusCollectorRegistry()
         let metrics = ParleyMetrics(factory: makeMetricsFactory(registry), version: ParleyServer.version)
+        // Everything that can refuse the configuration comes before the store is opened: an
+        // open SQLite store must be run (and so closed), never dropped.
+        let authenticator = try await makeAuthenticator(configuration, logger: logger)
+        let reflection = try ReflectionService(services: [
+            "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+        ])
         let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
         // Unique per run, even under a configured name: a restarted instance must not take over
         // the presence entries (and session ids) of its previous run, which the reaper removes.
@@ -54,7 +61,6 @@ public struct ParleyServer: Sendable {
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
         let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
-        let authenticator = try await makeAuthenticator(configuration, logger: logger)
 
         let router = Router(context: ParleyRequestContext.self)
         router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
@@ -80,14 +86,7 @@ public struct ParleyServer: Sendable {
 
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(
-                webSocketRouter: router,
-                configuration: .init(ws: WebSocketServerConfiguration(
-                    maxFrameSize: configuration.limits.maxFrameBytes,
-                    autoPing: .enabled(timePeriod: configuration.pingInterval),
-                    closeTimeout: .seconds(5)
-                ))
-            ),
+            server: httpServer(router: router, configuration: configuration),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -98,7 +97,7 @@ public struct ParleyServer: Sendable {
         )
         let grpc = GRPCTransport(
             host: configuration.host, port: configuration.grpcPort,
-            maxRequestBytes: configuration.limits.maxFrameBytes,
+            maxRequestBytes: configuration.limits.maxFrameBytes, idleTimeout: configuration.idleTimeout,
             services: [
                 ChatService(
                     engine: engine, authenticator: authenticator,
@@ -112,9 +111,7 @@ public struct ParleyServer: Sendable {
                     for backend in backends where await !backend.isUp() { return false }
                     return true
                 },
-                try ReflectionService(services: [
-                    "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-                ]),
+                reflection,
             ],
             logger: logger, onListening: onGRPCListening
         )
@@ -129,6 +126,28 @@ public struct ParleyServer: Sendable {
             ],
             logger: logger
         )
+    }
+
+    /// HTTP/1 with the WebSocket upgrade, bounded in time at every stage: the first request
+    /// head within the handshake timeout, a keep-alive connection between requests within the
+    /// idle timeout, an upgraded WebSocket by its pings.
+    private static func httpServer(router: Router<ParleyRequestContext>, configuration: ServerConfiguration) -> HTTPServerBuilder {
+        let webSocketResponder = router.buildResponder()
+        let channelConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
+            http1: .init(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds))),
+            ws: WebSocketServerConfiguration(
+                maxFrameSize: configuration.limits.maxFrameBytes,
+                autoPing: .enabled(timePeriod: configuration.pingInterval),
+                closeTimeout: .seconds(5)
+            )
+        )
+        let headTimeout = TimeAmount.nanoseconds(Int64(configuration.handshakeTimeout.nanoseconds))
+        return HTTPServerBuilder { responder in
+            HeadDeadlineChannel(
+                base: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder, configuration: channelConfiguration),
+                timeout: headTimeout
+            )
+        }
     }
 
     /// API keys and JWT keys from the configuration; logs which mode the server runs in.

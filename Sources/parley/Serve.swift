@@ -64,6 +64,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a WebSocket client has to authenticate. [env: PARLEY_HANDSHAKE_TIMEOUT] (default: 10)")
     var handshakeTimeout: Int?
 
+    @Option(help: "Commands other than publishing (join, leave, history, presence) one connection may send per second; 0 off. [env: PARLEY_COMMAND_RATE_PER_SEC] (default: 20)")
+    var commandRatePerSec: Double?
+
+    @Option(help: "Burst of that budget; a history page costs 1 + limit/25. [env: PARLEY_COMMAND_BURST] (default: 120)")
+    var commandBurst: Double?
+
+    @Option(help: "Seconds an HTTP keep-alive connection may wait between requests, and a gRPC connection with no call. [env: PARLEY_IDLE_TIMEOUT] (default: 60)")
+    var idleTimeout: Int?
+
     @Option(help: "HS256 secret (32 bytes or more recommended); turns JWT auth on (prefer the environment: flags show in ps). [env: PARLEY_JWT_SECRET]")
     var jwtSecret: String?
 
@@ -173,6 +182,7 @@ struct Serve: AsyncParsableCommand {
         c.limits.maxOutboxBytes = try outboxBytes ?? env.int("PARLEY_OUTBOX_BYTES") ?? c.limits.maxOutboxBytes
         c.limits.maxRoomsPerConnection = try maxRoomsPerConnection ?? env.int("PARLEY_MAX_ROOMS_PER_CONNECTION") ?? c.limits.maxRoomsPerConnection
         if let seconds = try handshakeTimeout ?? env.int("PARLEY_HANDSHAKE_TIMEOUT") { c.handshakeTimeout = .seconds(seconds) }
+        if let seconds = try idleTimeout ?? env.int("PARLEY_IDLE_TIMEOUT") { c.idleTimeout = .seconds(seconds) }
         c.publicDirectory = publicDir ?? env["PARLEY_PUBLIC_DIR"]
         try resolveSecurity(&c, environment: env)
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
@@ -181,6 +191,7 @@ struct Serve: AsyncParsableCommand {
         }
         try resolveCluster(&c.cluster, environment: env)
         guard (0...65535).contains(c.port), (0...65535).contains(c.grpcPort) else { throw ConfigurationError("ports must be 0...65535") }
+        guard c.handshakeTimeout > .zero, c.idleTimeout > .zero else { throw ConfigurationError("timeouts must be positive") }
         guard c.limits.ratePerSecond >= 0, c.limits.rateBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
         guard c.limits.maxContentLength > 0, c.limits.maxFrameBytes >= 1024, c.limits.maxHistoryLimit > 0,
             c.limits.maxOutboxBytes > 0, c.limits.maxRoomsPerConnection > 0
@@ -203,6 +214,9 @@ struct Serve: AsyncParsableCommand {
         if let seconds = try tokenRefreshGrace ?? env.int("PARLEY_TOKEN_REFRESH_GRACE") { c.tokenRefreshGrace = .seconds(seconds) }
         c.limits.userRatePerSecond = try userRatePerSec ?? env.double("PARLEY_USER_RATE_PER_SEC")
         c.limits.userRateBurst = try userRateBurst ?? env.double("PARLEY_USER_RATE_BURST")
+        c.limits.commandRatePerSecond = try commandRatePerSec ?? env.double("PARLEY_COMMAND_RATE_PER_SEC") ?? c.limits.commandRatePerSecond
+        c.limits.commandBurst = try commandBurst ?? env.double("PARLEY_COMMAND_BURST") ?? c.limits.commandBurst
+        guard c.limits.commandRatePerSecond >= 0, c.limits.commandBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
         c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
         c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])

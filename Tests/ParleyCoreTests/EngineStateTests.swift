@@ -193,3 +193,50 @@ struct EngineStateTests {
         #expect(Timestamp(milliseconds: 5).rfc3339 == "1970-01-01T00:00:00.005Z")
     }
 }
+
+@Suite("Coalescing and command budget")
+struct CoalescingTests {
+    let start = ContinuousClock.now
+    func at(_ ms: Int) -> ContinuousClock.Instant { start + .milliseconds(ms) }
+
+    @Test("the first change goes out at once; a flood within the window becomes its newest state, once")
+    func coalescesFlood() {
+        var typing = Coalescer<String, Bool>(window: .milliseconds(500))
+        #expect(typing.offer("alice", true, now: at(0)) == true)
+        for ms in stride(from: 10, to: 400, by: 10) {
+            #expect(typing.offer("alice", ms % 20 == 0, now: at(ms)) == nil)
+        }
+        #expect(typing.offer("alice", false, now: at(410)) == nil)
+        #expect(typing.due(now: at(450)).isEmpty)
+        let due = typing.due(now: at(500))
+        #expect(due.map(\.value) == [false])
+        // Quiet for a window: forgotten, so the next change goes out at once.
+        #expect(typing.due(now: at(1000)).isEmpty)
+        #expect(typing.entries.isEmpty)
+        #expect(typing.offer("alice", true, now: at(1001)) == true)
+    }
+
+    @Test("a flood that ends where it began sends nothing more; keys are independent; force sends at once")
+    func coalescesToNothing() {
+        var reads = Coalescer<String, Int64>(window: .milliseconds(500))
+        #expect(reads.offer("alice", 5, now: at(0)) == 5)
+        #expect(reads.offer("bob", 7, now: at(1)) == 7)
+        #expect(reads.offer("alice", 6, now: at(100)) == nil)
+        #expect(reads.offer("alice", 5, now: at(200)) == nil)
+        #expect(reads.offer("bob", 8, now: at(100)) == nil)
+        #expect(reads.offer("bob", 9, now: at(101), force: true) == 9)
+        #expect(reads.offer("bob", 9, now: at(601)) == nil)  // repeats what was sent
+        #expect(reads.due(now: at(700)).isEmpty)
+    }
+
+    @Test("the token bucket charges by cost and says how long to wait")
+    func weightedBucket() {
+        var bucket = TokenBucket(rate: 10, burst: 10, now: start)
+        #expect(bucket.take(5, now: start) == nil)
+        #expect(bucket.take(5, now: start) == nil)
+        #expect(bucket.take(5, now: start) == 500)
+        #expect(bucket.take(5, now: at(500)) == nil)
+        // A cost above the burst is charged as the burst, never refused forever.
+        #expect(bucket.take(50, now: at(1500)) == nil)
+    }
+}

@@ -99,4 +99,28 @@ struct HostileInputTests {
             bob.close()
         }
     }
+
+    @Test("unauthenticated probes (/readyz, /metrics, gRPC health) cost the store about one query a second, however many arrive")
+    func probesAreCached() async throws {
+        let store = FlakyStore()
+        try await withServer(store: store) { server in
+            let before = store.lastSeqCalls.load(ordering: .relaxed)
+            let started = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<300 {
+                    group.addTask {
+                        let path = index % 2 == 0 ? "/readyz" : "/metrics"
+                        let status = try await rawHTTP(port: server.port, .GET, path).status
+                        #expect(status == 200)
+                    }
+                    if index % 20 == 19 { try await group.waitForAll() }
+                }
+                try await group.waitForAll()
+            }
+            let seconds = Int((ContinuousClock.now - started).components.seconds)
+            let queries = store.lastSeqCalls.load(ordering: .relaxed) - before
+            #expect(queries >= 1)
+            #expect(queries <= seconds + 2, "\(queries) store queries for 300 probes in \(seconds) s")
+        }
+    }
 }

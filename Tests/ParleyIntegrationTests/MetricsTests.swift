@@ -25,7 +25,7 @@ struct MetricsTests {
             let idle = try await scrape(server)
             #expect(idle["parley_connections{transport=\"websocket\"}"] == 0)
             #expect(idle["parley_build_info{version=\"\(ParleyServer.version)\"}"] == 1)
-            #expect(idle["parley_backend_up{backend=\"memory\"}"] == 1)
+            #expect(idle["parley_backend_up{backend=\"sqlite\"}"] == 1)
 
             let alice = try await TestClient.connect(port: server.port, user: "alice")
             let bob = try await TestClient.connect(port: server.port, user: "bob")

@@ -10,6 +10,8 @@ import Testing
 final class FlakyStore: MessageStore {
     private let inner = MemoryMessageStore()
     private let failing = Atomic<Bool>(false)
+    /// `lastSeq` calls so far (what readiness checks query).
+    let lastSeqCalls = Atomic<Int>(0)
 
     func setFailing(_ value: Bool) { failing.store(value, ordering: .relaxed) }
 
@@ -30,6 +32,7 @@ final class FlakyStore: MessageStore {
     }
 
     func lastSeq(room: String) async throws -> Int64 {
+        lastSeqCalls.add(1, ordering: .relaxed)
         try check()
         return try await inner.lastSeq(room: room)
     }

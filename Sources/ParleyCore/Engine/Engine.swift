@@ -24,6 +24,10 @@ public final class Engine: Sendable {
     /// Poked when draining starts, so that watchers (gRPC health) report it at once.
     private let drainWatchers = Mutex<[ObjectIdentifier: Wakeup]>([:])
     private let typing = Mutex<[TypingKey: ContinuousClock.Instant]>([:])
+    /// Typing and read events a member changes faster than `limits.coalesceWindow`: the
+    /// newest state wins (PROTOCOL.md: typing is coalesced, never rejected).
+    private let typingEvents: Mutex<Coalescer<TypingKey, Bool>>
+    private let readEvents: Mutex<Coalescer<TypingKey, Int64>>
     /// Publish rate of calls that come without a session (HTTP), per user, at the
     /// per-connection rate.
     private let sessionlessRates = Mutex<[String: TokenBucket]>([:])
@@ -48,6 +52,8 @@ public final class Engine: Sendable {
         self.instanceID = instanceID
         self.logger = logger
         self.hub = Hub(store: store, metrics: metrics, logger: logger)
+        self.typingEvents = Mutex(Coalescer(window: limits.coalesceWindow))
+        self.readEvents = Mutex(Coalescer(window: limits.coalesceWindow))
         broker.attach(hub)
     }
 
@@ -168,7 +174,7 @@ public final class Engine: Sendable {
         guard !session.isWatcher else { return }
         do {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
-                await setTyping(room: room, user: session.user, false)
+                await setTyping(room: room, user: session.user, false, leaving: true)
                 try await publishToBroker(.leave(room: room, user: session.user, timestamp: .now))
             }
         } catch {
@@ -262,6 +268,21 @@ public final class Engine: Sendable {
         return try Validation.user(requested, limits: limits)
     }
 
+    // MARK: Command budget
+
+    /// Charges a command to its connection's budget (`limits.commandRatePerSecond`): join,
+    /// leave and presence cost 1, a history page 1 plus one per 25 messages asked for (a page
+    /// is the most expensive thing a client can ask for). `rate_limited` with `retryAfterMs`
+    /// when the budget is spent. Publishing has its own buckets; typing and read receipts are
+    /// coalesced, never refused.
+    public func charge(_ session: Session, historyLimit: Int? = nil) throws(ParleyError) {
+        let cost = historyLimit.map { 1 + Double(min(max($0, 0), limits.maxHistoryLimit)) / 25 } ?? 1
+        if let wait = session.takeCommandTokens(cost) {
+            metrics.rateLimited.increment()
+            throw ParleyError(.rateLimited, "too many commands; retry in \(wait) ms", retryAfterMs: wait)
+        }
+    }
+
     // MARK: Typing and receipts
 
     public func typing(_ session: Session, room: String, typing isTyping: Bool) async throws {
@@ -269,35 +290,54 @@ public final class Engine: Sendable {
         await setTyping(room: room, user: session.user, isTyping)
     }
 
-    private func setTyping(room: String, user: String, _ isTyping: Bool) async {
+    /// `leaving`: the user's last session left the room; its `typing: false` goes out at once
+    /// and nothing of it waits.
+    private func setTyping(room: String, user: String, _ isTyping: Bool, leaving: Bool = false, now: ContinuousClock.Instant = .now) async {
         let key = TypingKey(room: room, user: user)
         let changed = typing.withLock { typing in
             if isTyping {
-                return typing.updateValue(.now + limits.typingTimeout, forKey: key) == nil
+                return typing.updateValue(now + limits.typingTimeout, forKey: key) == nil
             }
             return typing.removeValue(forKey: key) != nil
         }
-        if changed {
-            try? await publishToBroker(.typing(room: room, user: user, typing: isTyping))
+        let send = typingEvents.withLock { events -> Bool? in
+            defer { if leaving { events.remove(key) } }
+            return changed ? events.offer(key, isTyping, now: now, force: leaving) : nil
         }
+        if let send {
+            try? await publishToBroker(.typing(room: room, user: user, typing: send))
+        }
+        if leaving { readEvents.withLock { $0.remove(key) } }
     }
 
-    /// Ends every `typing: true` that was not renewed in time.
-    func expireTyping(now: ContinuousClock.Instant = .now) async {
+    /// Ends every `typing: true` that was not renewed in time, and sends the typing and read
+    /// states that waited out their coalescing window.
+    func tick(now: ContinuousClock.Instant = .now) async {
         let expired = typing.withLock { typing in
             let keys = typing.filter { $0.value <= now }.map(\.key)
             for key in keys { typing[key] = nil }
             return keys
         }
         for key in expired {
-            try? await publishToBroker(.typing(room: key.room, user: key.user, typing: false))
+            if let send = typingEvents.withLock({ $0.offer(key, false, now: now) }) {
+                try? await publishToBroker(.typing(room: key.room, user: key.user, typing: send))
+            }
+        }
+        for (key, isTyping) in typingEvents.withLock({ $0.due(now: now) }) {
+            try? await publishToBroker(.typing(room: key.room, user: key.user, typing: isTyping))
+        }
+        for (key, seq) in readEvents.withLock({ $0.due(now: now) }) {
+            try? await publishToBroker(.read(room: key.room, user: key.user, seq: seq))
         }
     }
 
     public func read(_ session: Session, room: String, seq: Int64) async throws {
         let room = try joinedRoom(session, room)
         guard let seq = try Validation.seq(seq, field: "seq") else { return }
-        try await publishToBroker(.read(room: room, user: session.user, seq: seq))
+        let key = TypingKey(room: room, user: session.user)
+        if let send = readEvents.withLock({ $0.offer(key, seq, now: .now) }) {
+            try await publishToBroker(.read(room: room, user: session.user, seq: send))
+        }
     }
 
     private func joinedRoom(_ session: Session, _ room: String) throws(ParleyError) -> String {
@@ -405,7 +445,7 @@ public struct EngineService: Service {
             var ticks = 0
             while !Task.isCancelled {
                 try await Task.sleep(for: .milliseconds(250))
-                await engine.expireTyping()
+                await engine.tick()
                 ticks += 1
                 if ticks % 240 == 0 { engine.forgetIdleRates() }
             }

@@ -20,6 +20,7 @@ public final class Session: Sendable, Hashable {
     /// `join`/`leave` (an anonymous SSE reader, a backend following a room).
     public let isWatcher: Bool
     private let rateLimit: Mutex<TokenBucket>
+    private let commandBudget: Mutex<TokenBucket>
     private let joined = Mutex<Set<String>>([])
     private let currentIdentity: Mutex<Identity>
 
@@ -32,6 +33,7 @@ public final class Session: Sendable, Hashable {
         self.encoder = encoder
         self.outbox = outbox
         self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst))
+        self.commandBudget = Mutex(TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst))
     }
 
     /// Who the session acts as now: a refresh replaces the expiry and the room patterns.
@@ -71,6 +73,11 @@ public final class Session: Sendable, Hashable {
             defer { rooms.removeAll() }
             return rooms
         }
+    }
+
+    /// Takes `cost` from the command budget: nil when allowed, else milliseconds to wait.
+    func takeCommandTokens(_ cost: Double) -> Int? {
+        commandBudget.withLock { $0.take(cost) }
     }
 
     /// Takes a publish token: nil when allowed, else milliseconds until one is free.

@@ -12,18 +12,20 @@ public struct TokenBucket: Sendable {
         self.updatedAt = now
     }
 
-    /// Takes one token. Returns nil when allowed, or how many milliseconds until one is free.
-    public mutating func take(now: ContinuousClock.Instant = .now) -> Int? {
+    /// Takes `cost` tokens (one by default). Returns nil when allowed, or how many
+    /// milliseconds until they are there.
+    public mutating func take(_ cost: Double = 1, now: ContinuousClock.Instant = .now) -> Int? {
         guard rate > 0 else { return nil }
+        let cost = min(cost, burst)
         let elapsed = updatedAt.duration(to: now)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         tokens = min(burst, tokens + seconds * rate)
         updatedAt = now
-        if tokens >= 1 {
-            tokens -= 1
+        if tokens >= cost {
+            tokens -= cost
             return nil
         }
-        return max(1, Int(((1 - tokens) / rate * 1000).rounded(.up)))
+        return max(1, Int(((cost - tokens) / rate * 1000).rounded(.up)))
     }
 
     /// Whether the bucket will be full once `idle` has passed since its last use.

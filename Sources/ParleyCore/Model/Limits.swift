@@ -32,6 +32,14 @@ public struct Limits: Sendable, Hashable {
     public var maxConsecutiveBadFrames = 50
     /// Rooms one connection may have joined at once.
     public var maxRoomsPerConnection = 100
+    /// Commands other than publishing (join, leave, history, presence, connect) one connection
+    /// may send per second, and the bucket's capacity; a history page costs more the longer it
+    /// is. 0 turns the budget off. Typing and read receipts are coalesced instead.
+    public var commandRatePerSecond: Double = 20
+    /// Enough for a reconnecting client to rejoin `maxRoomsPerConnection` rooms at once.
+    public var commandBurst: Double = 120
+    /// Within this window a member's typing and read changes are coalesced: the newest wins.
+    public var coalesceWindow: Duration = .milliseconds(500)
     /// How long a `typing: true` lasts unless renewed.
     public var typingTimeout: Duration = .seconds(5)
     /// How long a `clientId` is remembered for idempotent retries.

@@ -191,6 +191,11 @@ final class WebSocketConnection: Sendable {
             throw ParleyError(.unauthorized, "send connect first")
         }
         switch command {
+        case .join, .leave, .presence: try engine.charge(session)
+        case .history(_, _, _, let limit): try engine.charge(session, historyLimit: limit ?? settings.limits.defaultHistoryLimit)
+        default: break
+        }
+        switch command {
         case .join(let room, let since):
             try await engine.join(session, room: room, since: since) { joined in
                 ack(id, fields: { json in

@@ -99,3 +99,69 @@ private final class RawResponseHandler: ChannelInboundHandler, @unchecked Sendab
         result.push(RawResponse(status: 0, headers: [:], body: ""))
     }
 }
+
+/// A raw TCP connection: writes bytes as given and collects what comes back, to see exactly
+/// when the server closes it.
+final class RawSocket: Sendable {
+    let channel: any Channel
+    private let received: AsyncQueue<[UInt8]>
+
+    private init(channel: any Channel, received: AsyncQueue<[UInt8]>) {
+        self.channel = channel
+        self.received = received
+    }
+
+    static func connect(port: Int) async throws -> RawSocket {
+        let received = AsyncQueue<[UInt8]>()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Collector(received: received))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        return RawSocket(channel: channel, received: received)
+    }
+
+    func send(_ text: String) async throws {
+        try await channel.writeAndFlush(ByteBuffer(string: text)).get()
+    }
+
+    func send(bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+    }
+
+    /// The next chunk the server sent, nil after `timeout`.
+    func read(timeout: Duration = .seconds(10)) async -> String? {
+        await received.pop(timeout: timeout).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The next chunk as bytes; empty once the server closed; nil after `timeout`.
+    func readBytes(timeout: Duration = .seconds(10)) async -> [UInt8]? {
+        await received.pop(timeout: timeout)
+    }
+
+    /// Whether the server closed the connection within `timeout`.
+    func closedByServer(within timeout: Duration) async -> Bool {
+        let closed = AsyncQueue<Bool>()
+        channel.closeFuture.whenComplete { _ in closed.push(true) }
+        return await closed.pop(timeout: timeout) ?? false
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+
+    private final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let received: AsyncQueue<[UInt8]>
+        init(received: AsyncQueue<[UInt8]>) { self.received = received }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received.push(Array(buffer: unwrapInboundIn(data)))
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            received.push([])
+            context.fireChannelInactive()
+        }
+    }
+}
