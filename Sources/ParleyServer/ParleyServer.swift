@@ -63,6 +63,8 @@ public struct ParleyServer: Sendable {
         let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
 
         let router = Router(context: ParleyRequestContext.self)
+        let origins = OriginPolicy(configuration.allowedOrigins, sameOriginByDefault: authenticator.isOpen)
+        router.add(middleware: BrowserSafetyMiddleware(cors: OriginPolicy(configuration.corsOrigins), origins: origins))
         router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
         router.add(middleware: APIErrorMiddleware())
         router.add(middleware: FileMiddleware(
@@ -81,7 +83,7 @@ public struct ParleyServer: Sendable {
                 limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
                 refreshGrace: configuration.tokenRefreshGrace
             ),
-            origins: OriginPolicy(configuration.allowedOrigins), logger: logger
+            origins: origins, logger: logger
         ).register(on: router)
 
         let app = Application(

@@ -70,9 +70,45 @@ struct LimitTests {
             let noOrigin = try await rawHTTP(port: server.port, .GET, "/ws?user=a", headers: upgradeHeaders())
             #expect(noOrigin.status == 101)
         }
+        // Open mode, no list: only the server's own pages (anyone may claim any user there).
         try await withServer { server in
-            let any = try await rawHTTP(port: server.port, .GET, "/ws?user=a", headers: upgradeHeaders(origin: "https://evil.example.com"))
+            try await expectUpgradeRefused(server, "?user=a", origin: "https://evil.example.com", status: 403, code: "forbidden")
+            try await expectUpgradeRefused(server, "?user=a", origin: "http://localhost:3000", status: 403, code: "forbidden")
+            let own = try await rawHTTP(port: server.port, .GET, "/ws?user=a", headers: upgradeHeaders(origin: "http://127.0.0.1"))
+            #expect(own.status == 101)
+            let noOrigin = try await rawHTTP(port: server.port, .GET, "/ws?user=a", headers: upgradeHeaders())
+            #expect(noOrigin.status == 101)
+        }
+        // JWT mode, no list: any page, since a page needs a token to be anyone.
+        try await withJWTServer { server in
+            let token = try await Tokens.hs256(TestClaims(sub: "alice"))
+            let any = try await rawHTTP(port: server.port, .GET, "/ws?token=\(token)", headers: upgradeHeaders(origin: "https://evil.example.com"))
             #expect(any.status == 101)
+        }
+    }
+
+    @Test("a page of another site cannot post (form or no-cors fetch); non-browsers and the server's own pages can; the web client is framed by no one")
+    func crossSitePosts() async throws {
+        try await withServer({ $0.corsOrigins = ["https://app.example.com"] }) { server in
+            let body = #"{"content":"forged","user":"victim"}"#
+            for contentType in ["text/plain", "application/x-www-form-urlencoded", "application/json"] {
+                let forged = try await rawHTTP(port: server.port, .POST, "/api/rooms/r/messages",
+                    headers: [("Origin", "https://evil.example.com"), ("Content-Type", contentType)], body: body)
+                #expect(forged.status == 403, "\(contentType)")
+                #expect(forged.json["error"]["code"].string == "forbidden")
+            }
+            let own = try await rawHTTP(port: server.port, .POST, "/api/rooms/r/messages", headers: [("Origin", "http://127.0.0.1")], body: body)
+            #expect(own.status == 201)
+            let listed = try await rawHTTP(port: server.port, .POST, "/api/rooms/r/messages", headers: [("Origin", "https://app.example.com")], body: body)
+            #expect(listed.status == 201)
+            #expect(try await http("POST", server.url("/api/rooms/r/messages"), body: body).status == 201)
+            #expect(try await http("GET", server.url("/api/rooms/r/messages")).json["messages"].array?.count == 3)
+
+            let page = try await rawHTTP(port: server.port, .GET, "/")
+            let csp = page.headers["Content-Security-Policy"].first ?? ""
+            #expect(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "\(csp)")
+            #expect(page.headers["X-Content-Type-Options"].first == "nosniff")
+            #expect(try await http("GET", server.url("/api/rooms")).headers["x-content-type-options"] == "nosniff")
         }
     }
 

@@ -4,7 +4,7 @@ import Synchronization
 /// client address, and refuses one more past either bound. Existing connections are never
 /// affected: a refused client is told before it holds anything.
 public final class ConnectionLimiter: Sendable {
-    /// A counted connection; `release` (idempotent) gives its place back.
+    /// A counted connection; `release` (idempotent) gives its place back, as does dropping it.
     public final class Ticket: Sendable {
         private let limiter: ConnectionLimiter
         private let address: String?
@@ -18,6 +18,13 @@ public final class ConnectionLimiter: Sendable {
         public func release() {
             guard !released.exchange(true, ordering: .relaxed) else { return }
             limiter.release(address)
+        }
+
+        /// A ticket dropped unreleased gives its place back: a call that ends before its
+        /// transport runs any of its code (a gRPC stream reset before its metadata is written,
+        /// an SSE request reset before its head) cannot leak a slot.
+        deinit {
+            release()
         }
     }
 
