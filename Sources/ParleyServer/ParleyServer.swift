@@ -77,18 +77,19 @@ public struct ParleyServer: Sendable {
         MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
-        WebSocketRoutes(
+        let webSocketRoutes = WebSocketRoutes(
             engine: engine, authenticator: authenticator,
             settings: .init(
                 limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
                 refreshGrace: configuration.tokenRefreshGrace
             ),
             origins: origins, logger: logger
-        ).register(on: router)
+        )
+        webSocketRoutes.register(on: router)
 
         let app = Application(
             router: router,
-            server: httpServer(router: router, configuration: configuration),
+            server: httpServer(router: router, configuration: configuration, vetUpgrade: webSocketRoutes.vet),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -133,7 +134,9 @@ public struct ParleyServer: Sendable {
     /// HTTP/1 with the WebSocket upgrade, bounded in time at every stage: the first request
     /// head within the handshake timeout, a keep-alive connection between requests within the
     /// idle timeout, an upgraded WebSocket by its pings.
-    private static func httpServer(router: Router<ParleyRequestContext>, configuration: ServerConfiguration) -> HTTPServerBuilder {
+    private static func httpServer(
+        router: Router<ParleyRequestContext>, configuration: ServerConfiguration, vetUpgrade: @escaping RequestHeadDeadline.Vet
+    ) -> HTTPServerBuilder {
         let webSocketResponder = router.buildResponder()
         let channelConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
             http1: .init(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds))),
@@ -147,7 +150,7 @@ public struct ParleyServer: Sendable {
         return HTTPServerBuilder { responder in
             HeadDeadlineChannel(
                 base: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder, configuration: channelConfiguration),
-                timeout: headTimeout
+                timeout: headTimeout, vetUpgrade: vetUpgrade
             )
         }
     }

@@ -27,8 +27,12 @@ func expectUpgradeRefused(
     _ server: TestServer, _ query: String, origin: String? = nil, status: Int, code: String,
     sourceLocation: SourceLocation = #_sourceLocation
 ) async throws {
+    // The upgrade itself is answered with the refusal's status and error JSON ...
     let upgrade = try await rawHTTP(port: server.port, .GET, "/ws\(query)", headers: upgradeHeaders(origin: origin))
-    #expect(upgrade.status == 400, "upgrade \(query) -> \(upgrade.status)", sourceLocation: sourceLocation)
+    #expect(upgrade.status == status, "upgrade \(query) -> \(upgrade.status)", sourceLocation: sourceLocation)
+    #expect(upgrade.json["error"]["code"].string == code, "\(upgrade.body)", sourceLocation: sourceLocation)
+    if status == 429 { #expect(upgrade.headers["Retry-After"].first != nil, sourceLocation: sourceLocation) }
+    // ... and so is the same request without the upgrade.
     let plain = try await rawHTTP(port: server.port, .GET, "/ws\(query)", headers: origin.map { [("Origin", $0)] } ?? [])
     #expect(plain.status == status, "GET /ws\(query) -> \(plain.status) \(plain.body)", sourceLocation: sourceLocation)
     #expect(plain.json["error"]["code"].string == code, "\(plain.body)", sourceLocation: sourceLocation)

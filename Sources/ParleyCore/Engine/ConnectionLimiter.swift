@@ -62,6 +62,11 @@ public final class ConnectionLimiter: Sendable {
         return Ticket(limiter: self, address: address)
     }
 
+    /// Throws what `acquire` would throw now, without counting anything.
+    public func check(address: String?) throws(ParleyError) {
+        _ = try acquire(address: address)
+    }
+
     public var count: Int { state.withLock { $0.total } }
 
     fileprivate func release(_ address: String?) {

@@ -30,8 +30,9 @@ struct APIRoutes {
             let query = request.uri.queryParameters
             let page = try await engine.history(
                 try await auth.reader(request), room: try context.parameters.require("room"),
-                before: try integer(query, "before"), after: try integer(query, "after"),
-                limit: try integer(query, "limit").map(Int.init)
+                before: try QueryValues.int64(query["before"], name: "before"),
+                after: try QueryValues.int64(query["after"], name: "after"),
+                limit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
             )
             return Response.json { WireJSON.page(page, into: &$0) }
         }
@@ -89,9 +90,4 @@ struct APIRoutes {
         }
     }
 
-    private func integer(_ query: Hummingbird.Parameters, _ name: String) throws -> Int64? {
-        guard let raw = query[Substring(name)] else { return nil }
-        guard let value = Int64(raw) else { throw ParleyError.badRequest("query '\(name)' must be an integer") }
-        return value
-    }
 }

@@ -1,6 +1,8 @@
+import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
+import ParleyCore
 
 /// Guards a new connection until its first request head is complete:
 /// - the head must arrive within `timeout` (a client that connects and sends nothing, or sends
@@ -8,6 +10,9 @@ import NIOCore
 /// - a WebSocket upgrade request without a usable `Sec-WebSocket-Key` or with a version other
 ///   than 13 is answered `400` with the JSON error here, instead of being left unanswered by
 ///   the upgrader.
+/// - a WebSocket upgrade is checked by `vetUpgrade` (origin, credentials, limits) before the
+///   upgrader sees it, and a refusal is answered with its status (401, 403, 429, 503) and the
+///   JSON error of the HTTP API: the WebSocket library could only answer a bare 400.
 /// Then it hands the bytes on and removes itself; later requests on a keep-alive connection
 /// fall under the HTTP idle timeout, an upgraded WebSocket under its pings.
 final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler {
@@ -17,12 +22,25 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
     /// Longer heads are left to the HTTP decoder's own limits.
     static let maxInspectedBytes = 64 * 1024
 
+    /// A WebSocket upgrade request as the vetting sees it.
+    struct UpgradeRequest: Sendable {
+        var target: String
+        var headers: [(name: String, value: String)]
+        var remoteAddress: String?
+    }
+
+    /// Why an upgrade request is refused, nil when it may proceed.
+    typealias Vet = @Sendable (UpgradeRequest) async -> ParleyError?
+
     private let timeout: TimeAmount
+    private let vetUpgrade: Vet?
     private var deadline: Scheduled<Void>?
     private var buffered: ByteBuffer?
+    private var vetting = false
 
-    init(timeout: TimeAmount) {
+    init(timeout: TimeAmount, vetUpgrade: Vet? = nil) {
         self.timeout = timeout
+        self.vetUpgrade = vetUpgrade
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -49,15 +67,34 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
         } else {
             buffered!.writeBuffer(&chunk)
         }
+        guard !vetting else { return }
         let bytes = buffered!.readableBytesView
         guard let end = Self.headEnd(bytes) else {
             if bytes.count > Self.maxInspectedBytes { pass(context) }
             return
         }
-        if let problem = Self.upgradeProblem(String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)) {
-            refuse(context, problem)
-        } else {
+        let head = String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)
+        if let problem = Self.upgradeProblem(head) {
+            refuse(context, .badRequest(problem))
+            return
+        }
+        guard let vetUpgrade, Self.isUpgrade(head), let request = Self.parse(head, remote: context.channel.remoteAddress?.ipAddress) else {
             pass(context)
+            return
+        }
+        // Hold the bytes while the checks run off the event loop.
+        vetting = true
+        deadline?.cancel()
+        deadline = nil
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.makeFutureWithTask { await vetUpgrade(request) }.whenSuccess { refusal in
+            let (handler, context) = loopBound.value
+            handler.vetting = false
+            if let refusal {
+                handler.refuse(context, refusal)
+            } else {
+                handler.pass(context)
+            }
         }
     }
 
@@ -74,13 +111,21 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
-    private func refuse(_ context: ChannelHandlerContext, _ message: String) {
+    /// Answers the request with the error's status and JSON, then closes the connection.
+    private func refuse(_ context: ChannelHandlerContext, _ error: ParleyError) {
         deadline?.cancel()
         deadline = nil
         buffered = nil
-        let body = #"{"error":{"code":"bad_request","message":"\#(message)"}}"#
-        let response = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
-            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        var json = JSONWriter()
+        json.object { json in
+            json.key("error")
+            WireJSON.error(error, into: &json)
+        }
+        let body = String(buffer: json.buffer)
+        let status = error.status
+        var response = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\nContent-Type: application/json; charset=utf-8\r\n"
+        if let retryAfterMs = error.retryAfterMs { response += "Retry-After: \((retryAfterMs + 999) / 1000)\r\n" }
+        response += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapInboundOut(ByteBuffer(string: response))).whenComplete { _ in
             loopBound.value.close(promise: nil)
@@ -99,15 +144,32 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
         return nil
     }
 
+    static func isUpgrade(_ head: String) -> Bool {
+        headers(head).contains { $0.name == "upgrade" && $0.value.lowercased() == "websocket" }
+    }
+
+    /// The request target and headers (names lower-cased) of a head.
+    static func parse(_ head: String, remote: String?) -> UpgradeRequest? {
+        guard let requestLine = head.split(separator: "\r\n").first else { return nil }
+        let parts = requestLine.split(separator: " ")
+        guard parts.count == 3 else { return nil }
+        return UpgradeRequest(target: String(parts[1]), headers: headers(head), remoteAddress: remote)
+    }
+
+    static func headers(_ head: String) -> [(name: String, value: String)] {
+        head.split(separator: "\r\n").dropFirst().compactMap { line in
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            return (line[..<colon].trimmingCharacters(in: .whitespaces).lowercased(),
+                    line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        }
+    }
+
     /// Why a WebSocket upgrade request cannot be upgraded; nil when it can, or is no upgrade.
     static func upgradeProblem(_ head: String) -> String? {
         var upgrade = false
         var key: String?
         var version: String?
-        for line in head.split(separator: "\r\n").dropFirst() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let name = line[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        for (name, value) in headers(head) {
             switch name {
             case "upgrade": upgrade = upgrade || value.lowercased() == "websocket"
             case "sec-websocket-key": key = value
@@ -127,10 +189,11 @@ struct HeadDeadlineChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let timeout: TimeAmount
+    let vetUpgrade: RequestHeadDeadline.Vet?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(RequestHeadDeadline(timeout: timeout))
+            try channel.pipeline.syncOperations.addHandler(RequestHeadDeadline(timeout: timeout, vetUpgrade: vetUpgrade))
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }

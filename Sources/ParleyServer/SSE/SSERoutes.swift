@@ -57,12 +57,7 @@ struct SSERoutes {
     }
 
     private func resumePoint(_ request: Request) throws -> Int64? {
-        let raw = request.headers[.init("Last-Event-ID")!] ?? request.uri.queryParameters["since"].map(String.init)
-        guard let raw else { return nil }
-        guard let since = Int64(raw.trimmingCharacters(in: .whitespaces)), since >= 0 else {
-            throw ParleyError.badRequest("Last-Event-ID / since must be a non-negative integer")
-        }
-        return since
+        try QueryValues.resumePoint(request.headers[.init("Last-Event-ID")!] ?? request.uri.queryParameters["since"].map(String.init))
     }
 
     private func stream(_ session: Session, room: String, since: Int64?, to writer: inout any ResponseBodyWriter) async {

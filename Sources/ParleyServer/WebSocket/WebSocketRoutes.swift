@@ -1,5 +1,6 @@
 import Synchronization
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import ParleyCore
@@ -43,11 +44,37 @@ struct WebSocketRoutes {
     /// The identity the upgrade request carries, nil when it carries none (the client must
     /// then send `connect`). Invalid credentials refuse the upgrade (400, 401 or 403).
     private func identity(_ request: Request) async throws -> Identity? {
-        let query = request.uri.queryParameters
+        try await identity(query: request.uri.queryParameters)
+    }
+
+    private func identity(query: FlatDictionary<Substring, Substring>) async throws -> Identity? {
         let token = query["token"].map(String.init)
         let user = query["user"].map(String.init)
         guard token != nil || user != nil else { return nil }
         return try RequestAuth.refuseBackend(try await authenticator.authenticate(token: token, user: user))
+    }
+
+    /// The refusal an upgrade request to `/ws` gets, run before the WebSocket upgrader sees it
+    /// so that the client reads the status and the error JSON (`RequestHeadDeadline`); the
+    /// route runs the same checks again when it takes the connection's slot.
+    func vet(_ request: RequestHeadDeadline.UpgradeRequest) async -> ParleyError? {
+        let uri = URI(request.target)
+        guard uri.path == "/ws" else { return nil }
+        do {
+            guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
+            let origin = request.headers.first { $0.name == "origin" }?.value
+            let host = request.headers.first { $0.name == "host" }?.value
+            guard origins.allows(origin, host: host) else {
+                throw ParleyError(.forbidden, "origin \(origin ?? "") is not allowed (PARLEY_ALLOWED_ORIGINS)")
+            }
+            _ = try await identity(query: uri.queryParameters)
+            try engine.connections.check(address: request.remoteAddress)
+            return nil
+        } catch let error as ParleyError {
+            return error
+        } catch {
+            return ParleyError.badRequest("invalid upgrade request")
+        }
     }
 
     private static let counter = Atomic<Int>(0)

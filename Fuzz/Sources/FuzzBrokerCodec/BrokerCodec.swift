@@ -1,0 +1,1 @@
+../../../Sources/ParleyRedis/Cluster/BrokerCodec.swift

@@ -1,0 +1,1 @@
+../../../Sources/ParleyServer/WebSocket/FrameID.swift

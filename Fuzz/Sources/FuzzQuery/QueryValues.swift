@@ -1,0 +1,1 @@
+../../../Sources/ParleyServer/HTTP/QueryValues.swift

@@ -1,0 +1,1 @@
+../../../Sources/ParleyRedis/RESP/RESPCommand.swift

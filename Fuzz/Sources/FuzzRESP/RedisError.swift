@@ -1,0 +1,1 @@
+../../../Sources/ParleyRedis/Connection/RedisError.swift

@@ -1,0 +1,1 @@
+../../../Sources/ParleyCore/Model/Limits.swift

@@ -1,0 +1,1 @@
+../../../Sources/ParleyCore/Model/MessageID.swift
