@@ -89,7 +89,7 @@ public struct ParleyServer: Sendable {
 
         let app = Application(
             router: router,
-            server: httpServer(router: router, configuration: configuration, vetUpgrade: webSocketRoutes.vet),
+            server: httpServer(router: router, configuration: configuration, webSocket: webSocketRoutes),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -135,9 +135,8 @@ public struct ParleyServer: Sendable {
     /// head within the handshake timeout, a keep-alive connection between requests within the
     /// idle timeout, an upgraded WebSocket by its pings.
     private static func httpServer(
-        router: Router<ParleyRequestContext>, configuration: ServerConfiguration, vetUpgrade: @escaping RequestHeadDeadline.Vet
+        router: Router<ParleyRequestContext>, configuration: ServerConfiguration, webSocket: WebSocketRoutes
     ) -> HTTPServerBuilder {
-        let webSocketResponder = router.buildResponder()
         let channelConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
             http1: .init(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds))),
             ws: WebSocketServerConfiguration(
@@ -149,8 +148,10 @@ public struct ParleyServer: Sendable {
         let headTimeout = TimeAmount.nanoseconds(Int64(configuration.handshakeTimeout.nanoseconds))
         return HTTPServerBuilder { responder in
             HeadDeadlineChannel(
-                base: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder, configuration: channelConfiguration),
-                timeout: headTimeout, vetUpgrade: vetUpgrade
+                base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: channelConfiguration) { head, channel, logger in
+                    try await webSocket.shouldUpgrade(head, channel: channel, logger: logger)
+                },
+                timeout: headTimeout, vetUpgrade: webSocket.vet
             )
         }
     }

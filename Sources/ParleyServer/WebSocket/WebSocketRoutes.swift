@@ -3,12 +3,19 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
+import NIOCore
 import ParleyCore
 
 /// `GET /ws`: checks the `Origin`, authenticates from the query (`?token=` or, in open mode,
 /// `?user=`), counts the connection against the limits and hands the socket to a
-/// `WebSocketConnection`. Every refusal happens before the upgrade. A plain GET without an
-/// upgrade runs the same checks and answers the refusal's status and error JSON, else 426.
+/// `WebSocketConnection`. Every refusal happens before the upgrade (`vet`, run by
+/// `RequestHeadDeadline`, answers it with its status and error JSON). A plain GET without an
+/// upgrade runs the same checks and answers the refusal, else 426.
+///
+/// The upgrade is decided by `shouldUpgrade`, given to the HTTP channel directly rather than
+/// through a router `ws` route: the router path keeps each upgraded connection's request
+/// context (and through it the channel) in a reference cycle, about 5 KiB never freed per
+/// connection.
 struct WebSocketRoutes {
     let engine: Engine
     let authenticator: any Authenticator
@@ -17,24 +24,32 @@ struct WebSocketRoutes {
     let logger: Logger
 
     func register(on router: Router<ParleyRequestContext>) {
-        router.ws("ws") { request, context in
-            // Every check runs for a plain GET as well: the WebSocket library answers a refused
-            // upgrade with a bare 400, so `GET /ws?...` without an upgrade is how a client or an
-            // operator reads the actual status and error JSON.
+        router.get("ws") { request, context -> Response in
             guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
             try origins.check(request)
             _ = try await identity(request)
-            // Counted from here until the TCP connection closes, whatever happens to the upgrade.
-            let ticket = try engine.connections.acquire(address: context.channel.remoteAddress?.ipAddress)
-            guard request.headers[.upgrade]?.lowercased() == "websocket" else {
-                ticket.release()
-                throw HTTPError(.upgradeRequired, headers: [.upgrade: "websocket"], message: "GET /ws must be a WebSocket upgrade")
-            }
-            context.channel.closeFuture.whenComplete { _ in ticket.release() }
-            return .upgrade([:])
-        } onUpgrade: { inbound, outbound, context in
-            let identity = try? await identity(context.request)
-            var logger = logger
+            try engine.connections.check(address: context.channel.remoteAddress?.ipAddress)
+            throw HTTPError(.upgradeRequired, headers: [.upgrade: "websocket"], message: "GET /ws must be a WebSocket upgrade")
+        }
+    }
+
+    typealias UpgradeContext = HTTP1WebSocketUpgradeChannel.Context
+
+    /// Whether an upgrade request becomes a Parley WebSocket: only `/ws`, after the same checks
+    /// as `vet`. The connection's slot is taken here, once the upgrade is certain, and given
+    /// back when the TCP connection closes.
+    func shouldUpgrade(_ head: HTTPRequest, channel: any Channel, logger: Logger) async throws -> ShouldUpgradeResult<WebSocketDataHandler<UpgradeContext>> {
+        let uri = URI(head.path ?? "")
+        guard uri.path == "/ws" else { return .dontUpgrade }
+        guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
+        guard origins.allows(head.headerFields[.origin], host: head.authority) else {
+            throw ParleyError(.forbidden, "origin \(head.headerFields[.origin] ?? "") is not allowed")
+        }
+        let identity = try await identity(query: uri.queryParameters)
+        let ticket = try engine.connections.acquire(address: channel.remoteAddress?.ipAddress)
+        channel.closeFuture.whenComplete { _ in ticket.release() }
+        return .upgrade([:]) { [engine, authenticator, settings] inbound, outbound, _ in
+            var logger = self.logger
             logger[metadataKey: "conn"] = "\(Self.nextConnectionID())"
             let connection = WebSocketConnection(engine: engine, authenticator: authenticator, settings: settings, logger: logger)
             await connection.run(identity: identity, inbound: inbound, outbound: outbound)
