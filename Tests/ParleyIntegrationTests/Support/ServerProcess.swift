@@ -53,6 +53,13 @@ final class ServerProcess: Sendable {
         throw TestFailure("parley did not start: \(seen)")
     }
 
+    /// The process's resident memory, in KiB (Linux).
+    var residentKiB: Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return nil }
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+        return line.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") }
+    }
+
     func kill(_ signal: Int32) {
         Foundation.kill(process.processIdentifier, signal)
     }
