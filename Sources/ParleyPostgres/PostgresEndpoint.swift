@@ -1,9 +1,13 @@
 import NIOCore
+import NIOSSL
 import PostgresNIO
 
 /// Where the database is: parsed from `postgres://[user[:password]@]host[:port][/database]`
-/// (`postgresql://` too). User and password may be percent-encoded. The only query option is
-/// `sslmode`: `disable` (the default), `prefer` or `require`.
+/// (`postgresql://` too). User and password may be percent-encoded. Query options:
+/// `sslmode`: `disable` (the default), `prefer` or `require`; `sslrootcert`: a PEM file of the
+/// CA that signed the server's certificate (the system's roots otherwise). With TLS the
+/// server's certificate and host name are always verified (libpq's `verify-full`); a TLS
+/// setup that cannot be built is an error, never a silent fall back to plaintext.
 public struct PostgresEndpoint: Sendable, Hashable {
     public enum TLSMode: String, Sendable, Hashable { case disable, prefer, require }
 
@@ -13,8 +17,11 @@ public struct PostgresEndpoint: Sendable, Hashable {
     public var password: String?
     public var database: String?
     public var tls: TLSMode
+    /// PEM file of the CA to trust for the server's certificate (`sslrootcert`).
+    public var rootCertificateFile: String?
 
-    public init(host: String = "127.0.0.1", port: Int = 5432, username: String = "postgres", password: String? = nil, database: String? = nil, tls: TLSMode = .disable) {
+    public init(host: String = "127.0.0.1", port: Int = 5432, username: String = "postgres", password: String? = nil, database: String? = nil, tls: TLSMode = .disable, rootCertificateFile: String? = nil) {
+        self.rootCertificateFile = rootCertificateFile
         self.host = host
         self.port = port
         self.username = username
@@ -31,12 +38,20 @@ public struct PostgresEndpoint: Sendable, Hashable {
         }
         var rest = Substring(url.dropFirst(scheme.count))
         var tls = TLSMode.disable
+        var rootCertificateFile: String?
         if let question = rest.firstIndex(of: "?") {
             for option in rest[rest.index(after: question)...].split(separator: "&") {
                 let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
-                guard parts.count == 2, parts[0] == "sslmode" else { throw invalid("unsupported option '\(option)'") }
-                guard let mode = TLSMode(rawValue: parts[1]) else { throw invalid("sslmode must be disable, prefer or require") }
-                tls = mode
+                guard parts.count == 2 else { throw invalid("unsupported option '\(option)'") }
+                switch parts[0] {
+                case "sslmode":
+                    guard let mode = TLSMode(rawValue: parts[1]) else { throw invalid("sslmode must be disable, prefer or require") }
+                    tls = mode
+                case "sslrootcert":
+                    rootCertificateFile = try Self.percentDecoded(Substring(parts[1]))
+                default:
+                    throw invalid("unsupported option '\(option)'")
+                }
             }
             rest = rest[..<question]
         }
@@ -67,7 +82,10 @@ public struct PostgresEndpoint: Sendable, Hashable {
         }
         if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
         guard !host.isEmpty, !username.isEmpty else { throw invalid("no host or no user") }
-        self.init(host: String(host), port: port, username: username, password: password?.isEmpty == true ? nil : password, database: database, tls: tls)
+        self.init(
+            host: String(host), port: port, username: username, password: password?.isEmpty == true ? nil : password,
+            database: database, tls: tls, rootCertificateFile: rootCertificateFile
+        )
     }
 
     /// The URL without its password, for logs.
@@ -75,20 +93,34 @@ public struct PostgresEndpoint: Sendable, Hashable {
         "postgres://\(username)\(password == nil ? "" : ":***")@\(host):\(port)/\(database ?? "")"
     }
 
+    /// Verifies the server's certificate and host name, against `rootCertificateFile` when set.
+    var tlsConfiguration: TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let rootCertificateFile { configuration.trustRoots = .file(rootCertificateFile) }
+        return configuration
+    }
+
     var clientConfiguration: PostgresClient.Configuration {
         let tls: PostgresClient.Configuration.TLS = switch self.tls {
         case .disable: .disable
-        case .prefer: .prefer(.makeClientConfiguration())
-        case .require: .require(.makeClientConfiguration())
+        case .prefer: .prefer(tlsConfiguration)
+        case .require: .require(tlsConfiguration)
         }
         return PostgresClient.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
     }
 
-    func connectionConfiguration(connectTimeout: Duration) -> PostgresConnection.Configuration {
-        let tls: PostgresConnection.Configuration.TLS = switch self.tls {
-        case .disable: .disable
-        case .prefer: (try? .prefer(.init(configuration: .makeClientConfiguration()))) ?? .disable
-        case .require: (try? .require(.init(configuration: .makeClientConfiguration()))) ?? .disable
+    /// Throws when the TLS context cannot be built (an unreadable `sslrootcert`, say): the
+    /// connection must not quietly go without it.
+    func connectionConfiguration(connectTimeout: Duration) throws -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS
+        do {
+            tls = switch self.tls {
+            case .disable: .disable
+            case .prefer: .prefer(try NIOSSLContext(configuration: tlsConfiguration))
+            case .require: .require(try NIOSSLContext(configuration: tlsConfiguration))
+            }
+        } catch {
+            throw ParleyPostgresError("cannot set up TLS for PostgreSQL (sslmode=\(self.tls.rawValue)\(rootCertificateFile.map { ", sslrootcert=\($0)" } ?? "")): \(error)")
         }
         var configuration = PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.connectTimeout = TimeAmount(connectTimeout)

@@ -25,7 +25,7 @@ enum PostgresMigrations {
     static func run(_ endpoint: PostgresEndpoint, connectTimeout: Duration, logger: Logger) async throws {
         let connection = try await PostgresConnection.connect(
             on: MultiThreadedEventLoopGroup.singleton.next(),
-            configuration: endpoint.connectionConfiguration(connectTimeout: connectTimeout),
+            configuration: try endpoint.connectionConfiguration(connectTimeout: connectTimeout),
             id: 0,
             logger: logger
         )

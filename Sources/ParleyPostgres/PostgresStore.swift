@@ -78,6 +78,9 @@ public final class PostgresStore: MessageStore {
             do {
                 try await PostgresMigrations.run(configuration.endpoint, connectTimeout: configuration.operationTimeout, logger: logger)
                 return PostgresStore(configuration: configuration, logger: logger)
+            } catch let error as ParleyPostgresError {
+                // A configuration that cannot work (TLS that cannot be set up) is not retried.
+                throw ParleyError.unavailable("cannot prepare the PostgreSQL database: \(error)")
             } catch {
                 attempt += 1
                 guard ContinuousClock.now < deadline else {

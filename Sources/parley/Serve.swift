@@ -121,7 +121,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. [env: PARLEY_LOG_LEVEL] (default: info)")
     var logLevel: String?
 
-    @Option(help: "Redis for cluster mode (pub/sub, presence): redis://[[user]:password@]host[:port][/db]. [env: PARLEY_REDIS_URL, or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD]")
+    @Option(help: "PEM file of the CA that signed the Redis server's certificate, for rediss:// (the system's roots otherwise). [env: PARLEY_REDIS_CA_FILE]")
+    var redisCaFile: String?
+
+    @Option(help: "Redis for cluster mode (pub/sub, presence): redis[s]://[[user]:password@]host[:port][/db] (rediss: TLS). [env: PARLEY_REDIS_URL, or REDIS_HOST, REDIS_PORT, REDIS_PASSWORD]")
     var redis: String?
 
     @Option(help: "PostgreSQL for cluster mode (history): postgres://user:password@host:port/database[?sslmode=require]. [env: PARLEY_DATABASE_URL]")
@@ -238,6 +241,10 @@ extension Serve {
             c.database = try (database ?? env["PARLEY_DATABASE_URL"]).map { try PostgresEndpoint(url: $0) }
         } catch {
             throw ConfigurationError("\(error)")
+        }
+        if let ca = redisCaFile ?? env["PARLEY_REDIS_CA_FILE"] {
+            guard c.redis?.tls != nil else { throw ConfigurationError("PARLEY_REDIS_CA_FILE needs a rediss:// Redis URL") }
+            c.redis?.tls?.rootCertificateFile = ca
         }
         if let ms = try instanceTtlMs ?? env.int("PARLEY_INSTANCE_TTL_MS") {
             guard ms >= 500 else { throw ConfigurationError("the instance TTL must be at least 500 ms") }

@@ -59,8 +59,9 @@ public final class PostgresTestServer: Sendable {
         return ("\(bin)/\(tool)", arguments)
     }
 
-    /// Starts a new private server.
-    public static func start() async throws -> PostgresTestServer {
+    /// Starts a new private server; with `tls`, it also accepts TLS, with that server
+    /// certificate.
+    public static func start(tls: TestCertificates? = nil) async throws -> PostgresTestServer {
         let directory = NSTemporaryDirectory() + "parley-pg-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         if isRoot { try await runCommandAsync("/bin/chown", ["postgres:postgres", directory]) }
@@ -70,6 +71,21 @@ public final class PostgresTestServer: Sendable {
         guard copy.status == 0 else { throw TestSupportError("copying the template cluster failed: \(copy.output)") }
         let server = PostgresTestServer(port: try freeLoopbackPort(), directory: directory, url: "", external: false)
         let started = PostgresTestServer(port: server.port, directory: directory, url: "postgres://parley@127.0.0.1:\(server.port)/postgres", external: false)
+        if let tls {
+            // The server reads its key as its own user, and only a private key file.
+            for (from, to) in [(tls.certificateFile, "server.pem"), (tls.keyFile, "server.key")] {
+                let copied = try await runCommandAsync("/bin/cp", [from, directory + "/data/" + to])
+                guard copied.status == 0 else { throw TestSupportError("copying \(from) failed: \(copied.output)") }
+            }
+            _ = try await runCommandAsync("/bin/chmod", ["600", directory + "/data/server.key"])
+            if isRoot { _ = try await runCommandAsync("/bin/chown", ["postgres:postgres", directory + "/data/server.pem", directory + "/data/server.key"]) }
+            let conf = directory + "/data/postgresql.auto.conf"
+            let settings = "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n"
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: conf))
+            handle.seekToEndOfFile()
+            handle.write(Data(settings.utf8))
+            try handle.close()
+        }
         try await started.launch()
         Self.cleanup.withLock { $0.append(directory) }
         return started
@@ -126,6 +142,13 @@ public final class PostgresTestServer: Sendable {
         guard result.status == 0 else { throw TestSupportError("CREATE DATABASE failed: \(result.output)") }
         guard let slash = url.lastIndex(of: "/") else { throw TestSupportError("bad URL \(url)") }
         return String(url[...slash]) + name
+    }
+
+    /// Runs one SQL statement with psql (without TLS) and returns its unaligned output.
+    public func query(_ sql: String) async throws -> String {
+        let result = try await runCommandAsync("/usr/bin/psql", ["-X", "-q", "-t", "-A", "-d", url + "?sslmode=disable", "-c", sql])
+        guard result.status == 0 else { throw TestSupportError("psql failed: \(result.output)") }
+        return result.output
     }
 
     private static let sharedServer = Mutex<PostgresTestServer?>(nil)

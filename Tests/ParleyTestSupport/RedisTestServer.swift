@@ -5,13 +5,16 @@ import Synchronization
 /// started again on the same port. `PARLEY_REQUIRE_REDIS=1` makes its absence a failure.
 public final class RedisTestServer: Sendable {
     public let port: Int
+    /// Set when the server speaks only TLS, with these certificates.
+    public let tls: TestCertificates?
     private let process = Mutex<Process?>(nil)
 
-    private init(port: Int) {
+    private init(port: Int, tls: TestCertificates?) {
         self.port = port
+        self.tls = tls
     }
 
-    public var url: String { "redis://127.0.0.1:\(port)" }
+    public var url: String { "\(tls == nil ? "redis" : "rediss")://127.0.0.1:\(port)" }
 
     public static let executable = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
         .first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/redis-server"
@@ -20,8 +23,10 @@ public final class RedisTestServer: Sendable {
         FileManager.default.isExecutableFile(atPath: executable) || ProcessInfo.processInfo.environment["PARLEY_REQUIRE_REDIS"] == "1"
     }
 
-    public static func start() async throws -> RedisTestServer {
-        let server = RedisTestServer(port: try freeLoopbackPort())
+    /// With `tls`, the server listens for TLS only (no plaintext port), with the server
+    /// certificate of `tls`, and asks clients for no certificate.
+    public static func start(tls: TestCertificates? = nil) async throws -> RedisTestServer {
+        let server = RedisTestServer(port: try freeLoopbackPort(), tls: tls)
         try await server.launch()
         return server
     }
@@ -30,8 +35,14 @@ public final class RedisTestServer: Sendable {
     public func launch() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable)
-        process.arguments = [
-            "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        let listen = if let tls {
+            ["--port", "0", "--tls-port", "\(port)", "--tls-cert-file", tls.certificateFile, "--tls-key-file", tls.keyFile,
+             "--tls-ca-cert-file", tls.caFile, "--tls-auth-clients", "no"]
+        } else {
+            ["--port", "\(port)"]
+        }
+        process.arguments = listen + [
+            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(),
         ]
         process.standardOutput = FileHandle.nullDevice

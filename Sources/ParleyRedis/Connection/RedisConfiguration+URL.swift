@@ -2,14 +2,18 @@ extension RedisConfiguration {
     /// Parses `redis://[[user]:password@]host[:port][/db]`.
     ///
     /// User and password may be percent-encoded. A userinfo without a colon is taken as the
-    /// password. IPv6 hosts go in brackets (`redis://[::1]:6379`). TLS (`rediss://`) and query
-    /// options are not supported and are refused rather than ignored.
+    /// password. IPv6 hosts go in brackets (`redis://[::1]:6379`). `rediss://` is the same over
+    /// TLS (the server's certificate is verified). Query options are not supported and are
+    /// refused rather than ignored.
     public init(url: String) throws {
         func invalid(_ reason: String) -> RedisError {
             RedisError(.invalidConfiguration, "invalid Redis URL: \(reason)")
         }
-        guard url.lowercased().hasPrefix("redis://") else { throw invalid("it must start with redis://") }
-        var rest = url.dropFirst("redis://".count)
+        let lowered = url.lowercased()
+        guard let scheme = ["redis://", "rediss://"].first(where: { lowered.hasPrefix($0) }) else {
+            throw invalid("it must start with redis:// or rediss://")
+        }
+        var rest = url.dropFirst(scheme.count)
         guard !rest.contains("?"), !rest.contains("#") else { throw invalid("query options are not supported") }
 
         var databasePart: Substring = ""
@@ -62,6 +66,7 @@ extension RedisConfiguration {
             password: password?.isEmpty == true ? nil : password,
             database: database
         )
+        if scheme == "rediss://" { tls = TLS() }
     }
 
     private static func percentDecoded(_ text: Substring) throws -> String {

@@ -24,6 +24,18 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var reconnect = RedisBackoff()
     /// Messages each subscription buffers for a slow consumer before it drops new ones.
     public var subscriptionBufferSize = 1024
+    /// TLS to the server (`rediss://`), nil for plaintext.
+    public var tls: TLS?
+
+    /// TLS settings: the server's certificate and host name are always verified, against
+    /// `rootCertificateFile` (a PEM CA) when set, else the system's roots.
+    public struct TLS: Sendable, Hashable {
+        public var rootCertificateFile: String?
+
+        public init(rootCertificateFile: String? = nil) {
+            self.rootCertificateFile = rootCertificateFile
+        }
+    }
 
     public init(
         host: String = "127.0.0.1",

@@ -1,6 +1,10 @@
 import Logging
 import NIOCore
+import NIOSSL
 import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One connection to Redis. Commands are pipelined: any number may be in flight, and replies are
 /// matched to them in order. Each command has a timeout; a server error reply throws a
@@ -43,12 +47,22 @@ public actor RedisConnection {
             .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
         let channel: any Channel
         let handler: NIOLoopBound<RedisChannelHandler>
+        // TLS that cannot be set up is an error, never a quiet fall back to plaintext.
+        let tls: NIOSSLContext?
+        do {
+            tls = try configuration.tls.map { try NIOSSLContext(configuration: $0.clientConfiguration) }
+        } catch {
+            throw RedisError(.invalidConfiguration, "cannot set up TLS for Redis: \(error)")
+        }
+        // SNI and the name check take a host name; an IP address is checked against the certificate's IP entries.
+        let serverHostname = configuration.host.isIPAddress ? nil : configuration.host
         do {
             (channel, handler) = try await bootstrap.connect(host: configuration.host, port: configuration.port) {
                 channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = RedisChannelHandler(logger: logger)
                     let sync = channel.pipeline.syncOperations
+                    if let tls { try sync.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverHostname)) }
                     try sync.addHandler(RESPDecoder.handler(limits: limits))
                     try sync.addHandler(handler)
                     return (channel, NIOLoopBound(handler, eventLoop: channel.eventLoop))
@@ -166,5 +180,22 @@ public actor RedisConnection {
         default:
             return 0
         }
+    }
+}
+
+extension RedisConfiguration.TLS {
+    var clientConfiguration: TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let rootCertificateFile { configuration.trustRoots = .file(rootCertificateFile) }
+        return configuration
+    }
+}
+
+extension String {
+    /// An IPv4 or IPv6 literal, which TLS checks against the certificate's IP entries.
+    var isIPAddress: Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, self, &v4) == 1 || inet_pton(AF_INET6, self, &v6) == 1
     }
 }
