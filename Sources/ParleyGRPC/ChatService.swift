@@ -39,10 +39,12 @@ public struct ChatService: RegistrableRPCService {
 
     public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         typealias Method = Chat_V1_ChatService.Method
-        unary(Method.GetUser.descriptor, on: &router, getUser)
+        // Reads draw on the budget of the caller's address; SendMessage on the publish rates.
+        let defaultLimit = settings.limits.defaultHistoryLimit
+        unary(Method.GetUser.descriptor, on: &router, budget: { _ in nil }, getUser)
         unary(Method.SendMessage.descriptor, on: &router, sendMessage)
-        unary(Method.GetHistory.descriptor, on: &router, getHistory)
-        unary(Method.GetPresence.descriptor, on: &router, getPresence)
+        unary(Method.GetHistory.descriptor, on: &router, budget: { $0.hasLimit ? Int($0.limit) : defaultLimit }, getHistory)
+        unary(Method.GetPresence.descriptor, on: &router, budget: { _ in nil }, getPresence)
         router.registerHandler(
             forMethod: Method.JoinChat.descriptor,
             deserializer: LimitedDeserializer<Chat_V1_JoinRequest>(maxBytes: settings.limits.maxFrameBytes),
@@ -63,15 +65,19 @@ public struct ChatService: RegistrableRPCService {
     private func unary<Input: SwiftProtobuf.Message, Output: SwiftProtobuf.Message, Transport: ServerTransport>(
         _ descriptor: MethodDescriptor,
         on router: inout RPCRouter<Transport>,
+        budget: (@Sendable (Input) -> Int?)? = nil,
         _ body: @escaping @Sendable (Input, Metadata) async throws -> Output
     ) {
         router.registerHandler(
             forMethod: descriptor,
             deserializer: LimitedDeserializer<Input>(maxBytes: settings.limits.maxFrameBytes),
             serializer: ProtobufSerializer<Output>()
-        ) { request, _ in
+        ) { request, context in
             let single = try await ServerRequest(stream: request)
             do {
+                if let budget {
+                    try engine.charge(address: StreamConnection.address(ofPeer: context.remotePeer), historyLimit: budget(single.message))
+                }
                 return StreamingServerResponse(single: ServerResponse(message: try await body(single.message, single.metadata)))
             } catch {
                 return StreamingServerResponse(error: failure(error))

@@ -145,7 +145,9 @@ public struct ParleyServer: Sendable {
                 closeTimeout: .seconds(5)
             )
         )
-        let headTimeout = TimeAmount.nanoseconds(Int64(configuration.handshakeTimeout.nanoseconds))
+        // A slow network may need a few seconds for a request head, whatever the WebSocket
+        // handshake timeout (which tests set far lower).
+        let headTimeout = TimeAmount.nanoseconds(Int64(max(configuration.handshakeTimeout, .seconds(5)).nanoseconds))
         return HTTPServerBuilder { responder in
             HeadDeadlineChannel(
                 base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: channelConfiguration) { head, channel, logger in

@@ -1,4 +1,5 @@
 import Foundation
+import ParleyTestSupport
 import Testing
 
 /// Clients that connect, talk and leave all day (phones, reconnect loops) must not grow the
@@ -29,6 +30,10 @@ struct ChurnTests {
 
     @Test("rounds of connect, join, ping and close (clean or abrupt) leave the server's memory level", .timeLimit(.minutes(3)))
     func churn() async throws {
+        try await withHeavyTestLock { try await runChurn() }
+    }
+
+    private func runChurn() async throws {
         let server = try await ServerProcess.start(["--data-dir", temporaryDirectory()])
         let rounds = 10, perRound = 400
         var resident: [Int] = []

@@ -78,4 +78,30 @@ struct FloodTests {
             _ = try await other.ack("message", ["room": "elsewhere", "content": "the server serves others"])
         }
     }
+
+    @Test("HTTP and gRPC reads draw on the budget of the client's address: a page flood is 429 / RESOURCE_EXHAUSTED")
+    func sessionlessBudget() async throws {
+        try await withServer({
+            $0.limits.commandRatePerSecond = 1
+            $0.limits.commandBurst = 20
+        }) { server in
+            var limited: HTTPResult?
+            for _ in 0..<20 {
+                let page = try await http("GET", server.url("/api/rooms/r/messages?limit=100"))
+                if page.status != 200 {
+                    limited = page
+                    break
+                }
+            }
+            let refused = try #require(limited)
+            #expect(refused.status == 429)
+            #expect(refused.json["error"]["code"].string == "rate_limited")
+            #expect(Int(refused.headers["retry-after"] ?? "") ?? 0 >= 1)
+            try await withChatClient(port: server.grpcPort) { client in
+                #expect(await grpcStatus { _ = try await client.getHistory(.with { $0.roomID = "r"; $0.limit = 100 }) } == .resourceExhausted)
+            }
+            // Posting and the WebSocket are not held back by it.
+            #expect(try await http("POST", server.url("/api/rooms/r/messages"), body: #"{"content":"still posting","user":"bot"}"#).status == 201)
+        }
+    }
 }

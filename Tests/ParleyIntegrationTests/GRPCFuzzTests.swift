@@ -31,7 +31,10 @@ struct GRPCFuzzTests {
         let environment = ProcessInfo.processInfo.environment
         let iterations = (environment["PARLEY_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 1200) / 2
         var mutator = Mutator(random: SeededRandom(seed: environment["PARLEY_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x6_7270_63))
-        try await withServer({ $0.limits.ratePerSecond = 0 }) { server in
+        try await withServer({
+            $0.limits.ratePerSecond = 0
+            $0.limits.commandRatePerSecond = 0
+        }) { server in
             try await withGRPCClient(
                 transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: server.grpcPort), transportSecurity: .plaintext)
             ) { grpc in

@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import NIOPosix
 import ParleyGRPC
 import SwiftProtobuf
+import ParleyTestSupport
 import Testing
 
 /// `chat.v1.ChatService` and `grpc.health.v1.Health` through a real grpc-swift client over
@@ -141,7 +142,16 @@ struct GRPCTests {
 
     @Test("a JoinChat started while messages flow sees every one exactly once, in order")
     func joinChatSeam() async throws {
-        try await withServer({ $0.limits.ratePerSecond = 0 }) { server in
+        // Its polling of GetHistory is scaffolding: no read budget. A sustained flow, so one
+        // heavy test at a time.
+        try await withHeavyTestLock { try await runJoinChatSeam() }
+    }
+
+    private func runJoinChatSeam() async throws {
+        try await withServer({
+            $0.limits.ratePerSecond = 0
+            $0.limits.commandRatePerSecond = 0
+        }) { server in
             try await withChatClient(port: server.grpcPort) { client in
                 let total = 300
                 let publisher = Task {

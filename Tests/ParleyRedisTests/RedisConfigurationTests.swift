@@ -11,6 +11,14 @@ struct RedisConfigurationTests {
         #expect(configuration.username == "alice")
         #expect(configuration.password == "s@cret")
         #expect(configuration.database == 3)
+        #expect(configuration.tls == nil)
+    }
+
+    @Test func tlsScheme() throws {
+        let configuration = try RedisConfiguration(url: "rediss://:pw@cache.example.com:6380")
+        #expect(configuration.tls == RedisConfiguration.TLS())
+        #expect(configuration.host == "cache.example.com")
+        #expect(configuration.password == "pw")
     }
 
     @Test func passwordOnlyAndDefaults() throws {
@@ -35,7 +43,7 @@ struct RedisConfigurationTests {
     }
 
     @Test(arguments: [
-        "http://localhost", "rediss://localhost", "redis://", "redis://:pw@", "redis://host:0",
+        "http://localhost", "redisss://localhost", "redis://", "redis://:pw@", "redis://host:0",
         "redis://host:port", "redis://host/x", "redis://host/-1", "redis://host?timeout=1", "redis://[::1",
         "redis://:%zz@host",
     ])

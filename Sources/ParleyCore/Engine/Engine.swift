@@ -33,6 +33,9 @@ public final class Engine: Sendable {
     private let sessionlessRates = Mutex<[String: TokenBucket]>([:])
     /// Publish rate of each user across all of their sessions and calls.
     private let userRates = Mutex<[String: TokenBucket]>([:])
+    /// Command budgets of calls that come without a session (HTTP and gRPC reads), per client
+    /// address.
+    private let sessionlessBudgets = Mutex<[String: TokenBucket]>([:])
 
     public init(
         store: any MessageStore,
@@ -255,6 +258,8 @@ public final class Engine: Sendable {
         sessionlessRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: sessionless) } }
         let user = idle(limits.effectiveUserRate.perSecond, limits.effectiveUserRate.burst)
         userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: user) } }
+        let commands = idle(limits.commandRatePerSecond, limits.commandBurst)
+        sessionlessBudgets.withLock { budgets in budgets = budgets.filter { !$0.value.isFull(after: commands) } }
     }
 
     private func postingUser(_ identity: Identity, requested: String?) throws(ParleyError) -> String {
@@ -276,11 +281,26 @@ public final class Engine: Sendable {
     /// when the budget is spent. Publishing has its own buckets; typing and read receipts are
     /// coalesced, never refused.
     public func charge(_ session: Session, historyLimit: Int? = nil) throws(ParleyError) {
-        let cost = historyLimit.map { 1 + Double(min(max($0, 0), limits.maxHistoryLimit)) / 25 } ?? 1
-        if let wait = session.takeCommandTokens(cost) {
-            metrics.rateLimited.increment()
-            throw ParleyError(.rateLimited, "too many commands; retry in \(wait) ms", retryAfterMs: wait)
-        }
+        try refuse(wait: session.takeCommandTokens(commandCost(historyLimit: historyLimit)))
+    }
+
+    /// Charges a read that comes without a session (HTTP API, gRPC unary calls) to the budget
+    /// of its client's address (nil: unknown, one shared budget), at the same rates.
+    public func charge(address: String?, historyLimit: Int? = nil) throws(ParleyError) {
+        let cost = commandCost(historyLimit: historyLimit)
+        try refuse(wait: sessionlessBudgets.withLock { budgets in
+            budgets[address ?? "", default: TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst)].take(cost)
+        })
+    }
+
+    private func commandCost(historyLimit: Int?) -> Double {
+        historyLimit.map { 1 + Double(min(max($0, 0), limits.maxHistoryLimit)) / 25 } ?? 1
+    }
+
+    private func refuse(wait: Int?) throws(ParleyError) {
+        guard let wait else { return }
+        metrics.rateLimited.increment()
+        throw ParleyError(.rateLimited, "too many requests; retry in \(wait) ms", retryAfterMs: wait)
     }
 
     // MARK: Typing and receipts

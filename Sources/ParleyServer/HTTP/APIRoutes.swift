@@ -15,7 +15,7 @@ struct APIRoutes {
         var user: String?
     }
 
-    func register(on router: Router<some RequestContext>) {
+    func register(on router: Router<ParleyRequestContext>) {
         let api = router.group("api")
         api.post("rooms/:room/messages") { request, context -> Response in
             let body = try await decode(PostBody.self, from: request)
@@ -28,6 +28,10 @@ struct APIRoutes {
         }
         api.get("rooms/:room/messages") { request, context -> Response in
             let query = request.uri.queryParameters
+            try engine.charge(
+                address: context.channel.remoteAddress?.ipAddress,
+                historyLimit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) } ?? engine.limits.defaultHistoryLimit
+            )
             let page = try await engine.history(
                 try await auth.reader(request), room: try context.parameters.require("room"),
                 before: try QueryValues.int64(query["before"], name: "before"),
@@ -37,6 +41,7 @@ struct APIRoutes {
             return Response.json { WireJSON.page(page, into: &$0) }
         }
         api.get("rooms/:room/presence") { request, context -> Response in
+            try engine.charge(address: context.channel.remoteAddress?.ipAddress)
             let room = try context.parameters.require("room")
             let users = try await engine.presence(try await auth.reader(request), room: room)
             return Response.json { json in
@@ -46,7 +51,8 @@ struct APIRoutes {
                 }
             }
         }
-        api.get("rooms") { request, _ -> Response in
+        api.get("rooms") { request, context -> Response in
+            try engine.charge(address: context.channel.remoteAddress?.ipAddress, historyLimit: engine.limits.maxHistoryLimit)
             let rooms = try await engine.rooms(try await auth.reader(request))
             return Response.json { json in
                 json.object { json in
@@ -62,6 +68,7 @@ struct APIRoutes {
             }
         }
         api.get("users/:user") { request, context -> Response in
+            try engine.charge(address: context.channel.remoteAddress?.ipAddress)
             let reader = try await auth.reader(request)
             let user = try context.parameters.require("user")
             let rooms = try await engine.userRooms(reader, user: user)

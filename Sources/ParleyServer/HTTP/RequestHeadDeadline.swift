@@ -94,6 +94,8 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
                 handler.refuse(context, refusal)
             } else {
                 handler.pass(context)
+                // The read completed while the bytes were held: say so again now that they move on.
+                context.fireChannelReadComplete()
             }
         }
     }
