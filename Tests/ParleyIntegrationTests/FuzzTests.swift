@@ -1,5 +1,7 @@
 import Foundation
 import NIOHTTP1
+import ParleyPostgres
+import ParleyTestSupport
 @testable import ParleyServer
 import Testing
 
@@ -31,16 +33,22 @@ struct FuzzTests {
         }
     }
 
-    @Test("fuzzed frames, requests and tokens: spec'd errors, no crash, no hang, store unchanged")
-    func fuzz() async throws {
+    /// The stores a fuzz run drives: the default SQLite, and PostgreSQL where a server can be
+    /// started (the durable stores are where a cursor overflow once trapped).
+    static var stores: [String] { PostgresTestServer.isAvailable ? ["sqlite", "postgres"] : ["sqlite"] }
+
+    @Test("fuzzed frames, requests and tokens: spec'd errors, no crash, no hang, store unchanged", arguments: stores)
+    func fuzz(store: String) async throws {
         let environment = ProcessInfo.processInfo.environment
         let iterations = environment["PARLEY_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 1200
         let seed = environment["PARLEY_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED_CAFE
+        let database = store == "postgres" ? try await PostgresTestServer.shared().createDatabase() : nil
         try await withJWTServer({
             $0.auth.apiKeys = [Self.apiKey]
             $0.limits.ratePerSecond = 0
             // Budgets would answer most inputs before they are parsed (FloodTests tries them).
             $0.limits.commandRatePerSecond = 0
+            if let database { $0.cluster.database = try! PostgresEndpoint(url: database) }
         }) { server in
             let started = ContinuousClock.now
             var mutator = Mutator(random: SeededRandom(seed: seed))
