@@ -39,7 +39,8 @@ public struct ChatService: RegistrableRPCService {
 
     public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         typealias Method = Chat_V1_ChatService.Method
-        // Reads draw on the budget of the caller's address; SendMessage on the publish rates.
+        // Reads draw on the caller's budget (user, or address when anonymous; API keys are
+        // not limited); SendMessage on the publish rates.
         let defaultLimit = settings.limits.defaultHistoryLimit
         unary(Method.GetUser.descriptor, on: &router, budget: { _ in nil }, getUser)
         unary(Method.SendMessage.descriptor, on: &router, sendMessage)
@@ -76,7 +77,10 @@ public struct ChatService: RegistrableRPCService {
             let single = try await ServerRequest(stream: request)
             do {
                 if let budget {
-                    try engine.charge(address: StreamConnection.address(ofPeer: context.remotePeer), historyLimit: budget(single.message))
+                    try engine.charge(
+                        reader: try await reader(single.metadata), anonymous: Self.bearerToken(single.metadata) == nil,
+                        address: StreamConnection.address(ofPeer: context.remotePeer), historyLimit: budget(single.message)
+                    )
                 }
                 return StreamingServerResponse(single: ServerResponse(message: try await body(single.message, single.metadata)))
             } catch {

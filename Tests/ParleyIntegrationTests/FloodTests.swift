@@ -79,11 +79,12 @@ struct FloodTests {
         }
     }
 
-    @Test("HTTP and gRPC reads draw on the budget of the client's address: a page flood is 429 / RESOURCE_EXHAUSTED")
+    @Test("anonymous HTTP and gRPC reads draw on their address's budget (429 / RESOURCE_EXHAUSTED); API keys are not limited")
     func sessionlessBudget() async throws {
         try await withServer({
             $0.limits.commandRatePerSecond = 1
             $0.limits.commandBurst = 20
+            $0.auth.apiKeys = ["flood-backend-key-0123456789abcdef"]
         }) { server in
             var limited: HTTPResult?
             for _ in 0..<20 {
@@ -99,6 +100,11 @@ struct FloodTests {
             #expect(Int(refused.headers["retry-after"] ?? "") ?? 0 >= 1)
             try await withChatClient(port: server.grpcPort) { client in
                 #expect(await grpcStatus { _ = try await client.getHistory(.with { $0.roomID = "r"; $0.limit = 100 }) } == .resourceExhausted)
+            }
+            // A backend holding an API key is trusted: its reads are not limited.
+            for _ in 0..<10 {
+                let page = try await http("GET", server.url("/api/rooms/r/messages?limit=100"), headers: bearer("flood-backend-key-0123456789abcdef"))
+                #expect(page.status == 200)
             }
             // Posting and the WebSocket are not held back by it.
             #expect(try await http("POST", server.url("/api/rooms/r/messages"), body: #"{"content":"still posting","user":"bot"}"#).status == 201)

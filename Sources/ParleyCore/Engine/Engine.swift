@@ -284,12 +284,16 @@ public final class Engine: Sendable {
         try refuse(wait: session.takeCommandTokens(commandCost(historyLimit: historyLimit)))
     }
 
-    /// Charges a read that comes without a session (HTTP API, gRPC unary calls) to the budget
-    /// of its client's address (nil: unknown, one shared budget), at the same rates.
-    public func charge(address: String?, historyLimit: Int? = nil) throws(ParleyError) {
+    /// Charges a read that comes without a session (HTTP API, gRPC unary calls), at the same
+    /// rates: a user's to that user's budget, an `anonymous` one (open mode, no credential) to
+    /// its client address's (nil: unknown, one shared budget). A backend holding an API key is
+    /// trusted and not limited; behind a proxy every anonymous reader shares the proxy's address.
+    public func charge(reader: Identity, anonymous: Bool, address: String?, historyLimit: Int? = nil) throws(ParleyError) {
+        if reader.isBackend, !anonymous { return }
+        let key = anonymous ? "address:\(address ?? "")" : "user:\(reader.user)"
         let cost = commandCost(historyLimit: historyLimit)
         try refuse(wait: sessionlessBudgets.withLock { budgets in
-            budgets[address ?? "", default: TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst)].take(cost)
+            budgets[key, default: TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst)].take(cost)
         })
     }
 

@@ -28,12 +28,9 @@ struct APIRoutes {
         }
         api.get("rooms/:room/messages") { request, context -> Response in
             let query = request.uri.queryParameters
-            try engine.charge(
-                address: context.channel.remoteAddress?.ipAddress,
-                historyLimit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) } ?? engine.limits.defaultHistoryLimit
-            )
+            let reader = try await admit(request, context, historyLimit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) } ?? engine.limits.defaultHistoryLimit)
             let page = try await engine.history(
-                try await auth.reader(request), room: try context.parameters.require("room"),
+                reader, room: try context.parameters.require("room"),
                 before: try QueryValues.int64(query["before"], name: "before"),
                 after: try QueryValues.int64(query["after"], name: "after"),
                 limit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
@@ -41,9 +38,9 @@ struct APIRoutes {
             return Response.json { WireJSON.page(page, into: &$0) }
         }
         api.get("rooms/:room/presence") { request, context -> Response in
-            try engine.charge(address: context.channel.remoteAddress?.ipAddress)
+            let reader = try await admit(request, context)
             let room = try context.parameters.require("room")
-            let users = try await engine.presence(try await auth.reader(request), room: room)
+            let users = try await engine.presence(reader, room: room)
             return Response.json { json in
                 json.object { json in
                     json.key("room"); json.string(room)
@@ -52,8 +49,7 @@ struct APIRoutes {
             }
         }
         api.get("rooms") { request, context -> Response in
-            try engine.charge(address: context.channel.remoteAddress?.ipAddress, historyLimit: engine.limits.maxHistoryLimit)
-            let rooms = try await engine.rooms(try await auth.reader(request))
+            let rooms = try await engine.rooms(try await admit(request, context, historyLimit: engine.limits.maxHistoryLimit))
             return Response.json { json in
                 json.object { json in
                     json.key("rooms")
@@ -68,8 +64,7 @@ struct APIRoutes {
             }
         }
         api.get("users/:user") { request, context -> Response in
-            try engine.charge(address: context.channel.remoteAddress?.ipAddress)
-            let reader = try await auth.reader(request)
+            let reader = try await admit(request, context)
             let user = try context.parameters.require("user")
             let rooms = try await engine.userRooms(reader, user: user)
             guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(user) is not online") }
@@ -81,6 +76,14 @@ struct APIRoutes {
                 }
             }
         }
+    }
+
+    /// The reader of a read call, charged to its budget: a user's token to that user's, an
+    /// anonymous read (open mode) to its address's; a backend's API key is not limited.
+    private func admit(_ request: Request, _ context: ParleyRequestContext, historyLimit: Int? = nil) async throws -> Identity {
+        let reader = try await auth.reader(request)
+        try engine.charge(reader: reader, anonymous: auth.bearerToken(request) == nil, address: context.channel.remoteAddress?.ipAddress, historyLimit: historyLimit)
+        return reader
     }
 
     private func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
