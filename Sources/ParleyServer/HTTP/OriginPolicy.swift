@@ -1,4 +1,3 @@
-import Hummingbird
 import ParleyCore
 
 /// Which browser origins may open a WebSocket (and post to the HTTP API). Browsers always send `Origin` on a WebSocket
@@ -32,12 +31,6 @@ struct OriginPolicy: Sendable {
         guard let origin, Self.isBrowserOrigin(origin) else { return true }
         if let allowed { return allowed.contains(Self.normalize(origin)) || Self.isSameOrigin(origin, host: host) }
         return !sameOriginOnly || Self.isSameOrigin(origin, host: host)
-    }
-
-    func check(_ request: Request) throws(ParleyError) {
-        guard allows(request.headers[.origin], host: request.head.authority) else {
-            throw ParleyError(.forbidden, "origin \(request.headers[.origin] ?? "") is not allowed (PARLEY_ALLOWED_ORIGINS)")
-        }
     }
 
     static func isBrowserOrigin(_ origin: String) -> Bool {

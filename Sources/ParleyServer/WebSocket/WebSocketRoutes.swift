@@ -25,27 +25,25 @@ struct WebSocketRoutes {
 
     func register(on router: Router<ParleyRequestContext>) {
         router.get("ws") { request, context -> Response in
-            guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
-            try origins.check(request)
-            _ = try await identity(request)
-            try engine.connections.check(address: context.channel.remoteAddress?.ipAddress)
+            _ = try await admit(
+                query: request.uri.queryParameters, origin: request.headers[.origin], host: request.head.authority,
+                address: context.channel.remoteAddress?.ipAddress
+            )
             throw HTTPError(.upgradeRequired, headers: [.upgrade: "websocket"], message: "GET /ws must be a WebSocket upgrade")
         }
     }
 
     typealias UpgradeContext = HTTP1WebSocketUpgradeChannel.Context
 
-    /// Whether an upgrade request becomes a Parley WebSocket: only `/ws`, after the same checks
-    /// as `vet`. The connection's slot is taken here, once the upgrade is certain, and given
+    /// Whether an upgrade request becomes a Parley WebSocket: only `/ws`, once `admit` lets it
+    /// through. The connection's slot is taken here, once the upgrade is certain, and given
     /// back when the TCP connection closes.
     func shouldUpgrade(_ head: HTTPRequest, channel: any Channel, logger: Logger) async throws -> ShouldUpgradeResult<WebSocketDataHandler<UpgradeContext>> {
         let uri = URI(head.path ?? "")
         guard uri.path == "/ws" else { return .dontUpgrade }
-        guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
-        guard origins.allows(head.headerFields[.origin], host: head.authority) else {
-            throw ParleyError(.forbidden, "origin \(head.headerFields[.origin] ?? "") is not allowed")
-        }
-        let identity = try await identity(query: uri.queryParameters)
+        let identity = try await admit(
+            query: uri.queryParameters, origin: head.headerFields[.origin], host: head.authority, address: channel.remoteAddress?.ipAddress
+        )
         let ticket = try engine.connections.acquire(address: channel.remoteAddress?.ipAddress)
         channel.closeFuture.whenComplete { _ in ticket.release() }
         return .upgrade([:]) { [engine, authenticator, settings] inbound, outbound, _ in
@@ -56,40 +54,41 @@ struct WebSocketRoutes {
         }
     }
 
-    /// The identity the upgrade request carries, nil when it carries none (the client must
-    /// then send `connect`). Invalid credentials refuse the upgrade (400, 401 or 403).
-    private func identity(_ request: Request) async throws -> Identity? {
-        try await identity(query: request.uri.queryParameters)
-    }
-
-    private func identity(query: FlatDictionary<Substring, Substring>) async throws -> Identity? {
-        let token = query["token"].map(String.init)
-        let user = query["user"].map(String.init)
-        guard token != nil || user != nil else { return nil }
-        return try RequestAuth.refuseBackend(try await authenticator.authenticate(token: token, user: user))
-    }
-
     /// The refusal an upgrade request to `/ws` gets, run before the WebSocket upgrader sees it
-    /// so that the client reads the status and the error JSON (`RequestHeadDeadline`); the
-    /// route runs the same checks again when it takes the connection's slot.
+    /// so that the client reads the status and the error JSON (`RequestHeadDeadline`).
     func vet(_ request: RequestHeadDeadline.UpgradeRequest) async -> ParleyError? {
         let uri = URI(request.target)
         guard uri.path == "/ws" else { return nil }
+        func header(_ name: String) -> String? { request.headers.first { $0.name == name }?.value }
         do {
-            guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
-            let origin = request.headers.first { $0.name == "origin" }?.value
-            let host = request.headers.first { $0.name == "host" }?.value
-            guard origins.allows(origin, host: host) else {
-                throw ParleyError(.forbidden, "origin \(origin ?? "") is not allowed (PARLEY_ALLOWED_ORIGINS)")
-            }
-            _ = try await identity(query: uri.queryParameters)
-            try engine.connections.check(address: request.remoteAddress)
+            _ = try await admit(query: uri.queryParameters, origin: header("origin"), host: header("host"), address: request.remoteAddress)
             return nil
         } catch let error as ParleyError {
             return error
         } catch {
             return ParleyError.badRequest("invalid upgrade request")
         }
+    }
+
+    /// The checks of every way into `/ws` (the upgrade, its vetting, a plain GET): not
+    /// shutting down, an allowed `Origin`, valid credentials if any, a free connection slot.
+    /// Returns the identity the request carries, nil when it carries none (the client must
+    /// then send `connect`).
+    private func admit(query: FlatDictionary<Substring, Substring>, origin: String?, host: String?, address: String?) async throws -> Identity? {
+        guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
+        guard origins.allows(origin, host: host) else {
+            throw ParleyError(.forbidden, "origin \(origin ?? "") is not allowed (PARLEY_ALLOWED_ORIGINS)")
+        }
+        let token = query["token"].map(String.init)
+        let user = query["user"].map(String.init)
+        let identity: Identity? =
+            if token != nil || user != nil {
+                try RequestAuth.refuseBackend(try await authenticator.authenticate(token: token, user: user))
+            } else {
+                nil
+            }
+        try engine.connections.check(address: address)
+        return identity
     }
 
     private static let counter = Atomic<Int>(0)
