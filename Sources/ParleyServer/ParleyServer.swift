@@ -149,7 +149,7 @@ public struct ParleyServer: Sendable {
         // handshake timeout (which tests set far lower).
         let headTimeout = TimeAmount.nanoseconds(Int64(max(configuration.handshakeTimeout, .seconds(5)).nanoseconds))
         return HTTPServerBuilder { responder in
-            HeadDeadlineChannel(
+            FirstRequestGuardChannel(
                 base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: channelConfiguration) { head, channel, logger in
                     try await webSocket.shouldUpgrade(head, channel: channel, logger: logger)
                 },

@@ -9,7 +9,7 @@ import ParleyCore
 /// `GET /ws`: checks the `Origin`, authenticates from the query (`?token=` or, in open mode,
 /// `?user=`), counts the connection against the limits and hands the socket to a
 /// `WebSocketConnection`. Every refusal happens before the upgrade (`vet`, run by
-/// `RequestHeadDeadline`, answers it with its status and error JSON). A plain GET without an
+/// `FirstRequestGuard`, answers it with its status and error JSON). A plain GET without an
 /// upgrade runs the same checks and answers the refusal, else 426.
 ///
 /// The upgrade is decided by `shouldUpgrade`, given to the HTTP channel directly rather than
@@ -55,8 +55,8 @@ struct WebSocketRoutes {
     }
 
     /// The refusal an upgrade request to `/ws` gets, run before the WebSocket upgrader sees it
-    /// so that the client reads the status and the error JSON (`RequestHeadDeadline`).
-    func vet(_ request: RequestHeadDeadline.UpgradeRequest) async -> ParleyError? {
+    /// so that the client reads the status and the error JSON (`FirstRequestGuard`).
+    func vet(_ request: FirstRequestGuard.UpgradeRequest) async -> ParleyError? {
         let uri = URI(request.target)
         guard uri.path == "/ws" else { return nil }
         func header(_ name: String) -> String? { request.headers.first { $0.name == name }?.value }

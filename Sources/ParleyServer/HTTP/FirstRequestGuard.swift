@@ -15,7 +15,7 @@ import ParleyCore
 ///   JSON error of the HTTP API: the WebSocket library could only answer a bare 400.
 /// Then it hands the bytes on and removes itself; later requests on a keep-alive connection
 /// fall under the HTTP idle timeout, an upgraded WebSocket under its pings.
-final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler {
+final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
@@ -186,16 +186,16 @@ final class RequestHeadDeadline: ChannelInboundHandler, RemovableChannelHandler 
     }
 }
 
-/// A server child channel with `RequestHeadDeadline` in front of it.
-struct HeadDeadlineChannel<Base: ServerChildChannel>: ServerChildChannel {
+/// A server child channel with `FirstRequestGuard` in front of it.
+struct FirstRequestGuardChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let timeout: TimeAmount
-    let vetUpgrade: RequestHeadDeadline.Vet?
+    let vetUpgrade: FirstRequestGuard.Vet?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(RequestHeadDeadline(timeout: timeout, vetUpgrade: vetUpgrade))
+            try channel.pipeline.syncOperations.addHandler(FirstRequestGuard(timeout: timeout, vetUpgrade: vetUpgrade))
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }
