@@ -202,6 +202,11 @@ struct FirstRequestGuardChannel<Base: ServerChildChannel>: ServerChildChannel {
     }
 
     func handle(value: Value, logger: Logger) async {
+        // Hummingbird logs at error level every connection that closed before its upgrade
+        // completed; the guard closes such connections on purpose (refusals, deadlines), and a
+        // client could fill the log with them. Parley's own code logs through its own logger.
+        var logger = logger
+        logger.logLevel = max(logger.logLevel, .critical)
         await base.handle(value: value, logger: logger)
     }
 }
