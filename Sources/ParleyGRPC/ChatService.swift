@@ -67,7 +67,7 @@ public struct ChatService: RegistrableRPCService {
         _ descriptor: MethodDescriptor,
         on router: inout RPCRouter<Transport>,
         budget: (@Sendable (Input) -> Int?)? = nil,
-        _ body: @escaping @Sendable (Input, Metadata) async throws -> Output
+        _ body: @escaping @Sendable (Input, Metadata, _ reader: Identity?) async throws -> Output
     ) {
         router.registerHandler(
             forMethod: descriptor,
@@ -76,13 +76,17 @@ public struct ChatService: RegistrableRPCService {
         ) { request, context in
             let single = try await ServerRequest(stream: request)
             do {
+                // A read is charged to its caller, whose identity the method then uses as is.
+                var charged: Identity?
                 if let budget {
+                    let reader = try await reader(single.metadata)
                     try engine.charge(
-                        reader: try await reader(single.metadata), anonymous: Self.bearerToken(single.metadata) == nil,
+                        reader: reader, anonymous: Self.bearerToken(single.metadata) == nil,
                         address: StreamConnection.address(ofPeer: context.remotePeer), historyLimit: budget(single.message)
                     )
+                    charged = reader
                 }
-                return StreamingServerResponse(single: ServerResponse(message: try await body(single.message, single.metadata)))
+                return StreamingServerResponse(single: ServerResponse(message: try await body(single.message, single.metadata, charged)))
             } catch {
                 return StreamingServerResponse(error: failure(error))
             }
@@ -121,6 +125,12 @@ public struct ChatService: RegistrableRPCService {
         return Identity(user: try Validation.user(user, limits: settings.limits), isBackend: true)
     }
 
+    /// The identity a read was charged to, or else the one its metadata carries.
+    func readerIdentity(_ charged: Identity?, _ metadata: Metadata) async throws(ParleyError) -> Identity {
+        if let charged { return charged }
+        return try await reader(metadata)
+    }
+
     /// The identity of a read-only call: in open mode anyone may read.
     func reader(_ metadata: Metadata) async throws(ParleyError) -> Identity {
         let token = Self.bearerToken(metadata)
@@ -130,8 +140,8 @@ public struct ChatService: RegistrableRPCService {
 
     // MARK: Unary RPCs
 
-    @Sendable func getUser(_ request: Chat_V1_GetUserRequest, metadata: Metadata) async throws -> Chat_V1_GetUserResponse {
-        let rooms = try await engine.userRooms(try await reader(metadata), user: request.userID)
+    @Sendable func getUser(_ request: Chat_V1_GetUserRequest, metadata: Metadata, reader: Identity?) async throws -> Chat_V1_GetUserResponse {
+        let rooms = try await engine.userRooms(try await readerIdentity(reader, metadata), user: request.userID)
         guard !rooms.isEmpty else { throw ParleyError(.notFound, "user \(request.userID) is not online") }
         return .with {
             $0.user = request.userID
@@ -140,7 +150,7 @@ public struct ChatService: RegistrableRPCService {
         }
     }
 
-    @Sendable func sendMessage(_ request: Chat_V1_ChatMessage, metadata: Metadata) async throws -> Chat_V1_MessageAck {
+    @Sendable func sendMessage(_ request: Chat_V1_ChatMessage, metadata: Metadata, reader _: Identity?) async throws -> Chat_V1_MessageAck {
         let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: request.senderID.nonEmpty)
         let result = try await engine.publish(
             identity, as: request.senderID.nonEmpty, room: request.roomID, content: request.content,
@@ -152,8 +162,8 @@ public struct ChatService: RegistrableRPCService {
         }
     }
 
-    @Sendable func getHistory(_ request: Chat_V1_HistoryRequest, metadata: Metadata) async throws -> Chat_V1_HistoryResponse {
-        try await Chat_V1_HistoryResponse(history(request, identity: reader(metadata)))
+    @Sendable func getHistory(_ request: Chat_V1_HistoryRequest, metadata: Metadata, reader: Identity?) async throws -> Chat_V1_HistoryResponse {
+        try await Chat_V1_HistoryResponse(history(request, identity: readerIdentity(reader, metadata)))
     }
 
     func history(_ request: Chat_V1_HistoryRequest, identity: Identity) async throws -> HistoryPage {
@@ -165,8 +175,8 @@ public struct ChatService: RegistrableRPCService {
         )
     }
 
-    @Sendable func getPresence(_ request: Chat_V1_PresenceRequest, metadata: Metadata) async throws -> Chat_V1_PresenceResponse {
-        let users = try await engine.presence(reader(metadata), room: request.roomID)
+    @Sendable func getPresence(_ request: Chat_V1_PresenceRequest, metadata: Metadata, reader: Identity?) async throws -> Chat_V1_PresenceResponse {
+        let users = try await engine.presence(readerIdentity(reader, metadata), room: request.roomID)
         return Chat_V1_PresenceResponse(room: request.roomID, users: users)
     }
 

@@ -28,12 +28,13 @@ struct APIRoutes {
         }
         api.get("rooms/:room/messages") { request, context -> Response in
             let query = request.uri.queryParameters
-            let reader = try await admit(request, context, historyLimit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) } ?? engine.limits.defaultHistoryLimit)
+            let limit = try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
+            let reader = try await admit(request, context, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
             let page = try await engine.history(
                 reader, room: try context.parameters.require("room"),
                 before: try QueryValues.int64(query["before"], name: "before"),
                 after: try QueryValues.int64(query["after"], name: "after"),
-                limit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
+                limit: limit
             )
             return Response.json { WireJSON.page(page, into: &$0) }
         }
