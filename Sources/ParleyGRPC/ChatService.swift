@@ -29,12 +29,15 @@ public struct ChatService: RegistrableRPCService {
     let authenticator: any Authenticator
     let settings: Settings
     let logger: Logger
+    /// The streams' handshake and expiry deadlines run on it.
+    let clock: any ParleyClock
 
-    public init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
+    public init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger, clock: any ParleyClock) {
         self.engine = engine
         self.authenticator = authenticator
         self.settings = settings
         self.logger = logger
+        self.clock = clock
     }
 
     public func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
@@ -192,11 +195,7 @@ public struct ChatService: RegistrableRPCService {
             return StreamingServerResponse(error: failure(error))
         }
         return StreamingServerResponse { writer in
-            try await stream.serve(writer, identity: identity) { session in
-                try await engine.join(session, room: request.roomID, since: request.hasSinceSeq ? request.sinceSeq : nil) { joined in
-                    stream.send(.ack("", .join(Chat_V1_JoinResult(joined))))
-                }
-            }
+            try await stream.serve(writer, identity: identity, room: request.roomID, since: request.hasSinceSeq ? request.sinceSeq : nil)
             return [:]
         }
     }

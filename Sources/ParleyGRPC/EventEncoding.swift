@@ -4,16 +4,69 @@ import NIOCore
 import ParleyCore
 import SwiftProtobuf
 
-/// Encodes room events as serialized `chat.v1.ChatEvent` messages. The hub encodes each event
-/// once for this encoder and every gRPC stream of the room shares the bytes.
-final class ProtoEventEncoder: EventEncoder {
+/// The gRPC wire format: room events, replies and errors as serialized `chat.v1.ChatEvent`
+/// messages. The hub encodes each event once for this format and every gRPC stream of the
+/// room shares the bytes.
+final class ProtoEventEncoder: WireFormat {
     static let shared = ProtoEventEncoder()
 
     func encode(_ event: ServerEvent) -> ByteBuffer {
         encode(Chat_V1_ChatEvent(event))
     }
 
-    /// A reply for one stream (ack, error, pong).
+    /// An ack carries the command's `request_id`; a command without one gets no ack (a pong
+    /// and errors always go out). `JoinChat` acks its join with an empty id.
+    func encode(_ reply: Reply, id: RequestID?) -> ByteBuffer? {
+        let requestID = id.map(Self.string) ?? ""
+        let result: Chat_V1_Ack.OneOf_Result
+        switch reply {
+        case .pong:
+            return encode(.pong(requestID))
+        case .connected(let user, let session):
+            result = .connect(.with {
+                $0.userID = user
+                $0.session = session
+            })
+        case .joined(let joined):
+            result = .join(Chat_V1_JoinResult(joined))
+        case .left(let room):
+            result = .leave(.with { $0.roomID = room })
+        case .published(let stored):
+            result = .message(.with {
+                $0.message = Chat_V1_ChatMessage(stored.message)
+                $0.duplicate = stored.duplicate
+            })
+        case .typing(let room, let typing):
+            result = .typing(.with {
+                $0.roomID = room
+                $0.typing = typing
+            })
+        case .read(let room, let seq):
+            result = .read(.with {
+                $0.roomID = room
+                $0.seq = seq
+            })
+        case .history(let page):
+            result = .history(Chat_V1_HistoryResponse(page))
+        case .presence(let room, let users):
+            result = .presence(Chat_V1_PresenceResponse(room: room, users: users))
+        }
+        guard id != nil else { return nil }
+        return encode(.ack(requestID, result))
+    }
+
+    func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer {
+        encode(.error(error, requestID: id.map(Self.string) ?? ""))
+    }
+
+    private static func string(_ id: RequestID) -> String {
+        switch id {
+        case .string(let string): string
+        case .number(let number): String(number)
+        }
+    }
+
+    /// A `ChatEvent` built for one stream.
     func encode(_ event: Chat_V1_ChatEvent) -> ByteBuffer {
         do {
             let bytes: [UInt8] = try event.serializedBytes()

@@ -1,9 +1,9 @@
 import Foundation
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOPosix
 import ParleyAuth
 import ParleyCore
 import ParleyGRPC
@@ -81,7 +81,7 @@ public struct ParleyServer: Sendable {
             engine: engine, authenticator: authenticator,
             settings: .init(
                 limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
-                refreshGrace: configuration.tokenRefreshGrace
+                refreshGrace: configuration.tokenRefreshGrace, pingInterval: configuration.pingInterval
             ),
             origins: origins, logger: logger
         )
@@ -108,7 +108,7 @@ public struct ParleyServer: Sendable {
                         limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
                         refreshGrace: configuration.tokenRefreshGrace
                     ),
-                    logger: logger
+                    logger: logger, clock: EventLoopClock(eventLoop: MultiThreadedEventLoopGroup.singleton.any())
                 ),
                 HealthService(engine: engine) {
                     for backend in backends where await !backend.isUp() { return false }
@@ -137,22 +137,13 @@ public struct ParleyServer: Sendable {
     private static func httpServer(
         router: Router<ParleyRequestContext>, configuration: ServerConfiguration, webSocket: WebSocketRoutes
     ) -> HTTPServerBuilder {
-        let channelConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
-            http1: .init(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds))),
-            ws: WebSocketServerConfiguration(
-                maxFrameSize: configuration.limits.maxFrameBytes,
-                autoPing: .enabled(timePeriod: configuration.pingInterval),
-                closeTimeout: .seconds(5)
-            )
-        )
+        let http1 = HTTP1Channel.Configuration(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds)))
         // A slow network may need a few seconds for a request head, whatever the WebSocket
         // handshake timeout (which tests set far lower).
         let headTimeout = TimeAmount.nanoseconds(Int64(max(configuration.handshakeTimeout, .seconds(5)).nanoseconds))
         return HTTPServerBuilder { responder in
             FirstRequestGuardChannel(
-                base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: channelConfiguration) { head, channel, logger in
-                    try await webSocket.shouldUpgrade(head, channel: channel, logger: logger)
-                },
+                base: ParleyHTTPChannel(responder: responder, http1: http1, webSocket: webSocket),
                 timeout: headTimeout, vetUpgrade: webSocket.vet
             )
         }

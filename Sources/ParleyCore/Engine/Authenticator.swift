@@ -7,22 +7,6 @@ public protocol Authenticator: Sendable {
     func authenticate(token: String?, user: String?) async throws(ParleyError) -> Identity
 }
 
-/// Open mode: no secret configured, so the claimed user id is taken as is.
-public struct OpenAuthenticator: Authenticator {
-    let limits: Limits
-
-    public init(limits: Limits) {
-        self.limits = limits
-    }
-
-    public var isOpen: Bool { true }
-
-    public func authenticate(token: String?, user: String?) async throws(ParleyError) -> Identity {
-        guard let user else { throw ParleyError(.unauthorized, "a user id is required (open mode: give 'user')") }
-        return Identity(user: try Validation.user(user, limits: limits))
-    }
-}
-
 extension Authenticator {
     /// Authenticates an `Authorization`-style value, as HTTP headers and gRPC `authorization`
     /// metadata carry it: `Bearer <JWT or API key>`. A missing or non-Bearer value counts as

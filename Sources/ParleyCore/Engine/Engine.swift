@@ -13,6 +13,8 @@ public final class Engine: Sendable {
     public let metrics: ParleyMetrics
     /// Open long-lived connections, in total and per client address.
     public let connections: ConnectionLimiter
+    /// Wall and monotonic time for expiry, typing, coalescing and rate limits.
+    public let clock: any ParleyClock
     let store: any MessageStore
     let broker: any Broker
     let presence: any PresenceStore
@@ -44,8 +46,10 @@ public final class Engine: Sendable {
         limits: Limits = Limits(),
         metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
-        logger: Logger = Logger(label: "parley.engine")
+        logger: Logger = Logger(label: "parley.engine"),
+        clock: any ParleyClock = SystemClock()
     ) {
+        self.clock = clock
         self.metrics = metrics
         self.store = store
         self.broker = broker
@@ -73,7 +77,7 @@ public final class Engine: Sendable {
         let number = sessionCounter.wrappingAdd(1, ordering: .relaxed).newValue
         let session = Session(
             id: "\(instanceID)-\(number)", identity: identity, transport: transport, encoder: encoder,
-            outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits, isWatcher: watcher
+            outbox: outbox ?? Outbox(maxBytes: limits.maxOutboxBytes), limits: limits, now: clock.instant, isWatcher: watcher
         )
         sessions.withLock { $0[ObjectIdentifier(session)] = session }
         metrics.connection(transport)?.increment()
@@ -132,7 +136,7 @@ public final class Engine: Sendable {
         _ session: Session, room: String, since: Int64?, onJoined: (JoinAck) -> Void
     ) async throws {
         let room = try Validation.room(room, limits: limits)
-        try session.identity.authorize(room)
+        try session.identity.authorize(room, at: clock.now)
         let since = try Validation.seq(since, field: "since")
         guard try session.addRoom(room, limit: limits.maxRoomsPerConnection) else {
             let last = try await storeCall { try await self.store.lastSeq(room: room) }
@@ -147,8 +151,8 @@ public final class Engine: Sendable {
                 metrics.rooms.increment()
                 try await broker.setInterest(room: room, true)
             }
-            if !session.isWatcher, try await presence.add(room: room, user: session.user, session: session.id, at: .now) {
-                try await publishToBroker(.join(room: room, user: session.user, timestamp: .now))
+            if !session.isWatcher, try await presence.add(room: room, user: session.user, session: session.id, at: clock.now) {
+                try await publishToBroker(.join(room: room, user: session.user, timestamp: clock.now))
             }
         } catch {
             _ = session.removeRoom(room)
@@ -178,7 +182,7 @@ public final class Engine: Sendable {
         do {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
                 await setTyping(room: room, user: session.user, false, leaving: true)
-                try await publishToBroker(.leave(room: room, user: session.user, timestamp: .now))
+                try await publishToBroker(.leave(room: room, user: session.user, timestamp: clock.now))
             }
         } catch {
             logger.warning("presence update failed", metadata: ["room": "\(room)", "error": "\(error)"])
@@ -197,14 +201,14 @@ public final class Engine: Sendable {
         session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
     ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
-        try identity.authorize(room)
+        try identity.authorize(room, at: clock.now)
         // A session posts as its own user, also a backend's session that named its user.
         let author = try postingUser(identity, requested: user ?? session?.user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
         // A connection has its own bucket; calls without one (HTTP) share one per user; and
         // every publish of a user also takes from that user's bucket, whatever it came through.
-        let connectionWait = if let session { session.takeRateToken() } else { takeSessionlessRateToken(author) }
+        let connectionWait = if let session { session.takeRateToken(now: clock.instant) } else { takeSessionlessRateToken(author) }
         let wait = connectionWait ?? takeUserRateToken(author)
         if let wait {
             metrics.rateLimited.increment()
@@ -239,8 +243,9 @@ public final class Engine: Sendable {
     /// Takes a publish token from the user's sessionless bucket: nil when allowed, else
     /// milliseconds to wait.
     private func takeSessionlessRateToken(_ user: String) -> Int? {
-        sessionlessRates.withLock { rates in
-            rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst)].take()
+        let now = clock.instant
+        return sessionlessRates.withLock { rates in
+            rates[user, default: TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst, now: now)].take(now: now)
         }
     }
 
@@ -248,18 +253,20 @@ public final class Engine: Sendable {
     private func takeUserRateToken(_ user: String) -> Int? {
         let (rate, burst) = limits.effectiveUserRate
         guard rate > 0 else { return nil }
-        return userRates.withLock { rates in rates[user, default: TokenBucket(rate: rate, burst: burst)].take() }
+        let now = clock.instant
+        return userRates.withLock { rates in rates[user, default: TokenBucket(rate: rate, burst: burst, now: now)].take(now: now) }
     }
 
     /// Forgets the rate buckets of users idle long enough for their bucket to be full again.
     func forgetIdleRates() {
         func idle(_ rate: Double, _ burst: Double) -> Duration { .seconds(rate > 0 ? max(1, burst / rate) : 0) }
+        let now = clock.instant
         let sessionless = idle(limits.ratePerSecond, limits.rateBurst)
-        sessionlessRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: sessionless) } }
+        sessionlessRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: sessionless, now: now) } }
         let user = idle(limits.effectiveUserRate.perSecond, limits.effectiveUserRate.burst)
-        userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: user) } }
+        userRates.withLock { rates in rates = rates.filter { !$0.value.isFull(after: user, now: now) } }
         let commands = idle(limits.commandRatePerSecond, limits.commandBurst)
-        sessionlessBudgets.withLock { budgets in budgets = budgets.filter { !$0.value.isFull(after: commands) } }
+        sessionlessBudgets.withLock { budgets in budgets = budgets.filter { !$0.value.isFull(after: commands, now: now) } }
     }
 
     private func postingUser(_ identity: Identity, requested: String?) throws(ParleyError) -> String {
@@ -281,7 +288,7 @@ public final class Engine: Sendable {
     /// when the budget is spent. Publishing has its own buckets; typing and read receipts are
     /// coalesced, never refused.
     public func charge(_ session: Session, historyLimit: Int? = nil) throws(ParleyError) {
-        try refuse(wait: session.takeCommandTokens(commandCost(historyLimit: historyLimit)))
+        try refuse(wait: session.takeCommandTokens(commandCost(historyLimit: historyLimit), now: clock.instant))
     }
 
     /// Charges a read that comes without a session (HTTP API, gRPC unary calls), at the same
@@ -292,8 +299,9 @@ public final class Engine: Sendable {
         if reader.isBackend, !anonymous { return }
         let key = anonymous ? "address:\(address ?? "")" : "user:\(reader.user)"
         let cost = commandCost(historyLimit: historyLimit)
+        let now = clock.instant
         try refuse(wait: sessionlessBudgets.withLock { budgets in
-            budgets[key, default: TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst)].take(cost)
+            budgets[key, default: TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst, now: now)].take(cost, now: now)
         })
     }
 
@@ -316,7 +324,8 @@ public final class Engine: Sendable {
 
     /// `leaving`: the user's last session left the room; its `typing: false` goes out at once
     /// and nothing of it waits.
-    private func setTyping(room: String, user: String, _ isTyping: Bool, leaving: Bool = false, now: ContinuousClock.Instant = .now) async {
+    private func setTyping(room: String, user: String, _ isTyping: Bool, leaving: Bool = false) async {
+        let now = clock.instant
         let key = TypingKey(room: room, user: user)
         let changed = typing.withLock { typing in
             if isTyping {
@@ -336,7 +345,8 @@ public final class Engine: Sendable {
 
     /// Ends every `typing: true` that was not renewed in time, and sends the typing and read
     /// states that waited out their coalescing window.
-    func tick(now: ContinuousClock.Instant = .now) async {
+    func tick() async {
+        let now = clock.instant
         let expired = typing.withLock { typing in
             let keys = typing.filter { $0.value <= now }.map(\.key)
             for key in keys { typing[key] = nil }
@@ -359,13 +369,13 @@ public final class Engine: Sendable {
         let room = try joinedRoom(session, room)
         guard let seq = try Validation.seq(seq, field: "seq") else { return }
         let key = TypingKey(room: room, user: session.user)
-        if let send = readEvents.withLock({ $0.offer(key, seq, now: .now) }) {
+        if let send = readEvents.withLock({ $0.offer(key, seq, now: clock.instant) }) {
             try await publishToBroker(.read(room: room, user: session.user, seq: send))
         }
     }
 
     private func joinedRoom(_ session: Session, _ room: String) throws(ParleyError) -> String {
-        try session.identity.ensureCurrent()
+        try session.identity.ensureCurrent(at: clock.now)
         let room = try Validation.room(room, limits: limits)
         guard session.isMember(of: room) else { throw ParleyError(.notFound, "not a member of room \(room); join it first") }
         return room
@@ -375,7 +385,7 @@ public final class Engine: Sendable {
 
     public func history(_ identity: Identity, room: String, before: Int64?, after: Int64?, limit: Int?) async throws -> HistoryPage {
         let room = try Validation.room(room, limits: limits)
-        try identity.authorize(room)
+        try identity.authorize(room, at: clock.now)
         let query = HistoryQuery(
             before: try Validation.seq(before, field: "before"),
             after: try Validation.seq(after, field: "after"),
@@ -390,13 +400,13 @@ public final class Engine: Sendable {
 
     public func presence(_ identity: Identity, room: String) async throws -> [PresenceEntry] {
         let room = try Validation.room(room, limits: limits)
-        try identity.authorize(room)
+        try identity.authorize(room, at: clock.now)
         return try await members(of: room)
     }
 
     /// Every room with history or presence, with its last seq and online count.
     public func rooms(_ identity: Identity) async throws -> [RoomSummary] {
-        try identity.ensureCurrent()
+        try identity.ensureCurrent(at: clock.now)
         let stored = try await storeCall { try await self.store.rooms() }
         let online = try await storeCall { try await self.presence.onlineCounts() }
         var summaries: [String: RoomSummary] = [:]
@@ -410,7 +420,7 @@ public final class Engine: Sendable {
     /// The rooms where a user is present, as far as `reader` may see them (a `rooms` claim
     /// hides the rooms it does not allow); empty when offline.
     public func userRooms(_ reader: Identity, user: String) async throws -> [String] {
-        try reader.ensureCurrent()
+        try reader.ensureCurrent(at: clock.now)
         let user = try Validation.user(user, limits: limits)
         return try await storeCall { try await self.presence.rooms(user: user) }.filter(reader.mayAccess)
     }
@@ -481,12 +491,6 @@ public struct EngineService: Service {
 }
 
 extension Engine {
-    /// Delivers to local members every stored message the broker may have lost, in every room
-    /// with local members (see `BrokerReceiver.resync(room:)`).
-    public func resyncAllRooms() async {
-        for room in hub.roomNames { await hub.resync(room: room) }
-    }
-
     /// Whether the message store answers (for readiness checks).
     public func storeIsReachable() async -> Bool {
         (try? await store.lastSeq(room: "parley.readiness")) != nil

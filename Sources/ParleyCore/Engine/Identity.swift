@@ -27,14 +27,14 @@ public struct Identity: Sendable, Hashable {
 
     /// Refuses an identity whose credential has expired: during the refresh grace a session
     /// may only send `connect` with a fresh token (and `ping`, `leave`).
-    func ensureCurrent(at now: Timestamp = .now) throws(ParleyError) {
+    func ensureCurrent(at now: Timestamp) throws(ParleyError) {
         guard !isExpired(at: now) else {
             throw ParleyError(.unauthorized, "token expired; send connect with a fresh token")
         }
     }
 
-    func authorize(_ room: String) throws(ParleyError) {
-        try ensureCurrent()
+    func authorize(_ room: String, at now: Timestamp) throws(ParleyError) {
+        try ensureCurrent(at: now)
         guard mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
     }
 }

@@ -9,12 +9,20 @@ public enum CloseReason: Sendable, Hashable {
     case goingAway
     /// The client broke a rule (WebSocket 1008).
     case policyViolation(String)
+    /// The client did not authenticate in time, or its token expired and was not refreshed
+    /// (WebSocket 1008, gRPC UNAUTHENTICATED).
+    case unauthenticated(String)
     /// The server failed to serve the session (WebSocket 1011).
     case serverError(String)
 }
 
 /// A session's bounded queue of encoded frames, filled by the hub without ever blocking and
-/// drained by the transport's single writer task.
+/// drained by the transport, in one of two ways:
+/// - pushed (`onReady`): the first frame queued after a drain calls `onReady`, which schedules
+///   one drain on the socket's event loop; the drain takes everything queued by then
+///   (`take(into:)`), writes it and flushes once. No task waits per connection, and a burst
+///   of deliveries costs one wake-up, not one per frame.
+/// - pulled: a writer task awaits `next()` (gRPC and SSE, whose writers are async).
 ///
 /// When the queued bytes pass `maxBytes` the outbox drops its backlog and closes with
 /// `.slowConsumer`: a slow reader only ever costs its own bound, never the room's speed.
@@ -35,6 +43,8 @@ public final class Outbox: Sendable {
         var queue: [Frame] = []
         var bytes = 0
         var closing: CloseReason?
+        /// `onReady` was called and the drain has not taken the queue yet.
+        var signalled = false
         var waiter: CheckedContinuation<Void, Never>?
         /// Producers that pace themselves (history replays) waiting for the queue to drain.
         var spaceWaiters: [CheckedContinuation<Void, Never>] = []
@@ -67,41 +77,77 @@ public final class Outbox: Sendable {
 
     private let state = Mutex(State())
     public let maxBytes: Int
+    private let onReady: (@Sendable () -> Void)?
 
-    public init(maxBytes: Int) {
+    /// `onReady`: the push mode's signal, called (outside the lock) when frames or a close
+    /// wait and no drain is pending; nil for a pulled outbox.
+    public init(maxBytes: Int, onReady: (@Sendable () -> Void)? = nil) {
         self.maxBytes = maxBytes
+        self.onReady = onReady
+    }
+
+    /// Returns true when `onReady` must be called: push mode and no drain pending.
+    private static func signal(_ state: inout State, push: Bool) -> Bool {
+        guard push, !state.signalled else { return false }
+        state.signalled = true
+        return true
+    }
+
+    /// Push mode: moves everything queued into `batch` (which must be empty; its capacity is
+    /// kept, so a steady stream allocates nothing) and returns nil, or the close reason once
+    /// the queue is empty and the outbox closing. A drain that takes nothing returns nil too.
+    public func take(into batch: inout [Frame]) -> CloseReason? {
+        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+        defer { for waiter in spaceWaiters { waiter.resume() } }
+        return state.withLock { state in
+            state.signalled = false
+            if !state.queue.isEmpty {
+                swap(&state.queue, &batch)
+                state.bytes = 0
+                if !state.spaceWaiters.isEmpty {
+                    spaceWaiters = state.spaceWaiters
+                    state.spaceWaiters.removeAll()
+                }
+                return nil
+            }
+            return state.closing
+        }
     }
 
     /// Queues a frame; returns false when the outbox is closed or just overflowed.
     @discardableResult
     public func enqueue(_ frame: ByteBuffer, publishedAt: Timestamp? = nil) -> Bool {
-        let (accepted, wakeups) = state.withLock { state -> (Bool, Wakeups?) in
-            guard state.closing == nil else { return (false, nil) }
+        let push = onReady != nil
+        let (accepted, wakeups, signal) = state.withLock { state -> (Bool, Wakeups?, Bool) in
+            guard state.closing == nil else { return (false, nil, false) }
             state.bytes += frame.readableBytes
             if state.bytes > maxBytes {
                 state.queue.removeAll()
                 state.bytes = 0
-                return (false, state.beginClosing(.slowConsumer))
+                return (false, state.beginClosing(.slowConsumer), Self.signal(&state, push: push))
             }
             state.queue.append(Frame(bytes: frame, publishedAt: publishedAt))
-            return (true, state.waiter.take().map { Wakeups(writer: $0) })
+            return (true, state.waiter.take().map { Wakeups(writer: $0) }, Self.signal(&state, push: push))
         }
         wakeups?.resume()
+        if signal { onReady?() }
         return accepted
     }
 
     /// Asks the writer to close the connection. `.goingAway` lets the queued frames go first;
     /// every other reason drops them.
     public func close(_ reason: CloseReason) {
-        let wakeups = state.withLock { state -> Wakeups? in
-            guard state.closing == nil else { return nil }
+        let push = onReady != nil
+        let (wakeups, signal) = state.withLock { state -> (Wakeups?, Bool) in
+            guard state.closing == nil else { return (nil, false) }
             if reason != .goingAway {
                 state.queue.removeAll()
                 state.bytes = 0
             }
-            return state.beginClosing(reason)
+            return (state.beginClosing(reason), Self.signal(&state, push: push))
         }
         wakeups?.resume()
+        if signal { onReady?() }
     }
 
     /// Waits until the outbox is told to close and returns why. A transport whose writes can
@@ -134,6 +180,9 @@ public final class Outbox: Sendable {
     }
 
     public var isClosing: Bool { state.withLock { $0.closing != nil } }
+
+    /// Why the outbox is closing, nil while it is open.
+    public var closeReason: CloseReason? { state.withLock { $0.closing } }
 
     /// Waits for the next batch: everything queued so far, in order, or the close reason once
     /// the queue is empty. Returns `.closed(.goingAway)` when the calling task is cancelled.

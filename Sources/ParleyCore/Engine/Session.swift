@@ -24,7 +24,7 @@ public final class Session: Sendable, Hashable {
     private let joined = Mutex<Set<String>>([])
     private let currentIdentity: Mutex<Identity>
 
-    init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits, isWatcher: Bool = false) {
+    init(id: String, identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox, limits: Limits, now: ContinuousClock.Instant = .now, isWatcher: Bool = false) {
         self.id = id
         self.isWatcher = isWatcher
         self.user = identity.user
@@ -32,8 +32,8 @@ public final class Session: Sendable, Hashable {
         self.transport = transport
         self.encoder = encoder
         self.outbox = outbox
-        self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst))
-        self.commandBudget = Mutex(TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst))
+        self.rateLimit = Mutex(TokenBucket(rate: limits.ratePerSecond, burst: limits.rateBurst, now: now))
+        self.commandBudget = Mutex(TokenBucket(rate: limits.commandRatePerSecond, burst: limits.commandBurst, now: now))
     }
 
     /// Who the session acts as now: a refresh replaces the expiry and the room patterns.
@@ -76,13 +76,13 @@ public final class Session: Sendable, Hashable {
     }
 
     /// Takes `cost` from the command budget: nil when allowed, else milliseconds to wait.
-    func takeCommandTokens(_ cost: Double) -> Int? {
-        commandBudget.withLock { $0.take(cost) }
+    func takeCommandTokens(_ cost: Double, now: ContinuousClock.Instant) -> Int? {
+        commandBudget.withLock { $0.take(cost, now: now) }
     }
 
     /// Takes a publish token: nil when allowed, else milliseconds until one is free.
-    func takeRateToken() -> Int? {
-        rateLimit.withLock { $0.take() }
+    func takeRateToken(now: ContinuousClock.Instant) -> Int? {
+        rateLimit.withLock { $0.take(now: now) }
     }
 
     /// Queues an event encoded for this session alone (replays, direct replies).

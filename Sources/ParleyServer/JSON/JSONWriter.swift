@@ -10,6 +10,13 @@ struct JSONWriter {
         buffer = ByteBufferAllocator().buffer(capacity: capacity)
     }
 
+    /// Leaves `bytes` free in front of the JSON, for a frame header written once the length
+    /// is known (the buffer's readable bytes then start with the free space).
+    init(reserving bytes: Int, capacity: Int = 256) {
+        buffer = ByteBufferAllocator().buffer(capacity: capacity)
+        buffer.moveWriterIndex(forwardBy: bytes)
+    }
+
     mutating func object(_ body: (inout JSONWriter) -> Void) {
         separate()
         buffer.writeInteger(UInt8(ascii: "{"))

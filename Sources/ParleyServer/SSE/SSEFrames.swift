@@ -1,8 +1,9 @@
 import NIOCore
 import ParleyCore
 
-/// Encodes events as Server-Sent Events: `id: <seq>` (messages only), `event:`, `data:`.
-final class SSEFrames: EventEncoder {
+/// Encodes events as Server-Sent Events: `id: <seq>` (messages only), `event:`, `data:`. A
+/// stream takes no commands, so it has no replies; an error is an `error` event.
+final class SSEFrames: WireFormat {
     static let shared = SSEFrames()
     static let heartbeat = ByteBuffer(string: ": keepalive\n\n")
 
@@ -15,6 +16,10 @@ final class SSEFrames: EventEncoder {
         buffer.writeStaticString("\n\n")
         return buffer
     }
+
+    func encode(_ reply: Reply, id: RequestID?) -> ByteBuffer? { nil }
+
+    func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer { Self.error(error) }
 
     func encode(_ event: ServerEvent) -> ByteBuffer {
         var json = JSONWriter()

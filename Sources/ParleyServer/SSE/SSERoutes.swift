@@ -32,14 +32,21 @@ struct SSERoutes {
                 headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .init("X-Accel-Buffering")!: "no"],
                 body: ResponseBody { writer in
                     // The session exists only while the body is written: nothing can leak it.
-                    guard let session = try? engine.connect(identity, transport: "sse", encoder: SSEFrames.shared, watcher: identity.isBackend) else {
-                        try await writer.write(SSEFrames.error(ParleyError.unavailable("server is shutting down")))
+                    let connection = Connection(
+                        engine: engine, authenticator: auth.authenticator, format: SSEFrames.shared,
+                        settings: .init(transport: "sse", handshakeTimeout: .zero, backendsMayConnect: true, acceptsCommands: false),
+                        clock: EventLoopClock(eventLoop: channel.eventLoop), logger: logger
+                    )
+                    do {
+                        try connection.start(identity: identity, watcher: identity.isBackend)
+                    } catch {
+                        try await writer.write(SSEFrames.error((error as? ParleyError) ?? .unavailable("server is shutting down")))
                         try await writer.finish(nil)
                         return
                     }
                     // The client going away ends the stream now, not at the next heartbeat.
-                    channel.closeFuture.whenComplete { _ in session.outbox.close(.goingAway) }
-                    await stream(session, room: room, since: since, to: &writer)
+                    channel.closeFuture.whenComplete { _ in connection.close(.goingAway) }
+                    await stream(connection, room: room, since: since, to: &writer)
                     ticket.release()
                     try await writer.finish(nil)
                 }
@@ -60,34 +67,25 @@ struct SSERoutes {
         try QueryValues.resumePoint(request.headers[.init("Last-Event-ID")!] ?? request.uri.queryParameters["since"].map(String.init))
     }
 
-    private func stream(_ session: Session, room: String, since: Int64?, to writer: inout any ResponseBodyWriter) async {
+    private func stream(_ connection: Connection, room: String, since: Int64?, to writer: inout any ResponseBodyWriter) async {
+        let outbox = connection.outbox
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
-                    try await engine.join(session, room: room, since: since) { _ in }
+                    try await connection.perform(.join(room: room, since: since), id: nil)
                 } catch {
                     logger.warning("sse join failed", metadata: ["room": "\(room)", "error": "\(error)"])
-                    session.outbox.close(.serverError("join failed"))
+                    connection.close(.serverError("join failed"))
                 }
             }
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: heartbeat)
-                    session.outbox.enqueue(SSEFrames.heartbeat)
-                }
-            }
-            if let expiresAt = session.identity.expiresAt {
-                // A stream cannot be given a fresh token: it ends when its token expires, with
-                // an `error` event first; the client reconnects with a new token and `since`.
-                group.addTask {
-                    try? await Task.sleep(for: .milliseconds(max(0, expiresAt.milliseconds - Timestamp.now.milliseconds)))
-                    guard !Task.isCancelled else { return }
-                    session.outbox.enqueue(SSEFrames.error(ParleyError(.unauthorized, "token expired")))
-                    session.outbox.close(.goingAway)
+                    outbox.enqueue(SSEFrames.heartbeat)
                 }
             }
             loop: while true {
-                switch await session.outbox.next() {
+                switch await outbox.next() {
                 case .frames(let frames):
                     do {
                         try await writer.write(contentsOf: frames.map(\.bytes))
@@ -102,6 +100,6 @@ struct SSERoutes {
             }
             group.cancelAll()
         }
-        await engine.disconnect(session)
+        await connection.finish()
     }
 }

@@ -1,31 +1,27 @@
 import Foundation
+import NIOCore
+import NIOFoundationCompat
 import ParleyCore
-
-/// A decoded client frame.
-enum ClientCommand: Sendable, Equatable {
-    case connect(token: String?, user: String?)
-    case join(room: String, since: Int64?)
-    case leave(room: String)
-    case message(room: String, content: String, clientId: String?)
-    case typing(room: String, typing: Bool)
-    case read(room: String, seq: Int64)
-    case history(room: String, before: Int64?, after: Int64?, limit: Int?)
-    case presence(room: String)
-    case ping
-}
 
 /// Parses `{"event": NAME, "data": {...}, "id": N}` frames with an exact error for each
 /// malformed input. Unknown fields are ignored, so clients may send newer fields.
 struct ClientFrameDecoder {
     struct Failure: Error {
-        var id: FrameID?
+        var id: RequestID?
         var error: ParleyError
     }
 
     private let decoder = JSONDecoder()
 
-    func decode(_ text: String) -> Result<(FrameID?, ClientCommand), Failure> {
-        let bytes = Data(text.utf8)
+    func decode(_ text: String) -> Result<(RequestID?, Command), Failure> {
+        decode(Data(text.utf8))
+    }
+
+    func decode(_ buffer: ByteBuffer) -> Result<(RequestID?, Command), Failure> {
+        decode(Data(buffer.readableBytesView))
+    }
+
+    func decode(_ bytes: Data) -> Result<(RequestID?, Command), Failure> {
         let header: Header
         do {
             header = try decoder.decode(Header.self, from: bytes)
@@ -42,7 +38,7 @@ struct ClientFrameDecoder {
         }
     }
 
-    private func command(_ event: String, _ bytes: Data) throws -> ClientCommand {
+    private func command(_ event: String, _ bytes: Data) throws -> Command {
         switch event {
         case "connect":
             let data = try decoder.decode(OptionalBody<ConnectData>.self, from: bytes).data
@@ -114,7 +110,7 @@ struct ClientFrameDecoder {
 }
 
 private struct Header: Decodable {
-    var id: FrameID?
+    var id: RequestID?
     var event = ""
     var problem: ParleyError?
 
@@ -123,7 +119,7 @@ private struct Header: Decodable {
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         if container.contains(.id) {
-            guard let id = try? container.decode(FrameID.self, forKey: .id) else {
+            guard let id = try? container.decode(RequestID.self, forKey: .id) else {
                 problem = .badRequest("field 'id' must be an integer or a string")
                 return
             }

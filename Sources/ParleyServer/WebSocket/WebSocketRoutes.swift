@@ -1,25 +1,23 @@
 import Synchronization
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
+import NIOHTTP1
 import Logging
 import NIOCore
 import ParleyCore
 
 /// `GET /ws`: checks the `Origin`, authenticates from the query (`?token=` or, in open mode,
 /// `?user=`), counts the connection against the limits and hands the socket to a
-/// `WebSocketConnection`. Every refusal happens before the upgrade (`vet`, run by
+/// `WebSocketHandler`. Every refusal happens before the upgrade (`vet`, run by
 /// `FirstRequestGuard`, answers it with its status and error JSON). A plain GET without an
 /// upgrade runs the same checks and answers the refusal, else 426.
 ///
-/// The upgrade is decided by `shouldUpgrade`, given to the HTTP channel directly rather than
-/// through a router `ws` route: the router path keeps each upgraded connection's request
-/// context (and through it the channel) in a reference cycle, about 5 KiB never freed per
-/// connection.
+/// The upgrade is decided by `WebSocketUpgrader` in `ParleyHTTPChannel`, on SwiftNIO's own
+/// upgrade machinery, not by a router route.
 struct WebSocketRoutes {
     let engine: Engine
     let authenticator: any Authenticator
-    let settings: WebSocketConnection.Settings
+    let settings: WebSocketHandler.Settings
     let origins: OriginPolicy
     let logger: Logger
 
@@ -33,25 +31,25 @@ struct WebSocketRoutes {
         }
     }
 
-    typealias UpgradeContext = HTTP1WebSocketUpgradeChannel.Context
-
-    /// Whether an upgrade request becomes a Parley WebSocket: only `/ws`, once `admit` lets it
-    /// through. The connection's slot is taken here, once the upgrade is certain, and given
-    /// back when the TCP connection closes.
-    func shouldUpgrade(_ head: HTTPRequest, channel: any Channel, logger: Logger) async throws -> ShouldUpgradeResult<WebSocketDataHandler<UpgradeContext>> {
-        let uri = URI(head.path ?? "")
-        guard uri.path == "/ws" else { return .dontUpgrade }
+    /// Admits an upgrade request to `/ws` (its path is checked by the upgrader) and takes its
+    /// connection slot, given back when the TCP connection closes. Returns the identity the
+    /// request authenticated, nil when the client must send `connect`.
+    func admitUpgrade(_ head: HTTPRequestHead, channel: any Channel) async throws -> Identity? {
+        let uri = URI(head.uri)
         let identity = try await admit(
-            query: uri.queryParameters, origin: head.headerFields[.origin], host: head.authority, address: channel.remoteAddress?.ipAddress
+            query: uri.queryParameters, origin: head.headers.first(name: "origin"), host: head.headers.first(name: "host"),
+            address: channel.remoteAddress?.ipAddress
         )
         let ticket = try engine.connections.acquire(address: channel.remoteAddress?.ipAddress)
         channel.closeFuture.whenComplete { _ in ticket.release() }
-        return .upgrade([:]) { [engine, authenticator, settings] inbound, outbound, _ in
-            var logger = self.logger
-            logger[metadataKey: "conn"] = "\(Self.nextConnectionID())"
-            let connection = WebSocketConnection(engine: engine, authenticator: authenticator, settings: settings, logger: logger)
-            await connection.run(identity: identity, inbound: inbound, outbound: outbound)
-        }
+        return identity
+    }
+
+    /// The handler that serves an upgraded connection.
+    func makeHandler(identity: Identity?) -> WebSocketHandler {
+        var logger = self.logger
+        logger[metadataKey: "conn"] = "\(Self.nextConnectionID())"
+        return WebSocketHandler(engine: engine, authenticator: authenticator, settings: settings, identity: identity, logger: logger)
     }
 
     /// The refusal an upgrade request to `/ws` gets, run before the WebSocket upgrader sees it

@@ -1,0 +1,53 @@
+import NIOCore
+
+/// The commands of the protocol, as every transport decodes them: the command table of
+/// docs/protocol.md. A transport turns its bytes (a JSON frame, a protobuf `ChatCommand`, a
+/// Socket.IO event) into one of these and hands it to its `Connection`.
+public enum Command: Sendable, Equatable {
+    case connect(token: String?, user: String?)
+    case join(room: String, since: Int64?)
+    case leave(room: String)
+    case message(room: String, content: String, clientId: String?)
+    case typing(room: String, typing: Bool)
+    case read(room: String, seq: Int64)
+    case history(room: String, before: Int64?, after: Int64?, limit: Int?)
+    case presence(room: String)
+    case ping
+}
+
+/// The id a client put on a command, echoed on its reply or error (a WebSocket frame's `id`, a
+/// gRPC `request_id`, a Socket.IO ack id).
+public enum RequestID: Sendable, Hashable, Decodable {
+    case number(Int64)
+    case string(String)
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let number = try? container.decode(Int64.self) {
+            self = .number(number)
+        } else {
+            self = .string(try container.decode(String.self))
+        }
+    }
+}
+
+/// The successful answer to a command; a failed one is answered with its `ParleyError`.
+public enum Reply: Sendable {
+    case connected(user: String, session: String)
+    case joined(Engine.JoinAck)
+    case left(room: String)
+    case published(AppendResult)
+    case typing(room: String, typing: Bool)
+    case read(room: String, seq: Int64)
+    case history(HistoryPage)
+    case presence(room: String, users: [PresenceEntry])
+    case pong
+}
+
+/// One wire format: encodes room events (once per event, shared by every session that uses
+/// the format), replies and errors for a single connection. `nil` from `encode(_:id:)` means
+/// the wire sends nothing for that reply (a WebSocket frame without an `id` gets no ack).
+public protocol WireFormat: EventEncoder {
+    func encode(_ reply: Reply, id: RequestID?) -> ByteBuffer?
+    func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer
+}

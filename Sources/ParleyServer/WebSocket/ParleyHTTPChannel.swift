@@ -1,0 +1,167 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+import ParleyCore
+
+/// HTTP/1 with the WebSocket upgrade at `/ws`, on SwiftNIO's own upgrade machinery. A plain
+/// request is served by Hummingbird's router as usual. An upgraded connection gets only the
+/// WebSocket frame decoder and a `WebSocketHandler`: the HTTP handlers are gone from its
+/// pipeline, and no task, stream or buffer is kept for it while it is idle.
+struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
+    enum UpgradeResult: Sendable {
+        /// The connection is a WebSocket now; its handler serves it on the event loop.
+        case websocket
+        case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case failedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+    }
+
+    struct Value: ServerChildChannelValue {
+        let upgradeResult: EventLoopFuture<UpgradeResult>
+        let channel: any Channel
+    }
+
+    let responder: HTTPChannelHandler.Responder
+    let http1: HTTP1Channel.Configuration
+    let webSocket: WebSocketRoutes
+
+    init(responder: @escaping HTTPChannelHandler.Responder, http1: HTTP1Channel.Configuration, webSocket: WebSocketRoutes) {
+        self.responder = Self.refusingLateUpgrades(responder)
+        self.http1 = http1
+        self.webSocket = webSocket
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let upgrader = WebSocketUpgrader(routes: webSocket, attempted: attempted)
+            let http1 = self.http1
+            let upgrade = NIOTypedHTTPServerUpgradeConfiguration<UpgradeResult>(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandlers(http1.additionalChannelHandlers())
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPConnectionStateHandler(idleTimeout: http1.idleTimeout.map { .nanoseconds($0.nanoseconds) }, logger: logger)
+                        )
+                        let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel,
+                            configuration: .init(isOutboundHalfClosureEnabled: true)
+                        )
+                        return attempted.value ? .failedUpgrade(asyncChannel) : .notUpgraded(asyncChannel)
+                    }
+                }
+            )
+            var configuration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(upgradeConfiguration: upgrade)
+            configuration.enablePipelining = false
+            configuration.enableErrorHandling = false
+            configuration.enableResponseHeaderValidation = false
+            configuration.decoderConfiguration.maxHeaderFieldSize = http1.httpDecoder.maxHeaderFieldSize
+            configuration.decoderConfiguration.maxHeaderListSize = http1.httpDecoder.maxHeaderListSize
+            configuration.decoderConfiguration.maxHeaderFieldCount = http1.httpDecoder.maxHeaderFieldCount
+            let result = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            return Value(upgradeResult: result, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.upgradeResult.get() {
+            case .websocket:
+                // Served by its handler on the event loop: nothing waits for it here.
+                return
+            case .notUpgraded(let http1):
+                await handleHTTP(asyncChannel: http1, logger: logger)
+            case .failedUpgrade(let http1):
+                try await http1.executeThenClose { _, outbound in
+                    try await outbound.write(contentsOf: [
+                        .head(HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])),
+                        .end(nil),
+                    ])
+                }
+            }
+        } catch {
+            logger.debug("connection ended before its first request was served", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// NIO decides upgrades on a connection's first request only; a later request asking for
+    /// one is sent to a new connection (307 to the same target, then close).
+    private static func refusingLateUpgrades(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
+        struct ClosingAfterRedirect: Error {}
+        return { request, writer, channel in
+            guard request.headers[.upgrade]?.lowercased() == "websocket" else {
+                try await responder(request, writer, channel)
+                return
+            }
+            let target = request.uri.query.map { "\(request.uri.path)?\($0)" } ?? request.uri.path
+            try await writer.writeResponse(HTTPResponse(status: .temporaryRedirect, headerFields: [.connection: "close", .location: target]))
+            throw ClosingAfterRedirect()
+        }
+    }
+}
+
+/// The WebSocket upgrade of `/ws` (RFC 6455 section 4.2): the request is admitted by
+/// `WebSocketRoutes` (origin, credentials, connection limits) before the 101 is sent.
+struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
+    typealias UpgradeResult = ParleyHTTPChannel.UpgradeResult
+    static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    let routes: WebSocketRoutes
+    let attempted: NIOLoopBoundBox<Bool>
+    /// What `admit` found, for `upgrade`: set on the channel's loop between the two calls.
+    private let admitted: NIOLoopBoundBox<Identity?>
+
+    init(routes: WebSocketRoutes, attempted: NIOLoopBoundBox<Bool>) {
+        self.routes = routes
+        self.attempted = attempted
+        self.admitted = NIOLoopBoundBox(nil, eventLoop: attempted.eventLoop)
+    }
+
+    var supportedProtocol: String { "websocket" }
+    // Checked in `buildUpgradeResponse`: NIO looks for these names in the `Connection` header.
+    var requiredUpgradeHeaders: [String] { [] }
+
+    struct Refused: Error {}
+
+    func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+        attempted.value = true
+        let keys = upgradeRequest.headers["sec-websocket-key"]
+        guard keys.count == 1, upgradeRequest.headers["sec-websocket-version"] == ["13"], URI(upgradeRequest.uri).path == "/ws" else {
+            return channel.eventLoop.makeFailedFuture(Refused())
+        }
+        let accept = Data(Insecure.SHA1.hash(data: Data((keys[0] + Self.guid).utf8))).base64EncodedString()
+        let admitted = self.admitted
+        let routes = self.routes
+        return channel.eventLoop.makeFutureWithTask {
+            try await routes.admitUpgrade(upgradeRequest, channel: channel)
+        }.map { identity in
+            admitted.value = identity
+            var headers = initialResponseHeaders
+            headers.replaceOrAdd(name: "Upgrade", value: "websocket")
+            headers.replaceOrAdd(name: "Connection", value: "upgrade")
+            headers.add(name: "Sec-WebSocket-Accept", value: accept)
+            return headers
+        }
+    }
+
+    func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<UpgradeResult> {
+        let identity = admitted.value
+        let routes = self.routes
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(
+                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
+            )
+            try channel.pipeline.syncOperations.addHandler(routes.makeHandler(identity: identity))
+            return .websocket
+        }
+    }
+}

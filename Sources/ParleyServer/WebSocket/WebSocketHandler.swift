@@ -1,0 +1,293 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+import ParleyCore
+
+/// One upgraded WebSocket, served on its channel's event loop: frames in become `Command`s of
+/// its `Connection`; what its outbox holds goes out as pre-encoded frames.
+///
+/// The outbox is pushed: the first frame queued after a drain schedules one drain on this loop,
+/// which writes everything queued by then and flushes once. A room event fanned out to a
+/// thousand sockets is one encoding, and per socket one queue append and (when the socket had
+/// nothing pending) one event-loop task, one `writev`. While a socket cannot take more bytes
+/// (its write buffer is past the high-water mark) nothing more is taken from the outbox, so a
+/// slow reader fills its own bounded outbox and is cut off (1013), as before.
+///
+/// All mutable state is touched on the channel's event loop only; the outbox and connection
+/// are thread-safe. That is what makes the `@unchecked Sendable` sound.
+final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
+
+    struct Settings: Sendable {
+        var limits: Limits
+        /// How long a client that did not authenticate at upgrade has to send `connect`.
+        var handshakeTimeout: Duration
+        /// How long a client whose token expired has to send `connect` with a fresh one.
+        var refreshGrace: Duration = .seconds(30)
+        /// A ping goes out this often; a client that answered nothing since the last one is gone.
+        var pingInterval: Duration = .seconds(30)
+        /// How long the client has to answer the server's close frame.
+        var closeTimeout: Duration = .seconds(5)
+    }
+
+    private let engine: Engine
+    private let authenticator: any Authenticator
+    private let settings: Settings
+    private let identity: Identity?
+    private let logger: Logger
+    private let decoder = ClientFrameDecoder()
+
+    private var context: ChannelHandlerContext?
+    private var connection: Connection?
+    /// The frames of one drain; kept between drains so that a steady stream allocates nothing.
+    private var batch: [Outbox.Frame] = []
+    /// A text message arriving in fragments.
+    private var fragments: ByteBuffer?
+    /// A binary message arriving in fragments (refused; its continuations are skipped).
+    private var inBinaryMessage = false
+    private var closeSent = false
+    private var heardSinceLastPing = true
+    private var pingTimer: Scheduled<Void>?
+    private var closeTimer: Scheduled<Void>?
+
+    init(engine: Engine, authenticator: any Authenticator, settings: Settings, identity: Identity?, logger: Logger) {
+        self.engine = engine
+        self.authenticator = authenticator
+        self.settings = settings
+        self.identity = identity
+        self.logger = logger
+    }
+
+    // MARK: Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let eventLoop = context.eventLoop
+        // Weak: the session (and its outbox) may outlive the channel until it has left its rooms.
+        let outbox = Outbox(maxBytes: settings.limits.maxOutboxBytes) { [weak self] in
+            guard let self else { return }
+            eventLoop.execute(self.drain)
+        }
+        let connection = Connection(
+            engine: engine, authenticator: authenticator, format: WebSocketFrames.shared,
+            settings: .init(transport: "websocket", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
+            clock: EventLoopClock(eventLoop: eventLoop), outbox: outbox, logger: logger,
+            resumeReading: { [weak self] in
+                guard let self else { return }
+                eventLoop.execute(self.resumeReading)
+            }
+        )
+        self.connection = connection
+        do {
+            try connection.start(identity: identity)
+        } catch {
+            connection.close(.goingAway)
+        }
+        schedulePing(context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTimer?.cancel()
+        closeTimer?.cancel()
+        pingTimer = nil
+        closeTimer = nil
+        if let connection {
+            // Leaving the rooms is async (presence, broker): one task, once per connection.
+            Task { await connection.finish() }
+        }
+        self.context = nil
+        logger.debug("websocket closed")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            switch error {
+            case .invalidFrameLength:
+                protocolClose(context, code: 1009, "frame larger than \(settings.limits.maxFrameBytes) bytes")
+            case .fragmentedControlFrame, .multiByteControlFrameLength:
+                protocolClose(context, code: 1002, "invalid control frame")
+            }
+            return
+        }
+        logger.debug("websocket error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Reading
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        heardSinceLastPing = true
+        // RFC 6455 5.1 and 5.2: client frames are masked; no extension was negotiated.
+        guard frame.maskKey != nil, !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
+            protocolClose(context, code: 1002, frame.maskKey == nil ? "client frames must be masked" : "no extension was negotiated")
+            return
+        }
+        switch frame.opcode {
+        case .text:
+            guard fragments == nil, !inBinaryMessage else { return protocolClose(context, code: 1002, "a new message began inside a fragmented one") }
+            if frame.fin {
+                handleText(frame.unmaskedData, context: context)
+            } else {
+                fragments = frame.unmaskedData
+            }
+        case .continuation:
+            if inBinaryMessage {
+                if frame.fin { inBinaryMessage = false }
+                return
+            }
+            guard var message = fragments else { return protocolClose(context, code: 1002, "continuation without a message") }
+            var piece = frame.unmaskedData
+            guard message.readableBytes + piece.readableBytes <= settings.limits.maxFrameBytes else {
+                fragments = nil
+                return protocolClose(context, code: 1009, "message larger than \(settings.limits.maxFrameBytes) bytes")
+            }
+            message.writeBuffer(&piece)
+            if frame.fin {
+                fragments = nil
+                handleText(message, context: context)
+            } else {
+                fragments = message
+            }
+        case .binary:
+            guard fragments == nil, !inBinaryMessage else { return protocolClose(context, code: 1002, "a new message began inside a fragmented one") }
+            inBinaryMessage = !frame.fin
+            connection?.close(.policyViolation("binary frames are not supported"))
+        case .ping:
+            guard !closeSent else { return }
+            context.writeAndFlush(wrapOutboundOut(WebSocketWire.control(WebSocketWire.pong, payload: frame.unmaskedData)), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            receivedClose(frame, context: context)
+        default:
+            protocolClose(context, code: 1002, "unknown opcode")
+        }
+    }
+
+    private func handleText(_ text: ByteBuffer, context: ChannelHandlerContext) {
+        guard let connection, !connection.outbox.isClosing else { return }
+        switch decoder.decode(text) {
+        case .success(let (id, command)):
+            if !connection.submit(command, id: id) {
+                // The client sends faster than its commands are served: stop reading from it
+                // (TCP pushes back) until they are.
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            }
+        case .failure(let failure):
+            connection.reject(failure.error, id: failure.id)
+        }
+    }
+
+    private func resumeReading() {
+        guard let context else { return }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        context.read()
+    }
+
+    /// The client's close: answered with the same code unless the server's close went first;
+    /// either way the TCP connection ends now.
+    private func receivedClose(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
+        if closeSent {
+            context.close(promise: nil)
+            return
+        }
+        closeSent = true
+        var data = frame.unmaskedData
+        let code = data.readInteger(as: UInt16.self) ?? 1000
+        var payload = ByteBuffer()
+        payload.writeInteger(code)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(WebSocketWire.control(WebSocketWire.close, payload: payload))).whenComplete { _ in
+            bound.value.close(promise: nil)
+        }
+    }
+
+    /// A broken frame: close with `code` and stop reading anything else.
+    private func protocolClose(_ context: ChannelHandlerContext, code: UInt16, _ reason: String) {
+        connection?.close(.policyViolation(reason))
+        sendClose(context, code: code, reason: reason)
+    }
+
+    // MARK: Writing
+
+    /// Writes what the outbox holds and flushes once; sends the close frame once the outbox
+    /// is closing and empty.
+    private func drain() {
+        guard let context, let connection, !closeSent else { return }
+        guard context.channel.isWritable else {
+            // Nothing more is taken while the socket is full; a cut-off still goes out at once.
+            if let reason = connection.outbox.closeReason, reason != .goingAway { sendClose(context, reason) }
+            return
+        }
+        var wrote = false
+        while true {
+            let reason = connection.outbox.take(into: &batch)
+            if batch.isEmpty {
+                if let reason { sendClose(context, reason) }
+                break
+            }
+            for frame in batch {
+                context.write(wrapOutboundOut(frame.bytes), promise: nil)
+            }
+            engine.metrics.recordDeliveries(batch)
+            batch.removeAll(keepingCapacity: batch.capacity <= 64)
+            wrote = true
+            guard context.channel.isWritable else { break }
+        }
+        if wrote { context.flush() }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { drain() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func sendClose(_ context: ChannelHandlerContext, _ reason: CloseReason) {
+        if reason == .slowConsumer { engine.metrics.slowConsumer() }
+        let (code, text) = Self.closeCode(reason)
+        sendClose(context, code: code, reason: text)
+    }
+
+    private func sendClose(_ context: ChannelHandlerContext, code: UInt16, reason: String) {
+        guard !closeSent else { return }
+        closeSent = true
+        logger.debug("closing websocket", metadata: ["code": "\(code)", "reason": "\(reason)"])
+        context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code, reason: reason)), promise: nil)
+        // The client answers with its close, then the connection ends; if it does not, it ends anyway.
+        closeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(settings.closeTimeout.nanoseconds)) { [weak self] in
+            self?.context?.close(promise: nil)
+        }
+    }
+
+    static func closeCode(_ reason: CloseReason) -> (UInt16, String) {
+        switch reason {
+        case .slowConsumer: (1013, "slow consumer: resume with since")
+        case .goingAway: (1001, "server shutting down")
+        case .policyViolation(let why), .unauthenticated(let why): (1008, why)
+        case .serverError(let why): (1011, why)
+        }
+    }
+
+    // MARK: Liveness
+
+    /// A ping every `pingInterval`; a client that sent nothing at all since the previous one
+    /// (not even the pong) is gone, and its connection is closed.
+    private func schedulePing(_ context: ChannelHandlerContext) {
+        pingTimer = context.eventLoop.scheduleTask(in: .nanoseconds(settings.pingInterval.nanoseconds)) { [weak self] in
+            guard let self, let context = self.context else { return }
+            guard self.heardSinceLastPing else {
+                self.logger.debug("websocket ping timed out")
+                context.close(promise: nil)
+                return
+            }
+            self.heardSinceLastPing = false
+            if !self.closeSent {
+                context.writeAndFlush(self.wrapOutboundOut(WebSocketWire.control(WebSocketWire.ping)), promise: nil)
+            }
+            self.schedulePing(context)
+        }
+    }
+}
