@@ -1,0 +1,371 @@
+import NIOCore
+@testable import ParleyCore
+import Synchronization
+import Testing
+
+/// The engine and the connection protocol without sockets, threads of their own or sleeps: a
+/// `ManualClock` moves time, a memory store, broker and presence stand in for the backends, and
+/// a readable wire format shows exactly what each client was sent, in order.
+@Suite("Connection and engine with a manual clock")
+struct ConnectionTests {
+    /// Frames as short strings: `message r 3 alice hi`, `ack 7 joined r 0 [bob]`, `error 7 bad_request`.
+    final class TextFormat: WireFormat {
+        func encode(_ event: ServerEvent) -> ByteBuffer {
+            switch event {
+            case .message(let message): ByteBuffer(string: "message \(message.room) \(message.seq) \(message.user) \(message.content)")
+            case .join(let room, let user, _): ByteBuffer(string: "join \(room) \(user)")
+            case .leave(let room, let user, _): ByteBuffer(string: "leave \(room) \(user)")
+            case .typing(let room, let user, let typing): ByteBuffer(string: "typing \(room) \(user) \(typing)")
+            case .read(let room, let user, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
+            }
+        }
+
+        func encode(_ reply: Reply, id: RequestID?) -> ByteBuffer? {
+            if case .pong = reply { return ByteBuffer(string: "pong") }
+            guard case .number(let id)? = id else { return nil }
+            let text = switch reply {
+            case .connected(let user, _): "connected \(user)"
+            case .joined(let ack): "joined \(ack.room) \(ack.seq) \(ack.users.map(\.user).sorted())"
+            case .left(let room): "left \(room)"
+            case .published(let stored): "published \(stored.message.seq)\(stored.duplicate ? " duplicate" : "")"
+            case .typing(let room, let typing): "typing \(room) \(typing)"
+            case .read(let room, let seq): "read \(room) \(seq)"
+            case .history(let page): "history \(page.messages.map(\.seq)) \(page.hasMore)"
+            case .presence(let room, let users): "presence \(room) \(users.map(\.user).sorted())"
+            case .pong: "pong"
+            }
+            return ByteBuffer(string: "ack \(id) \(text)")
+        }
+
+        func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer {
+            guard case .number(let id)? = id else { return ByteBuffer(string: "error \(error.code.name)") }
+            return ByteBuffer(string: "error \(id) \(error.code.name)")
+        }
+    }
+
+    /// `alice` in open mode; `alice@<ms>` a token of alice's that expires at that wall time;
+    /// `key` an API key.
+    struct TestAuthenticator: Authenticator {
+        var isOpen: Bool { false }
+
+        func authenticate(token: String?, user: String?) async throws(ParleyError) -> Identity {
+            guard let token else { throw ParleyError(.unauthorized, "a token is required") }
+            if token == "key" { return Identity(user: "backend", isBackend: true) }
+            let parts = token.split(separator: "@")
+            return Identity(user: String(parts[0]), expiresAt: parts.count > 1 ? Timestamp(milliseconds: Int64(parts[1])!) : nil)
+        }
+    }
+
+    let clock = ManualClock()
+    let engine: Engine
+
+    init() {
+        var limits = Limits()
+        limits.ratePerSecond = 2
+        limits.rateBurst = 2
+        limits.maxOutboxBytes = 4096
+        limits.maxConsecutiveBadFrames = 5
+        engine = Engine(
+            store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(),
+            limits: limits, logger: .init(label: "test"), clock: clock
+        )
+    }
+
+    func connection(_ user: String?, settings: Connection.Settings = .init(transport: "websocket", handshakeTimeout: .seconds(10))) throws -> Connection {
+        let connection = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(), settings: settings, clock: clock,
+            logger: .init(label: "test")
+        )
+        try connection.start(identity: user.map { Identity(user: $0) })
+        return connection
+    }
+
+    /// Everything queued on the connection since the last call, without waiting.
+    func sent(_ connection: Connection) -> [String] {
+        var batch: [Outbox.Frame] = []
+        _ = connection.outbox.take(into: &batch)
+        return batch.map { String(buffer: $0.bytes) }
+    }
+
+    // MARK: Publishing and joining
+
+    @Test("a message is acked to its sender before it is delivered, and reaches every member in order")
+    func publish() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        await alice.receive(.join(room: "r", since: nil), id: .number(1))
+        await bob.receive(.join(room: "r", since: nil), id: .number(1))
+        #expect(sent(alice) == ["ack 1 joined r 0 [\"alice\"]", "join r bob"])
+        #expect(sent(bob) == ["ack 1 joined r 0 [\"alice\", \"bob\"]"])
+        await alice.receive(.message(room: "r", content: "hi", clientId: nil), id: .number(2))
+        await bob.receive(.message(room: "r", content: "hello", clientId: nil), id: nil)
+        #expect(sent(alice) == ["ack 2 published 1", "message r 1 alice hi", "message r 2 bob hello"])
+        #expect(sent(bob) == ["message r 1 alice hi", "message r 2 bob hello"])
+    }
+
+    @Test("concurrent publishers on many connections: every member sees one gapless order")
+    func ordering() async throws {
+        var limits = engine.limits
+        limits.ratePerSecond = 0
+        let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), limits: limits, clock: clock)
+        let members = try (0..<4).map { index in
+            let connection = Connection(
+                engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+                settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock,
+                outbox: Outbox(maxBytes: 1 << 20), logger: .init(label: "test")
+            )
+            try connection.start(identity: Identity(user: "u\(index)"))
+            return connection
+        }
+        for member in members { await member.receive(.join(room: "r", since: nil), id: nil) }
+        await withTaskGroup(of: Void.self) { group in
+            for member in members {
+                group.addTask {
+                    for index in 0..<25 { await member.receive(.message(room: "r", content: "m\(index)", clientId: nil), id: nil) }
+                }
+            }
+        }
+        for member in members {
+            let seqs = sent(member).filter { $0.hasPrefix("message") }.map { Int($0.split(separator: " ")[2])! }
+            #expect(seqs == Array(1...100))
+        }
+    }
+
+    @Test("join with since replays what was missed, then goes live without gap or duplicate")
+    func joinSince() async throws {
+        let alice = try connection("alice")
+        await alice.receive(.join(room: "r", since: nil), id: nil)
+        for index in 1...2 { await alice.receive(.message(room: "r", content: "m\(index)", clientId: nil), id: nil) }
+        clock.advance(by: .seconds(1))
+        await alice.receive(.message(room: "r", content: "m3", clientId: nil), id: nil)
+        let bob = try connection("bob")
+        await bob.receive(.join(room: "r", since: 1), id: .number(5))
+        clock.advance(by: .seconds(1))
+        await alice.receive(.message(room: "r", content: "m4", clientId: nil), id: nil)
+        #expect(sent(bob) == ["ack 5 joined r 3 [\"alice\", \"bob\"]", "message r 2 alice m2", "message r 3 alice m3", "message r 4 alice m4"])
+        // Joining again acks again and replays nothing.
+        await bob.receive(.join(room: "r", since: 0), id: .number(6))
+        #expect(sent(bob) == ["ack 6 joined r 4 [\"alice\", \"bob\"]"])
+    }
+
+    @Test("leave tells the others, and leaving a room not joined is not_found")
+    func leave() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        await alice.receive(.join(room: "r", since: nil), id: nil)
+        await bob.receive(.join(room: "r", since: nil), id: nil)
+        _ = sent(alice)
+        await bob.receive(.leave(room: "r"), id: .number(3))
+        await bob.receive(.leave(room: "r"), id: .number(4))
+        #expect(sent(bob) == ["ack 3 left r", "error 4 not_found"])
+        #expect(sent(alice) == ["leave r bob"])
+        await alice.receive(.presence(room: "r"), id: .number(9))
+        #expect(sent(alice) == ["ack 9 presence r [\"alice\"]"])
+        // A connection that ends leaves its rooms.
+        await alice.finish()
+        await bob.receive(.join(room: "r", since: nil), id: .number(10))
+        #expect(sent(bob) == ["ack 10 joined r 0 [\"bob\"]"])
+    }
+
+    // MARK: Typing and limits
+
+    @Test("typing is relayed, coalesced within the window, and ends by itself after the timeout")
+    func typing() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        await alice.receive(.join(room: "r", since: nil), id: nil)
+        await bob.receive(.join(room: "r", since: nil), id: nil)
+        _ = sent(alice)
+        await bob.receive(.typing(room: "r", typing: true), id: .number(1))
+        await bob.receive(.typing(room: "r", typing: false), id: nil)
+        await bob.receive(.typing(room: "r", typing: true), id: nil)
+        #expect(sent(bob) == ["ack 1 typing r true"])
+        #expect(sent(alice) == ["typing r bob true"])
+        // The flip-flop within the window comes to nothing: bob still types.
+        clock.advance(by: .milliseconds(600))
+        await engine.tick()
+        #expect(sent(alice) == [])
+        clock.advance(by: engine.limits.typingTimeout)
+        await engine.tick()
+        #expect(sent(alice) == ["typing r bob false"])
+        await bob.receive(.typing(room: "nowhere", typing: true), id: .number(2))
+        #expect(sent(bob) == ["error 2 not_found"])
+    }
+
+    @Test("publishing over the rate is rate_limited until the bucket refills")
+    func rateLimit() async throws {
+        let alice = try connection("alice")
+        await alice.receive(.join(room: "r", since: nil), id: nil)
+        _ = sent(alice)
+        for id in 1...3 { await alice.receive(.message(room: "r", content: "m", clientId: nil), id: .number(Int64(id))) }
+        #expect(sent(alice).filter { $0.hasPrefix("ack") || $0.hasPrefix("error") } == ["ack 1 published 1", "ack 2 published 2", "error 3 rate_limited"])
+        clock.advance(by: .milliseconds(500))
+        await alice.receive(.message(room: "r", content: "m", clientId: nil), id: .number(4))
+        #expect(sent(alice).first == "ack 4 published 3")
+    }
+
+    @Test("the command budget refuses a burst of joins, and refills with time")
+    func commandBudget() async throws {
+        let alice = try connection("alice")
+        for index in 0..<Int(engine.limits.commandBurst) { await alice.receive(.join(room: "r\(index % 50)", since: nil), id: nil) }
+        _ = sent(alice)
+        await alice.receive(.presence(room: "r1"), id: .number(1))
+        #expect(sent(alice) == ["error 1 rate_limited"])
+        clock.advance(by: .seconds(1))
+        await alice.receive(.presence(room: "r1"), id: .number(2))
+        #expect(sent(alice) == ["ack 2 presence r1 [\"alice\"]"])
+    }
+
+    // MARK: Opening, refreshing and closing
+
+    @Test("a connection that never sends connect is closed at the handshake timeout, not before")
+    func handshakeTimeout() throws {
+        let quiet = try connection(nil)
+        clock.advance(by: .milliseconds(9_999))
+        #expect(quiet.outbox.closeReason == nil)
+        clock.advance(by: .milliseconds(1))
+        #expect(quiet.outbox.closeReason == .unauthenticated("no connect within 10.0 seconds"))
+    }
+
+    @Test("connect opens the session; commands before it are unauthorized; an API key is refused on a user transport")
+    func connect() async throws {
+        let client = try connection(nil)
+        await client.receive(.join(room: "r", since: nil), id: .number(1))
+        await client.receive(.connect(token: "key", user: "alice"), id: .number(2))
+        await client.receive(.connect(token: "alice", user: nil), id: .number(3))
+        await client.receive(.connect(token: nil, user: "bob"), id: .number(4))
+        #expect(sent(client) == ["error 1 unauthorized", "error 2 forbidden", "ack 3 connected alice", "error 4 bad_request"])
+        clock.advance(by: .seconds(60))
+        #expect(client.outbox.closeReason == nil)
+    }
+
+    @Test("a backend transport lets an API key act as the user connect names")
+    func backend() async throws {
+        let stream = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "grpc", handshakeTimeout: .seconds(10), backendsMayConnect: true), clock: clock,
+            logger: .init(label: "test")
+        )
+        try stream.start(identity: nil, backend: Identity(user: "backend", isBackend: true))
+        await stream.receive(.connect(token: nil, user: nil), id: .number(1))
+        await stream.receive(.connect(token: nil, user: "helper"), id: .number(2))
+        await stream.receive(.join(room: "r", since: nil), id: nil)
+        await stream.receive(.message(room: "r", content: "from the backend", clientId: nil), id: nil)
+        #expect(sent(stream) == ["error 1 bad_request", "ack 2 connected helper", "message r 1 helper from the backend"])
+    }
+
+    @Test("an expiring token is warned once at expiry and closed after the grace unless refreshed")
+    func expiry() async throws {
+        let expiresAt = clock.now.adding(milliseconds: 10_000)
+        let expiring = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "websocket", handshakeTimeout: .seconds(10), refreshGrace: .seconds(30)), clock: clock,
+            logger: .init(label: "test")
+        )
+        try expiring.start(identity: Identity(user: "alice", expiresAt: expiresAt))
+        let refreshed = try connection(nil)
+        await refreshed.receive(.connect(token: "alice@\(expiresAt.milliseconds)", user: nil), id: .number(1))
+        _ = sent(refreshed)
+
+        clock.advance(by: .seconds(10))
+        #expect(sent(expiring) == ["error unauthorized"])
+        #expect(sent(refreshed) == ["error unauthorized"])
+        // During the grace only connect (and ping, leave) work.
+        await expiring.receive(.join(room: "r", since: nil), id: .number(2))
+        #expect(sent(expiring) == ["error 2 unauthorized"])
+        let later = clock.now.adding(milliseconds: 3_600_000)
+        await refreshed.receive(.connect(token: "alice@\(later.milliseconds)", user: nil), id: .number(3))
+        await refreshed.receive(.connect(token: "bob", user: nil), id: .number(4))
+        #expect(sent(refreshed) == ["ack 3 connected alice", "error 4 forbidden"])
+
+        clock.advance(by: .milliseconds(29_999))
+        #expect(expiring.outbox.closeReason == nil)
+        clock.advance(by: .milliseconds(1))
+        #expect(expiring.outbox.closeReason == .unauthenticated("token expired"))
+        #expect(refreshed.outbox.closeReason == nil)
+        await refreshed.receive(.join(room: "r", since: nil), id: .number(5))
+        #expect(sent(refreshed) == ["ack 5 joined r 0 [\"alice\"]"])
+        // The fresh token runs out in turn.
+        clock.advance(by: .seconds(3600 + 30))
+        #expect(refreshed.outbox.closeReason == .unauthenticated("token expired"))
+        #expect(clock.pendingTimers == 0)
+    }
+
+    @Test("a one-way stream (SSE) gets the error at expiry and ends after what was queued")
+    func oneWayExpiry() async throws {
+        let stream = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "sse", handshakeTimeout: .zero, acceptsCommands: false), clock: clock, logger: .init(label: "test")
+        )
+        try stream.start(identity: Identity(user: "alice", expiresAt: clock.now.adding(milliseconds: 5_000)))
+        try await stream.perform(.join(room: "r", since: nil), id: nil)
+        clock.advance(by: .seconds(5))
+        #expect(stream.outbox.closeReason == .goingAway)
+        #expect(sent(stream) == ["error unauthorized"])
+    }
+
+    @Test("bad commands in a row close the connection; a good one resets the count")
+    func badCommands() async throws {
+        let alice = try connection("alice")
+        for _ in 0..<4 { alice.reject(.badRequest("bad"), id: nil) }
+        await alice.receive(.ping, id: nil)
+        for _ in 0..<4 { alice.reject(.badRequest("bad"), id: nil) }
+        #expect(alice.outbox.closeReason == nil)
+        alice.reject(.badRequest("bad"), id: nil)
+        #expect(alice.outbox.closeReason == .policyViolation("too many bad commands in a row"))
+        // Once closing, commands are ignored.
+        await alice.receive(.ping, id: .number(1))
+        #expect(sent(alice).isEmpty)
+    }
+
+    @Test("a member that does not read is cut off as a slow consumer; the room and the sender go on")
+    func slowConsumer() async throws {
+        var limits = engine.limits
+        limits.ratePerSecond = 0
+        let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), limits: limits, clock: clock)
+        func open(_ user: String) throws -> Connection {
+            let connection = Connection(
+                engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+                settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
+            )
+            try connection.start(identity: Identity(user: user))
+            return connection
+        }
+        let reader = try open("reader")
+        let stalled = try open("stalled")
+        let sender = try open("sender")
+        for connection in [reader, stalled, sender] { await connection.receive(.join(room: "r", since: nil), id: nil) }
+        let content = String(repeating: "x", count: 200)
+        var delivered = 0
+        for _ in 0..<40 {
+            await sender.receive(.message(room: "r", content: content, clientId: nil), id: nil)
+            delivered += sent(reader).filter { $0.hasPrefix("message") }.count
+            _ = sent(sender)
+        }
+        #expect(stalled.outbox.closeReason == .slowConsumer)
+        #expect(delivered == 40)
+        #expect(sender.outbox.closeReason == nil)
+    }
+
+    // MARK: The outbox
+
+    @Test("a pushed outbox signals once per drain, however many frames are queued meanwhile")
+    func pushedOutbox() {
+        let signals = Atomic<Int>(0)
+        let outbox = Outbox(maxBytes: 1 << 20) { signals.add(1, ordering: .relaxed) }
+        var batch: [Outbox.Frame] = []
+        for index in 0..<100 { outbox.enqueue(ByteBuffer(string: "\(index)")) }
+        #expect(signals.load(ordering: .relaxed) == 1)
+        #expect(outbox.take(into: &batch) == nil)
+        #expect(batch.count == 100)
+        batch.removeAll(keepingCapacity: true)
+        outbox.enqueue(ByteBuffer(string: "again"))
+        #expect(signals.load(ordering: .relaxed) == 2)
+        outbox.close(.goingAway)
+        #expect(signals.load(ordering: .relaxed) == 2)
+        #expect(outbox.take(into: &batch) == nil)
+        #expect(batch.map { String(buffer: $0.bytes) } == ["again"])
+        batch.removeAll()
+        #expect(outbox.take(into: &batch) == .goingAway)
+    }
+}
