@@ -107,13 +107,19 @@ final class Hub: BrokerReceiver {
 
     func receive(_ event: ServerEvent) {
         metrics.brokerReceived.increment()
+        let shard = shard(event.room)
+        // Encode for the room's wire formats before taking the lock for the fan-out: the lock
+        // is held only to queue the same bytes on each member's outbox.
+        guard let formats = shard.rooms.withLock({ $0[event.room]?.formats }) else { return }
+        var encoded = EncodedEvent(event)
+        for format in formats { _ = encoded.bytes(for: format) }
         guard case .message(let message) = event else {
-            shard(event.room).rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(event) }
+            shard.rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(&encoded) }
             return
         }
-        let (scheduleGapFill, delivered) = shard(message.room).rooms.withLock { rooms -> (Bool, Int) in
+        let (scheduleGapFill, delivered) = shard.rooms.withLock { rooms -> (Bool, Int) in
             guard rooms[message.room] != nil else { return (false, 0) }
-            let gap = rooms[message.room]!.receive(message)
+            let gap = rooms[message.room]!.receive(message, encoded: &encoded)
             return (gap, rooms[message.room]!.takeDeliveredCount())
         }
         if delivered > 0 { metrics.delivered.increment(by: delivered) }
@@ -205,6 +211,9 @@ struct Room {
     }
 
     var lastDelivered: Int64
+    /// The wire formats of the room's members (a handful at most), encoded for ahead of the
+    /// fan-out; one a member brings later is encoded for on first use.
+    var formats: [any EventEncoder] = []
     var pending: [Int64: Message] = [:]
     var gapFillScheduled = false
     var members: [ObjectIdentifier: Member] = [:]
@@ -221,6 +230,7 @@ struct Room {
         guard members[key] == nil else { return nil }
         let cursor = min(since ?? lastDelivered, lastDelivered)
         let catchingUp = cursor < lastDelivered
+        if !formats.contains(where: { $0 === session.encoder }) { formats.append(session.encoder) }
         members[key] = Member(session: session, cursor: cursor, buffer: catchingUp ? [] : nil)
         return (lastDelivered, catchingUp)
     }
@@ -234,13 +244,19 @@ struct Room {
     /// Takes a message from the broker or the store. Returns true when it opened a gap that
     /// needs a gap-fill task.
     mutating func receive(_ message: Message) -> Bool {
+        var encoded = EncodedEvent(.message(message))
+        return receive(message, encoded: &encoded)
+    }
+
+    /// `encoded`: the message's encodings made so far, used for it if it goes out now.
+    mutating func receive(_ message: Message, encoded: inout EncodedEvent) -> Bool {
         if message.seq <= lastDelivered || pending[message.seq] != nil { return false }
         guard message.seq == lastDelivered + 1 else {
             pending[message.seq] = message
             defer { gapFillScheduled = true }
             return !gapFillScheduled
         }
-        deliver(message)
+        deliver(message, encoded: &encoded)
         while let next = pending.removeValue(forKey: lastDelivered + 1) {
             deliver(next)
         }
@@ -262,15 +278,19 @@ struct Room {
     }
 
     private mutating func deliver(_ message: Message) {
-        lastDelivered = message.seq
         var encoded = EncodedEvent(.message(message))
+        deliver(message, encoded: &encoded)
+    }
+
+    private mutating func deliver(_ message: Message, encoded: inout EncodedEvent) {
+        lastDelivered = message.seq
         for index in members.values.indices where members.values[index].deliver(message, encoded: &encoded) {
             deliveredCount += 1
         }
     }
 
-    func deliverEphemeral(_ event: ServerEvent) {
-        var encoded = EncodedEvent(event)
+    func deliverEphemeral(_ encoded: inout EncodedEvent) {
+        let event = encoded.event
         let skip = event.subjectUserIfNotEchoed
         for member in members.values where member.session.user != skip {
             member.session.outbox.enqueue(encoded.bytes(for: member.session.encoder))
