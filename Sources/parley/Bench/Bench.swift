@@ -33,6 +33,8 @@ struct Bench: AsyncParsableCommand {
     var hold: Double = 0
     @Option(name: .customLong("grpc"), help: "Subscribe over gRPC JoinChat to this host:port instead of WebSockets; repeat for several instances. Publishers stay on --url.")
     var grpcTargets: [String] = []
+    @Option(name: .customLong("server-pid"), help: "PID of the server process on this machine: report its CPU time per phase (and per delivery) and its resident memory per subscriber, read from /proc.")
+    var serverPID: Int32?
     @Flag(help: "Print the report as JSON on stdout.") var json = false
 
     func validate() throws {
@@ -48,11 +50,14 @@ struct Bench: AsyncParsableCommand {
 
         let grpc = grpcTargets.isEmpty ? nil : try GRPCConnections(targets: grpcTargets, streams: connections)
         defer { grpc?.close() }
+        let server = serverPID.map(ServerProcessProbe.init)
+        let beforeConnect = try server?.sample()
         let subscriberTasks = try await openSubscribers(subscribers, grpc: grpc)
         if hold > 0 {
             FileHandle.standardError.write(Data("holding \(subscribers.count) idle connections for \(hold) s\n".utf8))
             try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
         }
+        let beforePublish = try server?.sample()
         let publisherStats = (0..<publishers).map { PublisherStats(room: roomNames[$0 % rooms]) }
         let start = monotonicNanos()
         let deadline = start + UInt64(duration * 1e9)
@@ -70,8 +75,23 @@ struct Bench: AsyncParsableCommand {
             try? await Task.sleep(for: .milliseconds(20))
         }
         progress.cancel()
+        let afterPublish = try server?.sample()
         // Measure before closing the subscribers, so that only server-side closes count.
-        let report = makeReport(publishers: publisherStats, subscribers: subscribers, lastAcked: lastAcked, seconds: max(Double(published - start) / 1e9, 1e-9))
+        var report = makeReport(publishers: publisherStats, subscribers: subscribers, lastAcked: lastAcked, seconds: max(Double(published - start) / 1e9, 1e-9))
+        if let beforeConnect, let beforePublish, let afterPublish {
+            report.server = ServerUsage(
+                connectCPUSeconds: beforePublish.cpuSeconds - beforeConnect.cpuSeconds,
+                publishCPUSeconds: afterPublish.cpuSeconds - beforePublish.cpuSeconds,
+                cpuMicrosPerDelivery: report.deliveries > 0
+                    ? (afterPublish.cpuSeconds - beforePublish.cpuSeconds) * 1e6 / Double(report.deliveries) : nil,
+                deliveriesPerCPUSecond: afterPublish.cpuSeconds > beforePublish.cpuSeconds
+                    ? Double(report.deliveries) / (afterPublish.cpuSeconds - beforePublish.cpuSeconds) : nil,
+                residentKiBBefore: beforeConnect.residentKiB,
+                residentKiBIdle: beforePublish.residentKiB,
+                residentKiBAfter: afterPublish.residentKiB,
+                kibPerConnection: connections > 0 ? Double(beforePublish.residentKiB - beforeConnect.residentKiB) / Double(connections) : nil
+            )
+        }
         for task in subscriberTasks { task.cancel() }
         if json {
             let encoder = JSONEncoder()

@@ -44,6 +44,8 @@ struct LoadReport: Codable {
     var deliveryLatency: LatencySummary
     /// From the publisher's send to its ack (the message is durably stored).
     var ackLatency: LatencySummary
+    /// The server process's CPU time and memory (`--server-pid`).
+    var server: ServerUsage?
 
     var text: String {
         """
@@ -53,7 +55,56 @@ struct LoadReport: Codable {
         lost \(lost), out of order \(outOfOrder), duplicates \(duplicates), disconnects \(disconnects)
         delivery latency: \(deliveryLatency.line)
         ack latency:      \(ackLatency.line)
-        """
+        """ + (server.map { "\n" + $0.text } ?? "")
+    }
+}
+
+/// The server's CPU time per phase and resident memory, read from /proc by `parley bench`.
+struct ServerUsage: Codable {
+    /// CPU time to accept, upgrade and join the subscribers (and any hold).
+    var connectCPUSeconds: Double
+    /// CPU time while publishing and draining deliveries.
+    var publishCPUSeconds: Double
+    var cpuMicrosPerDelivery: Double?
+    var deliveriesPerCPUSecond: Double?
+    var residentKiBBefore: Int
+    var residentKiBIdle: Int
+    var residentKiBAfter: Int
+    /// Resident memory the subscribers added, per subscriber.
+    var kibPerConnection: Double?
+
+    var text: String {
+        func format(_ value: Double?, _ digits: Int = 2) -> String { value.map { String(format: "%.\(digits)f", $0) } ?? "-" }
+        return """
+            server CPU: connect+join \(format(connectCPUSeconds)) s, publishing \(format(publishCPUSeconds)) s, \(format(cpuMicrosPerDelivery)) us per delivery, \(format(deliveriesPerCPUSecond, 0)) deliveries per CPU-second
+            server memory: \(residentKiBBefore) KiB before, \(residentKiBIdle) KiB with the subscribers idle (\(format(kibPerConnection)) KiB each), \(residentKiBAfter) KiB after
+            """
+    }
+}
+
+/// Reads a local process's CPU time (`/proc/PID/stat`: utime + stime) and resident memory
+/// (`/proc/PID/status`: VmRSS).
+struct ServerProcessProbe {
+    let pid: Int32
+
+    struct Sample {
+        var cpuSeconds: Double
+        var residentKiB: Int
+    }
+
+    func sample() throws -> Sample {
+        let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+        // Fields after the command name (which may hold spaces) start at field 3.
+        guard let close = stat.lastIndex(of: ")") else { throw BenchError("unreadable /proc/\(pid)/stat") }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else {
+            throw BenchError("unreadable /proc/\(pid)/stat")
+        }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+        return Sample(cpuSeconds: (user + system) / ticks, residentKiB: rss)
     }
 }
 
