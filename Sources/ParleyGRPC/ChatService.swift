@@ -179,8 +179,10 @@ public struct ChatService: RegistrableRPCService {
     }
 
     @Sendable func getPresence(_ request: Chat_V1_PresenceRequest, metadata: Metadata, reader: Identity?) async throws -> Chat_V1_PresenceResponse {
-        let users = try await engine.presence(readerIdentity(reader, metadata), room: request.roomID)
-        return Chat_V1_PresenceResponse(room: request.roomID, users: users)
+        return Chat_V1_PresenceResponse(try await engine.presence(
+            readerIdentity(reader, metadata), room: request.roomID,
+            after: request.hasAfterUser ? request.afterUser : nil, limit: request.hasLimit ? Int(request.limit) : nil
+        ))
     }
 
     // MARK: Streaming RPCs

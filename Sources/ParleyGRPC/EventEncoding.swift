@@ -48,8 +48,8 @@ final class ProtoEventEncoder: WireFormat {
             })
         case .history(let page):
             result = .history(Chat_V1_HistoryResponse(page))
-        case .presence(let room, let users):
-            result = .presence(Chat_V1_PresenceResponse(room: room, users: users))
+        case .presence(let page):
+            result = .presence(Chat_V1_PresenceResponse(page))
         }
         guard id != nil else { return nil }
         return encode(.ack(requestID, result))

@@ -43,10 +43,12 @@ extension Chat_V1_HistoryResponse {
 }
 
 extension Chat_V1_PresenceResponse {
-    init(room: String, users: [PresenceEntry]) {
+    init(_ page: Engine.PresencePage) {
         self.init()
-        roomID = room
-        self.users = users.map(Chat_V1_Presence.init)
+        roomID = page.room
+        users = page.users.map(Chat_V1_Presence.init)
+        online = Int32(clamping: page.online)
+        hasMore_p = page.hasMore
     }
 }
 
@@ -56,6 +58,8 @@ extension Chat_V1_JoinResult {
         roomID = ack.room
         seq = ack.seq
         users = ack.users.map(Chat_V1_Presence.init)
+        online = Int32(clamping: ack.online)
+        hasMore_p = ack.hasMore
     }
 }
 
@@ -88,6 +92,13 @@ extension Chat_V1_ChatEvent {
                 $0.roomID = room
                 $0.userID = user
                 $0.seq = seq
+            }
+        case .presence(let room, let online, let joined, let left):
+            presence = .with {
+                $0.roomID = room
+                $0.online = Int32(clamping: online)
+                $0.joined = joined
+                $0.left = left
             }
         }
     }

@@ -232,7 +232,10 @@ extension Command {
                 after: history.hasAfterSeq ? history.afterSeq : nil, limit: history.hasLimit ? Int(history.limit) : nil
             )
         case .presence(let presence):
-            self = .presence(room: presence.roomID)
+            self = .presence(
+                room: presence.roomID, after: presence.hasAfterUser ? presence.afterUser : nil,
+                limit: presence.hasLimit ? Int(presence.limit) : nil
+            )
         case .ping:
             self = .ping
         }

@@ -17,6 +17,7 @@ struct ConnectionTests {
             case .leave(let room, let user, _): ByteBuffer(string: "leave \(room) \(user)")
             case .typing(let room, let user, let typing): ByteBuffer(string: "typing \(room) \(user) \(typing)")
             case .read(let room, let user, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
+            case .presence(let room, let online, let joined, let left): ByteBuffer(string: "presence \(room) \(online) +\(joined) -\(left)")
             }
         }
 
@@ -25,13 +26,13 @@ struct ConnectionTests {
             guard case .number(let id)? = id else { return nil }
             let text = switch reply {
             case .connected(let user, _): "connected \(user)"
-            case .joined(let ack): "joined \(ack.room) \(ack.seq) \(ack.users.map(\.user).sorted())"
+            case .joined(let ack): "joined \(ack.room) \(ack.seq) \(ack.users.map(\.user))\(ack.hasMore ? " of \(ack.online)" : "")"
             case .left(let room): "left \(room)"
             case .published(let stored): "published \(stored.message.seq)\(stored.duplicate ? " duplicate" : "")"
             case .typing(let room, let typing): "typing \(room) \(typing)"
             case .read(let room, let seq): "read \(room) \(seq)"
             case .history(let page): "history \(page.messages.map(\.seq)) \(page.hasMore)"
-            case .presence(let room, let users): "presence \(room) \(users.map(\.user).sorted())"
+            case .presence(let page): "presence \(page.room) \(page.users.map(\.user))\(page.hasMore ? " of \(page.online)" : "")"
             case .pong: "pong"
             }
             return ByteBuffer(string: "ack \(id) \(text)")
@@ -165,6 +166,50 @@ struct ConnectionTests {
         await alice.finish()
         await bob.receive(.join(room: "r", since: nil), id: .number(10))
         #expect(sent(bob) == ["ack 10 joined r 0 [\"bob\"]"])
+    }
+
+    @Test("a large room pages its presence list and batches joins and leaves into one update per interval")
+    func largeRoom() async throws {
+        var limits = Limits()
+        limits.largeRoomSize = 3
+        limits.presencePageSize = 2
+        let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), limits: limits, clock: clock)
+        func open(_ user: String) throws -> Connection {
+            let connection = Connection(
+                engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+                settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
+            )
+            try connection.start(identity: Identity(user: user))
+            return connection
+        }
+        let users = try (1...5).map { try open("u\($0)") }
+        for (index, user) in users.enumerated() { await user.receive(.join(room: "r", since: nil), id: .number(Int64(index + 1))) }
+        // Up to the threshold, one event per join and the whole list (paged past 2 users).
+        #expect(sent(users[0]) == ["ack 1 joined r 0 [\"u1\"]", "join r u2", "join r u3"])
+        #expect(sent(users[2]) == ["ack 3 joined r 0 [\"u1\", \"u2\"] of 3"])
+        // Past it, nothing per join: one update once the interval has passed.
+        #expect(sent(users[4]) == ["ack 5 joined r 0 [\"u1\", \"u2\"] of 5"])
+        #expect(sent(users[1]) == ["ack 2 joined r 0 [\"u1\", \"u2\"]", "join r u3"])
+        #expect(sent(users[3]) == ["ack 4 joined r 0 [\"u1\", \"u2\"] of 4"])
+        await engine.tick()
+        #expect(sent(users[1]) == [])
+        clock.advance(by: .seconds(1))
+        await engine.tick()
+        for user in users { #expect(sent(user) == ["presence r 5 +[\"u4\", \"u5\"] -[]"]) }
+        await users[0].receive(.presence(room: "r", after: "u2", limit: 2), id: .number(9))
+        await users[0].receive(.presence(room: "r", after: "u4", limit: nil), id: .number(10))
+        #expect(sent(users[0]) == ["ack 9 presence r [\"u3\", \"u4\"] of 5", "ack 10 presence r [\"u5\"]"])
+        // A join and leave within one interval cancel out; the room shrinks back to small.
+        await users[4].receive(.leave(room: "r"), id: nil)
+        await users[3].receive(.leave(room: "r"), id: nil)
+        let again = try open("u6")
+        await again.receive(.join(room: "r", since: nil), id: nil)
+        await again.receive(.leave(room: "r"), id: nil)
+        clock.advance(by: .seconds(1))
+        await engine.tick()
+        #expect(sent(users[0]) == ["presence r 3 +[] -[\"u4\", \"u5\"]"])
+        await users[2].receive(.leave(room: "r"), id: nil)
+        #expect(sent(users[0]) == ["leave r u3"])
     }
 
     // MARK: Typing and limits

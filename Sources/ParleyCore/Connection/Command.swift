@@ -11,7 +11,8 @@ public enum Command: Sendable, Equatable {
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)
-    case presence(room: String)
+    /// A page of the room's users: after `after` (sorted by id), at most `limit`.
+    case presence(room: String, after: String? = nil, limit: Int? = nil)
     case ping
 }
 
@@ -40,7 +41,7 @@ public enum Reply: Sendable {
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(HistoryPage)
-    case presence(room: String, users: [PresenceEntry])
+    case presence(Engine.PresencePage)
     case pong
 }
 

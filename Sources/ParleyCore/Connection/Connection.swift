@@ -296,9 +296,8 @@ public final class Connection: Sendable {
         case .history(let room, let before, let after, let limit):
             let page = try await engine.history(session.identity, room: room, before: before, after: after, limit: limit)
             reply(.history(page), id: id)
-        case .presence(let room):
-            let users = try await engine.presence(session.identity, room: room)
-            reply(.presence(room: room, users: users), id: id)
+        case .presence(let room, let after, let limit):
+            reply(.presence(try await engine.presence(session.identity, room: room, after: after, limit: limit)), id: id)
         case .connect, .ping:
             break
         }

@@ -38,6 +38,10 @@ public final class Engine: Sendable {
     /// Command budgets of calls that come without a session (HTTP and gRPC reads), per client
     /// address.
     private let sessionlessBudgets = Mutex<[String: TokenBucket]>([:])
+    /// Rooms above `limits.largeRoomSize`, whose joins and leaves go out as presence updates,
+    /// and the changes waiting for the next update.
+    private let largeRooms = Mutex<Set<String>>([])
+    private let presenceChanges = Mutex<[String: PresenceChanges]>([:])
 
     public init(
         store: any MessageStore,
@@ -125,7 +129,20 @@ public final class Engine: Sendable {
         public var room: String
         /// The room's last seq when the join took effect.
         public var seq: Int64
+        /// The first page of the room's users (`Limits.presencePageSize`).
         public var users: [PresenceEntry]
+        /// Users in the room in all.
+        public var online: Int
+        /// More users than `users` holds: page on with `presence` `after`.
+        public var hasMore: Bool
+    }
+
+    /// One page of a room's users, sorted by id.
+    public struct PresencePage: Sendable {
+        public var room: String
+        public var users: [PresenceEntry]
+        public var online: Int
+        public var hasMore: Bool
     }
 
     /// Joins a room. `onJoined` runs once membership is in place and before any replayed
@@ -140,10 +157,11 @@ public final class Engine: Sendable {
         let since = try Validation.seq(since, field: "since")
         guard try session.addRoom(room, limit: limits.maxRoomsPerConnection) else {
             let last = try await storeCall { try await self.store.lastSeq(room: room) }
-            onJoined(JoinAck(room: room, seq: last, users: try await members(of: room)))
+            onJoined(joinAck(room: room, seq: last, everyone: try await members(of: room)))
             return
         }
         let position: Hub.Position
+        let everyone: [PresenceEntry]
         do {
             position = try await hub.add(session, room: room, since: since)
             metrics.members.increment()
@@ -151,19 +169,80 @@ public final class Engine: Sendable {
                 metrics.rooms.increment()
                 try await broker.setInterest(room: room, true)
             }
-            if !session.isWatcher, try await presence.add(room: room, user: session.user, session: session.id, at: clock.now) {
-                try await publishToBroker(.join(room: room, user: session.user, timestamp: clock.now))
+            var arrived = false
+            if !session.isWatcher {
+                arrived = try await presence.add(room: room, user: session.user, session: session.id, at: clock.now)
+            }
+            everyone = try await members(of: room)
+            if arrived {
+                try await announce(.join(room: room, user: session.user, timestamp: clock.now), online: everyone.count)
             }
         } catch {
             _ = session.removeRoom(room)
             await removeMembership(session, room: room)
             throw wrap(error)
         }
-        onJoined(JoinAck(room: room, seq: position.lastSeq, users: try await members(of: room)))
+        onJoined(joinAck(room: room, seq: position.lastSeq, everyone: everyone))
         if position.catchingUp, let since {
             try await storeCall { try await self.hub.catchUp(session, room: room, from: since) }
         }
     }
+
+    private func joinAck(room: String, seq: Int64, everyone: [PresenceEntry]) -> JoinAck {
+        let page = everyone.prefix(limits.presencePageSize)
+        return JoinAck(room: room, seq: seq, users: Array(page), online: everyone.count, hasMore: page.count < everyone.count)
+    }
+
+    /// Sends a join or leave to the room, or, in a large room, keeps it for the next presence
+    /// update. `online`: the room's users now, when known.
+    private func announce(_ event: ServerEvent, online: Int?) async throws {
+        let room = event.room
+        let batched = largeRooms.withLock { rooms -> Bool in
+            guard limits.largeRoomSize > 0 else { return false }
+            if let online, online > limits.largeRoomSize { rooms.insert(room) }
+            return rooms.contains(room)
+        }
+        guard batched else {
+            try await publishToBroker(event)
+            return
+        }
+        let now = clock.instant
+        presenceChanges.withLock { changes in
+            var pending = changes[room] ?? PresenceChanges(since: now)
+            switch event {
+            case .join(_, let user, _):
+                if pending.left.remove(user) == nil { pending.joined.insert(user) }
+            case .leave(_, let user, _):
+                if pending.joined.remove(user) == nil { pending.left.insert(user) }
+            default:
+                break
+            }
+            changes[room] = pending
+        }
+    }
+
+    /// Publishes the presence updates of large rooms whose changes waited out the interval; a
+    /// room that is no longer large goes back to one event per join and leave.
+    private func publishPresenceUpdates(now: ContinuousClock.Instant) async {
+        let due = presenceChanges.withLock { changes -> [(String, PresenceChanges)] in
+            let due = changes.filter { now - $0.value.since >= limits.presenceUpdateInterval }
+            for (room, _) in due { changes[room] = nil }
+            return due.map { ($0.key, $0.value) }
+        }
+        for (room, pending) in due {
+            guard let online = try? await presence.members(room: room).count else { continue }
+            if online <= limits.largeRoomSize { largeRooms.withLock { _ = $0.remove(room) } }
+            guard !pending.joined.isEmpty || !pending.left.isEmpty else { continue }
+            try? await publishToBroker(.presence(
+                room: room, online: online,
+                joined: Array(pending.joined.sorted().prefix(Self.namedPresenceChanges)),
+                left: Array(pending.left.sorted().prefix(Self.namedPresenceChanges))
+            ))
+        }
+    }
+
+    /// Users named in one presence update, per direction; the count says the rest.
+    static let namedPresenceChanges = 100
 
     public func leave(_ session: Session, room: String) async throws {
         let room = try Validation.room(room, limits: limits)
@@ -182,7 +261,7 @@ public final class Engine: Sendable {
         do {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
                 await setTyping(room: room, user: session.user, false, leaving: true)
-                try await publishToBroker(.leave(room: room, user: session.user, timestamp: clock.now))
+                try await announce(.leave(room: room, user: session.user, timestamp: clock.now), online: nil)
             }
         } catch {
             logger.warning("presence update failed", metadata: ["room": "\(room)", "error": "\(error)"])
@@ -363,6 +442,7 @@ public final class Engine: Sendable {
         for (key, seq) in readEvents.withLock({ $0.due(now: now) }) {
             try? await publishToBroker(.read(room: key.room, user: key.user, seq: seq))
         }
+        await publishPresenceUpdates(now: now)
     }
 
     public func read(_ session: Session, room: String, seq: Int64) async throws {
@@ -398,10 +478,18 @@ public final class Engine: Sendable {
         try await storeCall { try await self.presence.members(room: room) }
     }
 
-    public func presence(_ identity: Identity, room: String) async throws -> [PresenceEntry] {
+    /// A page of the room's users, sorted by id: those after `after` (nil: from the first),
+    /// at most `limit` (default and most: `limits.presencePageSize`).
+    public func presence(_ identity: Identity, room: String, after: String? = nil, limit: Int? = nil) async throws -> PresencePage {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room, at: clock.now)
-        return try await members(of: room)
+        if let limit, limit < 1 || limit > limits.presencePageSize {
+            throw ParleyError.badRequest("limit must be 1..\(limits.presencePageSize)")
+        }
+        let everyone = try await members(of: room)
+        let rest = after.map { after in everyone.drop { $0.user <= after } } ?? everyone[...]
+        let page = rest.prefix(limit ?? limits.presencePageSize)
+        return PresencePage(room: room, users: Array(page), online: everyone.count, hasMore: page.count < rest.count)
     }
 
     /// Every room with history or presence, with its last seq and online count.
@@ -458,6 +546,12 @@ public final class Engine: Sendable {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }
+}
+
+struct PresenceChanges {
+    var since: ContinuousClock.Instant
+    var joined: Set<String> = []
+    var left: Set<String> = []
 }
 
 struct TypingKey: Hashable {

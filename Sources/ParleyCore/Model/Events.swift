@@ -5,11 +5,14 @@ public enum ServerEvent: Sendable, Hashable {
     case leave(room: String, user: String, timestamp: Timestamp)
     case typing(room: String, user: String, typing: Bool)
     case read(room: String, user: String, seq: Int64)
+    /// A large room's joins and leaves since the previous update (`Limits.largeRoomSize`).
+    case presence(room: String, online: Int, joined: [String], left: [String])
 
     public var room: String {
         switch self {
         case .message(let message): message.room
         case .join(let room, _, _), .leave(let room, _, _), .typing(let room, _, _), .read(let room, _, _): room
+        case .presence(let room, _, _, _): room
         }
     }
 
@@ -17,7 +20,7 @@ public enum ServerEvent: Sendable, Hashable {
     var subjectUserIfNotEchoed: String? {
         switch self {
         case .join(_, let user, _), .leave(_, let user, _), .typing(_, let user, _): user
-        case .message, .read: nil
+        case .message, .read, .presence: nil
         }
     }
 }

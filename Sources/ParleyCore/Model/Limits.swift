@@ -42,6 +42,14 @@ public struct Limits: Sendable, Hashable {
     public var coalesceWindow: Duration = .milliseconds(500)
     /// How long a `typing: true` lasts unless renewed.
     public var typingTimeout: Duration = .seconds(5)
+    /// Users in one page of a presence list (the join ack's, `presence`'s): a room with more
+    /// is paged (`after`).
+    public var presencePageSize = 100
+    /// Above this many users present, a room's joins and leaves go out as one `presence`
+    /// update per `presenceUpdateInterval` instead of one event each (filling a room of N is
+    /// then O(N) deliveries, not O(N^2)). 0 sends every join and leave one by one.
+    public var largeRoomSize = 50
+    public var presenceUpdateInterval: Duration = .seconds(1)
     /// How long a `clientId` is remembered for idempotent retries.
     public var idempotencyWindow: Duration = .seconds(600)
 

@@ -324,9 +324,32 @@ public nonisolated struct Chat_V1_PresenceRequest: Sendable {
   /// The room. Required.
   public var roomID: String = String()
 
+  /// Page on from this user id (the users come sorted by id); absent: the first page.
+  public var afterUser: String {
+    get {_afterUser ?? String()}
+    set {_afterUser = newValue}
+  }
+  /// Returns true if `afterUser` has been explicitly set.
+  public var hasAfterUser: Bool {self._afterUser != nil}
+  /// Clears the value of `afterUser`. Subsequent reads from it will return its default value.
+  public mutating func clearAfterUser() {self._afterUser = nil}
+
+  /// Most users in the page (1..100, default 100).
+  public var limit: Int32 {
+    get {_limit ?? 0}
+    set {_limit = newValue}
+  }
+  /// Returns true if `limit` has been explicitly set.
+  public var hasLimit: Bool {self._limit != nil}
+  /// Clears the value of `limit`. Subsequent reads from it will return its default value.
+  public mutating func clearLimit() {self._limit = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _afterUser: String? = nil
+  fileprivate var _limit: Int32? = nil
 }
 
 public nonisolated struct Chat_V1_PresenceResponse: Sendable {
@@ -337,8 +360,14 @@ public nonisolated struct Chat_V1_PresenceResponse: Sendable {
   /// The room asked for.
   public var roomID: String = String()
 
-  /// Who is in the room, one entry per user (however many sessions they have).
+  /// Who is in the room, one entry per user (however many sessions they have), sorted by id.
   public var users: [Chat_V1_Presence] = []
+
+  /// How many users are in the room in all.
+  public var online: Int32 = 0
+
+  /// More users follow: ask again with after_user set to the last one here.
+  public var hasMore_p: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -728,6 +757,16 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     set {event = .pong(newValue)}
   }
 
+  /// A large room's presence changes of the last second, in place of one join or leave
+  /// event per user (docs/protocol.md, "Large rooms").
+  public var presence: Chat_V1_PresenceUpdate {
+    get {
+      if case .presence(let v)? = event {return v}
+      return Chat_V1_PresenceUpdate()
+    }
+    set {event = .presence(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
@@ -749,8 +788,33 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     case error(Chat_V1_ChatError)
     /// The answer to `ping`.
     case pong(Chat_V1_Pong)
+    /// A large room's presence changes of the last second, in place of one join or leave
+    /// event per user (docs/protocol.md, "Large rooms").
+    case presence(Chat_V1_PresenceUpdate)
 
   }
+
+  public init() {}
+}
+
+/// Who came and went in a large room since the previous update.
+public nonisolated struct Chat_V1_PresenceUpdate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  /// Users in the room now.
+  public var online: Int32 = 0
+
+  /// Users whose first session entered (at most 100 named).
+  public var joined: [String] = []
+
+  /// Users whose last session left (at most 100 named).
+  public var left: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -956,8 +1020,15 @@ public nonisolated struct Chat_V1_JoinResult: Sendable {
   /// The room's last seq when the join took effect (0 for a new room).
   public var seq: Int64 = 0
 
-  /// Who is in the room, the joiner included.
+  /// Who is in the room, the joiner included, sorted by id: the first page of `presence` in a
+  /// room larger than a page.
   public var users: [Chat_V1_Presence] = []
+
+  /// How many users are in the room in all.
+  public var online: Int32 = 0
+
+  /// More users than `users` holds: page through them with `presence`.
+  public var hasMore_p: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1321,7 +1392,7 @@ nonisolated extension Chat_V1_HistoryResponse: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Chat_V1_PresenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PresenceRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{3}after_user\0\u{1}limit\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1330,20 +1401,34 @@ nonisolated extension Chat_V1_PresenceRequest: SwiftProtobuf.Message, SwiftProto
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._afterUser) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self._limit) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.roomID.isEmpty {
       try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
     }
+    try { if let v = self._afterUser {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._limit {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Chat_V1_PresenceRequest, rhs: Chat_V1_PresenceRequest) -> Bool {
     if lhs.roomID != rhs.roomID {return false}
+    if lhs._afterUser != rhs._afterUser {return false}
+    if lhs._limit != rhs._limit {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1351,7 +1436,7 @@ nonisolated extension Chat_V1_PresenceRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Chat_V1_PresenceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PresenceResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}users\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}users\0\u{1}online\0\u{3}has_more\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1361,6 +1446,8 @@ nonisolated extension Chat_V1_PresenceResponse: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.users) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.online) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.hasMore_p) }()
       default: break
       }
     }
@@ -1373,12 +1460,20 @@ nonisolated extension Chat_V1_PresenceResponse: SwiftProtobuf.Message, SwiftProt
     if !self.users.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.users, fieldNumber: 2)
     }
+    if self.online != 0 {
+      try visitor.visitSingularInt32Field(value: self.online, fieldNumber: 3)
+    }
+    if self.hasMore_p != false {
+      try visitor.visitSingularBoolField(value: self.hasMore_p, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Chat_V1_PresenceResponse, rhs: Chat_V1_PresenceResponse) -> Bool {
     if lhs.roomID != rhs.roomID {return false}
     if lhs.users != rhs.users {return false}
+    if lhs.online != rhs.online {return false}
+    if lhs.hasMore_p != rhs.hasMore_p {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1897,7 +1992,7 @@ nonisolated extension Chat_V1_PingCommand: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0\u{1}presence\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2009,6 +2104,19 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
           self.event = .pong(v)
         }
       }()
+      case 9: try {
+        var v: Chat_V1_PresenceUpdate?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .presence(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .presence(v)
+        }
+      }()
       default: break
       }
     }
@@ -2052,6 +2160,10 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
       guard case .pong(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     }()
+    case .presence?: try {
+      guard case .presence(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2059,6 +2171,51 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
   public static func ==(lhs: Chat_V1_ChatEvent, rhs: Chat_V1_ChatEvent) -> Bool {
     if lhs.event != rhs.event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_PresenceUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PresenceUpdate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}online\0\u{1}joined\0\u{1}left\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.online) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.joined) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.left) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if self.online != 0 {
+      try visitor.visitSingularInt32Field(value: self.online, fieldNumber: 2)
+    }
+    if !self.joined.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.joined, fieldNumber: 3)
+    }
+    if !self.left.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.left, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_PresenceUpdate, rhs: Chat_V1_PresenceUpdate) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.online != rhs.online {return false}
+    if lhs.joined != rhs.joined {return false}
+    if lhs.left != rhs.left {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2443,7 +2600,7 @@ nonisolated extension Chat_V1_ConnectResult: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Chat_V1_JoinResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JoinResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}seq\0\u{1}users\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}seq\0\u{1}users\0\u{1}online\0\u{3}has_more\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2454,6 +2611,8 @@ nonisolated extension Chat_V1_JoinResult: SwiftProtobuf.Message, SwiftProtobuf._
       case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
       case 2: try { try decoder.decodeSingularInt64Field(value: &self.seq) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.users) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.online) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.hasMore_p) }()
       default: break
       }
     }
@@ -2469,6 +2628,12 @@ nonisolated extension Chat_V1_JoinResult: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.users.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.users, fieldNumber: 3)
     }
+    if self.online != 0 {
+      try visitor.visitSingularInt32Field(value: self.online, fieldNumber: 4)
+    }
+    if self.hasMore_p != false {
+      try visitor.visitSingularBoolField(value: self.hasMore_p, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2476,6 +2641,8 @@ nonisolated extension Chat_V1_JoinResult: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.roomID != rhs.roomID {return false}
     if lhs.seq != rhs.seq {return false}
     if lhs.users != rhs.users {return false}
+    if lhs.online != rhs.online {return false}
+    if lhs.hasMore_p != rhs.hasMore_p {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -49,6 +49,14 @@ public enum BrokerCodec {
             buffer.writeField(room)
             buffer.writeField(user)
             buffer.writeInteger(seq)
+        case .presence(let room, let online, let joined, let left):
+            buffer.writeInteger(UInt8(6))
+            buffer.writeField(room)
+            buffer.writeInteger(Int64(online))
+            for users in [joined, left] {
+                buffer.writeInteger(UInt32(users.count))
+                for user in users { buffer.writeField(user) }
+            }
         }
         return buffer
     }
@@ -81,6 +89,19 @@ public enum BrokerCodec {
         case 5:
             guard let room = buffer.readField(), let user = buffer.readField(), let seq = buffer.readInteger(as: Int64.self) else { return nil }
             event = .read(room: room, user: user, seq: seq)
+        case 6:
+            guard let room = buffer.readField(), let online = buffer.readInteger(as: Int64.self) else { return nil }
+            var lists: [[String]] = []
+            for _ in 0..<2 {
+                guard let count = buffer.readInteger(as: UInt32.self), count <= 10_000 else { return nil }
+                var users: [String] = []
+                for _ in 0..<count {
+                    guard let user = buffer.readField() else { return nil }
+                    users.append(user)
+                }
+                lists.append(users)
+            }
+            event = .presence(room: room, online: Int(online), joined: lists[0], left: lists[1])
         default:
             return nil
         }

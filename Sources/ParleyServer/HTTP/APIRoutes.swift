@@ -41,13 +41,12 @@ struct APIRoutes {
         api.get("rooms/:room/presence") { request, context -> Response in
             let reader = try await admit(request, context)
             let room = try context.parameters.require("room")
-            let users = try await engine.presence(reader, room: room)
-            return Response.json { json in
-                json.object { json in
-                    json.key("room"); json.string(room)
-                    json.key("users"); WireJSON.users(users, into: &json)
-                }
-            }
+            let query = request.uri.queryParameters
+            let page = try await engine.presence(
+                reader, room: room, after: query["after"].map(String.init),
+                limit: try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
+            )
+            return Response.json { WireJSON.presence(page, into: &$0) }
         }
         api.get("rooms") { request, context -> Response in
             let rooms = try await engine.rooms(try await admit(request, context, historyLimit: engine.limits.maxHistoryLimit))

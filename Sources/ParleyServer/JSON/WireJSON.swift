@@ -40,7 +40,31 @@ enum WireJSON {
                 json.key("user"); json.string(user)
                 json.key("seq"); json.number(seq)
             }
+        case .presence(let room, let online, let joined, let left):
+            json.object { json in
+                json.key("room"); json.string(room)
+                json.key("online"); json.number(online)
+                json.key("joined"); json.array(joined) { json, user in json.string(user) }
+                json.key("left"); json.array(left) { json, user in json.string(user) }
+            }
         }
+    }
+
+    /// `{"room", "users", ...}` of a `presence` answer (HTTP and WebSocket).
+    static func presence(_ page: Engine.PresencePage, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("room"); json.string(page.room)
+            json.key("users"); users(page.users, into: &json)
+            pageFields(online: page.online, hasMore: page.hasMore, into: &json)
+        }
+    }
+
+    /// A paged presence list says how many users there are and that more follow; a list that
+    /// fits one page looks exactly as it always did.
+    static func pageFields(online: Int, hasMore: Bool, into json: inout JSONWriter) {
+        guard hasMore else { return }
+        json.key("online"); json.number(online)
+        json.key("hasMore"); json.bool(true)
     }
 
     static func eventName(_ event: ServerEvent) -> StaticString {
@@ -50,6 +74,7 @@ enum WireJSON {
         case .leave: "leave"
         case .typing: "typing"
         case .read: "read"
+        case .presence: "presence"
         }
     }
 

@@ -61,7 +61,8 @@ struct ClientFrameDecoder {
             let data = try body(HistoryData.self, bytes)
             return .history(room: data.room, before: data.before, after: data.after, limit: data.limit)
         case "presence":
-            return .presence(room: try body(RoomData.self, bytes).room)
+            let data = try body(PresenceData.self, bytes)
+            return .presence(room: data.room, after: data.after, limit: data.limit)
         case "ping":
             return .ping
         default:
@@ -141,4 +142,5 @@ private struct JoinData: Decodable { var room: String; var since: Int64? }
 private struct MessageData: Decodable { var room: String; var content: String; var clientId: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
+private struct PresenceData: Decodable { var room: String; var after: String?; var limit: Int? }
 private struct HistoryData: Decodable { var room: String; var before: Int64?; var after: Int64?; var limit: Int? }

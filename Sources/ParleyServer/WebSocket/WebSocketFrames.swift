@@ -36,6 +36,7 @@ final class WebSocketFrames: WireFormat {
                     json.key("room"); json.string(joined.room)
                     json.key("seq"); json.number(joined.seq)
                     json.key("users"); WireJSON.users(joined.users, into: &json)
+                    WireJSON.pageFields(online: joined.online, hasMore: joined.hasMore, into: &json)
                 }
             case .left(let room):
                 json.object { json in json.key("room"); json.string(room) }
@@ -50,11 +51,8 @@ final class WebSocketFrames: WireFormat {
                 }
             case .history(let page):
                 WireJSON.page(page, into: &json)
-            case .presence(let room, let users):
-                json.object { json in
-                    json.key("room"); json.string(room)
-                    json.key("users"); WireJSON.users(users, into: &json)
-                }
+            case .presence(let page):
+                WireJSON.presence(page, into: &json)
             case .pong:
                 json.object { _ in }
             }
