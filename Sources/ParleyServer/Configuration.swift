@@ -76,3 +76,33 @@ public struct ClusterConfiguration: Sendable {
 public enum SQLiteSynchronous: String, Sendable, CaseIterable {
     case full, normal
 }
+
+extension ServerConfiguration {
+    /// Refuses settings no server can run with. `ParleyServer.build` calls it, so a server
+    /// embedded without the `parley` executable is checked the same way.
+    public func validate() throws(InvalidConfiguration) {
+        func check(_ condition: Bool, _ message: String) throws(InvalidConfiguration) {
+            if !condition { throw InvalidConfiguration(description: message) }
+        }
+        try check((0...65535).contains(port) && (0...65535).contains(grpcPort), "ports must be 0...65535")
+        try check(handshakeTimeout > .zero && idleTimeout > .zero, "timeouts must be positive")
+        try check(
+            limits.ratePerSecond >= 0 && limits.rateBurst >= 0 && limits.commandRatePerSecond >= 0 && limits.commandBurst >= 0
+                && (limits.userRatePerSecond ?? 0) >= 0 && (limits.userRateBurst ?? 0) >= 0,
+            "rates must be >= 0"
+        )
+        try check(
+            limits.maxContentLength > 0 && limits.maxFrameBytes >= 1024 && limits.maxHistoryLimit > 0 && limits.maxOutboxBytes > 0
+                && limits.maxRoomsPerConnection > 0 && limits.presencePageSize > 0,
+            "limits must be positive (frames at least 1024 bytes)"
+        )
+        try check(limits.largeRoomSize >= 0, "the large room size must be >= 0")
+        try check(auth.leewaySeconds >= 0 && tokenRefreshGrace >= .zero, "the JWT leeway and refresh grace must be >= 0")
+        try check(limits.maxConnections >= 0 && limits.maxConnectionsPerIP >= 0, "connection limits must be >= 0")
+    }
+}
+
+/// A `ServerConfiguration` that cannot run; `description` says which setting and why.
+public struct InvalidConfiguration: Error, CustomStringConvertible {
+    public let description: String
+}

@@ -34,6 +34,7 @@ public struct ParleyServer: Sendable {
         onListening: @escaping @Sendable (Int) async -> Void = { _ in },
         onGRPCListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) async throws -> ParleyServer {
+        try configuration.validate()
         let logger = {
             var logger = logger
             logger.logLevel = configuration.logLevel

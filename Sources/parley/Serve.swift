@@ -70,6 +70,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Burst of that budget; a history page costs 1 + limit/25. [env: PARLEY_COMMAND_BURST] (default: 120)")
     var commandBurst: Double?
 
+    @Option(help: "Above this many users present, a room's joins and leaves go out as one presence update per second; 0 sends each. [env: PARLEY_LARGE_ROOM_SIZE] (default: 50)")
+    var largeRoomSize: Int?
+
     @Option(help: "Seconds an HTTP keep-alive connection may wait between requests, and a gRPC connection with no call. [env: PARLEY_IDLE_TIMEOUT] (default: 60)")
     var idleTimeout: Int?
 
@@ -143,8 +146,11 @@ struct Serve: AsyncParsableCommand {
         let configuration: ServerConfiguration
         do {
             configuration = try resolve(environment: Environment.current)
+            try configuration.validate()
         } catch let error as ConfigurationError {
             throw ValidationError(error.message)
+        } catch let error as InvalidConfiguration {
+            throw ValidationError(error.description)
         }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -193,12 +199,6 @@ struct Serve: AsyncParsableCommand {
             c.logLevel = parsed
         }
         try resolveCluster(&c.cluster, environment: env)
-        guard (0...65535).contains(c.port), (0...65535).contains(c.grpcPort) else { throw ConfigurationError("ports must be 0...65535") }
-        guard c.handshakeTimeout > .zero, c.idleTimeout > .zero else { throw ConfigurationError("timeouts must be positive") }
-        guard c.limits.ratePerSecond >= 0, c.limits.rateBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
-        guard c.limits.maxContentLength > 0, c.limits.maxFrameBytes >= 1024, c.limits.maxHistoryLimit > 0,
-            c.limits.maxOutboxBytes > 0, c.limits.maxRoomsPerConnection > 0
-        else { throw ConfigurationError("limits must be positive (frames at least 1024 bytes)") }
         return c
     }
 
@@ -219,14 +219,11 @@ struct Serve: AsyncParsableCommand {
         c.limits.userRateBurst = try userRateBurst ?? env.double("PARLEY_USER_RATE_BURST")
         c.limits.commandRatePerSecond = try commandRatePerSec ?? env.double("PARLEY_COMMAND_RATE_PER_SEC") ?? c.limits.commandRatePerSecond
         c.limits.commandBurst = try commandBurst ?? env.double("PARLEY_COMMAND_BURST") ?? c.limits.commandBurst
-        guard c.limits.commandRatePerSecond >= 0, c.limits.commandBurst >= 0 else { throw ConfigurationError("rates must be >= 0") }
+        c.limits.largeRoomSize = try largeRoomSize ?? env.int("PARLEY_LARGE_ROOM_SIZE") ?? c.limits.largeRoomSize
         c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
         c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         c.corsOrigins = Environment.list(corsOrigins ?? env["PARLEY_CORS_ORIGINS"]) ?? []
-        guard c.auth.leewaySeconds >= 0, c.tokenRefreshGrace >= .zero else { throw ConfigurationError("the JWT leeway and refresh grace must be >= 0") }
-        guard (c.limits.userRatePerSecond ?? 0) >= 0, (c.limits.userRateBurst ?? 0) >= 0 else { throw ConfigurationError("rates must be >= 0") }
-        guard c.limits.maxConnections >= 0, c.limits.maxConnectionsPerIP >= 0 else { throw ConfigurationError("connection limits must be >= 0") }
     }
 }
 

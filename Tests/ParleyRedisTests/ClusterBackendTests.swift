@@ -19,6 +19,8 @@ struct BrokerCodecTests {
             .typing(room: "r", user: "a", typing: true),
             .typing(room: "r", user: "a", typing: false),
             .read(room: "r", user: "a", seq: 9),
+            .presence(room: "big", online: 1234, joined: ["a", "zoé"], left: []),
+            .presence(room: "big", online: 0, joined: [], left: ["b"]),
         ]
         for event in events { #expect(BrokerCodec.decode(BrokerCodec.encode(event)) == event) }
         #expect(BrokerCodec.decode(ByteBuffer(string: "{\"event\":1}")) == nil)
