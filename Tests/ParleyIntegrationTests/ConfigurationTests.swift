@@ -38,11 +38,15 @@ struct ConfigurationTests {
     }
 
     @Test("invalid values are refused with the variable's name")
-    func invalidValues() throws {
+    func invalidValues() async throws {
         #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PORT": "http"])) }
-        #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PORT": "70000"])) }
+        #expect(throws: InvalidConfiguration.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PORT": "70000"])).validate() }
         #expect(throws: ConfigurationError.self) { try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_STORAGE": "mongo"])) }
-        #expect(throws: ConfigurationError.self) { try Serve.parse(["--rate-per-sec=-1"]).resolve(environment: Environment(values: [:])) }
+        #expect(throws: InvalidConfiguration.self) { try Serve.parse(["--rate-per-sec=-1"]).resolve(environment: Environment(values: [:])).validate() }
+        // A server built without the executable is checked the same way.
+        var embedded = ServerConfiguration()
+        embedded.limits.largeRoomSize = -1
+        await #expect(throws: InvalidConfiguration.self) { _ = try await ParleyServer.build(embedded) }
         do {
             _ = try Serve.parse([]).resolve(environment: Environment(values: ["PARLEY_RATE_BURST": "lots"]))
             Issue.record("accepted a non-number")
