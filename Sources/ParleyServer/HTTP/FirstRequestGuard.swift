@@ -74,11 +74,14 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let head = String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)
-        if let problem = Self.upgradeProblem(head) {
+        let headers = Self.headers(head)
+        if let problem = Self.upgradeProblem(headers) {
             refuse(context, .badRequest(problem))
             return
         }
-        guard let vetUpgrade, Self.isUpgrade(head), let request = Self.parse(head, remote: context.channel.remoteAddress?.ipAddress) else {
+        guard let vetUpgrade, Self.isUpgrade(headers),
+            let request = Self.parse(head, headers: headers, remote: context.channel.remoteAddress?.ipAddress)
+        else {
             pass(context)
             return
         }
@@ -146,32 +149,37 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
         return nil
     }
 
-    static func isUpgrade(_ head: String) -> Bool {
-        headers(head).contains { $0.name == "upgrade" && $0.value.lowercased() == "websocket" }
+    static func isUpgrade(_ headers: [(name: String, value: String)]) -> Bool {
+        headers.contains { $0.name == "upgrade" && $0.value.lowercased() == "websocket" }
     }
 
     /// The request target and headers (names lower-cased) of a head.
-    static func parse(_ head: String, remote: String?) -> UpgradeRequest? {
+    static func parse(_ head: String, headers: [(name: String, value: String)], remote: String?) -> UpgradeRequest? {
         guard let requestLine = head.split(separator: "\r\n").first else { return nil }
         let parts = requestLine.split(separator: " ")
         guard parts.count == 3 else { return nil }
-        return UpgradeRequest(target: String(parts[1]), headers: headers(head), remoteAddress: remote)
+        return UpgradeRequest(target: String(parts[1]), headers: headers, remoteAddress: remote)
     }
 
     static func headers(_ head: String) -> [(name: String, value: String)] {
-        head.split(separator: "\r\n").dropFirst().compactMap { line in
-            guard let colon = line.firstIndex(of: ":") else { return nil }
-            return (line[..<colon].trimmingCharacters(in: .whitespaces).lowercased(),
-                    line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        func trimmed(_ text: Substring.UTF8View) -> String {
+            let blank = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+            guard let first = text.firstIndex(where: { !blank($0) }), let last = text.lastIndex(where: { !blank($0) }) else { return "" }
+            return String(Substring(text[first...last]))
+        }
+        return head.utf8.split(separator: UInt8(ascii: "\n")).dropFirst().compactMap { line in
+            let line = line.last == UInt8(ascii: "\r") ? line.dropLast() : line
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+            return (trimmed(line[..<colon]).lowercased(), trimmed(line[line.index(after: colon)...]))
         }
     }
 
     /// Why a WebSocket upgrade request cannot be upgraded; nil when it can, or is no upgrade.
-    static func upgradeProblem(_ head: String) -> String? {
+    static func upgradeProblem(_ headers: [(name: String, value: String)]) -> String? {
         var upgrade = false
         var key: String?
         var version: String?
-        for (name, value) in headers(head) {
+        for (name, value) in headers {
             switch name {
             case "upgrade": upgrade = upgrade || value.lowercased() == "websocket"
             case "sec-websocket-key": key = value
