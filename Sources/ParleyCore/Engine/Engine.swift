@@ -479,12 +479,13 @@ public final class Engine: Sendable {
     }
 
     /// A page of the room's users, sorted by id: those after `after` (nil: from the first),
-    /// at most `limit` (default and most: `limits.presencePageSize`).
+    /// at most `limit` (default `limits.presencePageSize`, at most 100 or that).
     public func presence(_ identity: Identity, room: String, after: String? = nil, limit: Int? = nil) async throws -> PresencePage {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room, at: clock.now)
-        if let limit, limit < 1 || limit > limits.presencePageSize {
-            throw ParleyError.badRequest("limit must be 1..\(limits.presencePageSize)")
+        let maxLimit = max(100, limits.presencePageSize)
+        if let limit, limit < 1 || limit > maxLimit {
+            throw ParleyError.badRequest("limit must be 1..\(maxLimit)")
         }
         let everyone = try await members(of: room)
         let rest = after.map { after in everyone.drop { $0.user <= after } } ?? everyone[...]

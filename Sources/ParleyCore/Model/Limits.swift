@@ -42,9 +42,10 @@ public struct Limits: Sendable, Hashable {
     public var coalesceWindow: Duration = .milliseconds(500)
     /// How long a `typing: true` lasts unless renewed.
     public var typingTimeout: Duration = .seconds(5)
-    /// Users in one page of a presence list (the join ack's, `presence`'s): a room with more
-    /// is paged (`after`).
-    public var presencePageSize = 100
+    /// Users in one page of a presence list (the join ack's, and `presence`'s by default; it
+    /// may ask for up to 100): a room with more is paged (`after`). Every joiner of a large
+    /// room is sent one page, so this is what a join costs in bytes.
+    public var presencePageSize = 50
     /// Above this many users present, a room's joins and leaves go out as one `presence`
     /// update per `presenceUpdateInterval` instead of one event each (filling a room of N is
     /// then O(N) deliveries, not O(N^2)). 0 sends every join and leave one by one.

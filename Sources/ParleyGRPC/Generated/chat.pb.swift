@@ -334,7 +334,7 @@ public nonisolated struct Chat_V1_PresenceRequest: Sendable {
   /// Clears the value of `afterUser`. Subsequent reads from it will return its default value.
   public mutating func clearAfterUser() {self._afterUser = nil}
 
-  /// Most users in the page (1..100, default 100).
+  /// Most users in the page (1..100, default 50).
   public var limit: Int32 {
     get {_limit ?? 0}
     set {_limit = newValue}
