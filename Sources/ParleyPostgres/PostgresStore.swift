@@ -337,21 +337,3 @@ final class LeaseState: Sendable {
     }
 }
 
-struct TimeoutError: Error, CustomStringConvertible {
-    let timeout: Duration
-    var description: String { "no answer within \(timeout)" }
-}
-
-/// Runs `body`, cancelling it and throwing `TimeoutError` once `timeout` passed.
-func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimeoutError(timeout: timeout) }
-        return value
-    }
-}

@@ -31,16 +31,7 @@ struct BackendCheck: Sendable {
         self.name = name
         let cache = Cache()
         let timed: @Sendable () async -> Bool = {
-            await withTaskGroup(of: Bool.self) { group in
-                group.addTask { await check() }
-                group.addTask {
-                    try? await Task.sleep(for: timeout)
-                    return false
-                }
-                let first = await group.next() ?? false
-                group.cancelAll()
-                return first
-            }
+            (try? await withTimeout(timeout) { await check() }) ?? false
         }
         self.isUp = {
             let now = ContinuousClock.now

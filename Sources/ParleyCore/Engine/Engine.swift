@@ -546,6 +546,7 @@ public final class Engine: Sendable {
         while sessionCount > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        hub.stop()
     }
 }
 

@@ -26,6 +26,9 @@ final class Hub: BrokerReceiver {
     let gapTimeout: Duration
     /// Live messages a catching-up member may buffer before it re-reads the store instead.
     static let maxCatchUpBuffer = 4096
+    /// The running gap-fill task of each room that waits for missing messages.
+    private let gapFills = Mutex<[String: (id: Int, task: Task<Void, Never>)]>([:])
+    private let gapFillIDs = Atomic<Int>(0)
 
     init(store: any MessageStore, metrics: ParleyMetrics, gapTimeout: Duration = .milliseconds(200), logger: Logger) {
         self.store = store
@@ -159,14 +162,24 @@ final class Hub: BrokerReceiver {
     }
 
     private func scheduleGapFillTask(room: String) {
-        Task { [self] in
+        let id = gapFillIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        let task = Task { [self] in
             var attempts = 0
-            while true {
+            while !Task.isCancelled {
                 try? await Task.sleep(for: gapTimeout)
+                guard !Task.isCancelled else { return }
                 attempts += 1
-                if await fillGap(room: room, giveUp: attempts >= 25) { return }
+                if await fillGap(room: room, giveUp: attempts >= 25) { break }
             }
+            gapFills.withLock { tasks in if tasks[room]?.id == id { tasks[room] = nil } }
         }
+        let previous = gapFills.withLock { $0.updateValue((id, task), forKey: room) }
+        previous?.task.cancel()
+    }
+
+    /// Stops the gap-fill tasks (at shutdown, once no member is left to deliver to).
+    func stop() {
+        for (_, task) in gapFills.withLock({ tasks in defer { tasks.removeAll() }; return Array(tasks.values) }) { task.cancel() }
     }
 
     /// Reads the missing messages of a room's gap from the store. Returns true when no gap

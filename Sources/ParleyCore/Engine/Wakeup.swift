@@ -23,12 +23,8 @@ public final class Wakeup: Sendable {
 
     /// Returns at the next poke, after `timeout` (nil: no timeout), or when cancelled.
     public func wait(upTo timeout: Duration?) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.wait() }
-            if let timeout { group.addTask { try? await Task.sleep(for: timeout) } }
-            await group.next()
-            group.cancelAll()
-        }
+        guard let timeout else { return await wait() }
+        _ = try? await withTimeout(timeout) { await self.wait() }
     }
 
     private func wait() async {
