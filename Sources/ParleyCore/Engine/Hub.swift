@@ -179,7 +179,11 @@ final class Hub: BrokerReceiver {
 
     /// Stops the gap-fill tasks (at shutdown, once no member is left to deliver to).
     func stop() {
-        for (_, task) in gapFills.withLock({ tasks in defer { tasks.removeAll() }; return Array(tasks.values) }) { task.cancel() }
+        let running = gapFills.withLock { tasks -> [Task<Void, Never>] in
+            defer { tasks.removeAll() }
+            return tasks.values.map(\.task)
+        }
+        for task in running { task.cancel() }
     }
 
     /// Reads the missing messages of a room's gap from the store. Returns true when no gap
