@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOWebSocket
 import ParleyCore
+import Synchronization
 
 /// One upgraded WebSocket, served on its channel's event loop: frames in become `Command`s of
 /// its `Connection`; what its outbox holds goes out as pre-encoded frames.
@@ -64,10 +65,11 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let eventLoop = context.eventLoop
+        let drains = LoopDrains.of(eventLoop)
         // Weak: the session (and its outbox) may outlive the channel until it has left its rooms.
         let outbox = Outbox(maxBytes: settings.limits.maxOutboxBytes) { [weak self] in
             guard let self else { return }
-            eventLoop.execute(self.drain)
+            drains.schedule(self)
         }
         let connection = Connection(
             engine: engine, authenticator: authenticator, format: WebSocketFrames.shared,
@@ -214,8 +216,8 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Writing
 
     /// Writes what the outbox holds and flushes once; sends the close frame once the outbox
-    /// is closing and empty.
-    private func drain() {
+    /// is closing and empty. Runs on the channel's event loop (`LoopDrains`).
+    func drain() {
         guard let context, let connection, !closeSent else { return }
         guard context.channel.isWritable else {
             // Nothing more is taken while the socket is full; a cut-off still goes out at once.
@@ -289,5 +291,46 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
             }
             self.schedulePing(context)
         }
+    }
+}
+
+/// The WebSockets of one event loop whose outboxes have frames waiting. A room event fanned
+/// out to a thousand sockets on one loop schedules one task on it, which drains them all,
+/// instead of a thousand: the hub, on another thread, only appends to this list.
+final class LoopDrains: @unchecked Sendable {
+    private let eventLoop: any EventLoop
+    private let waiting = Mutex<[WebSocketHandler]>([])
+    /// The list being drained; only touched on the event loop. Swapped with `waiting` so that
+    /// neither allocates once both have grown.
+    private var draining: [WebSocketHandler] = []
+
+    private init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    private static let all = Mutex<[ObjectIdentifier: LoopDrains]>([:])
+
+    /// The drains of `eventLoop`, one per loop for the life of the process.
+    static func of(_ eventLoop: any EventLoop) -> LoopDrains {
+        all.withLock { all in
+            if let drains = all[ObjectIdentifier(eventLoop)] { return drains }
+            let drains = LoopDrains(eventLoop: eventLoop)
+            all[ObjectIdentifier(eventLoop)] = drains
+            return drains
+        }
+    }
+
+    func schedule(_ handler: WebSocketHandler) {
+        let first = waiting.withLock { waiting in
+            waiting.append(handler)
+            return waiting.count == 1
+        }
+        if first { eventLoop.execute(run) }
+    }
+
+    private func run() {
+        waiting.withLock { swap(&$0, &draining) }
+        for handler in draining { handler.drain() }
+        draining.removeAll(keepingCapacity: draining.capacity <= 4096)
     }
 }
