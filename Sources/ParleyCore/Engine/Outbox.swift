@@ -94,8 +94,9 @@ public final class Outbox: Sendable {
     }
 
     /// Push mode: moves everything queued into `batch` (which must be empty; its capacity is
-    /// kept, so a steady stream allocates nothing) and returns nil, or the close reason once
-    /// the queue is empty and the outbox closing. A drain that takes nothing returns nil too.
+    /// kept, so a steady stream allocates nothing) and returns the close reason if the outbox
+    /// is closing: nothing more can be queued then, so once `batch` is written the connection
+    /// is to be closed. One lock per drain.
     public func take(into batch: inout [Frame]) -> CloseReason? {
         var spaceWaiters: [CheckedContinuation<Void, Never>] = []
         defer { for waiter in spaceWaiters { waiter.resume() } }
@@ -108,7 +109,6 @@ public final class Outbox: Sendable {
                     spaceWaiters = state.spaceWaiters
                     state.spaceWaiters.removeAll()
                 }
-                return nil
             }
             return state.closing
         }

@@ -224,22 +224,17 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
             if let reason = connection.outbox.closeReason, reason != .goingAway { sendClose(context, reason) }
             return
         }
-        var wrote = false
-        while true {
-            let reason = connection.outbox.take(into: &batch)
-            if batch.isEmpty {
-                if let reason { sendClose(context, reason) }
-                break
-            }
+        // Frames queued after this take signal a new drain.
+        let reason = connection.outbox.take(into: &batch)
+        if !batch.isEmpty {
             for frame in batch {
                 context.write(wrapOutboundOut(frame.bytes), promise: nil)
             }
             engine.metrics.recordDeliveries(batch)
             batch.removeAll(keepingCapacity: batch.capacity <= 64)
-            wrote = true
-            guard context.channel.isWritable else { break }
+            if reason == nil { context.flush() }
         }
-        if wrote { context.flush() }
+        if let reason { sendClose(context, reason) }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
