@@ -241,8 +241,10 @@ public final class Engine: Sendable {
         }
     }
 
-    /// Users named in one presence update, per direction; the count says the rest.
-    static let namedPresenceChanges = 100
+    /// Users named in one presence update, per direction (enough for "Ann, Bo and 40 others
+    /// joined"); `online` counts them all and `presence` pages through everyone. Every member
+    /// of the room receives each update, so this is what an update costs in bytes.
+    static let namedPresenceChanges = 20
 
     public func leave(_ session: Session, room: String) async throws {
         let room = try Validation.room(room, limits: limits)

@@ -808,10 +808,10 @@ public nonisolated struct Chat_V1_PresenceUpdate: Sendable {
   /// Users in the room now.
   public var online: Int32 = 0
 
-  /// Users whose first session entered (at most 100 named).
+  /// Users whose first session entered (at most 20 named).
   public var joined: [String] = []
 
-  /// Users whose last session left (at most 100 named).
+  /// Users whose last session left (at most 20 named).
   public var left: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
