@@ -145,7 +145,7 @@ public struct ParleyServer: Sendable {
         return HTTPServerBuilder { responder in
             FirstRequestGuardChannel(
                 base: ParleyHTTPChannel(responder: responder, http1: http1, webSocket: webSocket),
-                timeout: headTimeout, vetUpgrade: webSocket.vet
+                timeout: headTimeout
             )
         }
     }

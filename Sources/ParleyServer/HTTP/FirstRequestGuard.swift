@@ -10,10 +10,8 @@ import ParleyCore
 /// - a WebSocket upgrade request without a usable `Sec-WebSocket-Key` or with a version other
 ///   than 13 is answered `400` with the JSON error here, instead of being left unanswered by
 ///   the upgrader.
-/// - a WebSocket upgrade is checked by `vetUpgrade` (origin, credentials, limits) before the
-///   upgrader sees it, and a refusal is answered with its status (401, 403, 429, 503) and the
-///   JSON error of the HTTP API: the WebSocket library could only answer a bare 400.
-/// Then it hands the bytes on and removes itself; later requests on a keep-alive connection
+/// (The upgrade's own checks, origin, credentials and limits, are answered with their status
+/// by `ParleyHTTPChannel`.) Then it hands the bytes on and removes itself; later requests on a keep-alive connection
 /// fall under the HTTP idle timeout, an upgraded WebSocket under its pings.
 final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -22,25 +20,12 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
     /// Longer heads are left to the HTTP decoder's own limits.
     static let maxInspectedBytes = 64 * 1024
 
-    /// A WebSocket upgrade request as the vetting sees it.
-    struct UpgradeRequest: Sendable {
-        var target: String
-        var headers: [(name: String, value: String)]
-        var remoteAddress: String?
-    }
-
-    /// Why an upgrade request is refused, nil when it may proceed.
-    typealias Vet = @Sendable (UpgradeRequest) async -> ParleyError?
-
     private let timeout: TimeAmount
-    private let vetUpgrade: Vet?
     private var deadline: Scheduled<Void>?
     private var buffered: ByteBuffer?
-    private var vetting = false
 
-    init(timeout: TimeAmount, vetUpgrade: Vet? = nil) {
+    init(timeout: TimeAmount) {
         self.timeout = timeout
-        self.vetUpgrade = vetUpgrade
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -67,40 +52,17 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             buffered!.writeBuffer(&chunk)
         }
-        guard !vetting else { return }
         let bytes = buffered!.readableBytesView
         guard let end = Self.headEnd(bytes) else {
             if bytes.count > Self.maxInspectedBytes { pass(context) }
             return
         }
         let head = String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)
-        let headers = Self.headers(head)
-        if let problem = Self.upgradeProblem(headers) {
+        if let problem = Self.upgradeProblem(Self.headers(head)) {
             refuse(context, .badRequest(problem))
             return
         }
-        guard let vetUpgrade, Self.isUpgrade(headers),
-            let request = Self.parse(head, headers: headers, remote: context.channel.remoteAddress?.ipAddress)
-        else {
-            pass(context)
-            return
-        }
-        // Hold the bytes while the checks run off the event loop.
-        vetting = true
-        deadline?.cancel()
-        deadline = nil
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.makeFutureWithTask { await vetUpgrade(request) }.whenSuccess { refusal in
-            let (handler, context) = loopBound.value
-            handler.vetting = false
-            if let refusal {
-                handler.refuse(context, refusal)
-            } else {
-                handler.pass(context)
-                // The read completed while the bytes were held: say so again now that they move on.
-                context.fireChannelReadComplete()
-            }
-        }
+        pass(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -121,12 +83,7 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
         deadline?.cancel()
         deadline = nil
         buffered = nil
-        var json = JSONWriter()
-        json.object { json in
-            json.key("error")
-            WireJSON.error(error, into: &json)
-        }
-        let body = String(buffer: json.buffer)
+        let body = String(buffer: WireJSON.errorBody(error))
         let status = error.status
         var response = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\nContent-Type: application/json; charset=utf-8\r\n"
         if let retryAfterMs = error.retryAfterMs { response += "Retry-After: \((retryAfterMs + 999) / 1000)\r\n" }
@@ -147,18 +104,6 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
             if tail == 0x0D0A_0D0A { return index }
         }
         return nil
-    }
-
-    static func isUpgrade(_ headers: [(name: String, value: String)]) -> Bool {
-        headers.contains { $0.name == "upgrade" && $0.value.lowercased() == "websocket" }
-    }
-
-    /// The request target and headers (names lower-cased) of a head.
-    static func parse(_ head: String, headers: [(name: String, value: String)], remote: String?) -> UpgradeRequest? {
-        guard let requestLine = head.split(separator: "\r\n").first else { return nil }
-        let parts = requestLine.split(separator: " ")
-        guard parts.count == 3 else { return nil }
-        return UpgradeRequest(target: String(parts[1]), headers: headers, remoteAddress: remote)
     }
 
     static func headers(_ head: String) -> [(name: String, value: String)] {
@@ -199,11 +144,10 @@ struct FirstRequestGuardChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
     let base: Base
     let timeout: TimeAmount
-    let vetUpgrade: FirstRequestGuard.Vet?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(FirstRequestGuard(timeout: timeout, vetUpgrade: vetUpgrade))
+            try channel.pipeline.syncOperations.addHandler(FirstRequestGuard(timeout: timeout))
         }.flatMap {
             base.setup(channel: channel, logger: logger)
         }

@@ -78,6 +78,16 @@ enum WireJSON {
         }
     }
 
+    /// `{"error": {...}}`: the body of every HTTP error answer.
+    static func errorBody(_ error: ParleyError) -> ByteBuffer {
+        var json = JSONWriter()
+        json.object { json in
+            json.key("error")
+            Self.error(error, into: &json)
+        }
+        return json.buffer
+    }
+
     static func error(_ error: ParleyError, into json: inout JSONWriter) {
         json.object { json in
             json.key("code"); json.string(error.code.name)

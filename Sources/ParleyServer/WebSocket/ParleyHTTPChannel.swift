@@ -20,7 +20,14 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
         /// The connection is a WebSocket now; its handler serves it on the event loop.
         case websocket
         case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
-        case failedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// A WebSocket upgrade that was refused, with why (nil: not a valid upgrade of `/ws`).
+        case failedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, ParleyError?)
+    }
+
+    /// What the upgrader found, for the answer to a refused upgrade.
+    struct Attempt {
+        var attempted = false
+        var refusal: ParleyError?
     }
 
     struct Value: ServerChildChannelValue {
@@ -40,7 +47,7 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            let attempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let attempted = NIOLoopBoundBox(Attempt(), eventLoop: channel.eventLoop)
             let upgrader = WebSocketUpgrader(routes: webSocket, attempted: attempted)
             let http1 = self.http1
             let upgrade = NIOTypedHTTPServerUpgradeConfiguration<UpgradeResult>(
@@ -56,7 +63,8 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
                         )
-                        return attempted.value ? .failedUpgrade(asyncChannel) : .notUpgraded(asyncChannel)
+                        let attempt = attempted.value
+                        return attempt.attempted ? .failedUpgrade(asyncChannel, attempt.refusal) : .notUpgraded(asyncChannel)
                     }
                 }
             )
@@ -80,12 +88,17 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
                 return
             case .notUpgraded(let http1):
                 await handleHTTP(asyncChannel: http1, logger: logger)
-            case .failedUpgrade(let http1):
+            case .failedUpgrade(let http1, let refusal):
+                // The refusal's status (401, 403, 429, 503) and the HTTP API's error JSON.
+                let error = refusal ?? .badRequest("not a WebSocket upgrade of /ws")
+                let body = WireJSON.errorBody(error)
+                var headers: HTTPFields = [
+                    .connection: "close", .contentType: "application/json; charset=utf-8", .contentLength: "\(body.readableBytes)",
+                ]
+                if let retryAfterMs = error.retryAfterMs { headers[.retryAfter] = "\((retryAfterMs + 999) / 1000)" }
+                let status = HTTPResponse.Status(code: Int(error.status.code), reasonPhrase: error.status.reasonPhrase)
                 try await http1.executeThenClose { _, outbound in
-                    try await outbound.write(contentsOf: [
-                        .head(HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])),
-                        .end(nil),
-                    ])
+                    try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: headers)), .body(body), .end(nil)])
                 }
             }
         } catch {
@@ -116,11 +129,11 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
     let routes: WebSocketRoutes
-    let attempted: NIOLoopBoundBox<Bool>
+    let attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>
     /// What `admit` found, for `upgrade`: set on the channel's loop between the two calls.
     private let admitted: NIOLoopBoundBox<Identity?>
 
-    init(routes: WebSocketRoutes, attempted: NIOLoopBoundBox<Bool>) {
+    init(routes: WebSocketRoutes, attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>) {
         self.routes = routes
         self.attempted = attempted
         self.admitted = NIOLoopBoundBox(nil, eventLoop: attempted.eventLoop)
@@ -133,16 +146,20 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     struct Refused: Error {}
 
     func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
-        attempted.value = true
+        attempted.value.attempted = true
         let keys = upgradeRequest.headers["sec-websocket-key"]
         guard keys.count == 1, upgradeRequest.headers["sec-websocket-version"] == ["13"], URI(upgradeRequest.uri).path == "/ws" else {
             return channel.eventLoop.makeFailedFuture(Refused())
         }
         let accept = Data(Insecure.SHA1.hash(data: Data((keys[0] + Self.guid).utf8))).base64EncodedString()
         let admitted = self.admitted
+        let attempted = self.attempted
         let routes = self.routes
         return channel.eventLoop.makeFutureWithTask {
             try await routes.admitUpgrade(upgradeRequest, channel: channel)
+        }.flatMapErrorThrowing { error in
+            attempted.value.refusal = (error as? ParleyError) ?? .badRequest("invalid upgrade request")
+            throw error
         }.map { identity in
             admitted.value = identity
             var headers = initialResponseHeaders

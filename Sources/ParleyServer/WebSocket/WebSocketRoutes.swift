@@ -8,8 +8,8 @@ import ParleyCore
 
 /// `GET /ws`: checks the `Origin`, authenticates from the query (`?token=` or, in open mode,
 /// `?user=`), counts the connection against the limits and hands the socket to a
-/// `WebSocketHandler`. Every refusal happens before the upgrade (`vet`, run by
-/// `FirstRequestGuard`, answers it with its status and error JSON). A plain GET without an
+/// `WebSocketHandler`. Every refusal happens before the upgrade and is answered with its status
+/// and error JSON (`ParleyHTTPChannel`). A plain GET without an
 /// upgrade runs the same checks and answers the refusal, else 426.
 ///
 /// The upgrade is decided by `WebSocketUpgrader` in `ParleyHTTPChannel`, on SwiftNIO's own
@@ -52,23 +52,7 @@ struct WebSocketRoutes {
         return WebSocketHandler(engine: engine, authenticator: authenticator, settings: settings, identity: identity, logger: logger)
     }
 
-    /// The refusal an upgrade request to `/ws` gets, run before the WebSocket upgrader sees it
-    /// so that the client reads the status and the error JSON (`FirstRequestGuard`).
-    func vet(_ request: FirstRequestGuard.UpgradeRequest) async -> ParleyError? {
-        let uri = URI(request.target)
-        guard uri.path == "/ws" else { return nil }
-        func header(_ name: String) -> String? { request.headers.first { $0.name == name }?.value }
-        do {
-            _ = try await admit(query: uri.queryParameters, origin: header("origin"), host: header("host"), address: request.remoteAddress)
-            return nil
-        } catch let error as ParleyError {
-            return error
-        } catch {
-            return ParleyError.badRequest("invalid upgrade request")
-        }
-    }
-
-    /// The checks of every way into `/ws` (the upgrade, its vetting, a plain GET): not
+    /// The checks of every way into `/ws` (the upgrade, a plain GET): not
     /// shutting down, an allowed `Origin`, valid credentials if any, a free connection slot.
     /// Returns the identity the request carries, nil when it carries none (the client must
     /// then send `connect`).
