@@ -51,6 +51,20 @@ struct ConnectionHygieneTests {
         }
     }
 
+    @Test("a WebSocket that answers no ping is closed within two ping intervals; one that answers stays")
+    func deadPeer() async throws {
+        try await withServer({ $0.pingInterval = .milliseconds(300) }) { server in
+            // A raw socket: upgraded, then silent, answering nothing (a peer that vanished).
+            let silent = try await RawSocket.connect(port: server.port)
+            try await silent.send(Self.head + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            #expect(await silent.read()?.hasPrefix("HTTP/1.1 101") == true)
+            // A real client answers the pings (its library does) and is kept.
+            let alive = try await TestClient.connect(port: server.port, user: "alice")
+            #expect(await silent.closedByServer(within: .seconds(15)))
+            try await alive.ack("join", ["room": "r"])
+        }
+    }
+
     @Test("a keep-alive connection idle between requests is closed after the idle timeout")
     func keepAliveIdle() async throws {
         try await withServer({ $0.idleTimeout = .seconds(1) }) { server in

@@ -174,6 +174,11 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         let identity = admitted.value
         let routes = self.routes
         return channel.eventLoop.makeCompletedFuture {
+            // Client frames are small commands: reads start at 256 bytes and grow only while
+            // more data flows (NIO's default starts at 2 KiB, which an idle socket then keeps).
+            try channel.syncOptions?.setOption(
+                ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 64 * 1024)
+            )
             try channel.pipeline.syncOperations.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
             )

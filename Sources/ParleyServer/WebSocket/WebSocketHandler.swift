@@ -49,7 +49,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     private var inBinaryMessage = false
     private var closeSent = false
     private var heardSinceLastPing = true
-    private var pingTimer: Scheduled<Void>?
+    private var pings: LoopPings?
     private var closeTimer: Scheduled<Void>?
 
     init(engine: Engine, authenticator: any Authenticator, settings: Settings, identity: Identity?, logger: Logger) {
@@ -86,13 +86,14 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         } catch {
             connection.close(.goingAway)
         }
-        schedulePing(context)
+        pings = LoopPings.of(eventLoop, interval: settings.pingInterval)
+        pings?.add(self)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        pingTimer?.cancel()
+        pings?.remove(self)
+        pings = nil
         closeTimer?.cancel()
-        pingTimer = nil
         closeTimer = nil
         if let connection {
             // Leaving the rooms is async (presence, broker): one task, once per connection.
@@ -270,21 +271,70 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Liveness
 
-    /// A ping every `pingInterval`; a client that sent nothing at all since the previous one
-    /// (not even the pong) is gone, and its connection is closed.
-    private func schedulePing(_ context: ChannelHandlerContext) {
-        pingTimer = context.eventLoop.scheduleTask(in: .nanoseconds(settings.pingInterval.nanoseconds)) { [weak self] in
-            guard let self, let context = self.context else { return }
-            guard self.heardSinceLastPing else {
-                self.logger.debug("websocket ping timed out")
-                context.close(promise: nil)
-                return
-            }
-            self.heardSinceLastPing = false
-            if !self.closeSent {
-                context.writeAndFlush(self.wrapOutboundOut(WebSocketWire.control(WebSocketWire.ping)), promise: nil)
-            }
-            self.schedulePing(context)
+    /// Every `pingInterval` (`LoopPings`): a client that sent nothing at all since the previous
+    /// ping (not even the pong) is gone, and its connection is closed; else it is pinged.
+    func pingTick() {
+        guard let context else { return }
+        guard heardSinceLastPing else {
+            logger.debug("websocket ping timed out")
+            context.close(promise: nil)
+            return
+        }
+        heardSinceLastPing = false
+        if !closeSent {
+            context.writeAndFlush(wrapOutboundOut(WebSocketWire.control(WebSocketWire.ping)), promise: nil)
+        }
+    }
+}
+
+/// The pings of every WebSocket on one event loop with one interval: one repeating timer per
+/// loop instead of one scheduled task, promise and closure per connection.
+final class LoopPings: @unchecked Sendable {
+    private let eventLoop: any EventLoop
+    private let interval: Duration
+    /// Touched on the event loop only.
+    private var handlers: [ObjectIdentifier: WebSocketHandler] = [:]
+    private var timer: RepeatedTask?
+
+    private init(eventLoop: any EventLoop, interval: Duration) {
+        self.eventLoop = eventLoop
+        self.interval = interval
+    }
+
+    private struct Key: Hashable {
+        var eventLoop: ObjectIdentifier
+        var interval: Duration
+    }
+
+    private static let all = Mutex<[Key: LoopPings]>([:])
+
+    static func of(_ eventLoop: any EventLoop, interval: Duration) -> LoopPings {
+        all.withLock { all in
+            let key = Key(eventLoop: ObjectIdentifier(eventLoop), interval: interval)
+            if let pings = all[key] { return pings }
+            let pings = LoopPings(eventLoop: eventLoop, interval: interval)
+            all[key] = pings
+            return pings
+        }
+    }
+
+    func add(_ handler: WebSocketHandler) {
+        eventLoop.assertInEventLoop()
+        handlers[ObjectIdentifier(handler)] = handler
+        guard timer == nil else { return }
+        let every = TimeAmount.nanoseconds(interval.nanoseconds)
+        timer = eventLoop.scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in
+            guard let self else { return }
+            for handler in Array(self.handlers.values) { handler.pingTick() }
+        }
+    }
+
+    func remove(_ handler: WebSocketHandler) {
+        eventLoop.assertInEventLoop()
+        handlers[ObjectIdentifier(handler)] = nil
+        if handlers.isEmpty {
+            timer?.cancel()
+            timer = nil
         }
     }
 }

@@ -1,4 +1,3 @@
-import Synchronization
 import Hummingbird
 import HummingbirdCore
 import NIOHTTP1
@@ -47,9 +46,9 @@ struct WebSocketRoutes {
 
     /// The handler that serves an upgraded connection.
     func makeHandler(identity: Identity?) -> WebSocketHandler {
-        var logger = self.logger
-        logger[metadataKey: "conn"] = "\(Self.nextConnectionID())"
-        return WebSocketHandler(engine: engine, authenticator: authenticator, settings: settings, identity: identity, logger: logger)
+        // The server's logger as is: metadata per connection would cost every idle socket a
+        // dictionary.
+        WebSocketHandler(engine: engine, authenticator: authenticator, settings: settings, identity: identity, logger: logger)
     }
 
     /// The checks of every way into `/ws` (the upgrade, a plain GET): not
@@ -72,7 +71,4 @@ struct WebSocketRoutes {
         try engine.connections.check(address: address)
         return identity
     }
-
-    private static let counter = Atomic<Int>(0)
-    private static func nextConnectionID() -> Int { counter.wrappingAdd(1, ordering: .relaxed).newValue }
 }
