@@ -11,7 +11,9 @@ struct ClientFrameDecoder {
         var error: ParleyError
     }
 
-    private let decoder = JSONDecoder()
+    /// One for every connection: decoding is thread-safe, and an idle socket keeps no decoder.
+    private static let shared = JSONDecoder()
+    private var decoder: JSONDecoder { Self.shared }
 
     func decode(_ text: String) -> Result<(RequestID?, Command), Failure> {
         decode(Data(text.utf8))

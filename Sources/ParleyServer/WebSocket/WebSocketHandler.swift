@@ -32,12 +32,28 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         var closeTimeout: Duration = .seconds(5)
     }
 
-    private let engine: Engine
-    private let authenticator: any Authenticator
-    private let settings: Settings
+    /// What every WebSocket of a server shares; each handler keeps one reference to it.
+    final class Shared: Sendable {
+        let engine: Engine
+        let authenticator: any Authenticator
+        let settings: Settings
+        let logger: Logger
+
+        init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
+            self.engine = engine
+            self.authenticator = authenticator
+            self.settings = settings
+            self.logger = logger
+        }
+    }
+
+    private let shared: Shared
+    private var engine: Engine { shared.engine }
+    private var authenticator: any Authenticator { shared.authenticator }
+    private var settings: Settings { shared.settings }
+    private var logger: Logger { shared.logger }
     private let identity: Identity?
-    private let logger: Logger
-    private let decoder = ClientFrameDecoder()
+    private var decoder: ClientFrameDecoder { ClientFrameDecoder() }
 
     private var context: ChannelHandlerContext?
     private var connection: Connection?
@@ -52,12 +68,9 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     private var pings: LoopPings?
     private var closeTimer: Scheduled<Void>?
 
-    init(engine: Engine, authenticator: any Authenticator, settings: Settings, identity: Identity?, logger: Logger) {
-        self.engine = engine
-        self.authenticator = authenticator
-        self.settings = settings
+    init(shared: Shared, identity: Identity?) {
+        self.shared = shared
         self.identity = identity
-        self.logger = logger
     }
 
     // MARK: Lifecycle

@@ -19,6 +19,18 @@ struct WebSocketRoutes {
     let settings: WebSocketHandler.Settings
     let origins: OriginPolicy
     let logger: Logger
+    /// Shared by every WebSocket of the server. The server's logger as is: metadata per
+    /// connection would cost every idle socket a dictionary.
+    let shared: WebSocketHandler.Shared
+
+    init(engine: Engine, authenticator: any Authenticator, settings: WebSocketHandler.Settings, origins: OriginPolicy, logger: Logger) {
+        self.engine = engine
+        self.authenticator = authenticator
+        self.settings = settings
+        self.origins = origins
+        self.logger = logger
+        self.shared = WebSocketHandler.Shared(engine: engine, authenticator: authenticator, settings: settings, logger: logger)
+    }
 
     func register(on router: Router<ParleyRequestContext>) {
         router.get("ws") { request, context -> Response in
@@ -46,9 +58,7 @@ struct WebSocketRoutes {
 
     /// The handler that serves an upgraded connection.
     func makeHandler(identity: Identity?) -> WebSocketHandler {
-        // The server's logger as is: metadata per connection would cost every idle socket a
-        // dictionary.
-        WebSocketHandler(engine: engine, authenticator: authenticator, settings: settings, identity: identity, logger: logger)
+        WebSocketHandler(shared: shared, identity: identity)
     }
 
     /// The checks of every way into `/ws` (the upgrade, a plain GET): not
