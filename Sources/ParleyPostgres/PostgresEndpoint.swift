@@ -1,5 +1,6 @@
 import NIOCore
 import NIOSSL
+import ParleyCore
 import PostgresNIO
 
 /// Where the database is: parsed from `postgres://[user[:password]@]host[:port][/database]`
@@ -32,58 +33,37 @@ public struct PostgresEndpoint: Sendable, Hashable {
 
     public init(url: String) throws {
         func invalid(_ reason: String) -> ParleyPostgresError { ParleyPostgresError("invalid database URL: \(reason)") }
-        let lowered = url.lowercased()
-        guard let scheme = ["postgres://", "postgresql://"].first(where: { lowered.hasPrefix($0) }) else {
-            throw invalid("it must start with postgres://")
+        let parsed: ServiceURL
+        do {
+            parsed = try ServiceURL(url, schemes: ["postgres://", "postgresql://"])
+        } catch {
+            throw invalid(error.reason)
         }
-        var rest = Substring(url.dropFirst(scheme.count))
         var tls = TLSMode.disable
         var rootCertificateFile: String?
-        if let question = rest.firstIndex(of: "?") {
-            for option in rest[rest.index(after: question)...].split(separator: "&") {
-                let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { throw invalid("unsupported option '\(option)'") }
-                switch parts[0] {
-                case "sslmode":
-                    guard let mode = TLSMode(rawValue: parts[1]) else { throw invalid("sslmode must be disable, prefer or require") }
-                    tls = mode
-                case "sslrootcert":
-                    rootCertificateFile = try Self.percentDecoded(Substring(parts[1]))
-                default:
-                    throw invalid("unsupported option '\(option)'")
-                }
-            }
-            rest = rest[..<question]
-        }
-        var database: String?
-        if let slash = rest.firstIndex(of: "/") {
-            let name = rest[rest.index(after: slash)...]
-            database = name.isEmpty ? nil : try Self.percentDecoded(name)
-            rest = rest[..<slash]
-        }
-        var username = "postgres"
-        var password: String?
-        if let at = rest.lastIndex(of: "@") {
-            let userinfo = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            if let colon = userinfo.firstIndex(of: ":") {
-                username = try Self.percentDecoded(userinfo[..<colon])
-                password = try Self.percentDecoded(userinfo[userinfo.index(after: colon)...])
-            } else {
-                username = try Self.percentDecoded(userinfo)
+        for (name, value) in parsed.query {
+            switch name {
+            case "sslmode":
+                guard let mode = TLSMode(rawValue: value) else { throw invalid("sslmode must be disable, prefer or require") }
+                tls = mode
+            case "sslrootcert":
+                rootCertificateFile = value
+            default:
+                throw invalid("unsupported option '\(name)=\(value)'")
             }
         }
-        var host = rest
-        var port = 5432
-        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
-            host = rest[..<colon]
-            guard let value = Int(rest[rest.index(after: colon)...]), (1...65535).contains(value) else { throw invalid("bad port") }
-            port = value
+        let database: String?
+        do {
+            database = parsed.path.isEmpty ? nil : try ServiceURL.percentDecoded(parsed.path)
+        } catch {
+            throw invalid(error.reason)
         }
-        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        guard !host.isEmpty, !username.isEmpty else { throw invalid("no host or no user") }
+        // Without a colon the userinfo is the user (`postgres://parley@host`).
+        let username = parsed.userinfo ?? "postgres"
+        guard !username.isEmpty else { throw invalid("no host or no user") }
         self.init(
-            host: String(host), port: port, username: username, password: password?.isEmpty == true ? nil : password,
+            host: parsed.host, port: parsed.port ?? 5432, username: username,
+            password: parsed.secret?.isEmpty == true ? nil : parsed.secret,
             database: database, tls: tls, rootCertificateFile: rootCertificateFile
         )
     }
@@ -125,32 +105,6 @@ public struct PostgresEndpoint: Sendable, Hashable {
         var configuration = PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: tls)
         configuration.options.connectTimeout = TimeAmount(connectTimeout)
         return configuration
-    }
-
-    private static func percentDecoded(_ text: Substring) throws -> String {
-        guard text.contains("%") else { return String(text) }
-        var bytes: [UInt8] = []
-        var iterator = text.utf8.makeIterator()
-        while let byte = iterator.next() {
-            guard byte == UInt8(ascii: "%") else {
-                bytes.append(byte)
-                continue
-            }
-            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
-                throw ParleyPostgresError("invalid database URL: bad percent-encoding")
-            }
-            bytes.append(high << 4 | low)
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 }
 
