@@ -29,21 +29,12 @@ public final class RedisBroker: Broker {
         public init() {}
     }
 
-    private struct Interest {
-        /// Calls with `true` minus calls with `false`.
-        var count = 0
-        /// A subscription is wanted (its task may not be assigned yet).
-        var active = false
-        var generation = 0
-        var task: Task<Void, Never>?
-    }
-
     private let client: RedisClient
     private let subscriber: RedisSubscriber
     private let configuration: Configuration
     private let logger: Logger
     private let receiver = Mutex<(any BrokerReceiver)?>(nil)
-    private let interests = Mutex<[String: Interest]>([:])
+    private let interests = Mutex(RoomInterests<Task<Void, Never>>())
     private let generations = Atomic<Int>(0)
 
     /// `client` and `subscriber` run as services of their own, before this one.
@@ -71,16 +62,13 @@ public final class RedisBroker: Broker {
                 }
             }
         }
-        let tasks = interests.withLock { interests in
-            defer { interests.removeAll() }
-            return interests.values.compactMap(\.task)
-        }
+        let tasks = interests.withLock { $0.removeAll() }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }
 
     public var subscribedRooms: [String] {
-        interests.withLock { $0.filter { $0.value.task != nil }.map(\.key) }
+        interests.withLock { $0.subscribed }
     }
 
     public func channel(room: String) -> String { configuration.channelPrefix + "room:" + room }
@@ -101,25 +89,11 @@ public final class RedisBroker: Broker {
     /// empties and fills again at once may see its `true` and `false` arrive swapped.
     public func setInterest(room: String, _ interested: Bool) async throws {
         let generation = generations.wrappingAdd(1, ordering: .relaxed).newValue
-        let (start, stop) = interests.withLock { interests -> (Bool, Task<Void, Never>?) in
-            var interest = interests[room, default: Interest()]
-            interest.count += interested ? 1 : -1
-            var start = false
-            var stop: Task<Void, Never>?
-            if interest.count > 0, !interest.active {
-                interest.active = true
-                interest.generation = generation
-                start = true
-            } else if interest.count <= 0, interest.active {
-                interest.active = false
-                stop = interest.task
-                interest.task = nil
-            }
-            interests[room] = interest.count == 0 && !interest.active ? nil : interest
-            return (start, stop)
+        switch interests.withLock({ $0.change(room: room, interested: interested, generation: generation) }) {
+        case .none: break
+        case .cancel(let task): task.cancel()
+        case .subscribe(let generation): try await subscribe(room: room, generation: generation)
         }
-        stop?.cancel()
-        if start { try await subscribe(room: room, generation: generation) }
     }
 
     /// Starts the room's subscription task and waits until it is live (or pending a
@@ -151,20 +125,14 @@ public final class RedisBroker: Broker {
                 ready.signal(error)
             }
         }
-        let kept = interests.withLock { interests -> Bool in
-            guard let interest = interests[room], interest.active, interest.generation == generation, interest.task == nil else { return false }
-            interests[room]!.task = task
-            return true
-        }
+        let kept = interests.withLock { $0.started(room: room, generation: generation, handle: task) }
         guard kept else {
             // Interest ended (or restarted) meanwhile.
             task.cancel()
             return
         }
         if let error = await ready.wait() {
-            interests.withLock { interests in
-                if interests[room]?.task == task { interests[room]!.task = nil; interests[room]!.active = false }
-            }
+            interests.withLock { $0.failed(room: room, handle: task) }
             throw error
         }
     }
