@@ -10,17 +10,14 @@ import ServiceLifecycle
 /// A command sent while there is no connection waits for one, up to the command timeout, and
 /// then fails with `unavailable`. A command in flight when the connection drops fails with
 /// `connectionClosed` and is not retried: it may or may not have run.
-public actor RedisClient: Service {
+public actor RedisClient: Service, RedisConnectionOwner {
     public nonisolated let configuration: RedisConfiguration
     nonisolated let eventLoop: any EventLoop
-    private let logger: Logger
-    private let onEvent: @Sendable (RedisConnectionEvent) -> Void
-    private var connection: RedisConnection?
+    var kept: KeptConnection
+    private var connection: RedisConnection? { kept.connection }
+    private var isShutDown: Bool { kept.isShutDown }
     private var waiters: [Int: CheckedContinuation<RedisConnection, any Error>] = [:]
     private var nextWaiterID = 0
-    private var isRunning = false
-    private var isShutDown = false
-    private var hasConnected = false
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         eventLoop.executor.asUnownedSerialExecutor()
@@ -35,20 +32,24 @@ public actor RedisClient: Service {
     ) {
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
-        self.logger = logger
-        self.onEvent = onEvent
+        self.kept = KeptConnection(logger: logger, onEvent: onEvent)
     }
 
     /// Connects and stays connected until the task is cancelled or a graceful shutdown starts;
     /// then fails waiting commands with `unavailable` and closes the connection.
     public func run() async {
-        guard !isRunning, !isShutDown else { return }
-        isRunning = true
-        await cancelWhenGracefulShutdown { await self.maintainConnection() }
-        isShutDown = true
+        await keepConnected()
+    }
+
+    func prepare(_ connection: RedisConnection) async -> Bool {
+        let waiting = waiters
+        waiters = [:]
+        for waiter in waiting.values { waiter.resume(returning: connection) }
+        return true
+    }
+
+    func shutDown() {
         failWaiters(RedisError(.unavailable, "the Redis client is shut down"))
-        await connection?.close()
-        connection = nil
     }
 
     /// Pub/sub commands are refused: they belong on a `RedisSubscriber`'s dedicated connection.
@@ -65,23 +66,6 @@ public actor RedisClient: Service {
     public func pipeline(_ commands: [RESPCommand], timeout: Duration? = nil) async throws -> [Result<RESPToken, RedisError>] {
         for command in commands { try Self.refusePubSub(command) }
         return try await currentConnection(timeout: timeout).pipeline(commands, timeout: timeout)
-    }
-
-    private func maintainConnection() async {
-        await withReconnectingConnection(configuration: configuration, eventLoop: eventLoop, logger: logger) {
-            connection in
-            self.connection = connection
-            let waiting = waiters
-            waiters = [:]
-            for waiter in waiting.values { waiter.resume(returning: connection) }
-            onEvent(hasConnected ? .reconnected : .connected)
-            hasConnected = true
-        } disconnected: { connection, reason in
-            if self.connection === connection { self.connection = nil }
-            onEvent(.disconnected(reason))
-        } connectFailed: { reason, delay in
-            onEvent(.connectFailed(reason, retryIn: delay))
-        }
     }
 
     /// The open connection, or the next one if it comes within `timeout` (default: the command timeout).

@@ -10,17 +10,15 @@ import ServiceLifecycle
 /// Guarantees: messages of one channel reach each subscription in the order Redis published
 /// them. Messages published while the connection is down are lost; each subscription then gets
 /// `.reconnected` once it is live again, and the owner gets `RedisConnectionEvent.reconnected`.
-public actor RedisSubscriber: Service {
+public actor RedisSubscriber: Service, RedisConnectionOwner {
     public nonisolated let configuration: RedisConfiguration
     nonisolated let eventLoop: any EventLoop
-    private let logger: Logger
-    private let onEvent: @Sendable (RedisConnectionEvent) -> Void
+    var kept: KeptConnection
+    private var connection: RedisConnection? { kept.connection }
+    private var isShutDown: Bool { kept.isShutDown }
+    private var logger: Logger { kept.logger }
     private var registry = SubscriptionRegistry<SubscriptionBuffer>()
-    private var connection: RedisConnection?
     private var nextID = 0
-    private var isRunning = false
-    private var isShutDown = false
-    private var hasConnected = false
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         eventLoop.executor.asUnownedSerialExecutor()
@@ -35,20 +33,17 @@ public actor RedisSubscriber: Service {
     ) {
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
-        self.logger = logger
-        self.onEvent = onEvent
+        self.kept = KeptConnection(logger: logger, onEvent: onEvent)
     }
 
     /// Stays connected until the task is cancelled or a graceful shutdown starts; then ends
     /// every subscription's sequence and closes the connection.
     public func run() async {
-        guard !isRunning, !isShutDown else { return }
-        isRunning = true
-        await cancelWhenGracefulShutdown { await self.maintainConnection() }
-        isShutDown = true
+        await keepConnected()
+    }
+
+    func shutDown() {
         for sink in registry.sinks { sink.finish() }
-        await connection?.close()
-        connection = nil
     }
 
     /// Subscribes to `channels` and `patterns` for the duration of `body`.
@@ -116,31 +111,26 @@ public actor RedisSubscriber: Service {
         for sink in registry.sinks(for: message) { sink.yield(.message(message)) }
     }
 
-    private func maintainConnection() async {
-        await withReconnectingConnection(configuration: configuration, eventLoop: eventLoop, logger: logger) {
-            connection in
-            await connection.setMessageHandler { message in
-                self.assumeIsolated { $0.route(message) }
-            }
-            self.connection = connection
-            // Subscriptions made from here on subscribe themselves on this connection.
-            let restored = registry.ids
-            do {
-                try await Self.subscribe(channels: registry.channels, patterns: registry.patterns, on: connection)
-            } catch {
-                logger.warning("could not restore subscriptions", metadata: ["error": "\(error)"])
-                await connection.close()
-                return
-            }
-            for id in restored { registry.sink(for: id)?.yield(.reconnected) }
-            onEvent(hasConnected ? .reconnected : .connected)
-            hasConnected = true
-        } disconnected: { connection, reason in
-            if self.connection === connection { self.connection = nil }
-            onEvent(.disconnected(reason))
-        } connectFailed: { reason, delay in
-            onEvent(.connectFailed(reason, retryIn: delay))
+    /// Routes the connection's messages here, before any subscription is made on it.
+    func attach(_ connection: RedisConnection) async {
+        await connection.setMessageHandler { message in
+            self.assumeIsolated { $0.route(message) }
         }
+    }
+
+    /// Restores every subscription on the new connection; subscriptions made from here on
+    /// subscribe themselves on it.
+    func prepare(_ connection: RedisConnection) async -> Bool {
+        let restored = registry.ids
+        do {
+            try await Self.subscribe(channels: registry.channels, patterns: registry.patterns, on: connection)
+        } catch {
+            logger.warning("could not restore subscriptions", metadata: ["error": "\(error)"])
+            await connection.close()
+            return false
+        }
+        for id in restored { registry.sink(for: id)?.yield(.reconnected) }
+        return true
     }
 
     /// Sends SUBSCRIBE and PSUBSCRIBE together and waits for every confirmation.
