@@ -81,6 +81,16 @@ struct ConnectionTests {
         return connection
     }
 
+    /// A WebSocket-like connection of `user` on an engine of its own.
+    func open(_ user: String, on engine: Engine) throws -> Connection {
+        let connection = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
+        )
+        try connection.start(identity: Identity(user: user))
+        return connection
+    }
+
     /// Everything queued on the connection since the last call, without waiting.
     func sent(_ connection: Connection) -> [String] {
         var batch: [Outbox.Frame] = []
@@ -174,15 +184,7 @@ struct ConnectionTests {
         limits.largeRoomSize = 3
         limits.presencePageSize = 2
         let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), limits: limits, clock: clock)
-        func open(_ user: String) throws -> Connection {
-            let connection = Connection(
-                engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
-                settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
-            )
-            try connection.start(identity: Identity(user: user))
-            return connection
-        }
-        let users = try (1...5).map { try open("u\($0)") }
+        let users = try (1...5).map { try open("u\($0)", on: engine) }
         for (index, user) in users.enumerated() { await user.receive(.join(room: "r", since: nil), id: .number(Int64(index + 1))) }
         // Up to the threshold, one event per join and the whole list (paged past 2 users).
         #expect(sent(users[0]) == ["ack 1 joined r 0 [\"u1\"]", "join r u2", "join r u3"])
@@ -202,7 +204,7 @@ struct ConnectionTests {
         // A join and leave within one interval cancel out; the room shrinks back to small.
         await users[4].receive(.leave(room: "r"), id: nil)
         await users[3].receive(.leave(room: "r"), id: nil)
-        let again = try open("u6")
+        let again = try open("u6", on: engine)
         await again.receive(.join(room: "r", since: nil), id: nil)
         await again.receive(.leave(room: "r"), id: nil)
         clock.advance(by: .seconds(1))
@@ -368,17 +370,9 @@ struct ConnectionTests {
         var limits = engine.limits
         limits.ratePerSecond = 0
         let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), limits: limits, clock: clock)
-        func open(_ user: String) throws -> Connection {
-            let connection = Connection(
-                engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
-                settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
-            )
-            try connection.start(identity: Identity(user: user))
-            return connection
-        }
-        let reader = try open("reader")
-        let stalled = try open("stalled")
-        let sender = try open("sender")
+        let reader = try open("reader", on: engine)
+        let stalled = try open("stalled", on: engine)
+        let sender = try open("sender", on: engine)
         for connection in [reader, stalled, sender] { await connection.receive(.join(room: "r", since: nil), id: nil) }
         let content = String(repeating: "x", count: 200)
         var delivered = 0
