@@ -235,7 +235,13 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         guard let context, let connection, !closeSent else { return }
         guard context.channel.isWritable else {
             // Nothing more is taken while the socket is full; a cut-off still goes out at once.
-            if let reason = connection.outbox.closeReason, reason != .goingAway { sendClose(context, reason) }
+            // At shutdown the queued frames may still go if the client reads, within the close
+            // timeout: a client that reads nothing must not hold the server's shutdown.
+            switch connection.outbox.closeReason {
+            case nil: break
+            case .goingAway?: scheduleForcedClose(context)
+            case let reason?: sendClose(context, reason)
+            }
             return
         }
         // Frames queued after this take signal a new drain.
@@ -268,6 +274,11 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         logger.debug("closing websocket", metadata: ["code": "\(code)", "reason": "\(reason)"])
         context.writeAndFlush(wrapOutboundOut(WebSocketWire.close(code: code, reason: reason)), promise: nil)
         // The client answers with its close, then the connection ends; if it does not, it ends anyway.
+        scheduleForcedClose(context)
+    }
+
+    private func scheduleForcedClose(_ context: ChannelHandlerContext) {
+        guard closeTimer == nil else { return }
         closeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(settings.closeTimeout.nanoseconds)) { [weak self] in
             self?.context?.close(promise: nil)
         }
