@@ -179,7 +179,9 @@ def wait_for_binary(timeout: float = 60) -> None:
 @pytest.fixture
 def parley_server(request):
     data_dir = Path(tempfile.mkdtemp(prefix="parley-browser-"))
-    server = ParleyServer(data_dir)
+    # `@pytest.mark.server_env(NAME="value")` starts the server with those settings.
+    marker = request.node.get_closest_marker("server_env")
+    server = ParleyServer(data_dir, env=dict(marker.kwargs) if marker else None)
     server.start()
     yield server
     failed = getattr(request.node, "rep_call", None) and request.node.rep_call.failed

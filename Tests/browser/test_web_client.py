@@ -87,6 +87,24 @@ def test_two_users_presence_typing_and_messages(browser):
     assert_conversation(bob, [("alice", text), ("bob", reply)])
 
 
+@pytest.mark.server_env(PARLEY_LARGE_ROOM_SIZE="1")
+def test_large_room_presence_arrives_as_batched_updates(browser):
+    """Past the large-room size, joins reach the others as one presence update a second."""
+    alice, bob = open_pair(browser)
+    # bob's join made the room large (2 > 1): alice learns of him from a `presence` update.
+    alice.until(lambda d: alice.presence() == ["alice", "bob"], f"alice's list: {alice.presence()}")
+    carol = browser("carol")
+    carol.join(ROOM)
+    for page in (alice, bob, carol):
+        page.until(lambda d, p=page: p.presence() == ["alice", "bob", "carol"], f"{page.label}'s list: {page.presence()}")
+        page.until(lambda d, p=page: p.js("return document.getElementById('presence-count').textContent;") == "(3)",
+                   f"{page.label}'s count")
+    notices = alice.js("return Array.from(document.querySelectorAll('li.notice'), (li) => li.textContent);")
+    assert "carol joined" in notices, notices
+    # The conversation itself is unaffected.
+    assert exchange(carol, "hello, big room", alice, bob) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # b. the server restarts mid-conversation: nothing lost, nothing doubled, order kept
 # ---------------------------------------------------------------------------------------------

@@ -144,7 +144,8 @@
       joining: false,
       error: null,
       unread: 0,
-      presence: new Map(), // user -> since
+      presence: new Map(), // user -> since (one page of a large room)
+      online: 0, // users in the room, listed or not
       typing: new Map(), // user -> expiry timer
       reads: new Map(), // user -> latest read seq
       readSent: 0,
@@ -369,6 +370,7 @@
     message: onMessageEvent,
     join: onJoinEvent,
     leave: onLeaveEvent,
+    presence: onPresenceUpdate,
     typing: onTypingEvent,
     read: onReadEvent,
     error: (data) => toast(data.message || data.code || 'Server error'),
@@ -424,6 +426,8 @@
     room.error = null;
     const users = Array.isArray(ack.users) ? ack.users : [];
     room.presence = new Map(users.filter((p) => p && typeof p.user === 'string').map((p) => [p.user, p.since]));
+    // A large room lists one page of its users and says how many there are.
+    room.online = Number.isInteger(ack.online) ? ack.online : room.presence.size;
     if (!room.synced) loadLatest(room);
     scheduleRender();
   }
@@ -590,6 +594,7 @@
     const room = app.rooms.get(data.room);
     if (!room || typeof data.user !== 'string' || room.presence.has(data.user)) return;
     room.presence.set(data.user, data.timestamp);
+    room.online = Math.max(room.online + 1, room.presence.size);
     if (data.user !== app.user) addNotice(room, `${data.user} joined`, data.timestamp);
     scheduleRender();
   }
@@ -598,8 +603,27 @@
     const room = app.rooms.get(data.room);
     if (!room || typeof data.user !== 'string' || !room.presence.has(data.user)) return;
     room.presence.delete(data.user);
+    room.online = Math.max(room.online - 1, room.presence.size);
     clearTypingOf(room, data.user);
     if (data.user !== app.user) addNotice(room, `${data.user} left`, data.timestamp);
+    scheduleRender();
+  }
+
+  /** A large room's joins and leaves of the last second, with its new head count. */
+  function onPresenceUpdate(data) {
+    const room = app.rooms.get(data.room);
+    if (!room || !Number.isInteger(data.online)) return;
+    const names = (list) => (Array.isArray(list) ? list.filter((user) => typeof user === 'string') : []);
+    const joined = names(data.joined).filter((user) => user !== app.user);
+    const left = names(data.left).filter((user) => user !== app.user);
+    for (const user of names(data.joined)) if (!room.presence.has(user)) room.presence.set(user, new Date().toISOString());
+    for (const user of left) {
+      room.presence.delete(user);
+      clearTypingOf(room, user);
+    }
+    room.online = Math.max(data.online, room.presence.size);
+    if (joined.length) addNotice(room, `${listText(joined.slice(0, 3))}${joined.length > 3 ? ' and others' : ''} joined`);
+    if (left.length) addNotice(room, `${listText(left.slice(0, 3))}${left.length > 3 ? ' and others' : ''} left`);
     scheduleRender();
   }
 
@@ -793,8 +817,10 @@
       item.dataset.user = user;
       return item;
     });
+    const unlisted = room ? room.online - users.length : 0;
+    if (unlisted > 0) nodes.push(make('li', 'person more', `and ${unlisted} more`));
     $('presence-list').replaceChildren(...nodes);
-    $('presence-count').textContent = room ? `(${users.length})` : '';
+    $('presence-count').textContent = room ? `(${Math.max(users.length, room.online)})` : '';
   }
 
   function renderTyping() {
