@@ -118,14 +118,7 @@ public struct ChatService: RegistrableRPCService {
     /// backend (API key) acts as the user it names, which it must name.
     func identity(_ metadata: Metadata, user: String) async throws(ParleyError) -> Identity {
         let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: user.nonEmpty)
-        return try acting(identity, as: user)
-    }
-
-    /// A backend identity turned into the user it acts as; any other identity as is.
-    func acting(_ identity: Identity, as user: String) throws(ParleyError) -> Identity {
-        guard identity.isBackend else { return identity }
-        guard !user.isEmpty else { throw ParleyError.badRequest("user_id: required with an API key (the user to act as)") }
-        return Identity(user: try Validation.user(user, limits: settings.limits), isBackend: true)
+        return try identity.acting(as: user, field: "user_id", limits: settings.limits)
     }
 
     /// The identity a read was charged to, or else the one its metadata carries.

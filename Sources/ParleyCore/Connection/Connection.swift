@@ -327,15 +327,8 @@ public final class Connection: Sendable {
         } else {
             try await authenticator.authenticate(token: token, user: user)
         }
-        return try open(try acting(identity, as: user))
-    }
-
-    /// A backend credential becomes the user it names; any other identity stays as it is.
-    private func acting(_ identity: Identity, as user: String?) throws(ParleyError) -> Identity {
-        guard identity.isBackend else { return identity }
-        guard settings.backendsMayConnect else { throw Self.backendRefused }
-        guard let user, !user.isEmpty else { throw ParleyError.badRequest("user: required with an API key (the user to act as)") }
-        return Identity(user: try Validation.user(user, limits: engine.limits), isBackend: true)
+        if identity.isBackend, !settings.backendsMayConnect { throw Self.backendRefused }
+        return try open(try identity.acting(as: user, field: "user", limits: engine.limits))
     }
 
     // MARK: Ending

@@ -33,6 +33,14 @@ public struct Identity: Sendable, Hashable {
         }
     }
 
+    /// A backend (API key) turned into the user it acts as, which it must name (`field` says
+    /// where, in the error); any other identity as it is.
+    public func acting(as user: String?, field: String, limits: Limits) throws(ParleyError) -> Identity {
+        guard isBackend else { return self }
+        guard let user, !user.isEmpty else { throw ParleyError.badRequest("\(field): required with an API key (the user to act as)") }
+        return Identity(user: try Validation.user(user, limits: limits), isBackend: true)
+    }
+
     func authorize(_ room: String, at now: Timestamp) throws(ParleyError) {
         try ensureCurrent(at: now)
         guard mayAccess(room) else { throw ParleyError(.forbidden, "not allowed in room \(room)") }
