@@ -19,16 +19,16 @@ extension ParleyError: HTTPResponseError {
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var json = JSONWriter()
-        json.object { json in
-            json.key("error")
-            WireJSON.error(self, into: &json)
-        }
+        Response(status: status, headers: headers, body: .init(byteBuffer: WireJSON.errorBody(self)))
+    }
+
+    /// The headers of its HTTP answer: JSON, and `Retry-After` when the error says when.
+    var headers: HTTPFields {
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8"]
         if let retryAfterMs {
             headers[.retryAfter] = String((retryAfterMs + 999) / 1000)
         }
-        return Response(status: status, headers: headers, body: .init(byteBuffer: json.buffer))
+        return headers
     }
 }
 

@@ -92,13 +92,11 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
                 // The refusal's status (401, 403, 429, 503) and the HTTP API's error JSON.
                 let error = refusal ?? .badRequest("not a WebSocket upgrade of /ws")
                 let body = WireJSON.errorBody(error)
-                var headers: HTTPFields = [
-                    .connection: "close", .contentType: "application/json; charset=utf-8", .contentLength: "\(body.readableBytes)",
-                ]
-                if let retryAfterMs = error.retryAfterMs { headers[.retryAfter] = "\((retryAfterMs + 999) / 1000)" }
-                let status = HTTPResponse.Status(code: Int(error.status.code), reasonPhrase: error.status.reasonPhrase)
+                var headers = error.headers
+                headers[.connection] = "close"
+                headers[.contentLength] = "\(body.readableBytes)"
                 try await http1.executeThenClose { _, outbound in
-                    try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: headers)), .body(body), .end(nil)])
+                    try await outbound.write(contentsOf: [.head(HTTPResponse(status: error.status, headerFields: headers)), .body(body), .end(nil)])
                 }
             }
         } catch {
