@@ -67,6 +67,27 @@ struct ConnectionHygieneTests {
         }
     }
 
+    @Test("an upgrade to anything but a WebSocket (curl --http2 asks for h2c) is served over HTTP/1.1")
+    func otherUpgrade() async throws {
+        try await withServer { server in
+            let socket = try await RawSocket.connect(port: server.port)
+            try await socket.send(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+            )
+            let answer = await socket.read()
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "\(answer ?? "no answer")")
+            await socket.close()
+            // With a body too: it is still there once the header is gone.
+            let post = try await RawSocket.connect(port: server.port)
+            let body = #"{"content":"hi","user":"bob"}"#
+            try await post.send(
+                "POST /api/rooms/r/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n" + body
+            )
+            #expect(await post.read()?.hasPrefix("HTTP/1.1 201") == true)
+            await post.close()
+        }
+    }
+
     @Test("a keep-alive connection idle between requests is closed after the idle timeout")
     func keepAliveIdle() async throws {
         try await withServer({ $0.idleTimeout = .seconds(1) }) { server in

@@ -58,11 +58,36 @@ final class FirstRequestGuard: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let head = String(decoding: bytes[bytes.startIndex..<end], as: UTF8.self)
-        if let problem = Self.upgradeProblem(Self.headers(head)) {
+        let headers = Self.headers(head)
+        if let problem = Self.upgradeProblem(headers) {
             refuse(context, .badRequest(problem))
             return
         }
+        if Self.asksForOtherUpgrade(headers) {
+            // An upgrade to anything but a WebSocket (`curl --http2` asks for h2c) is ignored,
+            // as RFC 9110 (7.8) allows: the request is served over HTTP/1.1 as if it had not
+            // asked. Left in, it would reach SwiftNIO's upgrade handler, which finds no
+            // upgrader for it and leaves the request unanswered.
+            var rest = buffered!
+            rest.moveReaderIndex(forwardBy: end - bytes.startIndex)
+            var rewritten = ByteBuffer(string: Self.withoutUpgrade(head))
+            rewritten.writeBuffer(&rest)
+            buffered = rewritten
+        }
         pass(context)
+    }
+
+    /// The request asks to upgrade, and not to a WebSocket.
+    static func asksForOtherUpgrade(_ headers: [(name: String, value: String)]) -> Bool {
+        let upgrades = headers.filter { $0.name == "upgrade" }
+        return !upgrades.isEmpty && !upgrades.contains { $0.value.lowercased().contains("websocket") }
+    }
+
+    /// The head without its `Upgrade` header lines.
+    static func withoutUpgrade(_ head: String) -> String {
+        head.split(separator: "\r\n", omittingEmptySubsequences: false)
+            .filter { !$0.lowercased().hasPrefix("upgrade:") }
+            .joined(separator: "\r\n")
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
