@@ -14,22 +14,17 @@ import ParleyCore
 /// The upgrade is decided by `WebSocketUpgrader` in `ParleyHTTPChannel`, on SwiftNIO's own
 /// upgrade machinery, not by a router route.
 struct WebSocketRoutes {
-    let engine: Engine
-    let authenticator: any Authenticator
-    let settings: WebSocketHandler.Settings
-    let origins: OriginPolicy
-    let logger: Logger
     /// Shared by every WebSocket of the server. The server's logger as is: metadata per
     /// connection would cost every idle socket a dictionary.
     let shared: WebSocketHandler.Shared
+    let origins: OriginPolicy
+    var engine: Engine { shared.engine }
+    var authenticator: any Authenticator { shared.authenticator }
+    var settings: WebSocketHandler.Settings { shared.settings }
 
     init(engine: Engine, authenticator: any Authenticator, settings: WebSocketHandler.Settings, origins: OriginPolicy, logger: Logger) {
-        self.engine = engine
-        self.authenticator = authenticator
-        self.settings = settings
-        self.origins = origins
-        self.logger = logger
         self.shared = WebSocketHandler.Shared(engine: engine, authenticator: authenticator, settings: settings, logger: logger)
+        self.origins = origins
     }
 
     func register(on router: Router<ParleyRequestContext>) {
