@@ -351,6 +351,24 @@ struct ConnectionTests {
         #expect(sent(stream) == ["error unauthorized"])
     }
 
+    @Test("a frame that cannot be decoded is answered in its turn, after the commands sent before it")
+    func submittedInOrder() async throws {
+        let alice = try connection("alice")
+        #expect(alice.submit(.join(room: "r", since: nil), id: .number(1)))
+        #expect(alice.submit(rejecting: .badRequest("bad"), id: .number(2)))
+        #expect(alice.submit(.ping, id: .number(3)))
+        var seen: [String] = []
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(5))
+            alice.close(.serverError("test timed out"))
+        }
+        defer { watchdog.cancel() }
+        while seen.count < 3, case .frames(let batch) = await alice.outbox.next() {
+            seen += batch.map { String(buffer: $0.bytes) }
+        }
+        #expect(seen == ["ack 1 joined r 0 [\"alice\"]", "error 2 bad_request", "pong"])
+    }
+
     @Test("bad commands in a row close the connection; a good one resets the count")
     func badCommands() async throws {
         let alice = try connection("alice")

@@ -47,8 +47,9 @@ public final class Connection: Sendable {
         var expiry: ScheduledCall?
         /// The expiry the client was warned about.
         var warnedAt: Timestamp?
-        /// Commands submitted and not yet performed, in order.
-        var queued: [(Command, RequestID?)] = []
+        /// Commands submitted and not yet performed, in order, with the frames that could not
+        /// be decoded among them (answered in their turn).
+        var queued: [(item: Result<Command, ParleyError>, id: RequestID?)] = []
         var performing = false
         /// The transport was told to stop reading until the queue drains.
         var paused = false
@@ -190,23 +191,39 @@ public final class Connection: Sendable {
     /// client is quiet). Returns false when the transport should stop reading until
     /// `resumeReading` is called: the client sends faster than its commands are served.
     public func submit(_ command: Command, id: RequestID?) -> Bool {
-        let (start, keepReading) = state.withLock { state -> (Bool, Bool) in
-            guard !state.finished else { return (false, true) }
-            state.queued.append((command, id))
+        submit(.success(command), id: id)
+    }
+
+    /// A frame the transport could not decode: answered with `error` after the commands
+    /// submitted before it, so that replies keep the order of the frames, and counted as bad
+    /// in that same order.
+    public func submit(rejecting error: ParleyError, id: RequestID?) -> Bool {
+        submit(.failure(error), id: id)
+    }
+
+    private func submit(_ item: Result<Command, ParleyError>, id: RequestID?) -> Bool {
+        let (action, keepReading) = state.withLock { state -> (Submitted, Bool) in
+            guard !state.finished else { return (.dropped, true) }
+            if case .failure = item, !state.performing { return (.rejectNow, !state.paused) }
+            state.queued.append((item, id))
             let start = !state.performing
             state.performing = true
             if state.queued.count >= Self.maxQueuedCommands { state.paused = true }
-            return (start, !state.paused)
+            return (start ? .start : .queued, !state.paused)
         }
-        if start {
-            Task { await self.performQueued() }
+        switch action {
+        case .start: Task { await self.performQueued() }
+        case .rejectNow: if case .failure(let error) = item { reject(error, id: id) }
+        case .queued, .dropped: break
         }
         return keepReading
     }
 
+    private enum Submitted { case start, queued, rejectNow, dropped }
+
     private func performQueued() async {
         while true {
-            let (next, resume) = state.withLock { state -> ((Command, RequestID?)?, Bool) in
+            let (next, resume) = state.withLock { state -> ((Result<Command, ParleyError>, RequestID?)?, Bool) in
                 guard !state.finished, !state.queued.isEmpty else {
                     state.performing = false
                     state.queued.removeAll()
@@ -216,8 +233,11 @@ public final class Connection: Sendable {
                 return (state.queued.removeFirst(), false)
             }
             if resume { resumeReading?() }
-            guard let (command, id) = next else { return }
-            await receive(command, id: id)
+            guard let (item, id) = next else { return }
+            switch item {
+            case .success(let command): await receive(command, id: id)
+            case .failure(let error): if !outbox.isClosing { reject(error, id: id) }
+            }
         }
     }
 

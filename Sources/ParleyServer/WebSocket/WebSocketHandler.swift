@@ -53,7 +53,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     private var settings: Settings { shared.settings }
     private var logger: Logger { shared.logger }
     private let identity: Identity?
-    private var decoder: ClientFrameDecoder { ClientFrameDecoder() }
+    private let decoder = ClientFrameDecoder()
 
     private var context: ChannelHandlerContext?
     private var connection: Connection?
@@ -185,15 +185,14 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private func handleText(_ text: ByteBuffer, context: ChannelHandlerContext) {
         guard let connection, !connection.outbox.isClosing else { return }
-        switch decoder.decode(text) {
-        case .success(let (id, command)):
-            if !connection.submit(command, id: id) {
-                // The client sends faster than its commands are served: stop reading from it
-                // (TCP pushes back) until they are.
-                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-            }
-        case .failure(let failure):
-            connection.reject(failure.error, id: failure.id)
+        let keepReading = switch decoder.decode(text) {
+        case .success(let (id, command)): connection.submit(command, id: id)
+        case .failure(let failure): connection.submit(rejecting: failure.error, id: failure.id)
+        }
+        if !keepReading {
+            // The client sends faster than its commands are served: stop reading from it
+            // (TCP pushes back) until they are.
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         }
     }
 
