@@ -14,18 +14,23 @@ public struct TokenAuthenticator: Authenticator {
     let verifier: TokenVerifier?
     let apiKeys: APIKeys
     let limits: Limits
+    /// Tells whether a token has expired; tests move a `ManualClock` instead of waiting.
+    let clock: any ParleyClock
 
-    public init(verifier: TokenVerifier?, apiKeys: APIKeys, limits: Limits) {
+    public init(verifier: TokenVerifier?, apiKeys: APIKeys, limits: Limits, clock: any ParleyClock = SystemClock()) {
         self.verifier = verifier
         self.apiKeys = apiKeys
         self.limits = limits
+        self.clock = clock
     }
 
     /// Loads the configured keys; fails with a message naming the setting to fix.
-    public static func load(_ configuration: AuthConfiguration, limits: Limits) async throws(AuthConfigurationError) -> TokenAuthenticator {
+    public static func load(
+        _ configuration: AuthConfiguration, limits: Limits, clock: any ParleyClock = SystemClock()
+    ) async throws(AuthConfigurationError) -> TokenAuthenticator {
         TokenAuthenticator(
             verifier: try await TokenVerifier.load(configuration, limits: limits),
-            apiKeys: APIKeys(configuration.apiKeys), limits: limits
+            apiKeys: APIKeys(configuration.apiKeys), limits: limits, clock: clock
         )
     }
 
@@ -41,7 +46,7 @@ public struct TokenAuthenticator: Authenticator {
         if let token, !token.isEmpty {
             if apiKeys.matches(token) { return Identity(user: Self.backendUser, isBackend: true) }
             if let verifier {
-                let identity = try await verifier.verify(token)
+                let identity = try await verifier.verify(token, now: clock.now)
                 if let user, user != identity.user {
                     throw ParleyError(.forbidden, "the token is for \(identity.user), not \(user)")
                 }

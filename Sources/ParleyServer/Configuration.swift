@@ -41,6 +41,10 @@ public struct ServerConfiguration: Sendable {
     /// How long a WebSocket whose token expired may send `connect` with a fresh token before
     /// it is closed with 1008.
     public var tokenRefreshGrace: Duration = .seconds(30)
+    /// The time token expiry, handshake and refresh deadlines, typing and rate limits follow;
+    /// nil is real time (each connection's deadlines on its event loop). Tests give a
+    /// `ManualClock` and move it instead of waiting.
+    public var clock: (any ParleyClock)?
     /// `Origin`s allowed to open a WebSocket (exact, e.g. `https://chat.example.com`); nil or
     /// `*` allows every origin. Requests without `Origin` (not from a browser) are allowed.
     public var allowedOrigins: [String]?

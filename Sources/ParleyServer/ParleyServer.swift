@@ -58,7 +58,7 @@ public struct ParleyServer: Sendable {
         let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
         let engine = Engine(
             store: store, broker: broker, presence: presence,
-            limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger
+            limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger, clock: configuration.clock ?? SystemClock()
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
         let backends = [BackendCheck(name: storageName) { await engine.storeIsReachable() }] + (redis.map { [$0.check] } ?? [])
@@ -77,12 +77,13 @@ public struct ParleyServer: Sendable {
         HealthRoutes(engine: engine, backends: backends).register(on: router)
         MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
-        SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, logger: logger).register(on: router)
+        SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, clock: configuration.clock, logger: logger).register(on: router)
         let webSocketRoutes = WebSocketRoutes(
             engine: engine, authenticator: authenticator,
             settings: .init(
                 limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
-                refreshGrace: configuration.tokenRefreshGrace, pingInterval: configuration.pingInterval
+                refreshGrace: configuration.tokenRefreshGrace, pingInterval: configuration.pingInterval,
+                clock: configuration.clock
             ),
             origins: origins, logger: logger
         )
@@ -109,7 +110,7 @@ public struct ParleyServer: Sendable {
                         limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
                         refreshGrace: configuration.tokenRefreshGrace
                     ),
-                    logger: logger, clock: EventLoopClock(eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+                    logger: logger, clock: configuration.clock ?? EventLoopClock(eventLoop: MultiThreadedEventLoopGroup.singleton.any())
                 ),
                 HealthService(engine: engine) {
                     for backend in backends where await !backend.isUp() { return false }
@@ -152,7 +153,9 @@ public struct ParleyServer: Sendable {
 
     /// API keys and JWT keys from the configuration; logs which mode the server runs in.
     private static func makeAuthenticator(_ configuration: ServerConfiguration, logger: Logger) async throws -> TokenAuthenticator {
-        let authenticator = try await TokenAuthenticator.load(configuration.auth, limits: configuration.limits)
+        let authenticator = try await TokenAuthenticator.load(
+            configuration.auth, limits: configuration.limits, clock: configuration.clock ?? SystemClock()
+        )
         if authenticator.isOpen {
             logger.warning("open mode: no authentication is configured, anyone may claim any user id")
         } else {

@@ -1,4 +1,5 @@
 import Foundation
+import ParleyCore
 import GRPCCore
 import ParleyGRPC
 @testable import ParleyServer
@@ -126,29 +127,37 @@ struct GRPCAuthTests {
 
     @Test("a stream whose token expires is warned, then ended with UNAUTHENTICATED unless refreshed")
     func expiry() async throws {
+        let clock = ManualClock(now: .now)
         try await withJWTServer({
             $0.auth.leewaySeconds = 0
-            $0.tokenRefreshGrace = .seconds(3)
+            $0.tokenRefreshGrace = .seconds(30)
+            $0.clock = clock
         }) { server in
             try await withChatClient(port: server.grpcPort) { client in
-                let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 5)))
+                let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 60)))
                 let expiring = EventStream.chat(client, metadata: short)
                 _ = try await expiring.request(.join(.with { $0.roomID = "r" }), id: "1")
                 let refreshed = EventStream.chat(client, metadata: short)
                 _ = try await refreshed.request(.join(.with { $0.roomID = "r" }), id: "1")
 
-                // The stream to refresh is watched first, so that its refresh comes in time.
-                let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
-                for (index, stream) in [refreshed, expiring].enumerated() {
-                    let warning = try await stream.expect(timeout: .seconds(15)) { if case .error = $0.event { true } else { false } }
+                clock.advance(by: .seconds(61))
+                for stream in [refreshed, expiring] {
+                    let warning = try await stream.expect { if case .error = $0.event { true } else { false } }
                     #expect(warning.error.code == .unauthenticated)
                     #expect(warning.error.message.contains("expired"))
-                    if index == 0 { _ = try await refreshed.request(.connect(.with { $0.token = fresh }), id: "2") }
                 }
-                let ending = try #require(await expiring.ended(timeout: .seconds(15)))
+                let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
+                _ = try await refreshed.request(.connect(.with { $0.token = fresh }), id: "2")
+                // Within the grace the unrefreshed stream is still open.
+                // (Token times are whole seconds: exp is up to a second from the clock's start + 60.)
+                clock.advance(by: .seconds(27))
+                expiring.send(.ping(.init()), requestID: "p")
+                _ = try await expiring.reply(to: "p")
+                clock.advance(by: .seconds(3))
+                let ending = try #require(await expiring.ended())
                 #expect(ending?.code == .unauthenticated)
                 // Well past the grace the refreshed stream still works.
-                try await Task.sleep(for: .seconds(4))
+                clock.advance(by: .seconds(60))
                 guard case .message? = try await refreshed.request(.message(.with { $0.roomID = "r"; $0.content = "still here" }), id: "3") else {
                     throw TestFailure("no message ack")
                 }

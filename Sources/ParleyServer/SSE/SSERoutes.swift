@@ -13,6 +13,8 @@ struct SSERoutes {
     let engine: Engine
     let auth: RequestAuth
     let heartbeat: Duration
+    /// Token expiry follows this clock; nil: the channel's event loop.
+    let clock: (any ParleyClock)?
     let logger: Logger
 
     func register(on router: Router<ParleyRequestContext>) {
@@ -35,7 +37,7 @@ struct SSERoutes {
                     let connection = Connection(
                         engine: engine, authenticator: auth.authenticator, format: SSEFrames.shared,
                         settings: .init(transport: "sse", handshakeTimeout: .zero, backendsMayConnect: true, acceptsCommands: false),
-                        clock: EventLoopClock(eventLoop: channel.eventLoop), logger: logger
+                        clock: clock ?? EventLoopClock(eventLoop: channel.eventLoop), logger: logger
                     )
                     do {
                         try connection.start(identity: identity, watcher: identity.isBackend)

@@ -30,6 +30,8 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         var pingInterval: Duration = .seconds(30)
         /// How long the client has to answer the server's close frame.
         var closeTimeout: Duration = .seconds(5)
+        /// Deadlines (handshake, token expiry) follow this clock; nil: the channel's event loop.
+        var clock: (any ParleyClock)?
     }
 
     /// What every WebSocket of a server shares; each handler keeps one reference to it.
@@ -87,7 +89,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         let connection = Connection(
             engine: engine, authenticator: authenticator, format: WebSocketFrames.shared,
             settings: .init(transport: "websocket", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
-            clock: EventLoopClock(eventLoop: eventLoop), outbox: outbox, logger: logger,
+            clock: settings.clock ?? EventLoopClock(eventLoop: eventLoop), outbox: outbox, logger: logger,
             resumeReading: { [weak self] in
                 guard let self else { return }
                 eventLoop.execute(self.resumeReading)
