@@ -127,14 +127,14 @@ struct GRPCAuthTests {
 
     @Test("a stream whose token expires is warned, then ended with UNAUTHENTICATED unless refreshed")
     func expiry() async throws {
-        let clock = ManualClock(now: .now)
+        let clock = ManualClock(now: TokenExpiryTests.start)
         try await withJWTServer({
             $0.auth.leewaySeconds = 0
             $0.tokenRefreshGrace = .seconds(30)
             $0.clock = clock
         }) { server in
             try await withChatClient(port: server.grpcPort) { client in
-                let short = grpcBearer(try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 60)))
+                let short = grpcBearer(try await TokenExpiryTests.token("alice", expiresIn: 60))
                 let expiring = EventStream.chat(client, metadata: short)
                 _ = try await expiring.request(.join(.with { $0.roomID = "r" }), id: "1")
                 let refreshed = EventStream.chat(client, metadata: short)
@@ -146,10 +146,9 @@ struct GRPCAuthTests {
                     #expect(warning.error.code == .unauthenticated)
                     #expect(warning.error.message.contains("expired"))
                 }
-                let fresh = try await Tokens.hs256(TestClaims(sub: "alice", expiresIn: 3600))
+                let fresh = try await TokenExpiryTests.token("alice")
                 _ = try await refreshed.request(.connect(.with { $0.token = fresh }), id: "2")
                 // Within the grace the unrefreshed stream is still open.
-                // (Token times are whole seconds: exp is up to a second from the clock's start + 60.)
                 clock.advance(by: .seconds(27))
                 expiring.send(.ping(.init()), requestID: "p")
                 _ = try await expiring.reply(to: "p")
@@ -162,7 +161,7 @@ struct GRPCAuthTests {
                     throw TestFailure("no message ack")
                 }
                 // A refresh for another user is refused.
-                let bob = try await Tokens.hs256(TestClaims(sub: "bob"))
+                let bob = try await TokenExpiryTests.token("bob")
                 refreshed.send(.connect(.with { $0.token = bob }), requestID: "4")
                 #expect(try await refreshed.reply(to: "4").error.code == .permissionDenied)
                 refreshed.cancel()

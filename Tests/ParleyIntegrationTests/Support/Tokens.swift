@@ -12,8 +12,13 @@ struct TestClaims: JWTPayload {
     var aud: String?
     var rooms: [String]?
 
-    init(sub: String?, expiresIn: Double? = 3600, notBeforeIn: Double? = nil, iss: String? = nil, aud: String? = nil, rooms: [String]? = nil) {
-        let now = Date().timeIntervalSince1970.rounded(.down)
+    /// `now`: the time `expiresIn` and `notBeforeIn` count from (seconds since 1970), for a
+    /// server on a `ManualClock`; the real time by default.
+    init(
+        sub: String?, expiresIn: Double? = 3600, notBeforeIn: Double? = nil, iss: String? = nil, aud: String? = nil, rooms: [String]? = nil,
+        now: Double? = nil
+    ) {
+        let now = now ?? Date().timeIntervalSince1970.rounded(.down)
         self.sub = sub
         self.exp = expiresIn.map { now + $0 }
         self.nbf = notBeforeIn.map { now + $0 }
