@@ -31,6 +31,8 @@ public struct ServerConfiguration: Sendable {
     public var idleTimeout: Duration = .seconds(60)
     /// Interval of server pings on idle WebSockets; a client that misses one is closed.
     public var pingInterval: Duration = .seconds(30)
+    /// How long a Socket.IO client has to answer the Engine.IO ping (sent every `pingInterval`).
+    public var socketIOPingTimeout: Duration = .seconds(20)
     /// Interval of the comment line that keeps idle SSE streams open through proxies.
     public var sseHeartbeat: Duration = .seconds(15)
     /// Folder the web client is served from; nil serves the copy bundled with the server.

@@ -88,10 +88,23 @@ public struct ParleyServer: Sendable {
             origins: origins, logger: logger
         )
         webSocketRoutes.register(on: router)
+        let socketIORoutes = SocketIORoutes(
+            server: SocketIOServer(
+                engine: engine, authenticator: authenticator,
+                settings: .init(
+                    limits: configuration.limits, handshakeTimeout: configuration.handshakeTimeout,
+                    refreshGrace: configuration.tokenRefreshGrace, pingInterval: configuration.pingInterval,
+                    pingTimeout: configuration.socketIOPingTimeout, clock: configuration.clock
+                ),
+                logger: logger
+            ),
+            origins: origins
+        )
+        socketIORoutes.register(on: router)
 
         let app = Application(
             router: router,
-            server: httpServer(router: router, configuration: configuration, webSocket: webSocketRoutes),
+            server: httpServer(router: router, configuration: configuration, webSocket: webSocketRoutes, socketIO: socketIORoutes),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -137,7 +150,7 @@ public struct ParleyServer: Sendable {
     /// head within the handshake timeout, a keep-alive connection between requests within the
     /// idle timeout, an upgraded WebSocket by its pings.
     private static func httpServer(
-        router: Router<ParleyRequestContext>, configuration: ServerConfiguration, webSocket: WebSocketRoutes
+        router: Router<ParleyRequestContext>, configuration: ServerConfiguration, webSocket: WebSocketRoutes, socketIO: SocketIORoutes
     ) -> HTTPServerBuilder {
         let http1 = HTTP1Channel.Configuration(idleTimeout: .nanoseconds(Int64(configuration.idleTimeout.nanoseconds)))
         // A slow network may need a few seconds for a request head, whatever the WebSocket
@@ -145,7 +158,7 @@ public struct ParleyServer: Sendable {
         let headTimeout = TimeAmount.nanoseconds(Int64(max(configuration.handshakeTimeout, .seconds(5)).nanoseconds))
         return HTTPServerBuilder { responder in
             FirstRequestGuardChannel(
-                base: ParleyHTTPChannel(responder: responder, http1: http1, webSocket: webSocket),
+                base: ParleyHTTPChannel(responder: responder, http1: http1, webSocket: webSocket, socketIO: socketIO),
                 timeout: headTimeout
             )
         }

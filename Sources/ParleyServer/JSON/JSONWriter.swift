@@ -94,6 +94,13 @@ struct JSONWriter {
         needsComma = true
     }
 
+    /// Writes `text` as it is, outside any JSON value (a packet prefix such as Socket.IO's
+    /// `42[`); what follows needs no comma.
+    mutating func literal(_ text: StaticString) {
+        buffer.writeStaticString(text)
+        needsComma = false
+    }
+
     /// Writes already-encoded JSON as a value.
     mutating func raw(_ json: ByteBuffer) {
         separate()

@@ -50,6 +50,41 @@ enum WireJSON {
         }
     }
 
+    /// The `data` of a command's ack: the same object on every JSON wire.
+    static func replyData(_ reply: Reply, into json: inout JSONWriter) {
+        switch reply {
+        case .connected(let user, let session):
+            json.object { json in
+                json.key("user"); json.string(user)
+                json.key("session"); json.string(session)
+            }
+        case .joined(let joined):
+            json.object { json in
+                json.key("room"); json.string(joined.room)
+                json.key("seq"); json.number(joined.seq)
+                json.key("users"); WireJSON.users(joined.users, into: &json)
+                WireJSON.pageFields(online: joined.online, hasMore: joined.hasMore, into: &json)
+            }
+        case .left(let room):
+            json.object { json in json.key("room"); json.string(room) }
+        case .published(let stored):
+            WireJSON.message(stored.message, into: &json)
+        case .typing:
+            json.object { _ in }
+        case .read(let room, let seq):
+            json.object { json in
+                json.key("room"); json.string(room)
+                json.key("seq"); json.number(seq)
+            }
+        case .history(let page):
+            WireJSON.page(page, into: &json)
+        case .presence(let page):
+            WireJSON.presence(page, into: &json)
+        case .pong:
+            json.object { _ in }
+        }
+    }
+
     /// `{"room", "users", ...}` of a `presence` answer (HTTP and WebSocket).
     static func presence(_ page: Engine.PresencePage, into json: inout JSONWriter) {
         json.object { json in

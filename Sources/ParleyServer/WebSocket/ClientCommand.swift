@@ -40,6 +40,21 @@ struct ClientFrameDecoder {
         }
     }
 
+    /// A Socket.IO event: its name and first argument, decoded as a frame's `event` and `data`.
+    /// `refresh` carries a fresh token (`connect` is a reserved name in Socket.IO clients).
+    func command(event: String, argument: Any?) -> Result<Command, ParleyError> {
+        do {
+            guard event != "connect" else { throw ParleyError.badRequest("unknown event 'connect': authenticate in the CONNECT packet's auth, refresh with 'refresh'") }
+            let name = event == "refresh" ? "connect" : event
+            let body = try JSONSerialization.data(withJSONObject: ["data": argument ?? NSNull()], options: [.fragmentsAllowed])
+            return .success(try command(name, body))
+        } catch let error as ParleyError {
+            return .failure(error)
+        } catch {
+            return .failure(Self.describe(error, jsonIsValid: true))
+        }
+    }
+
     private func command(_ event: String, _ bytes: Data) throws -> Command {
         switch event {
         case "connect":

@@ -38,17 +38,22 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let http1: HTTP1Channel.Configuration
     let webSocket: WebSocketRoutes
+    let socketIO: SocketIORoutes
 
-    init(responder: @escaping HTTPChannelHandler.Responder, http1: HTTP1Channel.Configuration, webSocket: WebSocketRoutes) {
+    init(
+        responder: @escaping HTTPChannelHandler.Responder, http1: HTTP1Channel.Configuration, webSocket: WebSocketRoutes,
+        socketIO: SocketIORoutes
+    ) {
         self.responder = Self.refusingLateUpgrades(responder)
         self.http1 = http1
         self.webSocket = webSocket
+        self.socketIO = socketIO
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             let attempted = NIOLoopBoundBox(Attempt(), eventLoop: channel.eventLoop)
-            let upgrader = WebSocketUpgrader(routes: webSocket, attempted: attempted)
+            let upgrader = WebSocketUpgrader(routes: webSocket, socketIO: socketIO, attempted: attempted)
             let http1 = self.http1
             let upgrade = NIOTypedHTTPServerUpgradeConfiguration<UpgradeResult>(
                 upgraders: [upgrader],
@@ -120,19 +125,28 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     }
 }
 
-/// The WebSocket upgrade of `/ws` (RFC 6455 section 4.2): the request is admitted by
-/// `WebSocketRoutes` (origin, credentials, connection limits) before the 101 is sent.
+/// The WebSocket upgrades of `/ws` and of Socket.IO's `/socket.io/` (RFC 6455 section 4.2):
+/// the request is admitted by `WebSocketRoutes` (origin, credentials, connection limits) or
+/// `SocketIORoutes` before the 101 is sent.
 struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     typealias UpgradeResult = ParleyHTTPChannel.UpgradeResult
     static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-    let routes: WebSocketRoutes
-    let attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>
-    /// What `admit` found, for `upgrade`: set on the channel's loop between the two calls.
-    private let admitted: NIOLoopBoundBox<Identity?>
+    /// What `admit` found, for `upgrade`.
+    enum Admitted {
+        case parley(Identity?)
+        case socketIO(SocketIOWebSocketHandler.Admission)
+    }
 
-    init(routes: WebSocketRoutes, attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>) {
+    let routes: WebSocketRoutes
+    let socketIO: SocketIORoutes
+    let attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>
+    /// Set on the channel's loop between `buildUpgradeResponse` and `upgrade`.
+    private let admitted: NIOLoopBoundBox<Admitted?>
+
+    init(routes: WebSocketRoutes, socketIO: SocketIORoutes, attempted: NIOLoopBoundBox<ParleyHTTPChannel.Attempt>) {
         self.routes = routes
+        self.socketIO = socketIO
         self.attempted = attempted
         self.admitted = NIOLoopBoundBox(nil, eventLoop: attempted.eventLoop)
     }
@@ -146,20 +160,23 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
         attempted.value.attempted = true
         let keys = upgradeRequest.headers["sec-websocket-key"]
-        guard keys.count == 1, upgradeRequest.headers["sec-websocket-version"] == ["13"], URI(upgradeRequest.uri).path == "/ws" else {
+        let path = URI(upgradeRequest.uri).path
+        guard keys.count == 1, upgradeRequest.headers["sec-websocket-version"] == ["13"], path == "/ws" || SocketIORoutes.paths.contains(path) else {
             return channel.eventLoop.makeFailedFuture(Refused())
         }
         let accept = Data(Insecure.SHA1.hash(data: Data((keys[0] + Self.guid).utf8))).base64EncodedString()
         let admitted = self.admitted
         let attempted = self.attempted
         let routes = self.routes
-        return channel.eventLoop.makeFutureWithTask {
-            try await routes.admitUpgrade(upgradeRequest, channel: channel)
+        let socketIO = self.socketIO
+        return channel.eventLoop.makeFutureWithTask { () async throws -> Admitted in
+            if path == "/ws" { return .parley(try await routes.admitUpgrade(upgradeRequest, channel: channel)) }
+            return .socketIO(try socketIO.admitUpgrade(upgradeRequest, channel: channel))
         }.flatMapErrorThrowing { error in
             attempted.value.refusal = (error as? ParleyError) ?? .badRequest("invalid upgrade request")
             throw error
-        }.map { identity in
-            admitted.value = identity
+        }.map { admission in
+            admitted.value = admission
             var headers = initialResponseHeaders
             headers.replaceOrAdd(name: "Upgrade", value: "websocket")
             headers.replaceOrAdd(name: "Connection", value: "upgrade")
@@ -169,8 +186,9 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     }
 
     func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<UpgradeResult> {
-        let identity = admitted.value
+        let admission = admitted.value
         let routes = self.routes
+        let socketIO = self.socketIO
         return channel.eventLoop.makeCompletedFuture {
             // Client frames are small commands: reads start at 256 bytes and grow only while
             // more data flows (NIO's default starts at 2 KiB, which an idle socket then keeps).
@@ -180,7 +198,18 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             try channel.pipeline.syncOperations.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
             )
-            try channel.pipeline.syncOperations.addHandler(routes.makeHandler(identity: identity))
+            switch admission {
+            case .socketIO(let admission):
+                let limit = socketIO.server.settings.maxPayload
+                try channel.pipeline.syncOperations.addHandler(
+                    NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: limit)
+                )
+                try channel.pipeline.syncOperations.addHandler(SocketIOWebSocketHandler(server: socketIO.server, admission: admission))
+            case .parley(let identity):
+                try channel.pipeline.syncOperations.addHandler(routes.makeHandler(identity: identity))
+            case nil:
+                throw WebSocketUpgrader.Refused()
+            }
             return .websocket
         }
     }

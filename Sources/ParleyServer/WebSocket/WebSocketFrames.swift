@@ -24,39 +24,7 @@ final class WebSocketFrames: WireFormat {
         if case .pong = reply { return frame("pong", id: id) { $0.object { _ in } } }
         // A command without an id gets no ack (errors are always sent).
         guard id != nil else { return nil }
-        return frame("ack", id: id) { json in
-            switch reply {
-            case .connected(let user, let session):
-                json.object { json in
-                    json.key("user"); json.string(user)
-                    json.key("session"); json.string(session)
-                }
-            case .joined(let joined):
-                json.object { json in
-                    json.key("room"); json.string(joined.room)
-                    json.key("seq"); json.number(joined.seq)
-                    json.key("users"); WireJSON.users(joined.users, into: &json)
-                    WireJSON.pageFields(online: joined.online, hasMore: joined.hasMore, into: &json)
-                }
-            case .left(let room):
-                json.object { json in json.key("room"); json.string(room) }
-            case .published(let stored):
-                WireJSON.message(stored.message, into: &json)
-            case .typing:
-                json.object { _ in }
-            case .read(let room, let seq):
-                json.object { json in
-                    json.key("room"); json.string(room)
-                    json.key("seq"); json.number(seq)
-                }
-            case .history(let page):
-                WireJSON.page(page, into: &json)
-            case .presence(let page):
-                WireJSON.presence(page, into: &json)
-            case .pong:
-                json.object { _ in }
-            }
-        }
+        return frame("ack", id: id) { WireJSON.replyData(reply, into: &$0) }
     }
 
     func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer {

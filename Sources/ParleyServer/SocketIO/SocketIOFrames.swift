@@ -1,0 +1,225 @@
+import NIOCore
+import ParleyCore
+
+/// The Socket.IO wire format (socket.io-protocol v5 in Engine.IO v4 `message` packets): room
+/// events are `42["message",{...}]`, acks `43<id>[{...}]`, the same data objects as the
+/// WebSocket's. Each outbox frame is one Engine.IO packet's text, without transport framing
+/// (a WebSocket frame header or a polling payload separator), which `SocketIOWriter` adds.
+///
+/// Three kinds of frames carry a small binary prefix, read and removed by `SocketIOWriter`,
+/// so that the writer can follow the connection's position in each room for connection state
+/// recovery: a `message` event (its room and seq; the writer closes the packet with the
+/// recovery offset as the last argument), a `join` ack (the room and its seq) and a `leave`
+/// ack. A room event is still encoded once for every Socket.IO session.
+final class SocketIOFrames: WireFormat {
+    static let shared = SocketIOFrames()
+
+    enum Marker: UInt8 {
+        case message = 0
+        case joined = 1
+        case left = 2
+    }
+
+    func encode(_ event: ServerEvent) -> ByteBuffer {
+        var json = JSONWriter(capacity: 256)
+        if case .message(let message) = event {
+            Self.writeMarker(.message, room: message.room, seq: message.seq, into: &json.buffer)
+            json.literal("42[\"message\"")
+            json.literal(",")
+            WireJSON.message(message, into: &json)
+            // Closed by the writer: `,"<offset>"]`.
+            return json.buffer
+        }
+        json.literal("42[")
+        json.string(Self.eventName(event))
+        WireJSON.eventData(event, into: &json)
+        json.literal("]")
+        return json.buffer
+    }
+
+    static func eventName(_ event: ServerEvent) -> String {
+        WireJSON.eventName(event).description
+    }
+
+    /// An ack (`43<id>[data]`) when the client asked for one; a `join` or `leave` ack is also
+    /// sent without an id, as a bare marker, for the writer's positions.
+    func encode(_ reply: Reply, id: RequestID?) -> ByteBuffer? {
+        var json = JSONWriter(capacity: 128)
+        switch reply {
+        case .joined(let joined): Self.writeMarker(.joined, room: joined.room, seq: joined.seq, into: &json.buffer)
+        case .left(let room): Self.writeMarker(.left, room: room, seq: 0, into: &json.buffer)
+        default: guard id != nil else { return nil }
+        }
+        if let id {
+            Self.ackPrefix(id, into: &json)
+            WireJSON.replyData(reply, into: &json)
+            json.literal("]")
+        }
+        return json.buffer
+    }
+
+    /// With an ack id, an ack whose one argument is `{"error": {"code", "message"}}`; without
+    /// one, an `error` event.
+    func encode(_ error: ParleyError, id: RequestID?) -> ByteBuffer {
+        var json = JSONWriter(capacity: 128)
+        if let id {
+            Self.ackPrefix(id, into: &json)
+            json.object { json in
+                json.key("error"); WireJSON.error(error, into: &json)
+            }
+        } else {
+            json.literal("42[")
+            json.string("error")
+            WireJSON.error(error, into: &json)
+        }
+        json.literal("]")
+        return json.buffer
+    }
+
+    private static func ackPrefix(_ id: RequestID, into json: inout JSONWriter) {
+        json.literal("43")
+        // Socket.IO ack ids are integers; the decoder never makes another kind.
+        if case .number(let number) = id { json.buffer.writeString(String(number)) }
+        json.literal("[")
+    }
+
+    private static func writeMarker(_ marker: Marker, room: String, seq: Int64, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(marker.rawValue)
+        buffer.writeInteger(seq)
+        buffer.writeInteger(UInt16(room.utf8.count))
+        buffer.writeString(room)
+    }
+
+    /// Reads a frame's marker, if it has one, leaving the packet text readable.
+    static func readMarker(_ buffer: inout ByteBuffer) -> (Marker, room: String, seq: Int64)? {
+        guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), let marker = Marker(rawValue: first) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 1)
+        guard let seq = buffer.readInteger(as: Int64.self), let length = buffer.readInteger(as: UInt16.self),
+            let room = buffer.readString(length: Int(length))
+        else { return nil }
+        return (marker, room, seq)
+    }
+
+    // MARK: Fixed packets
+
+    /// Engine.IO `ping`, `pong probe`, `noop` and `close` packets.
+    static let ping = ByteBuffer(string: "2")
+    static let pongProbe = ByteBuffer(string: "3probe")
+    static let noop = ByteBuffer(string: "6")
+    static let close = ByteBuffer(string: "1")
+    /// Socket.IO `DISCONNECT` of the main namespace.
+    static let disconnect = ByteBuffer(string: "41")
+
+    /// The Engine.IO `open` packet of a new session.
+    static func open(sid: String, upgrades: [String], pingInterval: Duration, pingTimeout: Duration, maxPayload: Int) -> ByteBuffer {
+        var json = JSONWriter(capacity: 160)
+        json.literal("0")
+        json.object { json in
+            json.key("sid"); json.string(sid)
+            json.key("upgrades"); json.array(upgrades) { json, upgrade in json.string(upgrade) }
+            json.key("pingInterval"); json.number(pingInterval.milliseconds)
+            json.key("pingTimeout"); json.number(pingTimeout.milliseconds)
+            json.key("maxPayload"); json.number(maxPayload)
+        }
+        return json.buffer
+    }
+
+    /// Socket.IO `CONNECT` answering the main namespace's: the socket id and the recovery id.
+    static func connected(sid: String, pid: String) -> ByteBuffer {
+        var json = JSONWriter(capacity: 96)
+        json.literal("40")
+        json.object { json in
+            json.key("sid"); json.string(sid)
+            json.key("pid"); json.string(pid)
+        }
+        return json.buffer
+    }
+
+    /// Socket.IO `CONNECT_ERROR` for `namespace`: `{"message", "data": {"code"}}`, what
+    /// socket.io-client hands to `connect_error` as `err.message` and `err.data`.
+    static func connectError(namespace: String, _ error: ParleyError) -> ByteBuffer {
+        var json = JSONWriter(capacity: 128)
+        json.literal("44")
+        if namespace != "/" {
+            json.buffer.writeString(namespace)
+            json.literal(",")
+        }
+        json.object { json in
+            json.key("message"); json.string(error.message)
+            json.key("data"); json.object { json in json.key("code"); json.string(error.code.name) }
+        }
+        return json.buffer
+    }
+
+    /// The event that carries only the recovery offset, sent after a join or a leave changed
+    /// the connection's rooms (socket.io-client keeps the last string argument of any event).
+    static func offsetEvent(_ offset: String) -> ByteBuffer {
+        var json = JSONWriter(capacity: 32 + offset.utf8.count)
+        json.literal("42[")
+        json.string(SocketIOWriter.offsetEventName)
+        json.string(offset)
+        json.literal("]")
+        return json.buffer
+    }
+}
+
+/// Turns one Socket.IO session's outbox frames into Engine.IO packets, following its position
+/// in each room: the recovery offset (`room=seq,room=seq`, the last seq the client was sent in
+/// each room it is in) closes every `message` event, so the offset socket.io-client sends back
+/// on reconnect says exactly where to resume every room. Used by one writer at a time.
+struct SocketIOWriter {
+    static let offsetEventName = "parley:offset"
+
+    /// The connection's rooms and the last seq written in each.
+    private(set) var positions: [String: Int64] = [:]
+    /// `since` of the joins in flight, by room: the replay that follows their ack starts there.
+    var pendingSince: [String: Int64] = [:]
+
+    var offset: String {
+        positions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+    }
+
+    /// The packets to send for `frame`, in order (none for a bare marker).
+    mutating func packets(_ frame: ByteBuffer, into packets: inout [ByteBuffer]) {
+        var frame = frame
+        guard let (marker, room, seq) = SocketIOFrames.readMarker(&frame) else {
+            packets.append(frame)
+            return
+        }
+        switch marker {
+        case .message:
+            positions[room] = max(positions[room] ?? 0, seq)
+            let offset = self.offset
+            var packet = ByteBufferAllocator().buffer(capacity: frame.readableBytes + offset.utf8.count + 4)
+            packet.writeBuffer(&frame)
+            packet.writeStaticString(",\"")
+            packet.writeString(offset)
+            packet.writeStaticString("\"]")
+            packets.append(packet)
+        case .joined:
+            let since = pendingSince.removeValue(forKey: room)
+            if positions[room] == nil { positions[room] = min(since ?? seq, seq) }
+            if frame.readableBytes > 0 { packets.append(frame) }
+            packets.append(SocketIOFrames.offsetEvent(offset))
+        case .left:
+            positions[room] = nil
+            if frame.readableBytes > 0 { packets.append(frame) }
+            packets.append(SocketIOFrames.offsetEvent(offset))
+        }
+    }
+
+    /// Parses an offset sent back for recovery: at most `maxRooms` valid rooms with their seqs.
+    static func parseOffset(_ offset: String, limits: Limits) -> [String: Int64]? {
+        if offset.isEmpty { return [:] }
+        var positions: [String: Int64] = [:]
+        for pair in offset.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = pair.split(separator: "=", omittingEmptySubsequences: false)
+            guard parts.count == 2, let seq = Int64(parts[1]), seq >= 0,
+                Validation.isValidRoom(String(parts[0]), limits: limits), positions[String(parts[0])] == nil
+            else { return nil }
+            positions[String(parts[0])] = seq
+        }
+        guard positions.count <= limits.maxRoomsPerConnection else { return nil }
+        return positions
+    }
+}
