@@ -25,7 +25,8 @@ from selenium.webdriver.common.by import By
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import REPO, ChatPage, ParleyServer, new_driver  # noqa: E402
+from conftest import ChatPage  # noqa: E402
+from parley_harness import REPO, ParleyServer, new_driver  # noqa: E402
 
 OUT_DIR = Path(os.environ.get("PARLEY_SCREENSHOT_DIR", REPO / "docs" / "screenshots"))
 DESKTOP_SIZE = (1280, 800)

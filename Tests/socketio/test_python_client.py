@@ -1,0 +1,335 @@
+"""python-socketio (asyncio client; not written here) against Parley's /socket.io/: every command
+with acks over polling, WebSocket and the upgrade, rooms, presence, typing, read receipts,
+errors, idempotent retry, the same order as a plain WebSocket client, and bad packets answered
+as the protocols say while the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import aiohttp
+import pytest
+import socketio
+
+TIMEOUT = 10
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Client:
+    """A python-socketio client that records every event it receives, by name."""
+
+    def __init__(self):
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, asyncio.Queue] = {}
+        self.sio.on("*", self._any)
+
+    async def _any(self, event, *args):
+        self.queue(event).put_nowait(args)
+
+    def queue(self, event: str) -> asyncio.Queue:
+        return self.events.setdefault(event, asyncio.Queue())
+
+    async def connect(self, url: str, user: str | None, transports=None, **kwargs):
+        await self.sio.connect(url, auth={"user": user} if user else None, transports=transports,
+                               wait_timeout=TIMEOUT, **kwargs)
+        return self
+
+    async def call(self, event: str, data=None):
+        return await self.sio.call(event, data, timeout=TIMEOUT)
+
+    async def ack(self, event: str, data=None):
+        answer = await self.call(event, data)
+        assert "error" not in answer, f"{event} {data}: {answer}"
+        return answer
+
+    async def next(self, event: str):
+        return await asyncio.wait_for(self.queue(event).get(), TIMEOUT)
+
+    async def close(self):
+        await self.sio.disconnect()
+
+
+TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"], "upgrade": ["polling", "websocket"]}
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+def test_every_command_with_acks(server, transport):
+    async def main():
+        transports = TRANSPORTS[transport]
+        alice = await Client().connect(server.url, "alice", transports)
+        bob = await Client().connect(server.url, "bob", transports)
+        carol = await Client().connect(server.url, "carol", transports)
+        if transport == "upgrade":
+            for _ in range(100):
+                if alice.sio.transport() == "websocket":
+                    break
+                await asyncio.sleep(0.05)
+        assert alice.sio.transport() == {"polling": "polling", "websocket": "websocket", "upgrade": "websocket"}[transport]
+
+        joined = await alice.ack("join", {"room": "r1"})
+        assert joined["room"] == "r1" and joined["seq"] == 0
+        assert [u["user"] for u in joined["users"]] == ["alice"]
+        joined = await bob.ack("join", {"room": "r1"})
+        assert [u["user"] for u in joined["users"]] == ["alice", "bob"]
+        (event,) = await alice.next("join")
+        assert event["room"] == "r1" and event["user"] == "bob"
+        await carol.ack("join", {"room": "r2"})
+
+        sent = await alice.ack("message", {"room": "r1", "content": "hello", "clientId": "c-1"})
+        assert sent["seq"] == 1 and sent["user"] == "alice" and sent["content"] == "hello" and sent["clientId"] == "c-1"
+        received, offset = await bob.next("message")
+        assert received == sent
+        assert offset == "r1=1"  # the recovery offset closes every message event
+
+        # Rooms are isolated: carol only ever sees r2.
+        await carol.ack("message", {"room": "r2", "content": "elsewhere"})
+        (elsewhere, _) = await carol.next("message")
+        assert elsewhere["room"] == "r2"
+        assert carol.queue("message").empty()
+
+        await bob.ack("typing", {"room": "r1", "typing": True})
+        (typing,) = await alice.next("typing")
+        assert typing == {"room": "r1", "user": "bob", "typing": True}
+        assert await bob.ack("read", {"room": "r1", "seq": 1}) == {"room": "r1", "seq": 1}
+        (read,) = await alice.next("read")
+        assert read == {"room": "r1", "user": "bob", "seq": 1}
+
+        history = await bob.ack("history", {"room": "r1"})
+        assert [m["content"] for m in history["messages"]] == ["hello"] and history["hasMore"] is False
+        presence = await bob.ack("presence", {"room": "r1"})
+        assert [u["user"] for u in presence["users"]] == ["alice", "bob"]
+
+        assert await bob.ack("leave", {"room": "r1"}) == {"room": "r1"}
+        (left,) = await alice.next("leave")
+        assert left["user"] == "bob"
+
+        # Errors come back through the ack, as the WebSocket's error frame would.
+        assert (await alice.call("message", {"room": "r1"}))["error"] == {
+            "code": "bad_request", "message": "missing field 'data.content'"}
+        assert (await alice.call("nope", {}))["error"]["code"] == "bad_request"
+        assert (await alice.call("join", {"room": "no spaces"}))["error"]["code"] == "bad_request"
+        assert (await alice.call("leave", {"room": "r9"}))["error"]["code"] == "not_found"
+        # An event without an ack callback that fails is answered with an `error` event.
+        await alice.sio.emit("message", {"room": "r1"})
+        (error,) = await alice.next("error")
+        assert error["code"] == "bad_request"
+        for client in (alice, bob, carol):
+            await client.close()
+
+    run(main())
+
+
+def test_connect_errors_and_namespaces(server):
+    async def main():
+        # Open mode needs a user: CONNECT_ERROR with the reason.
+        nameless = socketio.AsyncClient(reconnection=False)
+        errors = []
+        nameless.on("connect_error", lambda data: errors.append(data))
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await nameless.connect(server.url, wait_timeout=TIMEOUT)
+        assert errors and "user id is required" in json.dumps(errors[0])
+        # Only the main namespace exists.
+        admin = socketio.AsyncClient(reconnection=False)
+        admin_errors = []
+        admin.on("connect_error", lambda data: admin_errors.append(data), namespace="/admin")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await admin.connect(server.url, auth={"user": "eve"}, namespaces=["/admin"], wait_timeout=TIMEOUT)
+        assert admin_errors and "Invalid namespace" in json.dumps(admin_errors[0])
+        await admin.disconnect()
+        # The server serves on.
+        ok = await Client().connect(server.url, "after")
+        await ok.ack("join", {"room": "r"})
+        await ok.close()
+
+    run(main())
+
+
+def test_idempotent_retry(server):
+    async def main():
+        alice = await Client().connect(server.url, "alice")
+        await alice.ack("join", {"room": "r"})
+        first = await alice.ack("message", {"room": "r", "content": "once", "clientId": "retry-1"})
+        again = await alice.ack("message", {"room": "r", "content": "once", "clientId": "retry-1"})
+        assert again["id"] == first["id"] and again["seq"] == first["seq"]
+        history = await alice.ack("history", {"room": "r"})
+        assert [m["id"] for m in history["messages"]] == [first["id"]]
+        await alice.close()
+
+    run(main())
+
+
+@pytest.mark.server_env(PARLEY_RATE_PER_SEC="0")
+def test_same_messages_in_the_same_order_as_a_websocket_client(server):
+    async def main():
+        sio = await Client().connect(server.url, "sio-user")
+        await sio.ack("join", {"room": "mixed"})
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url.replace("http", "ws") + "/ws?user=ws-user") as ws:
+                await ws.send_json({"event": "join", "id": 1, "data": {"room": "mixed"}})
+                count = 40
+                for i in range(count):
+                    await sio.sio.emit("message", {"room": "mixed", "content": f"sio {i}"})
+                    await ws.send_json({"event": "message", "data": {"room": "mixed", "content": f"ws {i}"}})
+                over_ws = []
+                while len(over_ws) < 2 * count:
+                    frame = json.loads((await asyncio.wait_for(ws.receive(), TIMEOUT)).data)
+                    if frame["event"] == "message":
+                        over_ws.append(frame["data"])
+        over_sio = [(await sio.next("message"))[0] for _ in range(2 * count)]
+        assert [m["seq"] for m in over_sio] == list(range(1, 2 * count + 1))
+        assert over_sio == over_ws
+        await sio.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol by hand: what the official clients never send
+# ---------------------------------------------------------------------------------------------
+
+
+class Polling:
+    """A bare Engine.IO polling session."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.sid = None
+
+    def request(self, method: str, query: str, body: bytes | None = None) -> tuple[int, str]:
+        req = urllib.request.Request(f"{self.base}/socket.io/?{query}", data=body, method=method)
+        if body is not None:
+            req.add_header("Content-Type", "text/plain;charset=UTF-8")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def open(self) -> dict:
+        status, body = self.request("GET", "EIO=4&transport=polling")
+        assert status == 200 and body.startswith("0"), body
+        handshake = json.loads(body[1:])
+        self.sid = handshake["sid"]
+        return handshake
+
+    def get(self) -> tuple[int, list[str]]:
+        status, body = self.request("GET", f"EIO=4&transport=polling&sid={self.sid}")
+        return status, body.split("\x1e") if status == 200 else [body]
+
+    def post(self, *packets: str) -> tuple[int, str]:
+        return self.request("POST", f"EIO=4&transport=polling&sid={self.sid}", "\x1e".join(packets).encode())
+
+
+def test_engineio_handshake_and_errors(server):
+    client = Polling(server.url)
+    handshake = client.open()
+    assert handshake["upgrades"] == ["websocket"]
+    assert handshake["pingInterval"] > 0 and handshake["pingTimeout"] > 0 and handshake["maxPayload"] == 65536
+    # Unknown session, version and transport: 400 with the reference server's codes.
+    for query, code in (("EIO=4&transport=polling&sid=nope", 1), ("EIO=3&transport=polling", 5),
+                        ("EIO=4&transport=carrier-pigeon", 0)):
+        status, body = client.request("GET", query)
+        assert status == 400 and json.loads(body)["code"] == code, (query, body)
+    status, _ = client.request("POST", "EIO=4&transport=polling&sid=nope", b"40")
+    assert status == 400
+
+
+def test_bad_packets_are_answered_and_the_server_serves_on(server):
+    # An unknown namespace: CONNECT_ERROR for it, the session lives on.
+    client = Polling(server.url)
+    client.open()
+    assert client.post("40/admin,") == (200, "ok")
+    status, packets = client.get()
+    assert status == 200 and packets[0].startswith('44/admin,{"message":"Invalid namespace"'), packets
+    assert client.post('40{"user":"raw"}') == (200, "ok")
+    status, packets = client.get()
+    assert packets[0].startswith('40{"sid":'), packets
+
+    # Binary data where no command takes bytes: a clear error, as an ack or an event.
+    assert client.post('451-7["message",{"_placeholder":true,"num":0}]', "bAQID") == (200, "ok")
+    status, packets = client.get()
+    answer = json.loads(packets[0][len("437"):])
+    assert packets[0].startswith("437") and answer[0]["error"]["code"] == "bad_request", packets
+    assert "binary" in answer[0]["error"]["message"]
+
+    # Oversize payloads are refused before they are read.
+    status, _ = client.post("4" + "x" * 70000)
+    assert status == 413
+
+    # A malformed packet ends that session, as the protocol says; others are untouched.
+    for bad in ('42["message"', "49", '42{"not":"an array"}', "4"):
+        victim = Polling(server.url)
+        victim.open()
+        victim.post('40{"user":"victim"}')
+        victim.get()
+        assert victim.post(bad) == (200, "ok")
+        status, packets = victim.get()
+        assert status == 400 or packets[-1] == "1", (bad, packets)
+        status, _ = victim.get()
+        assert status == 400, bad
+
+    async def still_serving():
+        ok = await Client().connect(server.url, "after")
+        await ok.ack("join", {"room": "r"})
+        await ok.close()
+
+    run(still_serving())
+
+
+def test_recovery_offsets_by_hand(server):
+    async def post_messages():
+        alice = await Client().connect(server.url, "alice")
+        await alice.ack("join", {"room": "a"})
+        for i in range(3):
+            await alice.ack("message", {"room": "a", "content": f"m{i + 1}"})
+        await alice.close()
+
+    run(post_messages())
+    # A session that was in room a up to seq 1 comes back: it is recovered, with m2 and m3.
+    client = Polling(server.url)
+    client.open()
+    client.post('40{"user":"bob","pid":"p-1","offset":"a=1"}')
+    packets = []
+    while not any(p.startswith("40") for p in packets):
+        status, more = client.get()
+        assert status == 200
+        packets += more
+    connected = json.loads(next(p for p in packets if p.startswith("40"))[2:])
+    assert connected["pid"] == "p-1"
+    replayed = [json.loads(p[2:]) for p in packets if p.startswith('42["message"')]
+    assert [(m[1]["content"], m[2]) for m in replayed] == [("m2", "a=2"), ("m3", "a=3")]
+    # An offset it cannot honour (not a room name): not recovered, told by a new pid.
+    other = Polling(server.url)
+    other.open()
+    other.post('40{"user":"bob","pid":"p-2","offset":"no room!=1"}')
+    status, packets = other.get()
+    connected = json.loads(next(p for p in packets if p.startswith("40"))[2:])
+    assert connected["pid"] != "p-2"
+
+
+@pytest.mark.server_env(PARLEY_OUTBOX_BYTES="16384", PARLEY_RATE_PER_SEC="0")
+def test_a_slow_consumer_is_cut_off(server):
+    slow = Polling(server.url)
+    slow.open()
+    slow.post('40{"user":"slow"}', '420["join",{"room":"busy"}]')
+
+    async def flood():
+        alice = await Client().connect(server.url, "alice")
+        await alice.ack("join", {"room": "busy"})
+        for i in range(40):
+            await alice.ack("message", {"room": "busy", "content": f"{i} " + "x" * 1000})
+        # alice is not held up by the slow reader, and the server serves on.
+        history = await alice.ack("history", {"room": "busy", "limit": 3})
+        assert [m["seq"] for m in history["messages"]] == [38, 39, 40]
+        await alice.close()
+
+    run(flood())
+    status, packets = slow.get()
+    # The backlog was dropped and the transport closed (the client may reconnect and recover).
+    assert status == 400 or packets == ["1"], packets
