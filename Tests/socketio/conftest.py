@@ -27,11 +27,15 @@ from parley_harness import ParleyServer  # noqa: E402
 
 SOCKETIO_JS = Path(os.environ.get("PARLEY_SOCKETIO_JS", HERE / ".assets" / "socket.io.min.js"))
 
+# Scripts in files of their own: Parley's Content-Security-Policy allows no inline script.
 PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>socket.io-client against Parley</title>
 <script src="/socket.io.min.js"></script>
-<script>
+<script src="/page.js"></script>
+"""
+
+PAGE_JS = """
   // The page's log of everything the client saw, read by the tests.
   window.seen = { messages: [], connects: [], disconnects: [], errors: [] };
   window.start = (options) => {
@@ -43,7 +47,6 @@ PAGE = """<!doctype html>
     window.socket = socket;
   };
   window.call = (event, data) => new Promise((resolve) => window.socket.emit(event, data, resolve));
-</script>
 """
 
 
@@ -54,6 +57,7 @@ def public_dir():
     folder = Path(tempfile.mkdtemp(prefix="parley-sio-public-"))
     shutil.copy(SOCKETIO_JS, folder / "socket.io.min.js")
     (folder / "index.html").write_text(PAGE)
+    (folder / "page.js").write_text(PAGE_JS)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 

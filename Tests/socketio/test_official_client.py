@@ -1,0 +1,151 @@
+"""socket.io-client 4.8.1 (the official JavaScript client, from the nicegui wheel) in headless
+Chromium against Parley: chat with acks, and its built-in connection state recovery
+(`socket.recovered`) restoring the rooms and replaying every missed message exactly once, after
+the client's network dropped while the server restarted, and after the instance it was on was
+killed and it reconnected to another."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from parley_harness import new_driver
+from test_python_client import Client, run
+
+WAIT = 15
+
+
+def wait_for(condition, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Page:
+    def __init__(self, url: str):
+        self.driver = new_driver(1024, 768)
+        self.driver.get(url + "/")
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def call(self, event: str, data: dict):
+        return self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1]; window.call(arguments[0], arguments[1]).then(done);", event, data)
+
+    def seen(self) -> dict:
+        return self.js("return window.seen;")
+
+    def contents(self) -> list[str]:
+        return [m["content"] for m in self.seen()["messages"]]
+
+    def quit(self):
+        self.driver.quit()
+
+
+@pytest.fixture
+def page():
+    pages: list[Page] = []
+
+    def make(url: str) -> Page:
+        pages.append(Page(url))
+        return pages[-1]
+
+    yield make
+    for p in pages:
+        p.quit()
+
+
+def publish(url: str, contents: list[str], room: str = "r") -> None:
+    async def main():
+        client = await Client().connect(url, "py")
+        await client.ack("join", {"room": room})
+        for content in contents:
+            await client.ack("message", {"room": room, "content": content})
+        await client.close()
+
+    run(main())
+
+
+def test_official_client_chats_and_recovers_across_a_restart(server, relay, page):
+    link = relay(server.port)
+    web = page(link.url)
+    web.js("window.start({ auth: { user: 'web' } });")
+    wait_for(lambda: web.seen()["connects"], "the first connect")
+    assert web.seen()["connects"][0]["recovered"] is False
+    joined = web.call("join", {"room": "r"})
+    assert joined["room"] == "r" and joined["seq"] == 0
+    # Upgraded to a WebSocket, as socket.io-client does by default.
+    wait_for(lambda: web.js("return window.socket.io.engine.transport.name;") == "websocket", "the upgrade")
+    publish(server.url, ["m1"])
+    wait_for(lambda: web.contents() == ["m1"], "m1")
+
+    # The client's network drops; meanwhile the server restarts and the room goes on.
+    link.cut()
+    wait_for(lambda: web.seen()["disconnects"], "the disconnect")
+    server.restart_same_port()
+    publish(server.url, ["m2", "m3", "m4"])
+    link.restore()
+
+    wait_for(lambda: len(web.seen()["connects"]) == 2, "the reconnect", timeout=30)
+    assert web.seen()["connects"][1]["recovered"] is True, web.seen()
+    wait_for(lambda: len(web.contents()) >= 4, "the missed messages")
+    publish(server.url, ["m5"])
+    wait_for(lambda: len(web.contents()) >= 5, "m5")
+    time.sleep(0.3)  # nothing more may come: no duplicate
+    assert web.contents() == ["m1", "m2", "m3", "m4", "m5"]
+    # Still in its room, without joining again: it can post there.
+    sent = web.call("message", {"room": "r", "content": "from the browser"})
+    assert sent["seq"] == 6
+
+
+CLUSTER = os.environ.get("PARLEY_TEST_REDIS_URL") and os.environ.get("PARLEY_TEST_DATABASE_URL")
+
+
+@pytest.mark.skipif(not CLUSTER, reason="needs PARLEY_TEST_REDIS_URL and PARLEY_TEST_DATABASE_URL")
+def test_official_client_recovers_on_another_instance_after_a_kill(servers, relay, page):
+    env = {
+        "PARLEY_REDIS_URL": os.environ.get("PARLEY_TEST_REDIS_URL", ""),
+        "PARLEY_DATABASE_URL": os.environ.get("PARLEY_TEST_DATABASE_URL", ""),
+        "PARLEY_INSTANCE_TTL_MS": "1000",
+    }
+    first, second = servers(env), servers(env)
+    room = f"k{int(time.time() * 1000)}"
+    link = relay(first.port)
+    web = page(link.url)
+    web.js("window.start({ auth: { user: 'web' } });")
+    wait_for(lambda: web.seen()["connects"], "the first connect")
+    assert web.call("join", {"room": room})["room"] == room
+    publish(second.url, ["m1"], room)
+    wait_for(lambda: web.contents() == ["m1"], "m1 across instances")
+
+    link.cut()
+    first.kill()
+    publish(second.url, ["m2", "m3"], room)
+    link.restore(target=second.port)
+
+    wait_for(lambda: len(web.seen()["connects"]) == 2, "the reconnect to the other instance", timeout=30)
+    assert web.seen()["connects"][1]["recovered"] is True, web.seen()
+    wait_for(lambda: len(web.contents()) >= 3, "the missed messages")
+    publish(second.url, ["m4"], room)
+    wait_for(lambda: len(web.contents()) >= 4, "m4")
+    time.sleep(0.3)
+    assert web.contents() == ["m1", "m2", "m3", "m4"]
+
+
+def test_a_client_with_nothing_to_recover_is_told_so(server, page):
+    web = page(server.url)
+    # A recovery id and offset from nowhere: a room this user may not rejoin is not restored.
+    web.js("""
+      window.start({ auth: { user: 'web' }, autoConnect: false });
+      window.socket._pid = 'made-up';
+      window.socket._lastOffset = 'not a room=1';
+      window.socket.connect();
+    """)
+    wait_for(lambda: web.seen()["connects"], "the connect")
+    assert web.seen()["connects"][0]["recovered"] is False
