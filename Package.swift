@@ -34,6 +34,9 @@ let package = Package(
         // Parley builds its own HTTP channel, with NIO's WebSocket upgrade. Already in the build.
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        // HTTP client: a Socket.IO polling request that lands on another cluster instance is
+        // forwarded to the one that holds its session (no sticky sessions needed).
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Model, commands and events, the engine and hub, backend protocols and memory backends.
@@ -125,6 +128,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             resources: [.copy("Public")]
         ),

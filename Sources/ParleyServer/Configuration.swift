@@ -74,6 +74,11 @@ public struct ClusterConfiguration: Sendable {
     /// A name for this instance in presence, session ids and logs; each run adds a random
     /// suffix to it (the id is wholly random when nil).
     public var instanceID: String?
+    /// The base URL (`http://10.0.0.5:8080`) at which the other instances reach this one's HTTP
+    /// port: a Socket.IO polling request for a session held here that a load balancer sent to
+    /// another instance is forwarded to it. Nil: `http://` + the bind address (127.0.0.1 when
+    /// it binds every address) + the port, right for instances on one machine.
+    public var advertiseURL: String?
 
     public init() {}
 }

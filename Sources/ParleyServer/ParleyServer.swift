@@ -88,6 +88,7 @@ public struct ParleyServer: Sendable {
             origins: origins, logger: logger
         )
         webSocketRoutes.register(on: router)
+        let socketIOPeers = redis.map { RedisSocketIOPeers(client: $0.client, instanceID: instanceID, logger: logger) }
         let socketIORoutes = SocketIORoutes(
             server: SocketIOServer(
                 engine: engine, authenticator: authenticator,
@@ -96,7 +97,7 @@ public struct ParleyServer: Sendable {
                     refreshGrace: configuration.tokenRefreshGrace, pingInterval: configuration.pingInterval,
                     pingTimeout: configuration.socketIOPingTimeout, clock: configuration.clock
                 ),
-                logger: logger
+                peers: socketIOPeers, logger: logger
             ),
             origins: origins
         )
@@ -108,6 +109,7 @@ public struct ParleyServer: Sendable {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
+                socketIOPeers?.advertise(configuration.cluster.advertiseURL ?? Self.defaultAdvertiseURL(host: configuration.host, port: port))
                 logger.info("HTTP and WebSocket listening on http://\(configuration.host):\(port) (WebSocket at /ws)")
                 await onListening(port)
             },
@@ -137,13 +139,19 @@ public struct ParleyServer: Sendable {
         // UNAVAILABLE), then the transports stop, then the backends.
         return ParleyServer(
             engine: engine, configuration: configuration,
-            services: (redis?.services ?? []) + [
+            services: (redis?.services ?? []) + (socketIOPeers.map { [$0] } ?? []) + [
                 store, broker, presence,
                 NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
                 grpc, EngineService(engine: engine),
             ],
             logger: logger
         )
+    }
+
+    /// How instances on one machine reach each other's HTTP port.
+    static func defaultAdvertiseURL(host: String, port: Int) -> String {
+        let address = ["0.0.0.0", "::", ""].contains(host) ? "127.0.0.1" : host.contains(":") ? "[\(host)]" : host
+        return "http://\(address):\(port)"
     }
 
     /// HTTP/1 with the WebSocket upgrade, bounded in time at every stage: the first request

@@ -142,6 +142,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A name for this instance in cluster presence and logs; each run adds a random suffix. [env: PARLEY_INSTANCE_ID]")
     var instanceId: String?
 
+    @Option(help: "Base URL other instances reach this one's HTTP port at, for Socket.IO polling requests a load balancer sent to them. [env: PARLEY_ADVERTISE_URL] (default: http://127.0.0.1:PORT, or the --host address)")
+    var advertiseUrl: String?
+
     func run() async throws {
         let configuration: ServerConfiguration
         do {
@@ -252,6 +255,7 @@ extension Serve {
             c.resyncInterval = seconds == 0 ? nil : .milliseconds(Int64(seconds * 1000))
         }
         c.instanceID = instanceId ?? env["PARLEY_INSTANCE_ID"] ?? c.instanceID
+        c.advertiseURL = advertiseUrl ?? env["PARLEY_ADVERTISE_URL"] ?? c.advertiseURL
     }
 }
 

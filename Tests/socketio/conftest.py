@@ -100,10 +100,14 @@ def pytest_runtest_makereport(item, call):
 
 class Relay:
     """A loopback TCP relay to a target port that can cut every connection and refuse new ones
-    (a client's network going away) and be pointed at another server."""
+    (a client's network going away) and be pointed at another server. Given several targets,
+    it is a round-robin load balancer without sticky sessions: each new connection goes to
+    the next one."""
 
-    def __init__(self, target: int):
+    def __init__(self, target: int, *others: int):
         self.target = target
+        self.targets = [target, *others]
+        self.connections = 0
         self.open = True
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -125,8 +129,10 @@ class Relay:
                 if not self.open:
                     client.close()
                     continue
+                target = self.targets[self.connections % len(self.targets)] if len(self.targets) > 1 else self.target
+                self.connections += 1
                 try:
-                    upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                    upstream = socket.create_connection(("127.0.0.1", target), timeout=5)
                 except OSError:
                     client.close()
                     continue
@@ -163,6 +169,7 @@ class Relay:
         with self.lock:
             if target is not None:
                 self.target = target
+                self.targets = [target]
             self.open = True
 
     def close(self) -> None:
@@ -170,12 +177,23 @@ class Relay:
         self.listener.close()
 
 
+CLUSTER_ENV = {
+    "PARLEY_REDIS_URL": os.environ.get("PARLEY_TEST_REDIS_URL", ""),
+    "PARLEY_DATABASE_URL": os.environ.get("PARLEY_TEST_DATABASE_URL", ""),
+    "PARLEY_INSTANCE_TTL_MS": "1000",
+}
+needs_cluster = pytest.mark.skipif(
+    not (CLUSTER_ENV["PARLEY_REDIS_URL"] and CLUSTER_ENV["PARLEY_DATABASE_URL"]),
+    reason="needs PARLEY_TEST_REDIS_URL and PARLEY_TEST_DATABASE_URL",
+)
+
+
 @pytest.fixture
 def relay():
     relays: list[Relay] = []
 
-    def make(target: int) -> Relay:
-        relays.append(Relay(target))
+    def make(target: int, *others: int) -> Relay:
+        relays.append(Relay(target, *others))
         return relays[-1]
 
     yield make

@@ -6,10 +6,10 @@ killed and it reconnected to another."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
+from conftest import CLUSTER_ENV, needs_cluster
 from parley_harness import new_driver
 from test_python_client import Client, run
 
@@ -35,6 +35,7 @@ class Page:
         return self.driver.execute_script(script, *args)
 
     def call(self, event: str, data: dict):
+        """Emits with an ack callback and returns the ack's argument."""
         return self.driver.execute_async_script(
             "const done = arguments[arguments.length - 1]; window.call(arguments[0], arguments[1]).then(done);", event, data)
 
@@ -98,23 +99,15 @@ def test_official_client_chats_and_recovers_across_a_restart(server, relay, page
     publish(server.url, ["m5"])
     wait_for(lambda: len(web.contents()) >= 5, "m5")
     time.sleep(0.3)  # nothing more may come: no duplicate
-    assert web.contents() == ["m1", "m2", "m3", "m4", "m5"]
+    assert web.contents() == ["m1", "m2", "m3", "m4", "m5"], web.seen()
     # Still in its room, without joining again: it can post there.
     sent = web.call("message", {"room": "r", "content": "from the browser"})
     assert sent["seq"] == 6
 
 
-CLUSTER = os.environ.get("PARLEY_TEST_REDIS_URL") and os.environ.get("PARLEY_TEST_DATABASE_URL")
-
-
-@pytest.mark.skipif(not CLUSTER, reason="needs PARLEY_TEST_REDIS_URL and PARLEY_TEST_DATABASE_URL")
+@needs_cluster
 def test_official_client_recovers_on_another_instance_after_a_kill(servers, relay, page):
-    env = {
-        "PARLEY_REDIS_URL": os.environ.get("PARLEY_TEST_REDIS_URL", ""),
-        "PARLEY_DATABASE_URL": os.environ.get("PARLEY_TEST_DATABASE_URL", ""),
-        "PARLEY_INSTANCE_TTL_MS": "1000",
-    }
-    first, second = servers(env), servers(env)
+    first, second = servers(CLUSTER_ENV), servers(CLUSTER_ENV)
     room = f"k{int(time.time() * 1000)}"
     link = relay(first.port)
     web = page(link.url)

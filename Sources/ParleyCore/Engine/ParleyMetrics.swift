@@ -15,6 +15,8 @@ public struct ParleyMetrics: Sendable {
     let brokerReceived: Counter
     let slowConsumers: Counter
     let rateLimited: Counter
+    /// Socket.IO polling requests forwarded to the instance that holds their session.
+    public let socketIOForwarded: Counter
     let rooms: Meter
     let members: Meter
     let appendLatency: Timer
@@ -22,7 +24,7 @@ public struct ParleyMetrics: Sendable {
     private let connections: [String: Meter]
     private let errors: [String: Counter]
 
-    public static let transports = ["websocket", "sse", "grpc"]
+    public static let transports = ["websocket", "sse", "grpc", "socketio"]
     static let errorCodes: [ParleyError.Code] = [.badRequest, .unauthorized, .forbidden, .notFound, .tooLarge, .rateLimited, .unavailable, .internal]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory, version: String = "dev") {
@@ -34,6 +36,7 @@ public struct ParleyMetrics: Sendable {
         brokerReceived = Counter(label: "parley_broker_received_total", factory: factory)
         slowConsumers = Counter(label: "parley_slow_consumers_total", factory: factory)
         rateLimited = Counter(label: "parley_rate_limited_total", factory: factory)
+        socketIOForwarded = Counter(label: "parley_socketio_forwarded_total", factory: factory)
         rooms = Meter(label: "parley_rooms", factory: factory)
         members = Meter(label: "parley_members", factory: factory)
         appendLatency = Timer(label: Self.appendLatencyLabel, factory: factory)

@@ -1,4 +1,7 @@
+import AsyncHTTPClient
 import Hummingbird
+import AsyncHTTPClient
+import HTTPTypes
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -68,7 +71,9 @@ struct SocketIORoutes {
         if let error = Self.check(query, transport: "polling") { return error.response }
         let session: SocketIOSession
         if let sid = query["sid"] {
-            guard let existing = server.session(String(sid)) else { return EngineIOError.unknownSession.response }
+            guard let existing = server.session(String(sid)) else {
+                return try await forward(request, sid: String(sid), body: nil) ?? EngineIOError.unknownSession.response
+            }
             session = existing
         } else {
             let ticket = try admit(
@@ -95,19 +100,23 @@ struct SocketIORoutes {
     private func post(_ request: Request, _ context: ParleyRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         if let error = Self.check(query, transport: "polling") { return error.response }
-        guard let sid = query["sid"] else { return EngineIOError.badRequest.response }
-        guard let session = server.session(String(sid)) else { return EngineIOError.unknownSession.response }
+        guard let sid = query["sid"].map(String.init) else { return EngineIOError.badRequest.response }
+        let session = server.session(sid)
+        if session == nil, server.otherOwner(of: sid) == nil { return EngineIOError.unknownSession.response }
         let limit = server.settings.maxPayload
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
-            session.end()
+            session?.end()
             throw ParleyError(.tooLarge, "payload larger than \(limit) bytes (maxPayload)")
         }
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: limit)
         } catch {
-            session.end()
+            session?.end()
             throw ParleyError(.tooLarge, "payload larger than \(limit) bytes (maxPayload)")
+        }
+        guard let session else {
+            return try await forward(request, sid: sid, body: body) ?? EngineIOError.unknownSession.response
         }
         guard let packets = EngineIOPacket.payload(String(buffer: body)) else {
             session.end()
@@ -118,6 +127,38 @@ struct SocketIORoutes {
             return EngineIOError.badRequest.response
         }
         return Response(status: .ok, headers: Self.textHeaders, body: .init(byteBuffer: ByteBuffer(string: "ok")))
+    }
+
+    // MARK: Forwarding
+
+    /// Marks a request one instance forwarded to another: it is never forwarded again.
+    static let forwardedHeader = HTTPField.Name("X-Parley-Forwarded")!
+
+    /// A polling request for a session another instance holds (a load balancer without sticky
+    /// sessions sent it here): forwarded to that instance, its answer returned as it is. Nil
+    /// when the session is unknown everywhere.
+    private func forward(_ request: Request, sid: String, body: ByteBuffer?) async throws -> Response? {
+        guard request.headers[Self.forwardedHeader] == nil, let owner = server.otherOwner(of: sid), let peers = server.peers,
+            let base = await peers.url(of: owner)
+        else { return nil }
+        var outbound = HTTPClientRequest(url: base + request.uri.description)
+        outbound.method = request.method == .post ? .POST : .GET
+        outbound.headers.add(name: Self.forwardedHeader.rawName, value: engine.instanceID)
+        if let contentType = request.headers[.contentType] { outbound.headers.add(name: "Content-Type", value: contentType) }
+        if let body { outbound.body = .bytes(body) }
+        // A GET waits up to a ping interval for something to send.
+        let timeout = server.settings.pingInterval + server.settings.pingTimeout + .seconds(5)
+        do {
+            engine.metrics.socketIOForwarded.increment()
+            let answer = try await HTTPClient.shared.execute(outbound, timeout: .nanoseconds(Int64(timeout.nanoseconds)))
+            let bytes = try await answer.body.collect(upTo: 2 * server.settings.limits.maxOutboxBytes + 1024)
+            var headers = Self.textHeaders
+            if let contentType = answer.headers.first(name: "Content-Type") { headers[.contentType] = contentType }
+            return Response(status: .init(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: bytes))
+        } catch {
+            server.logger.debug("socket.io forwarding failed", metadata: ["owner": "\(owner)", "error": "\(error)"])
+            return nil
+        }
     }
 
     private static let textHeaders: HTTPFields = [.contentType: "text/plain; charset=UTF-8", .cacheControl: "no-store"]

@@ -26,13 +26,28 @@ final class SocketIOServer: Sendable {
     let authenticator: any Authenticator
     let settings: Settings
     let logger: Logger
+    /// The other instances of a cluster, for polling requests that land on the wrong one.
+    let peers: (any SocketIOPeers)?
     private let sessions = Mutex<[String: SocketIOSession]>([:])
 
-    init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
+    init(engine: Engine, authenticator: any Authenticator, settings: Settings, peers: (any SocketIOPeers)? = nil, logger: Logger) {
         self.engine = engine
         self.authenticator = authenticator
         self.settings = settings
+        self.peers = peers
         self.logger = logger
+    }
+
+    /// A session id names its instance: `<instance id>.<random>`.
+    func newSessionID() -> String {
+        engine.instanceID + "." + Self.newID()
+    }
+
+    /// The instance that holds session `sid`, when it is another one.
+    func otherOwner(of sid: String) -> String? {
+        guard let dot = sid.lastIndex(of: ".") else { return nil }
+        let owner = String(sid[..<dot])
+        return owner == engine.instanceID ? nil : owner
     }
 
     func session(_ sid: String) -> SocketIOSession? {
@@ -112,7 +127,7 @@ final class SocketIOSession: Sendable {
 
     enum Namespace { case idle, connecting, connected }
 
-    let sid = SocketIOServer.newID()
+    let sid: String
     let server: SocketIOServer
     let connection: Connection
     private let state: Mutex<State>
@@ -123,6 +138,7 @@ final class SocketIOSession: Sendable {
 
     fileprivate init(server: SocketIOServer, transport: Transport, ticket: ConnectionLimiter.Ticket, eventLoop: any EventLoop) {
         self.server = server
+        self.sid = server.newSessionID()
         self.ticket = ticket
         self.state = Mutex(State(transport: transport))
         let clock = server.settings.clock ?? EventLoopClock(eventLoop: eventLoop)
@@ -398,7 +414,9 @@ final class SocketIOSession: Sendable {
     func poll() async -> Poll {
         let start = state.withLock { state -> Poll? in
             if state.polling { return .overlapping }
-            guard !state.ended, case .polling = state.transport, state.probing == nil else { return .gone }
+            // While a WebSocket probes, a GET is still answered (with `noop` at once), as the
+            // client may have sent it before it saw the probe's answer.
+            guard !state.ended, case .polling = state.transport else { return .gone }
             state.polling = true
             return nil
         }
