@@ -116,8 +116,10 @@ final class SocketIOSession: Sendable {
         /// Binary attachments still to come for the last binary packet, and how to answer it.
         var attachments = 0
         var binaryAnswer: (RequestID?, ParleyError)?
+        /// The client sent something since the last ping.
         var heard = true
         var ping: ScheduledCall?
+        var pongDeadline: ScheduledCall?
         var ended = false
 
         var upgraded: Bool {
@@ -175,23 +177,29 @@ final class SocketIOSession: Sendable {
     // MARK: Heartbeat
 
     private func schedulePing() {
-        let call = clock.schedule(in: settings.pingInterval) { [weak self] in self?.pingTick() }
+        let call = clock.schedule(in: settings.pingInterval) { [weak self] in self?.ping() }
         state.withLock { $0.ping = call }
     }
 
-    /// Every `pingInterval`: a client that answered nothing since the last ping (within the
-    /// ping timeout, which is shorter than the interval) is gone; else it is pinged again.
-    private func pingTick() {
+    /// Every `pingInterval` the server pings; a client that sends nothing back within
+    /// `pingTimeout` is gone (Engine.IO v4: the server pings, the client answers).
+    private func ping() {
         let alive = state.withLock { state -> Bool in
-            defer { state.heard = false }
-            return state.heard && !state.ended
+            state.heard = false
+            return !state.ended
         }
-        guard alive else {
-            server.logger.debug("socket.io ping timed out", metadata: ["sid": "\(sid)"])
-            end()
-            return
-        }
+        guard alive else { return }
         connection.outbox.enqueue(SocketIOFrames.ping)
+        let deadline = clock.schedule(in: settings.pingTimeout) { [weak self] in
+            guard let self, !self.state.withLock({ $0.heard || $0.ended }) else { return }
+            self.server.logger.debug("socket.io ping timed out", metadata: ["sid": "\(self.sid)"])
+            self.end()
+        }
+        let previous = state.withLock { state in
+            defer { state.pongDeadline = deadline }
+            return state.pongDeadline
+        }
+        previous?.cancel()
         schedulePing()
     }
 
@@ -508,17 +516,18 @@ final class SocketIOSession: Sendable {
     /// Called once the last packets are taken (or nothing more can be sent): the session
     /// leaves its rooms and the registry; its slot is given back.
     private func finishEnding(_ reason: CloseReason?) {
-        let (first, ping) = state.withLock { state -> (Bool, ScheduledCall?) in
+        let (first, ping, pongDeadline) = state.withLock { state -> (Bool, ScheduledCall?, ScheduledCall?) in
             defer {
                 state.ended = true
                 // The WebSocket handler and the session hold each other until now.
                 state.transport = .polling
                 state.probing = nil
             }
-            return (!state.ended, state.ping.take())
+            return (!state.ended, state.ping.take(), state.pongDeadline.take())
         }
         guard first else { return }
         ping?.cancel()
+        pongDeadline?.cancel()
         if reason == .slowConsumer { engine.metrics.slowConsumer() }
         server.remove(self)
         ticket.release()
@@ -527,4 +536,7 @@ final class SocketIOSession: Sendable {
     }
 
     var isEnded: Bool { state.withLock { $0.ended } }
+
+    /// A `GET` is waiting for something to send.
+    var hasWaitingPoll: Bool { state.withLock { $0.poll != nil } }
 }
