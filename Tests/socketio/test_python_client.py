@@ -333,3 +333,54 @@ def test_a_slow_consumer_is_cut_off(server):
     status, packets = slow.get()
     # The backlog was dropped and the transport closed (the client may reconnect and recover).
     assert status == 400 or packets == ["1"], packets
+
+
+# ---------------------------------------------------------------------------------------------
+# JWT mode
+# ---------------------------------------------------------------------------------------------
+
+SECRET = "socket.io tests: a secret of more than thirty-two bytes"
+
+
+def token(sub: str, rooms: list[str] | None = None, lifetime: int = 3600) -> str:
+    """An HS256 JWT, made here with the standard library."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).rstrip(b"=").decode()
+
+    claims = {"sub": sub, "exp": int(time.time()) + lifetime}
+    if rooms is not None:
+        claims["rooms"] = rooms
+    signing = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
+    signature = hmac.new(SECRET.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+@pytest.mark.server_env(PARLEY_JWT_SECRET=SECRET)
+def test_jwt_auth_permissions_and_refresh(server):
+    async def main():
+        # No token, a forged one, a claimed user without a token: CONNECT_ERROR unauthorized.
+        for auth in (None, {"token": token("alice")[:-4] + "AAAA"}, {"user": "alice"}):
+            client = socketio.AsyncClient(reconnection=False)
+            errors = []
+            client.on("connect_error", lambda data: errors.append(data))
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.connect(server.url, auth=auth, wait_timeout=TIMEOUT)
+            assert errors and errors[0]["data"]["code"] == "unauthorized", (auth, errors)
+        # A token limited to room a: b is forbidden, as on every transport.
+        alice = Client()
+        await alice.sio.connect(server.url, auth={"token": token("alice", rooms=["a"])}, wait_timeout=TIMEOUT)
+        await alice.ack("join", {"room": "a"})
+        assert (await alice.call("join", {"room": "b"}))["error"]["code"] == "forbidden"
+        assert (await alice.call("message", {"room": "b", "content": "x"}))["error"]["code"] == "forbidden"
+        # A refresh is for the same user only; a wider token then opens room b.
+        assert (await alice.call("refresh", {"token": token("mallory")}))["error"]["code"] == "forbidden"
+        assert (await alice.ack("refresh", {"token": token("alice")}))["user"] == "alice"
+        await alice.ack("join", {"room": "b"})
+        await alice.close()
+
+    run(main())
