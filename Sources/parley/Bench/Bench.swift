@@ -35,6 +35,8 @@ struct Bench: AsyncParsableCommand {
     var grpcTargets: [String] = []
     @Option(name: .customLong("server-pid"), help: "PID of the server process on this machine: report its CPU time per phase (and per delivery) and its resident memory per subscriber, read from /proc.")
     var serverPID: Int32?
+    @Flag(help: "Subscribe as Socket.IO clients (Engine.IO WebSocket transport at /socket.io/ of each --url's server) instead of Parley WebSockets. Publishers stay on --url.")
+    var socketio = false
     @Flag(help: "Print the report as JSON on stdout.") var json = false
 
     func validate() throws {
@@ -113,6 +115,8 @@ struct Bench: AsyncParsableCommand {
                 Task {
                     if let grpc {
                         await subscriber.runGRPC(grpc.client(for: subscriber.index))
+                    } else if socketio {
+                        await subscriber.runSocketIO()
                     } else {
                         await subscriber.run()
                     }

@@ -45,7 +45,8 @@ final class Subscriber: Sendable {
         state.withLock { $0.closed = true }
     }
 
-    private func record(_ text: inout String) {
+    /// Counts the `message` frame `text` (Parley JSON or Socket.IO: the fields are found by name).
+    func record(_ text: inout String) {
         guard let seq = FrameScanner.integer(after: #""seq":"#, in: &text) else { return }
         record(seq: seq, sentAt: FrameScanner.integer(after: #""content":""#, in: &text).map(UInt64.init))
     }
