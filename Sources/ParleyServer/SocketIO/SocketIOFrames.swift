@@ -172,39 +172,99 @@ struct SocketIOWriter {
 
     /// The connection's rooms and the last seq written in each.
     private(set) var positions: [String: Int64] = [:]
+    /// The rooms in offset order, kept while they do not change.
+    private var rooms: [String] = []
     /// `since` of the joins in flight, by room: the replay that follows their ack starts there.
     var pendingSince: [String: Int64] = [:]
 
     var offset: String {
-        positions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        var buffer = ByteBuffer()
+        writeOffset(into: &buffer)
+        return String(buffer: buffer)
     }
 
-    /// The packets to send for `frame`, in order (none for a bare marker).
-    mutating func packets(_ frame: ByteBuffer, into packets: inout [ByteBuffer]) {
+    /// `room=seq,room=seq`, written straight into `buffer` (no string per delivery).
+    private func writeOffset(into buffer: inout ByteBuffer) {
+        for (index, room) in rooms.enumerated() {
+            if index > 0 { buffer.writeInteger(UInt8(ascii: ",")) }
+            buffer.writeString(room)
+            buffer.writeInteger(UInt8(ascii: "="))
+            Self.writeDecimal(positions[room] ?? 0, into: &buffer)
+        }
+    }
+
+    private static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var value = UInt64(max(0, value))
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { bytes in
+            repeat {
+                bytes[19 - count] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+                count += 1
+            } while value > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[(20 - count)...]))
+        }
+    }
+
+    private static func newPacket(capacity: Int, headroom: Int) -> ByteBuffer {
+        var packet = ByteBufferAllocator().buffer(capacity: headroom + capacity)
+        packet.moveWriterIndex(forwardBy: headroom)
+        return packet
+    }
+
+    /// `packet` with `headroom` free bytes in front (readable: the reader index is at the free
+    /// space), for a WebSocket frame header written in place; as it is for none.
+    static func withHeadroom(_ packet: ByteBuffer, _ headroom: Int) -> ByteBuffer {
+        guard headroom > 0 else { return packet }
+        var packet = packet
+        var copy = newPacket(capacity: packet.readableBytes, headroom: headroom)
+        copy.writeBuffer(&packet)
+        return copy
+    }
+
+    private mutating func setRooms() {
+        rooms = positions.keys.sorted()
+    }
+
+    /// The packets to send for `frame`, in order (none for a bare marker), each with
+    /// `headroom` free bytes in front (`withHeadroom`). A `message` packet is built once per
+    /// recipient with its offset: one allocation, the frame header written in place later.
+    mutating func packets(_ frame: ByteBuffer, into packets: inout [ByteBuffer], headroom: Int = 0) {
         var frame = frame
+        func copy(_ frame: ByteBuffer) -> ByteBuffer { Self.withHeadroom(frame, headroom) }
         guard let (marker, room, seq) = SocketIOFrames.readMarker(&frame) else {
-            packets.append(frame)
+            packets.append(copy(frame))
             return
         }
         switch marker {
         case .message:
-            positions[room] = max(positions[room] ?? 0, seq)
-            let offset = self.offset
-            var packet = ByteBufferAllocator().buffer(capacity: frame.readableBytes + offset.utf8.count + 4)
+            if positions[room] == nil {
+                positions[room] = seq
+                setRooms()
+            } else {
+                positions[room] = max(positions[room] ?? 0, seq)
+            }
+            var packet = Self.newPacket(capacity: frame.readableBytes + rooms.count * 24 + 4, headroom: headroom)
             packet.writeBuffer(&frame)
             packet.writeStaticString(",\"")
-            packet.writeString(offset)
+            writeOffset(into: &packet)
             packet.writeStaticString("\"]")
             packets.append(packet)
         case .joined:
             let since = pendingSince.removeValue(forKey: room)
-            if positions[room] == nil { positions[room] = min(since ?? seq, seq) }
-            if frame.readableBytes > 0 { packets.append(frame) }
-            packets.append(SocketIOFrames.offsetEvent(offset))
+            if positions[room] == nil {
+                positions[room] = min(since ?? seq, seq)
+                setRooms()
+            }
+            if frame.readableBytes > 0 { packets.append(copy(frame)) }
+            packets.append(copy(SocketIOFrames.offsetEvent(offset)))
         case .left:
             positions[room] = nil
-            if frame.readableBytes > 0 { packets.append(frame) }
-            packets.append(SocketIOFrames.offsetEvent(offset))
+            setRooms()
+            if frame.readableBytes > 0 { packets.append(copy(frame)) }
+            packets.append(copy(SocketIOFrames.offsetEvent(offset)))
         }
     }
 

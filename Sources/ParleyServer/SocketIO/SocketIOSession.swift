@@ -391,14 +391,15 @@ final class SocketIOSession: Sendable {
         }
     }
 
-    /// Takes what the outbox holds as packets; `ended` once the session is over (its last
+    /// Takes what the outbox holds as packets, each with `headroom` free bytes in front (for a
+    /// WebSocket frame header); returns the close reason once the session is over (its last
     /// packets included). Called by one writer at a time.
-    func takePackets(into packets: inout [ByteBuffer], frames: inout [Outbox.Frame]) -> CloseReason? {
+    func takePackets(into packets: inout [ByteBuffer], frames: inout [Outbox.Frame], headroom: Int = 0) -> CloseReason? {
         let reason = connection.outbox.take(into: &frames)
         if !frames.isEmpty {
             engine.metrics.recordDeliveries(frames)
             state.withLock { state in
-                for frame in frames { state.writer.packets(frame.bytes, into: &packets) }
+                for frame in frames { state.writer.packets(frame.bytes, into: &packets, headroom: headroom) }
             }
             frames.removeAll(keepingCapacity: frames.capacity <= 64)
         }
@@ -407,12 +408,12 @@ final class SocketIOSession: Sendable {
             switch reason {
             case .policyViolation, .unauthenticated:
                 // socket.io-client does not reconnect after the server's DISCONNECT.
-                if connected { packets.append(SocketIOFrames.disconnect) }
+                if connected { packets.append(SocketIOWriter.withHeadroom(SocketIOFrames.disconnect, headroom)) }
             case .slowConsumer, .goingAway, .serverError:
                 // A transport close: the client reconnects and recovers.
                 break
             }
-            packets.append(SocketIOFrames.close)
+            packets.append(SocketIOWriter.withHeadroom(SocketIOFrames.close, headroom))
             finishEnding(reason)
         }
         return reason

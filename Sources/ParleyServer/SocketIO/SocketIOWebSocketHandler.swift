@@ -106,7 +106,7 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
         switch packet {
         case .ping("probe"):
             session.probe(from: self)
-            write(SocketIOFrames.pongProbe, context: context)
+            write(SocketIOWriter.withHeadroom(SocketIOFrames.pongProbe, WebSocketWire.maxHeaderBytes), context: context)
             context.flush()
         case .upgrade:
             upgraded = session.upgrade(to: self)
@@ -120,7 +120,7 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
 
     private func drain() {
         guard let context, let session, upgraded, !closeSent else { return }
-        let reason = session.takePackets(into: &packets, frames: &frames)
+        let reason = session.takePackets(into: &packets, frames: &frames, headroom: WebSocketWire.maxHeaderBytes)
         for packet in packets { write(packet, context: context) }
         packets.removeAll(keepingCapacity: packets.capacity <= 64)
         context.flush()
@@ -129,12 +129,9 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
         sendClose(context, code: code, reason: text)
     }
 
+    /// Writes a packet that has the frame header's room in front (`SocketIOWriter.withHeadroom`).
     private func write(_ packet: ByteBuffer, context: ChannelHandlerContext) {
-        var packet = packet
-        var frame = context.channel.allocator.buffer(capacity: WebSocketWire.maxHeaderBytes + packet.readableBytes)
-        frame.moveWriterIndex(forwardBy: WebSocketWire.maxHeaderBytes)
-        frame.writeBuffer(&packet)
-        context.write(wrapOutboundOut(WebSocketWire.frame(reserved: frame, opcode: WebSocketWire.text)), promise: nil)
+        context.write(wrapOutboundOut(WebSocketWire.frame(reserved: packet, opcode: WebSocketWire.text)), promise: nil)
     }
 
     private func sendClose(_ context: ChannelHandlerContext, code: UInt16, reason: String) {
