@@ -56,8 +56,8 @@ struct SocketIOSessionTests {
         return all
     }
 
-    func post(_ session: SocketIOSession, _ packets: String...) {
-        #expect(session.post(packets.map { .text(EngineIOPacket(Substring($0))!) }))
+    func post(_ session: SocketIOSession, _ packets: String...) async {
+        #expect(await session.post(packets.map { .text(EngineIOPacket(Substring($0))!) }))
     }
 
     @Test("a polling session: open packet, CONNECT, acks in order, events closed with the recovery offset")
@@ -65,10 +65,10 @@ struct SocketIOSessionTests {
         let session = try open()
         let opened = await get(session)
         #expect(opened.count == 1 && opened[0].hasPrefix("0{\"sid\":\"\(session.sid)\",\"upgrades\":[\"websocket\"],\"pingInterval\":25000,\"pingTimeout\":20000"))
-        post(session, "40{\"user\":\"alice\"}")
+        await post(session, "40{\"user\":\"alice\"}")
         let connected = await getUntil(session) { $0.hasPrefix("40") }
         #expect(connected.last?.hasPrefix("40{\"sid\":\"") == true)
-        post(session, "421[\"join\",{\"room\":\"r\"}]", "422[\"message\",{\"room\":\"r\",\"content\":\"hi\"}]")
+        await post(session, "421[\"join\",{\"room\":\"r\"}]", "422[\"message\",{\"room\":\"r\",\"content\":\"hi\"}]")
         let packets = await getUntil(session) { $0.hasPrefix("42[\"message\"") }
         // The join ack, the offset event the join changed, the message ack, then the event
         // closed with where the session now is.
@@ -100,11 +100,11 @@ struct SocketIOSessionTests {
     func heartbeat() async throws {
         let session = try open()
         _ = await get(session)
-        post(session, "40{\"user\":\"alice\"}")
+        await post(session, "40{\"user\":\"alice\"}")
         _ = await getUntil(session) { $0.hasPrefix("40") }
         clock.advance(by: .seconds(25))
         #expect(await get(session) == ["2"])
-        post(session, "3")
+        await post(session, "3")
         clock.advance(by: .seconds(20))
         #expect(!session.isEnded)
         clock.advance(by: .seconds(5))
@@ -128,18 +128,36 @@ struct SocketIOSessionTests {
     func recovery() async throws {
         let alice = try open()
         _ = await get(alice)
-        post(alice, "40{\"user\":\"alice\"}", "421[\"join\",{\"room\":\"r\"}]")
-        for content in ["a", "b", "c"] { post(alice, "42[\"message\",{\"room\":\"r\",\"content\":\"\(content)\"}]") }
+        await post(alice, "40{\"user\":\"alice\"}", "421[\"join\",{\"room\":\"r\"}]")
+        for content in ["a", "b", "c"] { await post(alice, "42[\"message\",{\"room\":\"r\",\"content\":\"\(content)\"}]") }
         _ = await getUntil(alice) { $0.contains("\"c\"") }
         let bob = try open()
         _ = await get(bob)
-        post(bob, "40{\"user\":\"bob\",\"pid\":\"old\",\"offset\":\"r=1\"}")
+        await post(bob, "40{\"user\":\"bob\",\"pid\":\"old\",\"offset\":\"r=1\"}")
         let packets = await getUntil(bob) { $0.hasPrefix("40") }
         #expect(packets.last?.contains("\"pid\":\"old\"") == true)
         let replayed = packets.filter { $0.hasPrefix("42[\"message\"") }
         #expect(replayed.count == 2 && replayed[0].hasSuffix(",\"r=2\"]") && replayed[1].hasSuffix(",\"r=3\"]"), "\(packets)")
         alice.end()
         bob.end()
+    }
+
+    @Test("a POST of more commands than may wait is answered once they are served: the client cannot queue without bound")
+    func backpressure() async throws {
+        let session = try open()
+        _ = await get(session)
+        await post(session, "40{\"user\":\"alice\"}", "420[\"join\",{\"room\":\"r\"}]")
+        _ = await getUntil(session) { $0.hasPrefix("430[") }
+        let count = 3 * Connection.maxQueuedCommands
+        let flood = (1...count).map { "42\($0)[\"message\",{\"room\":\"r\",\"content\":\"m\($0)\"}]" }
+        #expect(await session.post(flood.map { .text(EngineIOPacket(Substring($0))!) }))
+        #expect(!session.isPaused)
+        var acks = 0
+        for _ in 0..<50 where acks < count {
+            acks += await get(session).filter { $0.hasPrefix("43") }.count
+        }
+        #expect(acks == count)
+        session.end()
     }
 
     @Test("socket.io-parser's encodings parse; anything else is refused")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,13 +55,7 @@ def parley_server(request):
     server = ParleyServer(data_dir, env=dict(marker.kwargs) if marker else None)
     server.start()
     yield server
-    failed = getattr(request.node, "rep_call", None) and request.node.rep_call.failed
-    try:
-        server.stop()
-    finally:
-        if failed:
-            print(f"\n--- parley log ({server.log_path}) ---\n{server.log_tail()}")
-        shutil.rmtree(data_dir, ignore_errors=True)
+    server.finish(failed=getattr(request.node, "rep_call", None) and request.node.rep_call.failed)
 
 
 @pytest.hookimpl(hookwrapper=True)

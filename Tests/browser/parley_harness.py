@@ -135,6 +135,16 @@ class ParleyServer:
         self.stop()
         self.start(port=port)
 
+    def finish(self, failed: bool) -> None:
+        """Ends the server (SIGTERM, or SIGKILL with ``kill``), prints its log if the test
+        failed, and removes its data dir."""
+        try:
+            self.stop()
+        finally:
+            if failed:
+                print(f"\n--- parley log ({self.log_path}) ---\n{self.log_tail()}")
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path or not self.log_path.exists():
             return "(no server log)"

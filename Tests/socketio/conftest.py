@@ -65,25 +65,21 @@ def public_dir():
 @pytest.fixture
 def servers(request, public_dir):
     """Factory: ``servers(env)`` starts a ``parley serve`` with those settings."""
-    started: list[tuple[ParleyServer, Path]] = []
+    started: list[ParleyServer] = []
     marker = request.node.get_closest_marker("server_env")
 
     def start(env: dict[str, str] | None = None) -> ParleyServer:
         data_dir = Path(tempfile.mkdtemp(prefix="parley-sio-"))
         server = ParleyServer(data_dir, env={**(dict(marker.kwargs) if marker else {}), **(env or {})}, public_dir=public_dir)
         server.start()
-        started.append((server, data_dir))
+        started.append(server)
         return server
 
     yield start
     failed = getattr(request.node, "rep_call", None) and request.node.rep_call.failed
-    for server, data_dir in started:
-        try:
-            server.kill()
-        finally:
-            if failed:
-                print(f"\n--- parley log ({server.log_path}) ---\n{server.log_tail()}")
-            shutil.rmtree(data_dir, ignore_errors=True)
+    for server in started:
+        server.kill()
+        server.finish(failed)
 
 
 @pytest.fixture

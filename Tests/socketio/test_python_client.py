@@ -55,6 +55,13 @@ class Client:
         await self.sio.disconnect()
 
 
+async def serves_on(server) -> None:
+    """The server still serves a new client."""
+    ok = await Client().connect(server.url, "after")
+    await ok.ack("join", {"room": "r"})
+    await ok.close()
+
+
 TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"], "upgrade": ["polling", "websocket"]}
 
 
@@ -142,10 +149,7 @@ def test_connect_errors_and_namespaces(server):
             await admin.connect(server.url, auth={"user": "eve"}, namespaces=["/admin"], wait_timeout=TIMEOUT)
         assert admin_errors and "Invalid namespace" in json.dumps(admin_errors[0])
         await admin.disconnect()
-        # The server serves on.
-        ok = await Client().connect(server.url, "after")
-        await ok.ack("join", {"room": "r"})
-        await ok.close()
+        await serves_on(server)
 
     run(main())
 
@@ -274,12 +278,7 @@ def test_bad_packets_are_answered_and_the_server_serves_on(server):
         status, _ = victim.get()
         assert status == 400, bad
 
-    async def still_serving():
-        ok = await Client().connect(server.url, "after")
-        await ok.ack("join", {"room": "r"})
-        await ok.close()
-
-    run(still_serving())
+    run(serves_on(server))
 
 
 def test_recovery_offsets_by_hand(server):

@@ -22,6 +22,10 @@ final class RedisSocketIOPeers: SocketIOPeers, Service {
     private let advertised = Mutex<String?>(nil)
     private let listening = AsyncStream<Void>.makeStream()
     private let known = Mutex<[String: String]>([:])
+    /// Instances looked up and not found, and when: a made-up `sid` costs Redis one lookup
+    /// per instance name every `forgetUnknown`, however many requests carry it.
+    private let unknown = Mutex<[String: ContinuousClock.Instant]>([:])
+    static let forgetUnknown: Duration = .seconds(1)
     static let prefix = "parley:socketio:peer:"
     static let lifetime: Duration = .seconds(600)
     static let refresh: Duration = .seconds(60)
@@ -60,7 +64,15 @@ final class RedisSocketIOPeers: SocketIOPeers, Service {
 
     func url(of instance: String) async -> String? {
         if let url = known.withLock({ $0[instance] }) { return url }
-        guard let answer = try? await client.send("GET", Self.prefix + instance), let url = answer.string else { return nil }
+        let now = ContinuousClock.now
+        if let missed = unknown.withLock({ $0[instance] }), now - missed < Self.forgetUnknown { return nil }
+        guard let answer = try? await client.send("GET", Self.prefix + instance), let url = answer.string else {
+            unknown.withLock { unknown in
+                if unknown.count > 1_000 { unknown.removeAll() }
+                unknown[instance] = now
+            }
+            return nil
+        }
         // Instance ids are unique per run, so an address once known does not change.
         known.withLock { known in
             if known.count > 1_000 { known.removeAll() }

@@ -122,7 +122,7 @@ struct SocketIORoutes {
             session.end()
             return EngineIOError.badRequest.response
         }
-        guard session.post(packets) else {
+        guard await session.post(packets) else {
             session.end()
             return EngineIOError.badRequest.response
         }

@@ -116,6 +116,10 @@ final class SocketIOSession: Sendable {
         /// Binary attachments still to come for the last binary packet, and how to answer it.
         var attachments = 0
         var binaryAnswer: (RequestID?, ParleyError)?
+        /// The client sends faster than its commands are served: its transport stops reading
+        /// (a WebSocket's reads, the answer to a `POST`) until they are.
+        var paused = false
+        var pausedPost: CheckedContinuation<Void, Never>?
         /// The client sent something since the last ping.
         var heard = true
         var ping: ScheduledCall?
@@ -150,7 +154,8 @@ final class SocketIOSession: Sendable {
         self.connection = Connection(
             engine: server.engine, authenticator: server.authenticator, format: SocketIOFrames.shared,
             settings: .init(transport: "socketio", handshakeTimeout: server.settings.handshakeTimeout, refreshGrace: server.settings.refreshGrace),
-            clock: clock, outbox: outbox, logger: server.logger
+            clock: clock, outbox: outbox, logger: server.logger,
+            resumeReading: { signal.session.withLock { $0 }?.resumeReading() }
         )
         signalTarget = signal
         signal.session.withLock { $0 = self }
@@ -287,19 +292,38 @@ final class SocketIOSession: Sendable {
     }
 
     private func submit(_ item: Result<Command, ParleyError>, id: RequestID?) {
-        let early = state.withLock { state in
+        let early = state.withLock { state -> Bool? in
             guard state.namespace == .connecting else { return false }
+            guard state.early.count < Connection.maxQueuedCommands else { return nil }
             state.early.append((item, id))
             return true
         }
-        if early { return }
+        switch early {
+        case true?: return
+        case nil: return protocolError("too many events before CONNECT was answered")
+        default: break
+        }
         if case .success(.join(let room, let since)) = item, let since {
             state.withLock { $0.writer.pendingSince[room] = since }
         }
-        switch item {
-        case .success(let command): _ = connection.submit(command, id: id)
-        case .failure(let error): _ = connection.submit(rejecting: error, id: id)
+        let keepReading = switch item {
+        case .success(let command): connection.submit(command, id: id)
+        case .failure(let error): connection.submit(rejecting: error, id: id)
         }
+        if !keepReading { state.withLock { $0.paused = true } }
+    }
+
+    /// The client's commands are being served faster than they come again.
+    var isPaused: Bool { state.withLock { $0.paused } }
+
+    private func resumeReading() {
+        let (post, handler) = state.withLock { state -> (CheckedContinuation<Void, Never>?, SocketIOWebSocketHandler?) in
+            state.paused = false
+            if case .websocket(let handler) = state.transport { return (state.pausedPost.take(), handler) }
+            return (state.pausedPost.take(), nil)
+        }
+        post?.resume()
+        handler?.resumeReading()
     }
 
     /// A packet that breaks the protocol: the session ends, as socket.io's parser errors do.
@@ -453,19 +477,29 @@ final class SocketIOSession: Sendable {
     }
 
     /// A polling `POST`'s body: its packets in order. False when another `POST` is running.
-    func post(_ packets: [EngineIOPacket.Payload]) -> Bool {
+    /// While the client's commands wait to be served, the answer waits too: the client sends
+    /// its next `POST` only after this one is answered.
+    func post(_ packets: [EngineIOPacket.Payload]) async -> Bool {
         let first = state.withLock { state in
             defer { state.posting = true }
             return !state.posting
         }
         guard first else { return false }
-        defer { state.withLock { $0.posting = false } }
         for packet in packets {
             switch packet {
             case .text(let packet): receive(packet)
             case .binary: receiveBinary()
             }
         }
+        await withCheckedContinuation { continuation in
+            let wait = state.withLock { state in
+                guard state.paused, !state.ended else { return false }
+                state.pausedPost = continuation
+                return true
+            }
+            if !wait { continuation.resume() }
+        }
+        state.withLock { $0.posting = false }
         return true
     }
 
@@ -510,8 +544,9 @@ final class SocketIOSession: Sendable {
     func end() {
         connection.outbox.close(.goingAway)
         finishEnding(nil)
-        let poll = state.withLock { $0.poll.take() }
+        let (poll, post) = state.withLock { ($0.poll.take(), $0.pausedPost.take()) }
         poll?.resume()
+        post?.resume()
     }
 
     /// Called once the last packets are taken (or nothing more can be sent): the session

@@ -101,7 +101,15 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
 
     private func receive(_ packet: EngineIOPacket, context: ChannelHandlerContext) {
         guard let session else { return }
-        if upgraded { return session.receive(packet) }
+        if upgraded {
+            session.receive(packet)
+            if session.isPaused {
+                // The client sends faster than its commands are served: stop reading from it
+                // (TCP pushes back) until they are.
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            }
+            return
+        }
         // Probing for a polling session.
         switch packet {
         case .ping("probe"):
@@ -113,6 +121,16 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
             if !upgraded { context.close(promise: nil) }
         default:
             break
+        }
+    }
+
+    /// Called from any thread once the session's commands are served.
+    func resumeReading() {
+        guard let eventLoop = context?.eventLoop else { return }
+        eventLoop.execute {
+            guard let context = self.context else { return }
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+            context.read()
         }
     }
 
