@@ -65,6 +65,7 @@ public struct ParleyServer: Sendable {
 
         let router = Router(context: ParleyRequestContext.self)
         let origins = OriginPolicy(configuration.allowedOrigins, sameOriginByDefault: authenticator.isOpen)
+        router.add(middleware: ConnectionCloseMiddleware())
         router.add(middleware: BrowserSafetyMiddleware(cors: OriginPolicy(configuration.corsOrigins), origins: origins))
         router.add(middleware: CORSPolicyMiddleware(configuration.corsOrigins))
         router.add(middleware: APIErrorMiddleware())

@@ -98,6 +98,30 @@ struct ConnectionHygieneTests {
         }
     }
 
+    @Test("a request that asks for Connection: close is answered with it, then the connection closes (as nginx's keepalive needs)")
+    func connectionClose() async throws {
+        try await withServer { server in
+            for path in ["/healthz", "/rooms/r/messages", "/no/such/route", "/socket.io/?EIO=4&transport=polling&sid=x.y"] {
+                let socket = try await RawSocket.connect(port: server.port)
+                try await socket.send("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                var answer = ""
+                while let chunk = await socket.read(timeout: .seconds(10)), !chunk.isEmpty { answer += chunk }
+                let head = answer.components(separatedBy: "\r\n\r\n")[0].lowercased()
+                #expect(head.hasPrefix("http/1.1 "), "\(path): \(answer)")
+                #expect(head.contains("\r\nconnection: close"), "\(path): \(head)")
+                #expect(await socket.closedByServer(within: .seconds(5)), "\(path)")
+            }
+            // Without it, the connection stays open for the next request and says nothing of closing.
+            let socket = try await RawSocket.connect(port: server.port)
+            try await socket.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            let head = await socket.read()?.lowercased() ?? ""
+            #expect(head.hasPrefix("http/1.1 200") && !head.contains("connection: close"))
+            try await socket.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(await socket.read()?.hasPrefix("HTTP/1.1 200") == true)
+            await socket.close()
+        }
+    }
+
     @Test("a gRPC connection with no call open is closed after the idle timeout")
     func grpcIdle() async throws {
         try await withServer({ $0.idleTimeout = .seconds(1) }) { server in
