@@ -38,8 +38,9 @@ PAGE = """<!doctype html>
 PAGE_JS = """
   // The page's log of everything the client saw, read by the tests.
   window.seen = { messages: [], connects: [], disconnects: [], errors: [] };
-  window.start = (options) => {
-    const socket = io(Object.assign({ reconnectionDelay: 200, reconnectionDelayMax: 500 }, options));
+  window.start = (options, url) => {
+    const settings = Object.assign({ reconnectionDelay: 200, reconnectionDelayMax: 500 }, options);
+    const socket = url ? io(url, settings) : io(settings);
     socket.on("connect", () => window.seen.connects.push({ id: socket.id, recovered: socket.recovered }));
     socket.on("disconnect", (reason) => window.seen.disconnects.push(reason));
     socket.on("connect_error", (error) => window.seen.errors.push(error.message));

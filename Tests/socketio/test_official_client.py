@@ -131,6 +131,37 @@ def test_official_client_recovers_on_another_instance_after_a_kill(servers, rela
     assert web.contents() == ["m1", "m2", "m3", "m4"]
 
 
+@pytest.fixture
+def other_origin(public_dir):
+    """The test page served from another origin than Parley's, as most Socket.IO apps are."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(public_dir))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_page_of_another_origin_with_polling_and_the_upgrade(servers, other_origin, page):
+    server = servers({"PARLEY_CORS_ORIGINS": other_origin, "PARLEY_ALLOWED_ORIGINS": other_origin})
+    web = page(other_origin)
+    web.js(f"window.start({{ auth: {{ user: 'web' }} }}, '{server.url}');")
+    wait_for(lambda: web.seen()["connects"], "the connect from another origin")
+    assert web.call("join", {"room": "x"})["room"] == "x"
+    wait_for(lambda: web.js("return window.socket.io.engine.transport.name;") == "websocket", "the upgrade")
+    publish(server.url, ["cross-origin"], "x")
+    wait_for(lambda: web.contents() == ["cross-origin"], "the message")
+    # An origin Parley was not told of gets nothing.
+    stranger = servers()
+    other = page(other_origin)
+    other.js(f"window.start({{ auth: {{ user: 'web' }}, reconnection: false }}, '{stranger.url}');")
+    wait_for(lambda: other.seen()["errors"], "the refusal")
+    assert not other.seen()["connects"]
+
+
 def test_a_client_with_nothing_to_recover_is_told_so(server, page):
     web = page(server.url)
     # A recovery id and offset from nowhere: a room this user may not rejoin is not restored.
