@@ -100,6 +100,11 @@ extension Chat_V1_ChatEvent {
                 $0.joined = joined
                 $0.left = left
             }
+        case .notify(_, let kind, let message):
+            notify = .with {
+                $0.kind = kind.rawValue
+                $0.message = Chat_V1_ChatMessage(message)
+            }
         }
     }
 

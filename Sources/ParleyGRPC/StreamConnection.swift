@@ -61,7 +61,7 @@ final class StreamConnection: Sendable {
     /// runs; a failure of the join ends the stream with its status.
     func serve(_ writer: RPCWriter<ByteBuffer>, identity: Identity, room: String, since: Int64?) async throws {
         do {
-            try connection.start(identity: identity)
+            try connection.start(identity: identity, notifications: false)
         } catch {
             ticket.release()
             throw service.failure(error)
@@ -211,13 +211,15 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, leave, message, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, leave, message, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
             self = .connect(token: connect.token.nonEmpty, user: connect.user.nonEmpty)
         case .join(let join):
             self = .join(room: join.roomID, since: join.hasSinceSeq ? join.sinceSeq : nil)
+        case .dm(let direct):
+            self = .direct(user: direct.userID, since: direct.hasSinceSeq ? direct.sinceSeq : nil)
         case .leave(let leave):
             self = .leave(room: leave.roomID)
         case .message(let message):

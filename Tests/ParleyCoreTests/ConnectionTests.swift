@@ -18,6 +18,7 @@ struct ConnectionTests {
             case .typing(let room, let user, let typing): ByteBuffer(string: "typing \(room) \(user) \(typing)")
             case .read(let room, let user, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
             case .presence(let room, let online, let joined, let left): ByteBuffer(string: "presence \(room) \(online) +\(joined) -\(left)")
+            case .notify(let user, let kind, let message): ByteBuffer(string: "notify \(user) \(kind.rawValue) \(message.room) \(message.seq)")
             }
         }
 
@@ -96,6 +97,80 @@ struct ConnectionTests {
         var batch: [Outbox.Frame] = []
         _ = connection.outbox.take(into: &batch)
         return batch.map { String(buffer: $0.bytes) }
+    }
+
+    // MARK: Direct messages and notifications
+
+    @Test("a DM room is its two users' only: opened by naming the other, refused to a third by join, post, history and listings")
+    func directMessages() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        let carol = try connection("carol")
+        await alice.receive(.direct(user: "bob", since: nil), id: .number(1))
+        #expect(sent(alice) == ["ack 1 joined dm:alice:bob 0 [\"alice\"]"])
+        // Bob has not joined: he is told of the message through his own channel.
+        await alice.receive(.message(room: "dm:alice:bob", content: "psst", clientId: nil), id: .number(2))
+        #expect(sent(alice) == ["ack 2 published 1", "message dm:alice:bob 1 alice psst"])
+        #expect(sent(bob) == ["notify bob dm dm:alice:bob 1"])
+        #expect(sent(carol).isEmpty)
+        // Bob opens it by naming alice: the same room.
+        await bob.receive(.direct(user: "alice", since: 0), id: .number(1))
+        #expect(sent(bob) == ["ack 1 joined dm:alice:bob 1 [\"alice\", \"bob\"]", "message dm:alice:bob 1 alice psst"])
+        for command in [Command.join(room: "dm:alice:bob", since: 0), .message(room: "dm:alice:bob", content: "me too", clientId: nil),
+                        .history(room: "dm:alice:bob", before: nil, after: nil, limit: nil), .presence(room: "dm:alice:bob")] {
+            await carol.receive(command, id: .number(9))
+            #expect(sent(carol) == ["error 9 forbidden"], "\(command)")
+        }
+        let listed = try await engine.rooms(Identity(user: "carol")).map(\.room)
+        #expect(!listed.contains("dm:alice:bob"))
+        #expect(try await engine.rooms(Identity(user: "bob")).map(\.room).contains("dm:alice:bob"))
+        // Only the spelling `DirectRoom.name` gives is a DM room (4 bad commands: this test's
+        // connection is closed at the fifth in a row).
+        _ = sent(alice)
+        for bad in ["dm:bob:alice", "dm:alice", "dm:alice:bob:carol", "dm::bob"] {
+            await alice.receive(.join(room: bad, since: nil), id: .number(3))
+            #expect(sent(alice) == ["error 3 bad_request"], "\(bad)")
+        }
+        await carol.receive(.direct(user: "not a user", since: nil), id: .number(4))
+        #expect(sent(carol) == ["error 4 bad_request"])
+    }
+
+    @Test("a mention notifies the users it names wherever they are, never the author, and only those who may read the room")
+    func mentions() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        let carol = try connection("carol")
+        let restricted = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "websocket", handshakeTimeout: .seconds(10)), clock: clock, logger: .init(label: "test")
+        )
+        try restricted.start(identity: Identity(user: "dave", rooms: RoomPatterns(["public"])))
+        await alice.receive(.join(room: "r", since: nil), id: .number(1))
+        _ = sent(alice)
+        await alice.receive(.message(room: "r", content: "@carol and @bob. and @alice, mail a@b.c, @dave", clientId: nil), id: nil)
+        #expect(sent(alice) == ["message r 1 alice @carol and @bob. and @alice, mail a@b.c, @dave"])
+        #expect(sent(bob) == ["notify bob mention r 1"])
+        #expect(sent(carol) == ["notify carol mention r 1"])
+        // Dave's token does not allow room r: he is not told what was said there.
+        #expect(sent(restricted).isEmpty)
+        #expect(Mentions.users(in: "@a @b @a x@y @c- (@d) @e.f. @", limits: Limits()) == ["a", "b", "c-", "d", "e.f"])
+    }
+
+    @Test("a connection that ends leaves its user's channel; the user's other connections still get notified")
+    func userChannelMembership() async throws {
+        let alice = try connection("alice")
+        let phone = try connection("bob")
+        let laptop = try connection("bob")
+        await alice.receive(.direct(user: "bob", since: nil), id: nil)
+        await alice.receive(.message(room: "dm:alice:bob", content: "one", clientId: nil), id: nil)
+        #expect(sent(phone) == ["notify bob dm dm:alice:bob 1"])
+        #expect(sent(laptop) == ["notify bob dm dm:alice:bob 1"])
+        await phone.finish()
+        await alice.receive(.message(room: "dm:alice:bob", content: "two", clientId: nil), id: nil)
+        #expect(sent(laptop) == ["notify bob dm dm:alice:bob 2"])
+        await laptop.finish()
+        await alice.receive(.message(room: "dm:alice:bob", content: "three", clientId: nil), id: nil)
+        #expect(engine.sessionCount == 1)
     }
 
     // MARK: Publishing and joining

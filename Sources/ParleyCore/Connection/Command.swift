@@ -6,6 +6,8 @@ import NIOCore
 public enum Command: Sendable, Equatable {
     case connect(token: String?, user: String?)
     case join(room: String, since: Int64?)
+    /// Joins the direct-message room of the session's user and `user` (`DirectRoom`).
+    case direct(user: String, since: Int64?)
     case leave(room: String)
     case message(room: String, content: String, clientId: String?)
     case typing(room: String, typing: Bool)

@@ -54,6 +54,7 @@ public final class Connection: Sendable {
         /// The transport was told to stop reading until the queue drains.
         var paused = false
         var finished = false
+        var notifications = true
     }
 
     /// Commands a client may have in flight before its transport stops reading from it.
@@ -96,7 +97,10 @@ public final class Connection: Sendable {
     /// from the call's metadata, which `connect{user}` turns into a session acting as that user.
     /// A `watcher` session follows rooms without being present in them (an anonymous or
     /// backend SSE reader).
-    public func start(identity: Identity?, backend: Identity? = nil, watcher: Bool = false) throws(ParleyError) {
+    /// `notifications`: the session also receives the events addressed to its user (`notify`),
+    /// as a full client connection does; a one-room stream (SSE, gRPC `JoinChat`) does not.
+    public func start(identity: Identity?, backend: Identity? = nil, watcher: Bool = false, notifications: Bool = true) throws(ParleyError) {
+        state.withLock { $0.notifications = notifications }
         if let identity {
             try open(identity, watcher: watcher)
             return
@@ -118,7 +122,10 @@ public final class Connection: Sendable {
     @discardableResult
     private func open(_ identity: Identity, watcher: Bool = false) throws(ParleyError) -> Session {
         if identity.isBackend, !settings.backendsMayConnect { throw Self.backendRefused }
-        let session = try engine.connect(identity, transport: settings.transport, encoder: format, outbox: outbox, watcher: watcher)
+        let notifications = state.withLock { $0.notifications }
+        let session = try engine.connect(
+            identity, transport: settings.transport, encoder: format, outbox: outbox, watcher: watcher, notifications: notifications
+        )
         let handshake = state.withLock { state in
             state.session = session
             return state.handshake.take()
@@ -290,13 +297,18 @@ public final class Connection: Sendable {
         }
         guard let session else { throw ParleyError(.unauthorized, "send connect first") }
         switch command {
-        case .join, .leave, .presence: try engine.charge(session)
+        case .join, .direct, .leave, .presence: try engine.charge(session)
         case .history(_, _, _, let limit): try engine.charge(session, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
         default: break
         }
         switch command {
         case .join(let room, let since):
             try await engine.join(session, room: room, since: since) { joined in
+                reply(.joined(joined), id: id)
+            }
+        case .direct(let user, let since):
+            let partner = try Validation.user(user, limits: engine.limits)
+            try await engine.join(session, room: DirectRoom.name(session.user, partner), since: since) { joined in
                 reply(.joined(joined), id: id)
             }
         case .leave(let room):

@@ -74,8 +74,11 @@ public final class Engine: Sendable {
     /// (a new one bounded by `limits.maxOutboxBytes` when nil). Fails with `unavailable`
     /// while the server shuts down.
     /// A `watcher` session follows rooms without being present in them.
+    /// `notifications`: the session also receives the events addressed to its user (`notify`:
+    /// direct messages and mentions), through the user's channel; a watcher never does.
     public func connect(
-        _ identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox? = nil, watcher: Bool = false
+        _ identity: Identity, transport: String, encoder: any EventEncoder, outbox: Outbox? = nil, watcher: Bool = false,
+        notifications: Bool = false
     ) throws(ParleyError) -> Session {
         guard !isDraining else { throw .unavailable("server is shutting down") }
         let number = sessionCounter.wrappingAdd(1, ordering: .relaxed).newValue
@@ -85,6 +88,14 @@ public final class Engine: Sendable {
         )
         sessions.withLock { $0[ObjectIdentifier(session)] = session }
         metrics.connection(transport)?.increment()
+        if notifications, !watcher {
+            session.setInUserChannel()
+            if hub.addToUserChannel(session) {
+                // Interest is counted, so this may land after a quick disconnect's `false`.
+                let room = UserChannel.room(of: session.user)
+                Task { try? await self.broker.setInterest(room: room, true) }
+            }
+        }
         return session
     }
 
@@ -93,6 +104,10 @@ public final class Engine: Sendable {
         session.outbox.close(.goingAway)
         for room in session.removeAllRooms() {
             await removeMembership(session, room: room)
+        }
+        if session.leaveUserChannel() {
+            let room = UserChannel.room(of: session.user)
+            if hub.remove(session, room: room).roomEmpty { try? await broker.setInterest(room: room, false) }
         }
         if sessions.withLock({ $0.removeValue(forKey: ObjectIdentifier(session)) }) != nil {
             metrics.connection(session.transport)?.decrement()
@@ -307,6 +322,10 @@ public final class Engine: Sendable {
             } catch {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
+            }
+            for (user, kind) in Mentions.notifications(for: result.message, limits: limits) {
+                // Best effort, like typing: a client also learns of it from its room listing.
+                try? await publishToBroker(.notify(user: user, kind: kind, message: result.message))
             }
         }
         return result

@@ -74,6 +74,22 @@ final class Hub: BrokerReceiver {
         }
     }
 
+    /// Adds `session` to its user's channel (`UserChannel`), which carries only events
+    /// addressed to the user, none stored. Returns true when the channel had no local member:
+    /// the broker must start carrying it here.
+    func addToUserChannel(_ session: Session) -> Bool {
+        let room = UserChannel.room(of: session.user)
+        return shard(room).rooms.withLock { rooms in
+            var created = false
+            if rooms[room] == nil {
+                rooms[room] = Room(lastDelivered: 0)
+                created = true
+            }
+            _ = rooms[room]!.add(session, since: nil)
+            return created
+        }
+    }
+
     /// Removes `session` from `room`. `roomEmpty`: the room has no local member left.
     func remove(_ session: Session, room: String) -> (removed: Bool, roomEmpty: Bool) {
         shard(room).rooms.withLock { rooms in
@@ -132,6 +148,8 @@ final class Hub: BrokerReceiver {
     /// Delivers the stored messages after the room's last delivered one, if the store has
     /// any: a gap the broker cannot reveal because no later message arrived.
     func resync(room: String) async {
+        // A user channel stores nothing: there is nothing to compare with the store.
+        guard !UserChannel.isUserChannel(room) else { return }
         guard var cursor = shard(room).rooms.withLock({ $0[room]?.lastDelivered }) else { return }
         do {
             guard try await store.lastSeq(room: room) > cursor else { return }
@@ -309,7 +327,12 @@ struct Room {
     func deliverEphemeral(_ encoded: inout EncodedEvent) {
         let event = encoded.event
         let skip = event.subjectUserIfNotEchoed
+        // A notification carries a message: only sessions whose credential may read its room
+        // get it (a `rooms` claim may leave a mentioned user out of the room).
+        var about: String?
+        if case .notify(_, _, let message) = event { about = message.room }
         for member in members.values where member.session.user != skip {
+            if let about, !member.session.identity.mayAccess(about) { continue }
             member.session.outbox.enqueue(encoded.bytes(for: member.session.encoder))
         }
     }

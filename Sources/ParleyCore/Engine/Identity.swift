@@ -21,8 +21,13 @@ public struct Identity: Sendable, Hashable {
         expiresAt.map { $0 <= now } ?? false
     }
 
+    /// Whether this identity may join, read and post to `room`. A direct-message room is
+    /// open to its two users only (and backends), and to them only as far as a `rooms` claim
+    /// allows (a claim needs a pattern such as `dm:*` for DMs).
     public func mayAccess(_ room: String) -> Bool {
-        isBackend || rooms?.matches(room) ?? true
+        if isBackend { return true }
+        if let (a, b) = DirectRoom.participants(room), user != a, user != b { return false }
+        return rooms?.matches(room) ?? true
     }
 
     /// Refuses an identity whose credential has expired: during the refresh grace a session

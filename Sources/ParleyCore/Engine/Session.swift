@@ -68,6 +68,14 @@ public final class Session: Sendable, Hashable {
         joined.withLock { $0.remove(room) != nil }
     }
 
+    /// The session is in its user's channel (`UserChannel`) until it disconnects.
+    private let inUserChannel = Atomic<Bool>(false)
+
+    func setInUserChannel() { inUserChannel.store(true, ordering: .relaxed) }
+
+    /// True once, for a session that was in its user's channel.
+    func leaveUserChannel() -> Bool { inUserChannel.exchange(false, ordering: .relaxed) }
+
     func removeAllRooms() -> Set<String> {
         joined.withLock { rooms in
             defer { rooms.removeAll() }

@@ -7,12 +7,17 @@ public enum ServerEvent: Sendable, Hashable {
     case read(room: String, user: String, seq: Int64)
     /// A large room's joins and leaves since the previous update (`Limits.largeRoomSize`).
     case presence(room: String, online: Int, joined: [String], left: [String])
+    /// Addressed to a person, not a room: `user` has a new direct message or was mentioned
+    /// in `message` (of a room they may not have joined). Reaches every session of the user,
+    /// on every instance, through the user's own channel (`UserChannel`).
+    case notify(user: String, kind: NotificationKind, message: Message)
 
     public var room: String {
         switch self {
         case .message(let message): message.room
         case .join(let room, _, _), .leave(let room, _, _), .typing(let room, _, _), .read(let room, _, _): room
         case .presence(let room, _, _, _): room
+        case .notify(let user, _, _): UserChannel.room(of: user)
         }
     }
 
@@ -20,9 +25,28 @@ public enum ServerEvent: Sendable, Hashable {
     var subjectUserIfNotEchoed: String? {
         switch self {
         case .join(_, let user, _), .leave(_, let user, _), .typing(_, let user, _): user
-        case .message, .read, .presence: nil
+        case .message, .read, .presence, .notify: nil
         }
     }
+}
+
+/// Why a person is notified.
+public enum NotificationKind: String, Sendable, Hashable {
+    /// A message in a direct-message room of theirs, from the other user.
+    case direct = "dm"
+    /// A message that mentions them (`@user`).
+    case mention
+}
+
+/// Each user's own channel: an internal room (`~user:<id>`) that every session of the user is
+/// in, on every instance, invisible to clients (no client-chosen name contains `~`). Events
+/// addressed to a person travel through it like any room event, over the broker in a cluster.
+public enum UserChannel {
+    public static let prefix = "~user:"
+
+    public static func room(of user: String) -> String { prefix + user }
+
+    public static func isUserChannel(_ room: String) -> Bool { room.hasPrefix(prefix) }
 }
 
 /// One page of history, ascending by `seq`.

@@ -1,7 +1,14 @@
 /// Name and content rules of the protocol, checked once at the engine's edge.
 public enum Validation {
+    /// A room name: up to `maxRoomLength` of `[A-Za-z0-9_.:-]`. Names starting with `dm:` are
+    /// direct-message rooms and must be spelled as `DirectRoom.name` spells them, with two
+    /// valid user ids (they may be longer than `maxRoomLength`).
     public static func isValidRoom(_ room: String, limits: Limits) -> Bool {
-        isValidName(room, maxLength: limits.maxRoomLength, allowColon: true)
+        if room.hasPrefix(DirectRoom.prefix) {
+            guard let (a, b) = DirectRoom.participants(room) else { return false }
+            return isValidUser(a, limits: limits) && isValidUser(b, limits: limits)
+        }
+        return isValidName(room, maxLength: limits.maxRoomLength, allowColon: true)
     }
 
     public static func isValidUser(_ user: String, limits: Limits) -> Bool {
@@ -27,6 +34,9 @@ public enum Validation {
 
     public static func room(_ room: String, limits: Limits) throws(ParleyError) -> String {
         guard isValidRoom(room, limits: limits) else {
+            if room.hasPrefix(DirectRoom.prefix) {
+                throw .badRequest("invalid direct-message room: dm:<user>:<user>, the two user ids in ascending order")
+            }
             throw .badRequest("invalid room name: 1 to \(limits.maxRoomLength) characters of A-Z a-z 0-9 _ . : -")
         }
         return room

@@ -517,6 +517,14 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .ping(newValue)}
   }
 
+  public var dm: Chat_V1_DirectCommand {
+    get {
+      if case .dm(let v)? = command {return v}
+      return Chat_V1_DirectCommand()
+    }
+    set {command = .dm(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -530,6 +538,7 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case history(Chat_V1_HistoryRequest)
     case presence(Chat_V1_PresenceRequest)
     case ping(Chat_V1_PingCommand)
+    case dm(Chat_V1_DirectCommand)
 
   }
 
@@ -567,6 +576,34 @@ public nonisolated struct Chat_V1_JoinCommand: Sendable {
 
   /// The room. Required.
   public var roomID: String = String()
+
+  /// Resume point, exactly as JoinRequest.since_seq.
+  public var sinceSeq: Int64 {
+    get {_sinceSeq ?? 0}
+    set {_sinceSeq = newValue}
+  }
+  /// Returns true if `sinceSeq` has been explicitly set.
+  public var hasSinceSeq: Bool {self._sinceSeq != nil}
+  /// Clears the value of `sinceSeq`. Subsequent reads from it will return its default value.
+  public mutating func clearSinceSeq() {self._sinceSeq = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _sinceSeq: Int64? = nil
+}
+
+/// Joins the direct-message room of the stream's user and `user_id`, `dm:<a>:<b>` with the two
+/// user ids in ascending order; only those two users (and API keys) may join, read or post to it.
+/// Ack: JoinResult (its room_id is the DM room's name).
+public nonisolated struct Chat_V1_DirectCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The other user. Required.
+  public var userID: String = String()
 
   /// Resume point, exactly as JoinRequest.since_seq.
   public var sinceSeq: Int64 {
@@ -767,6 +804,16 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     set {event = .presence(newValue)}
   }
 
+  /// Addressed to the stream's user, whatever rooms it joined: a new direct message, or a
+  /// message that mentions the user (docs/protocol.md, "Direct messages and notifications").
+  public var notify: Chat_V1_Notification {
+    get {
+      if case .notify(let v)? = event {return v}
+      return Chat_V1_Notification()
+    }
+    set {event = .notify(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
@@ -791,10 +838,38 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     /// A large room's presence changes of the last second, in place of one join or leave
     /// event per user (docs/protocol.md, "Large rooms").
     case presence(Chat_V1_PresenceUpdate)
+    /// Addressed to the stream's user, whatever rooms it joined: a new direct message, or a
+    /// message that mentions the user (docs/protocol.md, "Direct messages and notifications").
+    case notify(Chat_V1_Notification)
 
   }
 
   public init() {}
+}
+
+public nonisolated struct Chat_V1_Notification: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "dm" (a message in one of the user's direct-message rooms, from the other user) or
+  /// "mention" (a message naming the user as @user).
+  public var kind: String = String()
+
+  public var message: Chat_V1_ChatMessage {
+    get {_message ?? Chat_V1_ChatMessage()}
+    set {_message = newValue}
+  }
+  /// Returns true if `message` has been explicitly set.
+  public var hasMessage: Bool {self._message != nil}
+  /// Clears the value of `message`. Subsequent reads from it will return its default value.
+  public mutating func clearMessage() {self._message = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _message: Chat_V1_ChatMessage? = nil
 }
 
 /// Who came and went in a large room since the previous update.
@@ -1564,7 +1639,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1690,6 +1765,19 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .ping(v)
         }
       }()
+      case 11: try {
+        var v: Chat_V1_DirectCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .dm(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .dm(v)
+        }
+      }()
       default: break
       }
     }
@@ -1739,6 +1827,10 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
     case .ping?: try {
       guard case .ping(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .dm?: try {
+      guard case .dm(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
     case nil: break
     }
@@ -1821,6 +1913,45 @@ nonisolated extension Chat_V1_JoinCommand: SwiftProtobuf.Message, SwiftProtobuf.
 
   public static func ==(lhs: Chat_V1_JoinCommand, rhs: Chat_V1_JoinCommand) -> Bool {
     if lhs.roomID != rhs.roomID {return false}
+    if lhs._sinceSeq != rhs._sinceSeq {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_DirectCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DirectCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}since_seq\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self._sinceSeq) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 1)
+    }
+    try { if let v = self._sinceSeq {
+      try visitor.visitSingularInt64Field(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_DirectCommand, rhs: Chat_V1_DirectCommand) -> Bool {
+    if lhs.userID != rhs.userID {return false}
     if lhs._sinceSeq != rhs._sinceSeq {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -1992,7 +2123,7 @@ nonisolated extension Chat_V1_PingCommand: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0\u{1}presence\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0\u{1}presence\0\u{1}notify\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2117,6 +2248,19 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
           self.event = .presence(v)
         }
       }()
+      case 10: try {
+        var v: Chat_V1_Notification?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .notify(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .notify(v)
+        }
+      }()
       default: break
       }
     }
@@ -2164,6 +2308,10 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
       guard case .presence(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     }()
+    case .notify?: try {
+      guard case .notify(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2171,6 +2319,45 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
   public static func ==(lhs: Chat_V1_ChatEvent, rhs: Chat_V1_ChatEvent) -> Bool {
     if lhs.event != rhs.event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_Notification: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Notification"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    try { if let v = self._message {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_Notification, rhs: Chat_V1_Notification) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs._message != rhs._message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -9,6 +9,8 @@ import ParleyCore
 /// - 2 join / 3 leave: room, user, timestamp (ms)
 /// - 4 typing: room, user, typing byte
 /// - 5 read: room, user, seq
+/// - 6 presence: room, online, joined count and users, left count and users
+/// - 7 notify: user, kind (`dm` or `mention`), then the message's fields as in 1
 ///
 /// Chosen over JSON because it is encoded once per publish and decoded once per receiving
 /// instance with no allocation beyond the strings, and is about a third smaller for short
@@ -22,18 +24,12 @@ public enum BrokerCodec {
         switch event {
         case .message(let message):
             buffer.writeInteger(UInt8(1))
-            buffer.writeField(message.id)
-            buffer.writeField(message.room)
-            buffer.writeInteger(message.seq)
-            buffer.writeField(message.user)
-            buffer.writeField(message.content)
-            buffer.writeInteger(message.timestamp.milliseconds)
-            if let clientId = message.clientId {
-                buffer.writeInteger(UInt8(1))
-                buffer.writeField(clientId)
-            } else {
-                buffer.writeInteger(UInt8(0))
-            }
+            buffer.writeMessage(message)
+        case .notify(let user, let kind, let message):
+            buffer.writeInteger(UInt8(7))
+            buffer.writeField(user)
+            buffer.writeField(kind.rawValue)
+            buffer.writeMessage(message)
         case .join(let room, let user, let timestamp), .leave(let room, let user, let timestamp):
             if case .join = event { buffer.writeInteger(UInt8(2)) } else { buffer.writeInteger(UInt8(3)) }
             buffer.writeField(room)
@@ -68,16 +64,13 @@ public enum BrokerCodec {
         let event: ServerEvent?
         switch kind {
         case 1:
-            guard let id = buffer.readField(), let room = buffer.readField(), let seq = buffer.readInteger(as: Int64.self),
-                let user = buffer.readField(), let content = buffer.readField(), let ms = buffer.readInteger(as: Int64.self),
-                let hasClientId = buffer.readInteger(as: UInt8.self)
+            guard let message = buffer.readMessage() else { return nil }
+            event = .message(message)
+        case 7:
+            guard let user = buffer.readField(), let kind = buffer.readField().flatMap(NotificationKind.init(rawValue:)),
+                let message = buffer.readMessage()
             else { return nil }
-            var clientId: String?
-            if hasClientId == 1 {
-                guard let value = buffer.readField() else { return nil }
-                clientId = value
-            }
-            event = .message(Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: clientId))
+            event = .notify(user: user, kind: kind, message: message)
         case 2, 3:
             guard let room = buffer.readField(), let user = buffer.readField(), let ms = buffer.readInteger(as: Int64.self) else { return nil }
             event = kind == 2
@@ -110,6 +103,34 @@ public enum BrokerCodec {
 }
 
 extension ByteBuffer {
+    fileprivate mutating func writeMessage(_ message: Message) {
+        writeField(message.id)
+        writeField(message.room)
+        writeInteger(message.seq)
+        writeField(message.user)
+        writeField(message.content)
+        writeInteger(message.timestamp.milliseconds)
+        if let clientId = message.clientId {
+            writeInteger(UInt8(1))
+            writeField(clientId)
+        } else {
+            writeInteger(UInt8(0))
+        }
+    }
+
+    fileprivate mutating func readMessage() -> Message? {
+        guard let id = readField(), let room = readField(), let seq = readInteger(as: Int64.self),
+            let user = readField(), let content = readField(), let ms = readInteger(as: Int64.self),
+            let hasClientId = readInteger(as: UInt8.self)
+        else { return nil }
+        var clientId: String?
+        if hasClientId == 1 {
+            guard let value = readField() else { return nil }
+            clientId = value
+        }
+        return Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: clientId)
+    }
+
     fileprivate mutating func writeField(_ string: String) {
         let lengthIndex = writerIndex
         writeInteger(UInt32(0))

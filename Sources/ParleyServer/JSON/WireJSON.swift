@@ -47,6 +47,12 @@ enum WireJSON {
                 json.key("joined"); json.array(joined) { json, user in json.string(user) }
                 json.key("left"); json.array(left) { json, user in json.string(user) }
             }
+        case .notify(_, let kind, let message):
+            json.object { json in
+                json.key("kind"); json.string(kind.rawValue)
+                json.key("room"); json.string(message.room)
+                json.key("message"); Self.message(message, into: &json)
+            }
         }
     }
 
@@ -110,6 +116,7 @@ enum WireJSON {
         case .typing: "typing"
         case .read: "read"
         case .presence: "presence"
+        case .notify: "notify"
         }
     }
 

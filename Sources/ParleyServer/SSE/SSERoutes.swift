@@ -40,7 +40,7 @@ struct SSERoutes {
                         clock: clock ?? EventLoopClock(eventLoop: channel.eventLoop), logger: logger
                     )
                     do {
-                        try connection.start(identity: identity, watcher: identity.isBackend)
+                        try connection.start(identity: identity, watcher: identity.isBackend, notifications: false)
                     } catch {
                         try await writer.write(SSEFrames.error((error as? ParleyError) ?? .unavailable("server is shutting down")))
                         try await writer.finish(nil)

@@ -63,6 +63,9 @@ struct ClientFrameDecoder {
         case "join":
             let data = try body(JoinData.self, bytes)
             return .join(room: data.room, since: data.since)
+        case "dm":
+            let data = try body(DirectData.self, bytes)
+            return .direct(user: data.user, since: data.since)
         case "leave":
             return .leave(room: try body(RoomData.self, bytes).room)
         case "message":
@@ -156,6 +159,7 @@ private struct OptionalBody<T: Decodable>: Decodable { var data: T? }
 private struct ConnectData: Decodable { var token: String?; var user: String? }
 private struct RoomData: Decodable { var room: String }
 private struct JoinData: Decodable { var room: String; var since: Int64? }
+private struct DirectData: Decodable { var user: String; var since: Int64? }
 private struct MessageData: Decodable { var room: String; var content: String; var clientId: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
