@@ -81,6 +81,27 @@ let clusterTestsEnabled = RedisTestServer.isAvailable && PostgresTestServer.isAv
     .timeLimit(.minutes(3))
 )
 struct ClusterTests {
+    @Test("a DM and a mention reach the user's sessions on every other instance as notify events")
+    func notificationsAcrossInstances() async throws {
+        try await withCluster(instances: 2) { servers, _ in
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            _ = try await bob.request("ping")
+            // The user channel's subscription is made as the session opens; wait until Redis carries it.
+            try await alice.ack("dm", ["user": "bob"])
+            var note: JSON?
+            for attempt in 1...50 where note == nil {
+                try await alice.ack("message", ["room": "dm:alice:bob", "content": "psst \(attempt)"])
+                note = try? await bob.expect("notify", timeout: .milliseconds(200))
+            }
+            #expect(note?["kind"].string == "dm" && note?["message"]["user"].string == "alice")
+            try await alice.ack("join", ["room": "lobby"])
+            try await alice.ack("message", ["room": "lobby", "content": "@bob look"])
+            let mention = try await bob.expect("notify") { $0["kind"].string == "mention" }
+            #expect(mention["room"].string == "lobby")
+        }
+    }
+
     @Test("clients on different instances chat, see each other's presence, and rooms stay apart")
     func chatAcrossInstances() async throws {
         try await withCluster { servers, _ in
