@@ -16,7 +16,12 @@ enum PostgresMigrations {
                 PRIMARY KEY (room, seq))
             """,
             #"CREATE INDEX messages_client_id ON messages(room, "user", client_id) WHERE client_id IS NOT NULL"#,
-        ]
+        ],
+        [
+            // `' alice bob '`: the users a message mentions (`Message.storedMentions`).
+            "ALTER TABLE messages ADD COLUMN mentions TEXT",
+            "CREATE TABLE read_positions(user_id TEXT NOT NULL, room TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (user_id, room))",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

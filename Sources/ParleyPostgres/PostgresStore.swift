@@ -178,11 +178,12 @@ public final class PostgresStore: MessageStore {
         try await connection.query(
             """
             WITH inserted AS (
-                INSERT INTO messages(room, seq, id, "user", content, ts, client_id)
-                SELECT room, seq, id, u, content, ts, NULLIF(client_id, '')
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions)
+                SELECT room, seq, id, u, content, ts, NULLIF(client_id, ''), NULLIF(mentions, '')
                 FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
                     \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
-                    \(rows.map { $0.clientId ?? "" })::text[]) AS v(room, seq, id, u, content, ts, client_id)
+                    \(rows.map { $0.clientId ?? "" })::text[], \(rows.map { $0.storedMentions ?? "" })::text[])
+                    AS v(room, seq, id, u, content, ts, client_id, mentions)
             )
             UPDATE room_counters AS c SET seq = v.seq
             FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
@@ -254,6 +255,69 @@ public final class PostgresStore: MessageStore {
             var result: [(room: String, seq: Int64)] = []
             for try await (room, seq) in rows.decode((String, Int64).self) { result.append((room, seq)) }
             return result
+        }
+    }
+
+    // MARK: Read positions
+
+    public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
+        try await write {
+            try await self.client.query(
+                "INSERT INTO read_positions(user_id, room, seq) VALUES (\(user), \(room), \(readSeq)) ON CONFLICT (user_id, room) DO NOTHING",
+                logger: self.logger
+            )
+        }
+    }
+
+    public func markRead(user: String, room: String, seq: Int64) async throws {
+        try await write {
+            try await self.client.query(
+                """
+                INSERT INTO read_positions(user_id, room, seq) VALUES (\(user), \(room), \(seq))
+                ON CONFLICT (user_id, room) DO UPDATE SET seq = GREATEST(read_positions.seq, EXCLUDED.seq)
+                """,
+                logger: self.logger
+            )
+        }
+    }
+
+    public func inbox(user: String) async throws -> [InboxEntry] {
+        try await read {
+            let rows = try await self.client.query(
+                """
+                SELECT p.room, p.seq,
+                    (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u."user" <> \(user)),
+                    (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u."user" <> \(user)
+                        AND position(' ' || \(user) || ' ' IN u.mentions) > 0),
+                    m.seq, m.id, m."user", m.content, m.ts, m.client_id
+                FROM read_positions p
+                LEFT JOIN room_counters c ON c.room = p.room
+                LEFT JOIN messages m ON m.room = p.room AND m.seq = c.seq
+                WHERE p.user_id = \(user) ORDER BY p.room COLLATE "C"
+                """,
+                logger: self.logger
+            )
+            var entries: [InboxEntry] = []
+            for try await (room, readSeq, unread, mentions, seq, id, author, content, ts, clientId) in rows.decode(
+                (String, Int64, Int64, Int64, Int64?, String?, String?, String?, Int64?, String?).self
+            ) {
+                var last: Message?
+                if let seq, let id, let author, let content, let ts {
+                    last = Message(id: id, room: room, seq: seq, user: author, content: content, timestamp: Timestamp(milliseconds: ts), clientId: clientId)
+                }
+                entries.append(InboxEntry(room: room, lastMessage: last, readSeq: readSeq, unread: Int(unread), mentions: Int(mentions)))
+            }
+            return entries
+        }
+    }
+
+    /// A small write (a read position) with the operation timeout, as `unavailable` when it fails.
+    private func write(_ body: @escaping @Sendable () async throws -> Void) async throws {
+        do {
+            try await withTimeout(configuration.operationTimeout, body)
+        } catch {
+            logger.debug("write failed", metadata: ["error": "\(String(reflecting: error))"])
+            throw ParleyError.unavailable("storage is unavailable; retry later")
         }
     }
 

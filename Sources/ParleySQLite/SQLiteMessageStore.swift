@@ -11,7 +11,9 @@ import Synchronization
 /// ran and commits them in one transaction (one fsync), so durability does not cap throughput
 /// at one fsync per message. The writer alone assigns `seq`, from a per-room cache it loads
 /// from the file, so only one process may write a given file. Reads use their own connection
-/// and see every committed message (WAL).
+/// and see every committed message (WAL). Read positions are written on a third connection with
+/// `synchronous=NORMAL`: they survive a crash of the process, and a power loss may take the last
+/// few back (a badge shows a message as unread again), which no message's durability depends on.
 public final class SQLiteMessageStore: MessageStore {
     public struct Configuration: Sendable {
         /// `FULL` syncs every commit to disk (survives power loss); `NORMAL` survives a crash
@@ -36,6 +38,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let configuration: Configuration
     private let writer: SQLiteConnection
     private let reader: SQLiteConnection
+    /// Read positions: small writes that must not wait for the messages' group commit.
+    private let positions: SQLiteConnection
     private let logger: Logger
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
@@ -44,11 +48,12 @@ public final class SQLiteMessageStore: MessageStore {
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
 
-    private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, logger: Logger) {
+    private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
         self.queue = AppendQueue(maxBatch: configuration.maxBatch)
         self.writer = writer
         self.reader = reader
+        self.positions = positions
         self.logger = logger
         self.batchSizes = configuration.metricsFactory.map { Recorder(label: ParleyMetrics.batchSizeLabel, factory: $0) }
     }
@@ -63,7 +68,9 @@ public final class SQLiteMessageStore: MessageStore {
             try await migrate(writer)
             let reader = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
-            return SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, logger: logger)
+            let positions = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
+            return SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
         } catch {
             try? await writer.close()
             throw error
@@ -79,7 +86,16 @@ public final class SQLiteMessageStore: MessageStore {
                 PRIMARY KEY (room, seq)) WITHOUT ROWID
             """,
             "CREATE INDEX messages_client_id ON messages(room, user, client_id) WHERE client_id IS NOT NULL",
-        ]
+        ],
+        [
+            // `" alice bob "`: the users a message mentions (`Message.storedMentions`).
+            "ALTER TABLE messages ADD COLUMN mentions TEXT",
+            """
+            CREATE TABLE read_positions(
+                user TEXT NOT NULL, room TEXT NOT NULL, seq INTEGER NOT NULL,
+                PRIMARY KEY (user, room)) WITHOUT ROWID
+            """,
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -110,6 +126,7 @@ public final class SQLiteMessageStore: MessageStore {
         } onCancelOrGracefulShutdown: {
             self.queue.stop()
         }
+        try? await positions.close()
         try? await reader.close()
         try? await writer.close()
     }
@@ -212,17 +229,17 @@ public final class SQLiteMessageStore: MessageStore {
         var start = 0
         while start < rows.count {
             let chunk = rows[start..<min(start + 128, rows.count)]
-            let placeholders = Array(repeating: "(?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
             var binds: [SQLiteData] = []
-            binds.reserveCapacity(chunk.count * 7)
+            binds.reserveCapacity(chunk.count * 8)
             for message in chunk {
                 binds += [
                     .text(message.room), .integer(Int(message.seq)), .text(message.id), .text(message.user),
                     .text(message.content), .integer(Int(message.timestamp.milliseconds)),
-                    message.clientId.map { .text($0) } ?? .null,
+                    message.clientId.map { .text($0) } ?? .null, message.storedMentions.map { .text($0) } ?? .null,
                 ]
             }
-            _ = try await writer.query("INSERT INTO messages(room, seq, id, user, content, ts, client_id) VALUES \(placeholders)", binds)
+            _ = try await writer.query("INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions) VALUES \(placeholders)", binds)
             start += chunk.count
         }
     }
@@ -252,6 +269,46 @@ public final class SQLiteMessageStore: MessageStore {
         return rows.compactMap { row in
             guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer else { return nil }
             return (room, Int64(seq))
+        }
+    }
+
+    // MARK: Read positions
+
+    public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
+        _ = try await positions.query(
+            "INSERT INTO read_positions(user, room, seq) VALUES (?, ?, ?) ON CONFLICT(user, room) DO NOTHING",
+            [.text(user), .text(room), .integer(Int(readSeq))]
+        )
+    }
+
+    public func markRead(user: String, room: String, seq: Int64) async throws {
+        _ = try await positions.query(
+            "INSERT INTO read_positions(user, room, seq) VALUES (?, ?, ?) ON CONFLICT(user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+            [.text(user), .text(room), .integer(Int(seq))]
+        )
+    }
+
+    public func inbox(user: String) async throws -> [InboxEntry] {
+        // One query: each room's counts after the read position, and its newest message.
+        let rows = try await reader.query(
+            """
+            SELECT p.room AS room, p.seq AS read_seq,
+                (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u.user <> ?1) AS unread,
+                (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u.user <> ?1
+                    AND instr(u.mentions, ' ' || ?1 || ' ') > 0) AS mentions,
+                m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id
+            FROM read_positions p
+            LEFT JOIN messages m ON m.room = p.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = p.room)
+            WHERE p.user = ?1 ORDER BY p.room
+            """,
+            [.text(user)]
+        )
+        return rows.compactMap { row in
+            guard let room = row.column("room")?.string, let readSeq = row.column("read_seq")?.integer else { return nil }
+            return InboxEntry(
+                room: room, lastMessage: Self.message(row), readSeq: Int64(readSeq),
+                unread: row.column("unread")?.integer ?? 0, mentions: row.column("mentions")?.integer ?? 0
+            )
         }
     }
 

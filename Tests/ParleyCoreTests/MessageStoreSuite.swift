@@ -103,6 +103,42 @@ struct MessageStoreSuite {
         }
     }
 
+    @Test("read positions: a user's rooms with the last message, unread by others and mentions; positions only move forward and survive a restart", arguments: StoreKind.allCases)
+    func readPositions(kind: StoreKind) async throws {
+        try await withStore(kind) { store, running in
+            #expect(try await store.inbox(user: "bob").isEmpty)
+            try await store.addToInbox(user: "bob", room: "quiet", readSeq: 0)
+            _ = try await store.append(draft("general", "hi all", user: "alice"))
+            try await store.addToInbox(user: "bob", room: "general", readSeq: 1)
+            _ = try await store.append(draft("general", "@bob, @bobby and @carol: look", user: "alice"))
+            _ = try await store.append(draft("general", "mine", user: "bob"))
+            _ = try await store.append(draft("general", "ping @bob.", user: "carol"))
+            _ = try await store.append(draft("general", "for @bobby only", user: "carol"))
+            // Adding a room that is listed already keeps its position.
+            try await store.addToInbox(user: "bob", room: "general", readSeq: 0)
+            var inbox = try await store.inbox(user: "bob")
+            #expect(inbox.map(\.room) == ["general", "quiet"])
+            #expect(inbox[0].readSeq == 1 && inbox[0].seq == 5 && inbox[0].lastMessage?.content == "for @bobby only")
+            // Seqs 2, 4, 5 are others'; 2 and 4 mention bob ("@bobby" is someone else).
+            #expect(inbox[0].unread == 3 && inbox[0].mentions == 2)
+            #expect(inbox[1] == InboxEntry(room: "quiet", lastMessage: nil, readSeq: 0, unread: 0, mentions: 0))
+            try await store.markRead(user: "bob", room: "general", seq: 4)
+            try await store.markRead(user: "bob", room: "general", seq: 2)
+            inbox = try await store.inbox(user: "bob")
+            #expect(inbox[0].readSeq == 4 && inbox[0].unread == 1 && inbox[0].mentions == 0)
+            // Reading a room not listed lists it.
+            try await store.markRead(user: "bob", room: "elsewhere", seq: 0)
+            #expect(try await store.inbox(user: "bob").map(\.room) == ["elsewhere", "general", "quiet"])
+            #expect(try await store.inbox(user: "alice").isEmpty)
+            if let reopened = try await running.reopen() {
+                await running.close()
+                let again = try await reopened.store.inbox(user: "bob")
+                #expect(again.map(\.readSeq) == [0, 4, 0])
+                await reopened.close()
+            }
+        }
+    }
+
     @Test("concurrent appends get gapless, unique seqs", arguments: StoreKind.allCases)
     func concurrentAppends(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in

@@ -41,6 +41,21 @@ final class FlakyStore: MessageStore {
         try check()
         return try await inner.rooms()
     }
+
+    func addToInbox(user: String, room: String, readSeq: Int64) async throws {
+        try check()
+        try await inner.addToInbox(user: user, room: room, readSeq: readSeq)
+    }
+
+    func markRead(user: String, room: String, seq: Int64) async throws {
+        try check()
+        try await inner.markRead(user: user, room: room, seq: seq)
+    }
+
+    func inbox(user: String) async throws -> [InboxEntry] {
+        try check()
+        return try await inner.inbox(user: user)
+    }
 }
 
 /// Says what a real driver says: where the backend lives. None of it may reach a client.

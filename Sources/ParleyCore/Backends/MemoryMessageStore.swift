@@ -10,6 +10,8 @@ public final class MemoryMessageStore: MessageStore {
     private struct State {
         var rooms: [String: Room] = [:]
         var clientIds: [IdempotencyKey: Message] = [:]
+        /// Read positions by user, then room.
+        var read: [String: [String: Int64]] = [:]
     }
 
     private let state = Mutex(State())
@@ -58,6 +60,31 @@ public final class MemoryMessageStore: MessageStore {
 
     public func lastSeq(room: String) async throws -> Int64 {
         state.withLock { Int64($0.rooms[room]?.messages.count ?? 0) }
+    }
+
+    public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
+        state.withLock { state in
+            if state.read[user]?[room] == nil { state.read[user, default: [:]][room] = readSeq }
+        }
+    }
+
+    public func markRead(user: String, room: String, seq: Int64) async throws {
+        state.withLock { state in
+            state.read[user, default: [:]][room] = max(state.read[user]?[room] ?? 0, seq)
+        }
+    }
+
+    public func inbox(user: String) async throws -> [InboxEntry] {
+        state.withLock { state in
+            (state.read[user] ?? [:]).sorted { $0.key < $1.key }.map { room, readSeq in
+                let messages = state.rooms[room]?.messages ?? []
+                let unread = messages.dropFirst(Int(min(max(readSeq, 0), Int64(messages.count)))).filter { $0.user != user }
+                return InboxEntry(
+                    room: room, lastMessage: messages.last, readSeq: readSeq, unread: unread.count,
+                    mentions: unread.filter { $0.storedMentions?.contains(" \(user) ") == true }.count
+                )
+            }
+        }
     }
 
     public func rooms() async throws -> [(room: String, seq: Int64)] {

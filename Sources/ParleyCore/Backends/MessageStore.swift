@@ -20,6 +20,50 @@ public protocol MessageStore: Service {
     func lastSeq(room: String) async throws -> Int64
     /// Every room with at least one message, with its last seq, by name.
     func rooms() async throws -> [(room: String, seq: Int64)]
+
+    // MARK: Read positions
+
+    /// Puts `room` in `user`'s list with read position `readSeq`, unless it is there already.
+    func addToInbox(user: String, room: String, readSeq: Int64) async throws
+    /// Moves `user`'s read position in `room` forward to `seq` (never back), putting the room in
+    /// their list if it is not there.
+    func markRead(user: String, room: String, seq: Int64) async throws
+    /// `user`'s rooms, by name: each room's last message, the user's read position, and how many
+    /// later messages by others there are, and how many of those mention the user.
+    func inbox(user: String) async throws -> [InboxEntry]
+}
+
+/// A room in a user's list.
+public struct InboxEntry: Sendable, Hashable {
+    public var room: String
+    /// The room's newest message; nil while it has none.
+    public var lastMessage: Message?
+    /// The user's read position: the last seq they read.
+    public var readSeq: Int64
+    /// Messages after `readSeq` by other users.
+    public var unread: Int
+    /// Of those, the ones that mention the user (`@user`).
+    public var mentions: Int
+
+    public init(room: String, lastMessage: Message?, readSeq: Int64, unread: Int, mentions: Int) {
+        self.room = room
+        self.lastMessage = lastMessage
+        self.readSeq = readSeq
+        self.unread = unread
+        self.mentions = mentions
+    }
+
+    /// The room's last seq.
+    public var seq: Int64 { lastMessage?.seq ?? 0 }
+}
+
+extension Message {
+    /// The users the message mentions, as stores keep them: `" alice bob "` (so that a user is
+    /// found as `" alice "`), nil when there are none.
+    public var storedMentions: String? {
+        let users = Mentions.users(in: content, limits: Limits())
+        return users.isEmpty ? nil : " " + users.joined(separator: " ") + " "
+    }
 }
 
 public struct AppendResult: Sendable, Hashable {
