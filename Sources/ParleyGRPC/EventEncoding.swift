@@ -50,6 +50,19 @@ final class ProtoEventEncoder: WireFormat {
             result = .history(Chat_V1_HistoryResponse(page))
         case .presence(let page):
             result = .presence(Chat_V1_PresenceResponse(page))
+        case .inbox(let entries):
+            result = .rooms(.with {
+                $0.rooms = entries.map { entry in
+                    .with {
+                        $0.roomID = entry.room
+                        $0.seq = entry.seq
+                        $0.readSeq = entry.readSeq
+                        $0.unread = Int64(entry.unread)
+                        $0.mentions = Int64(entry.mentions)
+                        if let last = entry.lastMessage { $0.lastMessage = Chat_V1_ChatMessage(last) }
+                    }
+                }
+            })
         }
         guard id != nil else { return nil }
         return encode(.ack(requestID, result))

@@ -100,6 +100,12 @@ extension Chat_V1_ChatEvent {
                 $0.joined = joined
                 $0.left = left
             }
+        case .ownRead(let user, let room, let seq):
+            read = .with {
+                $0.roomID = room
+                $0.userID = user
+                $0.seq = seq
+            }
         case .notify(_, let kind, let message):
             notify = .with {
                 $0.kind = kind.rawValue

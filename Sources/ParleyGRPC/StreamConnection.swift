@@ -211,7 +211,7 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, dm, leave, message, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, leave, message, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
@@ -238,6 +238,8 @@ extension Command {
                 room: presence.roomID, after: presence.hasAfterUser ? presence.afterUser : nil,
                 limit: presence.hasLimit ? Int(presence.limit) : nil
             )
+        case .rooms:
+            self = .inbox
         case .ping:
             self = .ping
         }

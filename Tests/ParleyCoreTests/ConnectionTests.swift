@@ -19,6 +19,7 @@ struct ConnectionTests {
             case .read(let room, let user, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
             case .presence(let room, let online, let joined, let left): ByteBuffer(string: "presence \(room) \(online) +\(joined) -\(left)")
             case .notify(let user, let kind, let message): ByteBuffer(string: "notify \(user) \(kind.rawValue) \(message.room) \(message.seq)")
+            case .ownRead(let user, let room, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
             }
         }
 
@@ -34,6 +35,7 @@ struct ConnectionTests {
             case .read(let room, let seq): "read \(room) \(seq)"
             case .history(let page): "history \(page.messages.map(\.seq)) \(page.hasMore)"
             case .presence(let page): "presence \(page.room) \(page.users.map(\.user))\(page.hasMore ? " of \(page.online)" : "")"
+            case .inbox(let entries): "rooms " + entries.map { "\($0.room):\($0.seq)/\($0.readSeq)/\($0.unread)/\($0.mentions)" }.joined(separator: " ")
             case .pong: "pong"
             }
             return ByteBuffer(string: "ack \(id) \(text)")
@@ -171,6 +173,30 @@ struct ConnectionTests {
         await laptop.finish()
         await alice.receive(.message(room: "dm:alice:bob", content: "three", clientId: nil), id: nil)
         #expect(engine.sessionCount == 1)
+    }
+
+    @Test("a user's rooms list unread counts and mentions, with DMs from their first message; a read on one session reaches the others at once")
+    func inbox() async throws {
+        let alice = try connection("alice")
+        let phone = try connection("bob")
+        let laptop = try connection("bob")
+        await alice.receive(.join(room: "general", since: nil), id: nil)
+        await phone.receive(.join(room: "general", since: nil), id: nil)
+        await alice.receive(.message(room: "general", content: "hi", clientId: nil), id: nil)
+        await alice.receive(.message(room: "general", content: "@bob look", clientId: nil), id: nil)
+        clock.advance(by: .seconds(1))
+        await alice.receive(.direct(user: "bob", since: nil), id: nil)
+        await alice.receive(.message(room: "dm:alice:bob", content: "psst", clientId: nil), id: nil)
+        _ = (sent(phone), sent(laptop))
+        await laptop.receive(.inbox, id: .number(1))
+        #expect(sent(laptop) == ["ack 1 rooms dm:alice:bob:1/0/1/0 general:2/0/2/1"])
+        await phone.receive(.read(room: "general", seq: 2), id: .number(2))
+        #expect(sent(laptop) == ["read general bob 2"])
+        await laptop.receive(.inbox, id: .number(3))
+        #expect(sent(laptop) == ["ack 3 rooms dm:alice:bob:1/0/1/0 general:2/2/0/0"])
+        // Alice's own messages are not unread to her.
+        await alice.receive(.inbox, id: .number(4))
+        #expect(sent(alice).last == "ack 4 rooms dm:alice:bob:1/0/0/0 general:2/0/0/0")
     }
 
     // MARK: Publishing and joining

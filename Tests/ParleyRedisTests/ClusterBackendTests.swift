@@ -22,6 +22,7 @@ struct BrokerCodecTests {
             .presence(room: "big", online: 1234, joined: ["a", "zoé"], left: []),
             .presence(room: "big", online: 0, joined: [], left: ["b"]),
             .notify(user: "bob", kind: .direct, message: Message(id: "01L", room: "dm:alice:bob", seq: 3, user: "alice", content: "psst", timestamp: Timestamp(milliseconds: 7), clientId: nil)),
+            .ownRead(user: "bob", room: "dm:alice:bob", seq: 12),
             .notify(user: "zoé", kind: .mention, message: Message(id: "01M", room: "r", seq: 4, user: "a", content: "@zoé", timestamp: Timestamp(milliseconds: 8), clientId: "k")),
         ]
         for event in events { #expect(BrokerCodec.decode(BrokerCodec.encode(event)) == event) }

@@ -15,6 +15,8 @@ public enum Command: Sendable, Equatable {
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)
     /// A page of the room's users: after `after` (sorted by id), at most `limit`.
     case presence(room: String, after: String? = nil, limit: Int? = nil)
+    /// The user's rooms with their unread counts (`MessageStore.inbox`).
+    case inbox
     case ping
 }
 
@@ -44,6 +46,7 @@ public enum Reply: Sendable {
     case read(room: String, seq: Int64)
     case history(HistoryPage)
     case presence(Engine.PresencePage)
+    case inbox([InboxEntry])
     case pong
 }
 

@@ -297,7 +297,7 @@ public final class Connection: Sendable {
         }
         guard let session else { throw ParleyError(.unauthorized, "send connect first") }
         switch command {
-        case .join, .direct, .leave, .presence: try engine.charge(session)
+        case .join, .direct, .leave, .presence, .inbox: try engine.charge(session)
         case .history(_, _, _, let limit): try engine.charge(session, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
         default: break
         }
@@ -330,6 +330,8 @@ public final class Connection: Sendable {
             reply(.history(page), id: id)
         case .presence(let room, let after, let limit):
             reply(.presence(try await engine.presence(session.identity, room: room, after: after, limit: limit)), id: id)
+        case .inbox:
+            reply(.inbox(try await engine.inbox(session.identity)), id: id)
         case .connect, .ping:
             break
         }

@@ -42,6 +42,8 @@ public final class Engine: Sendable {
     /// and the changes waiting for the next update.
     private let largeRooms = Mutex<Set<String>>([])
     private let presenceChanges = Mutex<[String: PresenceChanges]>([:])
+    /// DM rooms this instance already put in both users' lists.
+    private let directRoomsListed = Mutex<Set<String>>([])
 
     public init(
         store: any MessageStore,
@@ -201,6 +203,26 @@ public final class Engine: Sendable {
         if position.catchingUp, let since {
             try await storeCall { try await self.hub.catchUp(session, room: room, from: since) }
         }
+        if !session.isWatcher, !session.identity.isBackend {
+            // The room joins the user's list, read up to where they join (or resume) it.
+            await addToInbox(user: session.user, room: room, readSeq: min(since ?? position.lastSeq, position.lastSeq))
+        }
+    }
+
+    private func addToInbox(user: String, room: String, readSeq: Int64) async {
+        do {
+            try await store.addToInbox(user: user, room: room, readSeq: readSeq)
+        } catch {
+            logger.debug("could not list the room for the user", metadata: ["room": "\(room)", "error": "\(error)"])
+        }
+    }
+
+    /// The rooms of `identity`'s user, with the last message, read position and unread counts
+    /// of each (the rooms it joined and its direct-message rooms), as far as the credential may
+    /// read them.
+    public func inbox(_ identity: Identity) async throws -> [InboxEntry] {
+        try identity.ensureCurrent(at: clock.now)
+        return try await storeCall { try await self.store.inbox(user: identity.user) }.filter { identity.mayAccess($0.room) }
     }
 
     private func joinAck(room: String, seq: Int64, everyone: [PresenceEntry]) -> JoinAck {
@@ -322,6 +344,14 @@ public final class Engine: Sendable {
             } catch {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
+            }
+            if let (a, b) = DirectRoom.participants(room), directRoomsListed.withLock({ listed in
+                if listed.count >= 100_000 { listed.removeAll() }
+                return listed.insert(room).inserted
+            }) {
+                // A DM is in both users' lists from its first message.
+                await addToInbox(user: a, room: room, readSeq: 0)
+                if b != a { await addToInbox(user: b, room: room, readSeq: 0) }
             }
             for (user, kind) in Mentions.notifications(for: result.message, limits: limits) {
                 // Best effort, like typing: a client also learns of it from its room listing.
@@ -469,6 +499,11 @@ public final class Engine: Sendable {
     public func read(_ session: Session, room: String, seq: Int64) async throws {
         let room = try joinedRoom(session, room)
         guard let seq = try Validation.seq(seq, field: "seq") else { return }
+        if !session.isWatcher, !session.identity.isBackend {
+            // Durable before the ack, and at once on the user's other sessions (their badges).
+            try await storeCall { try await self.store.markRead(user: session.user, room: room, seq: seq) }
+            try? await publishToBroker(.ownRead(user: session.user, room: room, seq: seq))
+        }
         let key = TypingKey(room: room, user: session.user)
         if let send = readEvents.withLock({ $0.offer(key, seq, now: clock.instant) }) {
             try await publishToBroker(.read(room: room, user: session.user, seq: send))

@@ -11,13 +11,16 @@ public enum ServerEvent: Sendable, Hashable {
     /// in `message` (of a room they may not have joined). Reaches every session of the user,
     /// on every instance, through the user's own channel (`UserChannel`).
     case notify(user: String, kind: NotificationKind, message: Message)
+    /// `user` read up to `seq` in `room`, on one of their sessions: sent to all of them through
+    /// the user's channel (so every device's unread badge follows), on the wire as `read`.
+    case ownRead(user: String, room: String, seq: Int64)
 
     public var room: String {
         switch self {
         case .message(let message): message.room
         case .join(let room, _, _), .leave(let room, _, _), .typing(let room, _, _), .read(let room, _, _): room
         case .presence(let room, _, _, _): room
-        case .notify(let user, _, _): UserChannel.room(of: user)
+        case .notify(let user, _, _), .ownRead(let user, _, _): UserChannel.room(of: user)
         }
     }
 
@@ -25,7 +28,7 @@ public enum ServerEvent: Sendable, Hashable {
     var subjectUserIfNotEchoed: String? {
         switch self {
         case .join(_, let user, _), .leave(_, let user, _), .typing(_, let user, _): user
-        case .message, .read, .presence, .notify: nil
+        case .message, .read, .presence, .notify, .ownRead: nil
         }
     }
 }

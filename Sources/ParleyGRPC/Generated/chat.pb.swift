@@ -525,6 +525,14 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .dm(newValue)}
   }
 
+  public var rooms: Chat_V1_InboxCommand {
+    get {
+      if case .rooms(let v)? = command {return v}
+      return Chat_V1_InboxCommand()
+    }
+    set {command = .rooms(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -539,6 +547,7 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case presence(Chat_V1_PresenceRequest)
     case ping(Chat_V1_PingCommand)
     case dm(Chat_V1_DirectCommand)
+    case rooms(Chat_V1_InboxCommand)
 
   }
 
@@ -620,6 +629,19 @@ public nonisolated struct Chat_V1_DirectCommand: Sendable {
   public init() {}
 
   fileprivate var _sinceSeq: Int64? = nil
+}
+
+/// Lists the stream's user's rooms (the rooms it joined and its direct-message rooms) with their
+/// last message, read position and unread counts.
+/// Ack: InboxResult.
+public nonisolated struct Chat_V1_InboxCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Leaves a room joined on this stream (NOT_FOUND otherwise).
@@ -1052,6 +1074,14 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     set {result = .presence(newValue)}
   }
 
+  public var rooms: Chat_V1_InboxResult {
+    get {
+      if case .rooms(let v)? = result {return v}
+      return Chat_V1_InboxResult()
+    }
+    set {result = .rooms(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1063,10 +1093,59 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     case read(Chat_V1_ReadResult)
     case history(Chat_V1_HistoryResponse)
     case presence(Chat_V1_PresenceResponse)
+    case rooms(Chat_V1_InboxResult)
 
   }
 
   public init() {}
+}
+
+public nonisolated struct Chat_V1_InboxResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var rooms: [Chat_V1_InboxRoom] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Chat_V1_InboxRoom: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  /// The room's last seq (0 without messages).
+  public var seq: Int64 = 0
+
+  /// The user's read position: the last seq they marked read (`read`), or where they joined.
+  public var readSeq: Int64 = 0
+
+  /// Messages after read_seq by other users.
+  public var unread: Int64 = 0
+
+  /// Of those, the ones that mention the user.
+  public var mentions: Int64 = 0
+
+  /// The newest message, when there is one.
+  public var lastMessage: Chat_V1_ChatMessage {
+    get {_lastMessage ?? Chat_V1_ChatMessage()}
+    set {_lastMessage = newValue}
+  }
+  /// Returns true if `lastMessage` has been explicitly set.
+  public var hasLastMessage: Bool {self._lastMessage != nil}
+  /// Clears the value of `lastMessage`. Subsequent reads from it will return its default value.
+  public mutating func clearLastMessage() {self._lastMessage = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _lastMessage: Chat_V1_ChatMessage? = nil
 }
 
 public nonisolated struct Chat_V1_ConnectResult: Sendable {
@@ -1639,7 +1718,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1778,6 +1857,19 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .dm(v)
         }
       }()
+      case 12: try {
+        var v: Chat_V1_InboxCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .rooms(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .rooms(v)
+        }
+      }()
       default: break
       }
     }
@@ -1831,6 +1923,10 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
     case .dm?: try {
       guard case .dm(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .rooms?: try {
+      guard case .rooms(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
     case nil: break
     }
@@ -1953,6 +2049,25 @@ nonisolated extension Chat_V1_DirectCommand: SwiftProtobuf.Message, SwiftProtobu
   public static func ==(lhs: Chat_V1_DirectCommand, rhs: Chat_V1_DirectCommand) -> Bool {
     if lhs.userID != rhs.userID {return false}
     if lhs._sinceSeq != rhs._sinceSeq {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_InboxCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InboxCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_InboxCommand, rhs: Chat_V1_InboxCommand) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2578,7 +2693,7 @@ nonisolated extension Chat_V1_ReadEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2691,6 +2806,19 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.result = .presence(v)
         }
       }()
+      case 10: try {
+        var v: Chat_V1_InboxResult?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .rooms(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .rooms(v)
+        }
+      }()
       default: break
       }
     }
@@ -2737,6 +2865,10 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .presence(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     }()
+    case .rooms?: try {
+      guard case .rooms(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2745,6 +2877,95 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
   public static func ==(lhs: Chat_V1_Ack, rhs: Chat_V1_Ack) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.result != rhs.result {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_InboxResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InboxResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rooms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.rooms) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.rooms.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rooms, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_InboxResult, rhs: Chat_V1_InboxResult) -> Bool {
+    if lhs.rooms != rhs.rooms {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_InboxRoom: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InboxRoom"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}seq\0\u{3}read_seq\0\u{1}unread\0\u{1}mentions\0\u{3}last_message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.seq) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.readSeq) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.unread) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.mentions) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._lastMessage) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if self.seq != 0 {
+      try visitor.visitSingularInt64Field(value: self.seq, fieldNumber: 2)
+    }
+    if self.readSeq != 0 {
+      try visitor.visitSingularInt64Field(value: self.readSeq, fieldNumber: 3)
+    }
+    if self.unread != 0 {
+      try visitor.visitSingularInt64Field(value: self.unread, fieldNumber: 4)
+    }
+    if self.mentions != 0 {
+      try visitor.visitSingularInt64Field(value: self.mentions, fieldNumber: 5)
+    }
+    try { if let v = self._lastMessage {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_InboxRoom, rhs: Chat_V1_InboxRoom) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.seq != rhs.seq {return false}
+    if lhs.readSeq != rhs.readSeq {return false}
+    if lhs.unread != rhs.unread {return false}
+    if lhs.mentions != rhs.mentions {return false}
+    if lhs._lastMessage != rhs._lastMessage {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -11,6 +11,7 @@ import ParleyCore
 /// - 5 read: room, user, seq
 /// - 6 presence: room, online, joined count and users, left count and users
 /// - 7 notify: user, kind (`dm` or `mention`), then the message's fields as in 1
+/// - 8 own read: user, room, seq
 ///
 /// Chosen over JSON because it is encoded once per publish and decoded once per receiving
 /// instance with no allocation beyond the strings, and is about a third smaller for short
@@ -40,6 +41,11 @@ public enum BrokerCodec {
             buffer.writeField(room)
             buffer.writeField(user)
             buffer.writeInteger(UInt8(typing ? 1 : 0))
+        case .ownRead(let user, let room, let seq):
+            buffer.writeInteger(UInt8(8))
+            buffer.writeField(user)
+            buffer.writeField(room)
+            buffer.writeInteger(seq)
         case .read(let room, let user, let seq):
             buffer.writeInteger(UInt8(5))
             buffer.writeField(room)
@@ -66,6 +72,9 @@ public enum BrokerCodec {
         case 1:
             guard let message = buffer.readMessage() else { return nil }
             event = .message(message)
+        case 8:
+            guard let user = buffer.readField(), let room = buffer.readField(), let seq = buffer.readInteger(as: Int64.self) else { return nil }
+            event = .ownRead(user: user, room: room, seq: seq)
         case 7:
             guard let user = buffer.readField(), let kind = buffer.readField().flatMap(NotificationKind.init(rawValue:)),
                 let message = buffer.readMessage()

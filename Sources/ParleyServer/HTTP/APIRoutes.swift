@@ -63,6 +63,21 @@ struct APIRoutes {
                 }
             }
         }
+        // The caller's rooms with unread counts: a user token's own; an API key (or open mode)
+        // names the user with `?user=`.
+        api.get("me/rooms") { request, context -> Response in
+            let claimed = request.uri.queryParameters["user"].map(String.init)
+            var identity = try await auth.identity(request, claimedUser: claimed)
+            identity = try identity.acting(as: claimed, field: "user", limits: engine.limits)
+            try engine.charge(reader: identity, anonymous: false, address: context.channel.remoteAddress?.ipAddress)
+            let entries = try await engine.inbox(identity)
+            return Response.json { json in
+                json.object { json in
+                    json.key("user"); json.string(identity.user)
+                    json.key("rooms"); json.array(entries) { json, entry in WireJSON.inboxEntry(entry, into: &json) }
+                }
+            }
+        }
         api.get("users/:user") { request, context -> Response in
             let reader = try await admit(request, context)
             let user = try context.parameters.require("user")

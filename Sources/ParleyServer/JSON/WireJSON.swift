@@ -34,7 +34,7 @@ enum WireJSON {
                 json.key("user"); json.string(user)
                 json.key("typing"); json.bool(typing)
             }
-        case .read(let room, let user, let seq):
+        case .read(let room, let user, let seq), .ownRead(let user, let room, let seq):
             json.object { json in
                 json.key("room"); json.string(room)
                 json.key("user"); json.string(user)
@@ -86,8 +86,27 @@ enum WireJSON {
             WireJSON.page(page, into: &json)
         case .presence(let page):
             WireJSON.presence(page, into: &json)
+        case .inbox(let entries):
+            json.object { json in
+                json.key("rooms")
+                json.array(entries) { json, entry in Self.inboxEntry(entry, into: &json) }
+            }
         case .pong:
             json.object { _ in }
+        }
+    }
+
+    /// One room of a user's list: `{"room", "seq", "read", "unread", "mentions", "lastMessage"?}`.
+    static func inboxEntry(_ entry: InboxEntry, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("room"); json.string(entry.room)
+            json.key("seq"); json.number(entry.seq)
+            json.key("read"); json.number(entry.readSeq)
+            json.key("unread"); json.number(entry.unread)
+            json.key("mentions"); json.number(entry.mentions)
+            if let last = entry.lastMessage {
+                json.key("lastMessage"); message(last, into: &json)
+            }
         }
     }
 
@@ -114,7 +133,7 @@ enum WireJSON {
         case .join: "join"
         case .leave: "leave"
         case .typing: "typing"
-        case .read: "read"
+        case .read, .ownRead: "read"
         case .presence: "presence"
         case .notify: "notify"
         }

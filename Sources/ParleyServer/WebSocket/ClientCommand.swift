@@ -83,6 +83,8 @@ struct ClientFrameDecoder {
         case "presence":
             let data = try body(PresenceData.self, bytes)
             return .presence(room: data.room, after: data.after, limit: data.limit)
+        case "rooms":
+            return .inbox
         case "ping":
             return .ping
         default:
