@@ -102,6 +102,37 @@ struct ClusterTests {
         }
     }
 
+    @Test("unread counts agree on two sessions of one user on different instances; a read on one moves the other's at once")
+    func unreadAcrossInstances() async throws {
+        try await withCluster(instances: 2) { servers, _ in
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            let phone = try await TestClient.connect(port: servers[0].port, user: "bob")
+            let laptop = try await TestClient.connect(port: servers[1].port, user: "bob")
+            try await alice.ack("join", ["room": "team"])
+            try await phone.ack("join", ["room": "team"])
+            var last = JSON.missing
+            for content in ["one", "two @bob", "three"] { last = try await alice.ack("message", ["room": "team", "content": content]) }
+            let seq = try #require(last["seq"].int)
+            for client in [phone, laptop] {
+                let rooms = try await client.ack("rooms")["rooms"].array ?? []
+                let team = rooms.first { $0["room"].string == "team" }
+                #expect(team?["unread"].int == 3 && team?["mentions"].int == 1 && team?["read"].int == 0, "\(rooms)")
+                #expect(team?["lastMessage"]["content"].string == "three")
+            }
+            // The laptop never joined the room, yet hears of the read made on the phone.
+            var heard = JSON.missing
+            for _ in 1...50 where heard == .missing {
+                try await phone.ack("read", ["room": "team", "seq": seq])
+                heard = (try? await laptop.expect("read", timeout: .milliseconds(200)) { $0["user"].string == "bob" }) ?? .missing
+            }
+            #expect(heard["room"].string == "team" && heard["seq"].int == seq)
+            let team = try await laptop.ack("rooms")["rooms"].array?.first { $0["room"].string == "team" }
+            #expect(team?["unread"].int == 0 && team?["read"].int == seq)
+            let overHTTP = try await http("GET", servers[1].url("/api/me/rooms?user=bob"))
+            #expect(overHTTP.json["rooms"].array?.first { $0["room"].string == "team" }?["unread"].int == 0)
+        }
+    }
+
     @Test("clients on different instances chat, see each other's presence, and rooms stay apart")
     func chatAcrossInstances() async throws {
         try await withCluster { servers, _ in
