@@ -50,6 +50,8 @@ final class ProtoEventEncoder: WireFormat {
             result = .history(Chat_V1_HistoryResponse(page))
         case .presence(let page):
             result = .presence(Chat_V1_PresenceResponse(page))
+        case .searched(let page):
+            result = .search(Chat_V1_HistoryResponse(page))
         case .inbox(let entries):
             result = .rooms(.with {
                 $0.rooms = entries.map { entry in

@@ -211,7 +211,7 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, leave, message, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
@@ -240,6 +240,8 @@ extension Command {
             )
         case .rooms:
             self = .inbox
+        case .search(let search):
+            self = .search(text: search.text, before: search.hasBeforeID ? search.beforeID : nil, limit: search.hasLimit ? Int(search.limit) : nil)
         case .ping:
             self = .ping
         }

@@ -22,6 +22,13 @@ enum PostgresMigrations {
             "ALTER TABLE messages ADD COLUMN mentions TEXT",
             "CREATE TABLE read_positions(user_id TEXT NOT NULL, room TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (user_id, room))",
         ],
+        [
+            // Full-text search: the content's words (the `simple` configuration: no stemming,
+            // any language), kept by PostgreSQL itself, behind a GIN index.
+            "ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS (to_tsvector('simple', content)) STORED",
+            "CREATE INDEX messages_search ON messages USING GIN (search)",
+            #"CREATE INDEX messages_id ON messages(id COLLATE "C")"#,
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

@@ -258,6 +258,26 @@ public final class PostgresStore: MessageStore {
         }
     }
 
+    // MARK: Search
+
+    public func search(terms: [String], before: String?, limit: Int) async throws -> [Message] {
+        guard !terms.isEmpty else { return [] }
+        // Each word a lexeme of the query, quoted: the user's text is never query syntax.
+        let query = terms.map { "'" + $0.filter { $0 != "'" && $0 != "\\" } + "'" }.joined(separator: " & ")
+        let before = before ?? "~"
+        return try await read {
+            let rows = try await self.client.query(
+                """
+                SELECT room, seq, id, "user", content, ts, client_id FROM messages
+                WHERE search @@ to_tsquery('simple', \(query)) AND id COLLATE "C" < \(before)
+                ORDER BY id COLLATE "C" DESC LIMIT \(limit)
+                """,
+                logger: self.logger
+            )
+            return try await Self.messages(rows)
+        }
+    }
+
     // MARK: Read positions
 
     public func addToInbox(user: String, room: String, readSeq: Int64) async throws {

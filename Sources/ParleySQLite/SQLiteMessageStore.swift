@@ -96,6 +96,11 @@ public final class SQLiteMessageStore: MessageStore {
                 PRIMARY KEY (user, room)) WITHOUT ROWID
             """,
         ],
+        [
+            // Full-text search: each message's content, written with it in the same commit.
+            "CREATE VIRTUAL TABLE message_search USING fts5(content, id UNINDEXED, room UNINDEXED, seq UNINDEXED, tokenize = 'unicode61')",
+            "INSERT INTO message_search(content, id, room, seq) SELECT content, id, room, seq FROM messages",
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -240,6 +245,13 @@ public final class SQLiteMessageStore: MessageStore {
                 ]
             }
             _ = try await writer.query("INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions) VALUES \(placeholders)", binds)
+            var searchBinds: [SQLiteData] = []
+            searchBinds.reserveCapacity(chunk.count * 4)
+            for message in chunk {
+                searchBinds += [.text(message.content), .text(message.id), .text(message.room), .integer(Int(message.seq))]
+            }
+            let searchRows = Array(repeating: "(?,?,?,?)", count: chunk.count).joined(separator: ",")
+            _ = try await writer.query("INSERT INTO message_search(content, id, room, seq) VALUES \(searchRows)", searchBinds)
             start += chunk.count
         }
     }
@@ -270,6 +282,23 @@ public final class SQLiteMessageStore: MessageStore {
             guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer else { return nil }
             return (room, Int64(seq))
         }
+    }
+
+    // MARK: Search
+
+    public func search(terms: [String], before: String?, limit: Int) async throws -> [Message] {
+        guard !terms.isEmpty else { return [] }
+        // Each word as a quoted FTS5 string: the user's text is never query syntax.
+        let match = terms.map { "\"" + $0.filter { $0 != "\"" } + "\"" }.joined(separator: " ")
+        let rows = try await reader.query(
+            """
+            SELECT m.room, m.seq, m.id, m.user, m.content, m.ts, m.client_id
+            FROM message_search s JOIN messages m ON m.room = s.room AND m.seq = s.seq
+            WHERE message_search MATCH ? AND s.id < ? ORDER BY s.id DESC LIMIT ?
+            """,
+            [.text(match), .text(before ?? "~"), .integer(limit)]
+        )
+        return rows.compactMap(Self.message)
     }
 
     // MARK: Read positions

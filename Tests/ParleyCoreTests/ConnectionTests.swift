@@ -35,6 +35,7 @@ struct ConnectionTests {
             case .read(let room, let seq): "read \(room) \(seq)"
             case .history(let page): "history \(page.messages.map(\.seq)) \(page.hasMore)"
             case .presence(let page): "presence \(page.room) \(page.users.map(\.user))\(page.hasMore ? " of \(page.online)" : "")"
+            case .searched(let page): "found \(page.messages.map(\.seq)) \(page.hasMore)"
             case .inbox(let entries): "rooms " + entries.map { "\($0.room):\($0.seq)/\($0.readSeq)/\($0.unread)/\($0.mentions)" }.joined(separator: " ")
             case .pong: "pong"
             }

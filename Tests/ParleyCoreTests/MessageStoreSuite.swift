@@ -139,6 +139,37 @@ struct MessageStoreSuite {
         }
     }
 
+    @Test("search finds messages with every word, newest first, paged by id; words are never query syntax", arguments: StoreKind.allCases)
+    func search(kind: StoreKind) async throws {
+        try await withStore(kind) { store, running in
+            let start = Timestamp.now.milliseconds
+            var ids: [String] = []
+            for (index, (room, content)) in [
+                ("a", "The deploy is DONE"), ("b", "deploy failed: rollback"), ("a", "lunch?"),
+                ("c", "deploy done, finally"), ("a", "undeployed"), ("b", "\"deploy\" OR * NEAR done"),
+            ].enumerated() {
+                ids.append(try await store.append(draft(room, content, at: Timestamp(milliseconds: start + Int64(index)))).message.id)
+            }
+            func found(_ text: String, before: String? = nil, limit: Int = 10) async throws -> [String] {
+                try await store.search(terms: SearchTerms.words(text), before: before, limit: limit).map(\.content)
+            }
+            #expect(try await found("deploy") == ["\"deploy\" OR * NEAR done", "deploy done, finally", "deploy failed: rollback", "The deploy is DONE"])
+            #expect(try await found("Done DEPLOY") == ["\"deploy\" OR * NEAR done", "deploy done, finally", "The deploy is DONE"])
+            #expect(try await found("deploy", limit: 2) == ["\"deploy\" OR * NEAR done", "deploy done, finally"])
+            #expect(try await found("deploy", before: ids[3], limit: 2) == ["deploy failed: rollback", "The deploy is DONE"])
+            // Operators of FTS5 or tsquery are plain words here.
+            #expect(try await found("\" OR *") == ["\"deploy\" OR * NEAR done"])
+            #expect(try await found("deploy NOT done").isEmpty)
+            #expect(try await found("rollback")[0] == "deploy failed: rollback")
+            #expect(try await found("nothing-here").isEmpty)
+            if let reopened = try await running.reopen() {
+                await running.close()
+                #expect(try await reopened.store.search(terms: ["lunch"], before: nil, limit: 5).map(\.content) == ["lunch?"])
+                await reopened.close()
+            }
+        }
+    }
+
     @Test("concurrent appends get gapless, unique seqs", arguments: StoreKind.allCases)
     func concurrentAppends(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in

@@ -4,10 +4,10 @@ import ParleyGRPC
 @testable import ParleyServer
 import Testing
 
-/// Direct messages and notifications over real connections, in JWT mode: a third user has no
-/// way into a DM room by any route, and the other user hears of a DM (and a mention) on every
-/// session, whatever it joined.
-@Suite("Direct messages and notifications")
+/// Conversations over real connections, in JWT mode: a third user has no way into a DM room by
+/// any route, the other user hears of a DM (and a mention) on every session, whatever it joined,
+/// and search never returns a message of a room the caller may not read.
+@Suite("Direct messages, notifications and search")
 struct DirectMessageTests {
     @Test("a third user cannot join, read, post to, watch or list a DM on the WebSocket, HTTP, SSE or gRPC")
     func thirdUserLockedOut() async throws {
@@ -83,4 +83,43 @@ struct DirectMessageTests {
             }
         }
     }
+
+    @Test("search finds the caller's messages newest first and never one of a room it may not read (WebSocket, HTTP, gRPC)")
+    func searchPermissions() async throws {
+        try await withJWTServer { server in
+            let root = try await Tokens.hs256(TestClaims(sub: "root"))
+            for room in ["a", "b"] {
+                _ = try await http("POST", server.url("/api/rooms/\(room)/messages"), body: #"{"content":"the secret plan for \#(room)"}"#, headers: bearer(root))
+            }
+            for (sender, partner) in [("bob", "carol"), ("bob", "alice")] {
+                let client = try await TestClient.connect(port: server.port, query: "?token=\(try await Tokens.hs256(TestClaims(sub: sender)))")
+                try await client.ack("dm", ["user": partner])
+                try await client.ack("message", ["room": DirectRoomName.of(sender, partner), "content": "secret between \(sender) and \(partner)"])
+            }
+            let token = try await Tokens.hs256(TestClaims(sub: "alice", rooms: ["a", "dm:*"]))
+            let alice = try await TestClient.connect(port: server.port, query: "?token=\(token)")
+            let found = try await alice.ack("search", ["text": "SECRET"])
+            #expect(found["messages"].array?.compactMap { $0["content"].string } == ["secret between bob and alice", "the secret plan for a"])
+            let paged = try await alice.ack("search", ["text": "secret", "limit": 1])
+            #expect(paged["hasMore"].bool == true)
+            let next = try await alice.ack("search", ["text": "secret", "limit": 1, "before": paged["messages"][0]["id"].string ?? ""])
+            #expect(next["messages"].array?.compactMap { $0["content"].string } == ["the secret plan for a"])
+            #expect(try await alice.request("search", ["text": "  !! "])["data"]["code"].string == "bad_request")
+            let overHTTP = try await http("GET", server.url("/api/search?q=secret"), headers: bearer(token))
+            #expect(overHTTP.json["messages"].array?.count == 2)
+            try await withChatClient(port: server.grpcPort) { client in
+                let chat = EventStream.chat(client, metadata: grpcBearer(token))
+                guard case .search(let results)? = try await chat.request(.search(.with { $0.text = "secret" }), id: "s") else {
+                    throw TestFailure("no search result")
+                }
+                #expect(results.messages.map(\.content) == ["secret between bob and alice", "the secret plan for a"])
+                chat.cancel()
+            }
+        }
+    }
+}
+
+/// The DM room's name, as clients compute it.
+enum DirectRoomName {
+    static func of(_ a: String, _ b: String) -> String { a < b ? "dm:\(a):\(b)" : "dm:\(b):\(a)" }
 }

@@ -56,6 +56,11 @@ final class FlakyStore: MessageStore {
         try check()
         return try await inner.inbox(user: user)
     }
+
+    func search(terms: [String], before: String?, limit: Int) async throws -> [Message] {
+        try check()
+        return try await inner.search(terms: terms, before: before, limit: limit)
+    }
 }
 
 /// Says what a real driver says: where the backend lives. None of it may reach a client.

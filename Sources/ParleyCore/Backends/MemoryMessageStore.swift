@@ -87,6 +87,20 @@ public final class MemoryMessageStore: MessageStore {
         }
     }
 
+    public func search(terms: [String], before: String?, limit: Int) async throws -> [Message] {
+        guard !terms.isEmpty else { return [] }
+        let all = state.withLock { $0.rooms.values.flatMap(\.messages) }
+        return all
+            .filter { message in
+                if let before, message.id >= before { return false }
+                let words = Set(SearchTerms.tokens(message.content))
+                return terms.allSatisfy(words.contains)
+            }
+            .sorted { $0.id > $1.id }
+            .prefix(limit)
+            .map { $0 }
+    }
+
     public func rooms() async throws -> [(room: String, seq: Int64)] {
         state.withLock { state in
             state.rooms.map { (room: $0.key, seq: Int64($0.value.messages.count)) }.sorted { $0.room < $1.room }

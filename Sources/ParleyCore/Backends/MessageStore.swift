@@ -31,6 +31,29 @@ public protocol MessageStore: Service {
     /// `user`'s rooms, by name: each room's last message, the user's read position, and how many
     /// later messages by others there are, and how many of those mention the user.
     func inbox(user: String) async throws -> [InboxEntry]
+
+    // MARK: Search
+
+    /// Messages containing every word of `terms` (whole words, any case), newest first, older
+    /// than the message `before` (an id) when given; at most `limit`. Callers filter the rooms.
+    func search(terms: [String], before: String?, limit: Int) async throws -> [Message]
+}
+
+/// What a search for `text` looks for: its words (letters and digits), lowercased, at most 8.
+public enum SearchTerms {
+    public static func words(_ text: String) -> [String] {
+        var words: [String] = []
+        for word in tokens(text) where !words.contains(word) {
+            words.append(word)
+            if words.count == 8 { break }
+        }
+        return words
+    }
+
+    /// Every word of `text`, lowercased.
+    public static func tokens(_ text: String) -> [String] {
+        text.lowercased().split(whereSeparator: { !($0.isLetter || $0.isNumber) }).map(String.init)
+    }
 }
 
 /// A room in a user's list.

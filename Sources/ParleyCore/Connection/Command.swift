@@ -17,6 +17,8 @@ public enum Command: Sendable, Equatable {
     case presence(room: String, after: String? = nil, limit: Int? = nil)
     /// The user's rooms with their unread counts (`MessageStore.inbox`).
     case inbox
+    /// Messages with every word of `text`, in the rooms the user may read, newest first.
+    case search(text: String, before: String?, limit: Int?)
     case ping
 }
 
@@ -47,6 +49,8 @@ public enum Reply: Sendable {
     case history(HistoryPage)
     case presence(Engine.PresencePage)
     case inbox([InboxEntry])
+    /// Search results, newest first; `hasMore` when older ones match too.
+    case searched(HistoryPage)
     case pong
 }
 

@@ -298,7 +298,7 @@ public final class Connection: Sendable {
         guard let session else { throw ParleyError(.unauthorized, "send connect first") }
         switch command {
         case .join, .direct, .leave, .presence, .inbox: try engine.charge(session)
-        case .history(_, _, _, let limit): try engine.charge(session, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
+        case .history(_, _, _, let limit), .search(_, _, let limit): try engine.charge(session, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
         default: break
         }
         switch command {
@@ -332,6 +332,8 @@ public final class Connection: Sendable {
             reply(.presence(try await engine.presence(session.identity, room: room, after: after, limit: limit)), id: id)
         case .inbox:
             reply(.inbox(try await engine.inbox(session.identity)), id: id)
+        case .search(let text, let before, let limit):
+            reply(.searched(try await engine.search(session.identity, text: text, before: before, limit: limit)), id: id)
         case .connect, .ping:
             break
         }

@@ -217,6 +217,28 @@ public final class Engine: Sendable {
         }
     }
 
+    /// Messages with every word of `text` (`SearchTerms`), newest first, in the rooms
+    /// `identity` may read (never another pair's DM, never a room a `rooms` claim leaves out),
+    /// older than the message `before` when given. Pages of the store are read until `limit`
+    /// readable ones are found, at most ten pages.
+    public func search(_ identity: Identity, text: String, before: String?, limit: Int?) async throws -> HistoryPage {
+        try identity.ensureCurrent(at: clock.now)
+        let terms = SearchTerms.words(text)
+        guard !terms.isEmpty else { throw ParleyError.badRequest("search: text must contain a word") }
+        let limit = try Validation.historyLimit(limit, limits: limits)
+        if let before, before.isEmpty || before.utf8.count > 64 { throw ParleyError.badRequest("search: before must be a message id") }
+        var found: [Message] = []
+        var cursor = before
+        for _ in 0..<10 {
+            let page = try await storeCall { try await self.store.search(terms: terms, before: cursor, limit: limit + 1) }
+            for message in page where identity.mayAccess(message.room) && found.count <= limit { found.append(message) }
+            guard page.count == limit + 1, found.count <= limit, let last = page.last else { break }
+            cursor = last.id
+        }
+        let hasMore = found.count > limit
+        return HistoryPage(messages: Array(found.prefix(limit)), hasMore: hasMore)
+    }
+
     /// The rooms of `identity`'s user, with the last message, read position and unread counts
     /// of each (the rooms it joined and its direct-message rooms), as far as the credential may
     /// read them.

@@ -533,6 +533,14 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .rooms(newValue)}
   }
 
+  public var search: Chat_V1_SearchCommand {
+    get {
+      if case .search(let v)? = command {return v}
+      return Chat_V1_SearchCommand()
+    }
+    set {command = .search(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -548,10 +556,49 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case ping(Chat_V1_PingCommand)
     case dm(Chat_V1_DirectCommand)
     case rooms(Chat_V1_InboxCommand)
+    case search(Chat_V1_SearchCommand)
 
   }
 
   public init() {}
+}
+
+/// Full-text search in the rooms the stream's user may read: messages with every word of
+/// `text` (letters and digits; at most 8 words), newest first.
+/// Ack: HistoryResponse (search), has_more when older messages match too.
+public nonisolated struct Chat_V1_SearchCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var text: String = String()
+
+  /// Only messages older than this message id (paging on from the last result).
+  public var beforeID: String {
+    get {_beforeID ?? String()}
+    set {_beforeID = newValue}
+  }
+  /// Returns true if `beforeID` has been explicitly set.
+  public var hasBeforeID: Bool {self._beforeID != nil}
+  /// Clears the value of `beforeID`. Subsequent reads from it will return its default value.
+  public mutating func clearBeforeID() {self._beforeID = nil}
+
+  /// 1..100, default 50.
+  public var limit: Int32 {
+    get {_limit ?? 0}
+    set {_limit = newValue}
+  }
+  /// Returns true if `limit` has been explicitly set.
+  public var hasLimit: Bool {self._limit != nil}
+  /// Clears the value of `limit`. Subsequent reads from it will return its default value.
+  public mutating func clearLimit() {self._limit = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _beforeID: String? = nil
+  fileprivate var _limit: Int32? = nil
 }
 
 /// Authenticates the stream when the call's metadata did not. Until it succeeds every command
@@ -1082,6 +1129,14 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     set {result = .rooms(newValue)}
   }
 
+  public var search: Chat_V1_HistoryResponse {
+    get {
+      if case .search(let v)? = result {return v}
+      return Chat_V1_HistoryResponse()
+    }
+    set {result = .search(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1094,6 +1149,7 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     case history(Chat_V1_HistoryResponse)
     case presence(Chat_V1_PresenceResponse)
     case rooms(Chat_V1_InboxResult)
+    case search(Chat_V1_HistoryResponse)
 
   }
 
@@ -1718,7 +1774,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1870,6 +1926,19 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .rooms(v)
         }
       }()
+      case 13: try {
+        var v: Chat_V1_SearchCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .search(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .search(v)
+        }
+      }()
       default: break
       }
     }
@@ -1928,6 +1997,10 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .rooms(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
+    case .search?: try {
+      guard case .search(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1936,6 +2009,50 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Chat_V1_ChatCommand, rhs: Chat_V1_ChatCommand) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_SearchCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SearchCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}text\0\u{3}before_id\0\u{1}limit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.text) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._beforeID) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self._limit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.text.isEmpty {
+      try visitor.visitSingularStringField(value: self.text, fieldNumber: 1)
+    }
+    try { if let v = self._beforeID {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._limit {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_SearchCommand, rhs: Chat_V1_SearchCommand) -> Bool {
+    if lhs.text != rhs.text {return false}
+    if lhs._beforeID != rhs._beforeID {return false}
+    if lhs._limit != rhs._limit {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2693,7 +2810,7 @@ nonisolated extension Chat_V1_ReadEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2819,6 +2936,19 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.result = .rooms(v)
         }
       }()
+      case 11: try {
+        var v: Chat_V1_HistoryResponse?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .search(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .search(v)
+        }
+      }()
       default: break
       }
     }
@@ -2868,6 +2998,10 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .rooms?: try {
       guard case .rooms(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .search?: try {
+      guard case .search(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
     case nil: break
     }

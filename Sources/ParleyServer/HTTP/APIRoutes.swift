@@ -63,6 +63,15 @@ struct APIRoutes {
                 }
             }
         }
+        api.get("search") { request, context -> Response in
+            let query = request.uri.queryParameters
+            let limit = try QueryValues.int64(query["limit"], name: "limit").map { Int(clamping: $0) }
+            let reader = try await admit(request, context, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
+            let page = try await engine.search(
+                reader, text: query["q"].map(String.init) ?? "", before: query["before"].map(String.init), limit: limit
+            )
+            return Response.json { WireJSON.page(page, into: &$0) }
+        }
         // The caller's rooms with unread counts: a user token's own; an API key (or open mode)
         // names the user with `?user=`.
         api.get("me/rooms") { request, context -> Response in

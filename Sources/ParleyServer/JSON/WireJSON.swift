@@ -86,6 +86,8 @@ enum WireJSON {
             WireJSON.page(page, into: &json)
         case .presence(let page):
             WireJSON.presence(page, into: &json)
+        case .searched(let page):
+            WireJSON.page(page, into: &json)
         case .inbox(let entries):
             json.object { json in
                 json.key("rooms")

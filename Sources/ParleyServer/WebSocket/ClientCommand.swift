@@ -85,6 +85,9 @@ struct ClientFrameDecoder {
             return .presence(room: data.room, after: data.after, limit: data.limit)
         case "rooms":
             return .inbox
+        case "search":
+            let data = try body(SearchData.self, bytes)
+            return .search(text: data.text, before: data.before, limit: data.limit)
         case "ping":
             return .ping
         default:
@@ -162,6 +165,7 @@ private struct ConnectData: Decodable { var token: String?; var user: String? }
 private struct RoomData: Decodable { var room: String }
 private struct JoinData: Decodable { var room: String; var since: Int64? }
 private struct DirectData: Decodable { var user: String; var since: Int64? }
+private struct SearchData: Decodable { var text: String; var before: String?; var limit: Int? }
 private struct MessageData: Decodable { var room: String; var content: String; var clientId: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
