@@ -290,13 +290,17 @@ public final class SQLiteMessageStore: MessageStore {
         guard !terms.isEmpty else { return [] }
         // Each word as a quoted FTS5 string: the user's text is never query syntax.
         let match = terms.map { "\"" + $0.filter { $0 != "\"" } + "\"" }.joined(separator: " ")
+        // Newest first in the order of storing (the FTS rowid), which FTS5 walks backwards and
+        // stops after `limit`: a word in every tenth of a million messages costs what a rare one
+        // does. A page goes on from where the cursor message sits in that order.
+        let cursor = before == nil ? "" : "AND s.rowid < (SELECT rowid FROM message_search WHERE message_search MATCH ?1 AND id = ?3)"
         let rows = try await reader.query(
             """
             SELECT m.room, m.seq, m.id, m.user, m.content, m.ts, m.client_id
             FROM message_search s JOIN messages m ON m.room = s.room AND m.seq = s.seq
-            WHERE message_search MATCH ? AND s.id < ? ORDER BY s.id DESC LIMIT ?
+            WHERE message_search MATCH ?1 \(cursor) ORDER BY s.rowid DESC LIMIT ?2
             """,
-            [.text(match), .text(before ?? "~"), .integer(limit)]
+            [.text(match), .integer(limit)] + (before.map { [.text($0)] } ?? [])
         )
         return rows.compactMap(Self.message)
     }
