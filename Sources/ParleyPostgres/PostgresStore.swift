@@ -305,15 +305,18 @@ public final class PostgresStore: MessageStore {
         try await read {
             let rows = try await self.client.query(
                 """
-                SELECT p.room, p.seq,
-                    (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u."user" <> \(user)),
-                    (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u."user" <> \(user)
-                        AND position(' ' || \(user) || ' ' IN u.mentions) > 0),
-                    m.seq, m.id, m."user", m.content, m.ts, m.client_id
-                FROM read_positions p
-                LEFT JOIN room_counters c ON c.room = p.room
-                LEFT JOIN messages m ON m.room = p.room AND m.seq = c.seq
-                WHERE p.user_id = \(user) ORDER BY p.room COLLATE "C"
+                WITH counts AS (
+                    SELECT p.room, p.seq,
+                        COUNT(u.seq) FILTER (WHERE u."user" <> \(user)) AS unread,
+                        COUNT(u.seq) FILTER (WHERE u."user" <> \(user) AND position(' ' || \(user) || ' ' IN u.mentions) > 0) AS mentions
+                    FROM read_positions p LEFT JOIN messages u ON u.room = p.room AND u.seq > p.seq
+                    WHERE p.user_id = \(user) GROUP BY p.room, p.seq
+                )
+                SELECT k.room, k.seq, k.unread, k.mentions, m.seq, m.id, m."user", m.content, m.ts, m.client_id
+                FROM counts k
+                LEFT JOIN room_counters c ON c.room = k.room
+                LEFT JOIN messages m ON m.room = k.room AND m.seq = c.seq
+                ORDER BY k.room COLLATE "C"
                 """,
                 logger: self.logger
             )

@@ -322,17 +322,22 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func inbox(user: String) async throws -> [InboxEntry] {
-        // One query: each room's counts after the read position, and its newest message.
+        // One query, one pass over each room's messages after the read position (both counts
+        // at once), then each room's newest message.
         let rows = try await reader.query(
             """
-            SELECT p.room AS room, p.seq AS read_seq,
-                (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u.user <> ?1) AS unread,
-                (SELECT COUNT(*) FROM messages u WHERE u.room = p.room AND u.seq > p.seq AND u.user <> ?1
-                    AND instr(u.mentions, ' ' || ?1 || ' ') > 0) AS mentions,
+            WITH counts AS (
+                SELECT p.room AS room, p.seq AS read_seq,
+                    COUNT(u.seq) FILTER (WHERE u.user <> ?1) AS unread,
+                    COUNT(u.seq) FILTER (WHERE u.user <> ?1 AND instr(u.mentions, ' ' || ?1 || ' ') > 0) AS mentions
+                FROM read_positions p LEFT JOIN messages u ON u.room = p.room AND u.seq > p.seq
+                WHERE p.user = ?1 GROUP BY p.room, p.seq
+            )
+            SELECT c.room AS room, c.read_seq AS read_seq, c.unread AS unread, c.mentions AS mentions,
                 m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id
-            FROM read_positions p
-            LEFT JOIN messages m ON m.room = p.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = p.room)
-            WHERE p.user = ?1 ORDER BY p.room
+            FROM counts c
+            LEFT JOIN messages m ON m.room = c.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = c.room)
+            ORDER BY c.room
             """,
             [.text(user)]
         )
