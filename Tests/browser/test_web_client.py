@@ -221,3 +221,49 @@ def test_phone_width_is_usable(browser):
     assert bubble.is_displayed()
     right = phone.js("return arguments[0].getBoundingClientRect().right;", bubble)
     assert right <= PHONE[0], f"the message bubble overflows the screen (right edge {right})"
+
+
+# ---------------------------------------------------------------------------------------------
+# f. direct messages: opened by naming someone, announced to them on every device, read once
+# ---------------------------------------------------------------------------------------------
+
+
+def test_direct_messages_with_badges_on_every_device(browser):
+    alice = browser("alice")
+    phone = browser("bob")
+    laptop = browser("bob")
+    for page in (phone, laptop):
+        page.join(ROOM)
+    dm = "dm:alice:bob"
+
+    # Alice opens the DM by naming bob; it is shown as @bob.
+    field = alice.visible("#room-input")
+    field.clear()
+    field.send_keys("@bob")
+    alice.clickable("#room-join").click()
+    alice.until(lambda d: alice.state()["currentRoom"] == dm, "the DM never became alice's current room")
+    alice.until(lambda d: alice.state()["rooms"].get(dm, {}).get("joined"), "alice never joined the DM")
+    assert alice.driver.find_element(By.ID, "room-title").text == "@bob"
+    alice.send("psst, bob")
+    alice.wait_message("psst, bob", author="alice")
+
+    # Bob joined nothing: the DM appears in his list with a badge, on both of his devices.
+    def badge(page: ChatPage) -> str | None:
+        found = page.driver.find_elements(By.CSS_SELECTOR, f'#room-list li[data-room="{dm}"] .unread')
+        return found[0].get_attribute("data-count") if found else None
+
+    for page in (phone, laptop):
+        page.until(lambda d, p=page: badge(p) == "1", f"no DM badge of 1 (badge: {badge(page)})")
+        entry = page.driver.find_element(By.CSS_SELECTOR, f'#room-list li[data-room="{dm}"]')
+        shown = entry.find_element(By.CSS_SELECTOR, ".room-hash").text + entry.find_element(By.CSS_SELECTOR, ".room-name").text
+        assert shown == "@alice", shown
+
+    # Bob reads it on his phone: the laptop's badge clears at once.
+    phone.driver.find_element(By.CSS_SELECTOR, f'#room-list li[data-room="{dm}"] .room-open').click()
+    got = phone.wait_message("psst, bob", author="alice")
+    assert not got["own"]
+    laptop.until(lambda d: badge(laptop) == "0", f"the laptop kept its badge (badge: {badge(laptop)})")
+
+    # And he answers in it.
+    phone.send("hi alice")
+    alice.wait_message("hi alice", author="bob")

@@ -14,6 +14,31 @@
 
   const USER_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+  const DM_PREFIX = 'dm:';
+
+  /** The direct-message room of two users: `dm:<a>:<b>`, the ids in ascending order. */
+  function dmRoom(a, b) {
+    return a < b ? `${DM_PREFIX}${a}:${b}` : `${DM_PREFIX}${b}:${a}`;
+  }
+
+  /** The other user of a DM room, or null when `name` is not one of ours. */
+  function dmPartner(name) {
+    if (!name.startsWith(DM_PREFIX)) return null;
+    const [a, b, extra] = name.slice(DM_PREFIX.length).split(':');
+    if (extra !== undefined || !USER_RE.test(a || '') || !USER_RE.test(b || '') || dmRoom(a, b) !== name) return null;
+    if (a === app.user) return b;
+    return b === app.user ? a : null;
+  }
+
+  function isRoomName(name) {
+    return typeof name === 'string' && (name.startsWith(DM_PREFIX) ? dmPartner(name) !== null : ROOM_RE.test(name));
+  }
+
+  /** How a room is named on screen: `#general`, or `@bob` for a DM. */
+  function roomLabel(name) {
+    const partner = dmPartner(name);
+    return partner === null ? `#${name}` : `@${partner}`;
+  }
   const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
   const MAX_CONTENT = 4000;
   const COUNTER_FROM = 3500;
@@ -234,6 +259,7 @@
     conn.pingTimer = setInterval(heartbeat, PING_EVERY_MS);
     for (const room of app.rooms.values()) joinOnServer(room);
     for (const room of app.rooms.values()) flushOutbox(room);
+    syncInbox();
   }
 
   function onSocketClosed(code, reason) {
@@ -373,6 +399,7 @@
     presence: onPresenceUpdate,
     typing: onTypingEvent,
     read: onReadEvent,
+    notify: onNotifyEvent,
     error: (data) => toast(data.message || data.code || 'Server error'),
   };
 
@@ -520,7 +547,16 @@
   }
 
   function joinRoomByName(raw) {
-    const name = raw.trim().replace(/^#/, '');
+    const text = raw.trim();
+    if (text.startsWith('@')) {
+      const user = text.slice(1);
+      if (!USER_RE.test(user)) return 'A direct message names a user: @ then 1 to 32 letters, digits, dot, underscore or hyphen.';
+      const dm = dmRoom(app.user, user);
+      addRoom(dm);
+      switchRoom(dm);
+      return '';
+    }
+    const name = text.replace(/^#/, '');
     if (!ROOM_RE.test(name)) {
       return 'Room names are 1 to 64 characters: letters, digits, dot (.), underscore (_), colon (:) or hyphen (-). No spaces.';
     }
@@ -773,11 +809,13 @@
       item.dataset.room = room.name;
       const open = make('button', 'room-open');
       open.type = 'button';
-      open.append(make('span', 'room-hash', '#'), make('span', 'room-name', room.name), make('span', 'unread'));
+      const partner = dmPartner(room.name);
+      if (partner !== null) item.classList.add('dm');
+      open.append(make('span', 'room-hash', partner === null ? '#' : '@'), make('span', 'room-name', partner ?? room.name), make('span', 'unread'));
       const leave = make('button', 'room-leave', '×');
       leave.type = 'button';
-      leave.setAttribute('aria-label', `Leave ${room.name}`);
-      leave.title = `Leave ${room.name}`;
+      leave.setAttribute('aria-label', `Leave ${roomLabel(room.name)}`);
+      leave.title = `Leave ${roomLabel(room.name)}`;
       item.append(open, leave);
       room.listNode = item;
     }
@@ -791,13 +829,13 @@
     const badge = item.querySelector('.unread');
     badge.textContent = room.unread > 0 ? String(room.unread) : '';
     badge.dataset.count = String(room.unread);
-    open.setAttribute('aria-label', room.unread > 0 ? `${room.name}, ${room.unread} unread` : room.name);
+    open.setAttribute('aria-label', room.unread > 0 ? `${roomLabel(room.name)}, ${room.unread} unread` : roomLabel(room.name));
     return item;
   }
 
   function renderHeader() {
     const room = currentRoom();
-    $('room-title').textContent = room ? `#${room.name}` : 'No room';
+    $('room-title').textContent = room ? roomLabel(room.name) : 'No room';
     $('me-name').textContent = app.user || '';
   }
 
@@ -805,7 +843,7 @@
     let unread = 0;
     for (const room of app.rooms.values()) unread += room.unread;
     const room = currentRoom();
-    const base = room ? `#${room.name} · Parley` : 'Parley';
+    const base = room ? `${roomLabel(room.name)} · Parley` : 'Parley';
     document.title = unread ? `(${unread}) ${base}` : base;
   }
 
@@ -839,7 +877,7 @@
     const input = $('composer-input');
     input.disabled = !room;
     $('composer-send').disabled = !room;
-    input.placeholder = room ? `Message #${room.name}` : 'Join a room to chat';
+    input.placeholder = room ? `Message ${roomLabel(room.name)}` : 'Join a room to chat';
     updateCounter();
   }
 
@@ -1012,7 +1050,7 @@
     let text = '';
     if (room.error) text = room.error;
     else if (!room.synced) text = 'Loading messages…';
-    else if (!room.hasOlder) text = `This is the beginning of #${room.name}.`;
+    else if (!room.hasOlder) text = `This is the beginning of ${roomLabel(room.name)}.`;
     label.textContent = text;
     node.classList.toggle('error', Boolean(room.error));
     return node;
@@ -1165,9 +1203,51 @@
   function onReadEvent(data) {
     const room = app.rooms.get(data.room);
     if (!room || typeof data.user !== 'string' || !Number.isInteger(data.seq)) return;
+    // Our own read, on another device of ours: its badge clears here too.
+    if (data.user === app.user && data.seq >= room.lastSeq && room.unread > 0) {
+      room.unread = 0;
+      scheduleRender();
+    }
     if (data.seq <= (room.reads.get(data.user) || 0)) return;
     room.reads.set(data.user, data.seq);
     scheduleRender();
+  }
+
+  /**
+   * A direct message or a mention for us. A DM room we do not have yet appears in the list with
+   * its badge; a mention in a room we are not in is a toast. Rooms we are in get the message
+   * itself anyway.
+   */
+  function onNotifyEvent(data) {
+    const msg = data.message;
+    if (typeof data.room !== 'string' || !isValidMessage(msg)) return;
+    if (app.rooms.has(data.room)) return;
+    if (data.kind === 'dm' && dmPartner(data.room) !== null) {
+      const room = addRoom(data.room);
+      room.unread += 1;
+      if (document.visibilityState === 'hidden') alertNewMessage(room, msg);
+      announce(`New direct message from ${msg.user}`);
+      scheduleRender();
+    } else if (data.kind === 'mention') {
+      toast(`${msg.user} mentioned you in ${roomLabel(data.room)}: ${msg.content.slice(0, 120)}`);
+    }
+  }
+
+  /** On each connect: the DMs we were sent while away, with their unread counts. */
+  function syncInbox() {
+    request('rooms', {}).then((answer) => {
+      const entries = Array.isArray(answer.rooms) ? answer.rooms : [];
+      for (const entry of entries) {
+        if (!entry || typeof entry.room !== 'string' || !Number.isInteger(entry.unread)) continue;
+        let room = app.rooms.get(entry.room);
+        if (!room) {
+          if (dmPartner(entry.room) === null || entry.unread === 0) continue;
+          room = addRoom(entry.room);
+        }
+        if (!isRoomInView(room)) room.unread = Math.max(room.unread, entry.unread);
+      }
+      scheduleRender();
+    }, ignore);
   }
 
   /** Maps a message seq to the users (not us) whose latest read is that message. */
@@ -1246,7 +1326,7 @@
     if (app.settings.sound) playChime();
     if (!app.settings.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
     try {
-      const notification = new Notification(`${msg.user} in #${room.name}`, {
+      const notification = new Notification(`${msg.user} in ${roomLabel(room.name)}`, {
         body: msg.content.length > 200 ? `${msg.content.slice(0, 200)}…` : msg.content,
         tag: `parley-${room.name}`,
       });
@@ -1401,7 +1481,7 @@
     app.user = user;
     app.rooms.clear();
     for (const name of storage.get('rooms', [])) {
-      if (typeof name === 'string' && ROOM_RE.test(name)) app.rooms.set(name, makeRoom(name));
+      if (isRoomName(name)) app.rooms.set(name, makeRoom(name));
     }
     const saved = storage.get('currentRoom', null);
     app.currentRoom = app.rooms.has(saved) ? saved : app.rooms.keys().next().value || null;
