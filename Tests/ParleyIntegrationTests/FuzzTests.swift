@@ -18,7 +18,7 @@ struct FuzzTests {
         "bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "too_large": 413,
         "rate_limited": 429, "unavailable": 503, "internal": 500,
     ]
-    static let serverEvents: Set<String> = ["ack", "error", "pong", "message", "join", "leave", "typing", "read"]
+    static let serverEvents: Set<String> = ["ack", "error", "pong", "message", "join", "leave", "typing", "read", "notify"]
 
     /// What a run found: message ids it saw stored, and how many inputs of each kind it sent.
     struct Run {
@@ -97,6 +97,11 @@ struct FuzzTests {
             ["event": "history", "data": ["room": "fuzz", "before": 3, "after": 0, "limit": 2]],
             ["event": "presence", "data": ["room": "fuzz"]],
             ["event": "ping", "data": [:]],
+            ["event": "dm", "data": ["user": "bob", "since": 0]],
+            ["event": "message", "data": ["room": "dm:alice:bob", "content": "psst @bob"]],
+            ["event": "join", "data": ["room": "dm:bob:carol"]],
+            ["event": "rooms", "data": [:]],
+            ["event": "search", "data": ["text": "hello fuzz", "limit": 5, "before": "01ZZZZZZZZZZZZZZZZZZZZZZZZ"]],
             ["event": "connect", "data": ["token": fuzzToken(token, mutator: &mutator)]],
             ["event": "connect", "data": ["user": "alice"]],
         ]
@@ -244,6 +249,10 @@ struct FuzzTests {
                 stream = true
                 path = "/rooms/\(segment(&mutator))/events?since=\(queryValue(&mutator))&token=\(headerSafe(fuzzToken(token, mutator: &mutator)).addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")"
                 if mutator.random.chance(0.5) { headers.append(("Last-Event-ID", headerSafe(mutator.mutate("3")))) }
+            case 5 where mutator.random.chance(0.5):
+                path = mutator.random.chance(0.5)
+                    ? "/api/search?q=\(queryValue(&mutator))&before=\(queryValue(&mutator))&limit=\(queryValue(&mutator))"
+                    : "/api/me/rooms?user=\(queryValue(&mutator))"
             default:
                 path = "/api/rooms"
             }

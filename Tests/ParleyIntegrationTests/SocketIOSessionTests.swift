@@ -160,6 +160,44 @@ struct SocketIOSessionTests {
         session.end()
     }
 
+    @Test("thousands of mutated Engine.IO and Socket.IO packets: each parsed or refused, sessions end or serve on, nothing crashes")
+    func fuzzedPackets() async throws {
+        var mutator = Mutator(random: SeededRandom(seed: 0x50C1_E710))
+        let valid = [
+            "40{\"user\":\"alice\"}", "421[\"join\",{\"room\":\"r\"}]", "422[\"message\",{\"room\":\"r\",\"content\":\"hi @bob\"}]",
+            "42[\"typing\",{\"room\":\"r\",\"typing\":true}]", "423[\"search\",{\"text\":\"hi\"}]", "424[\"rooms\",{}]",
+            "425[\"dm\",{\"user\":\"bob\"}]", "451-6[\"message\",{\"_placeholder\":true,\"num\":0}]", "41", "3", "2", "6", "5",
+            "40/admin,", "43/x,7[]",
+        ]
+        var session = try open()
+        _ = await get(session)
+        for round in 0..<3000 {
+            var text = mutator.random.pick(valid)
+            if mutator.random.chance(0.7) { text = mutator.mutate(text) }
+            // The parsers alone: never a crash, whatever the text.
+            _ = try? SocketIOPacket(Substring(text.dropFirst()))
+            _ = EngineIOPacket.payload(text)
+            if let packet = EngineIOPacket(Substring(text)) {
+                _ = await session.post([.text(packet)])
+            } else {
+                _ = await session.post([.binary(.init([1, 2, 3]))])
+            }
+            if session.isEnded || round % 200 == 0 {
+                session.end()
+                session = try open()
+                _ = await get(session)
+            }
+        }
+        session.end()
+        // The server serves on: a new session chats.
+        let fresh = try open()
+        _ = await get(fresh)
+        await post(fresh, "40{\"user\":\"zed\"}", "421[\"join\",{\"room\":\"after\"}]")
+        let packets = await getUntil(fresh) { $0.hasPrefix("431[") }
+        #expect(packets.contains { $0.hasPrefix("431[{\"room\":\"after\"") })
+        fresh.end()
+    }
+
     @Test("socket.io-parser's encodings parse; anything else is refused")
     func packets() throws {
         let event = try SocketIOPacket("2[\"join\",{\"room\":\"r\"}]")
