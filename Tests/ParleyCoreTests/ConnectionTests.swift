@@ -198,6 +198,13 @@ struct ConnectionTests {
         // Alice's own messages are not unread to her.
         await alice.receive(.inbox, id: .number(4))
         #expect(sent(alice).last == "ack 4 rooms dm:alice:bob:1/0/0/0 general:2/0/0/0")
+        // A read past the room's end stops at it: later messages still count.
+        await phone.receive(.read(room: "general", seq: 99), id: nil)
+        #expect(sent(laptop) == ["read general bob 2"])
+        clock.advance(by: .seconds(1))
+        await alice.receive(.message(room: "general", content: "later", clientId: nil), id: nil)
+        await laptop.receive(.inbox, id: .number(5))
+        #expect(sent(laptop).last == "ack 5 rooms dm:alice:bob:1/0/1/0 general:3/2/1/0")
     }
 
     // MARK: Publishing and joining

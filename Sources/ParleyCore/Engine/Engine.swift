@@ -522,9 +522,11 @@ public final class Engine: Sendable {
         let room = try joinedRoom(session, room)
         guard let seq = try Validation.seq(seq, field: "seq") else { return }
         if !session.isWatcher, !session.identity.isBackend {
-            // Durable before the ack, and at once on the user's other sessions (their badges).
-            try await storeCall { try await self.store.markRead(user: session.user, room: room, seq: seq) }
-            try? await publishToBroker(.ownRead(user: session.user, room: room, seq: seq))
+            // Durable before the ack, and at once on the user's other sessions (their badges);
+            // never past what the room has, so that later messages still count as unread.
+            let position = min(seq, hub.lastDelivered(room: room) ?? seq)
+            try await storeCall { try await self.store.markRead(user: session.user, room: room, seq: position) }
+            try? await publishToBroker(.ownRead(user: session.user, room: room, seq: position))
         }
         let key = TypingKey(room: room, user: session.user)
         if let send = readEvents.withLock({ $0.offer(key, seq, now: clock.instant) }) {

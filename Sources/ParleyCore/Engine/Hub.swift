@@ -90,6 +90,11 @@ final class Hub: BrokerReceiver {
         }
     }
 
+    /// The last seq delivered in `room` here, nil when it has no local member.
+    func lastDelivered(room: String) -> Int64? {
+        shard(room).rooms.withLock { $0[room]?.lastDelivered }
+    }
+
     /// Removes `session` from `room`. `roomEmpty`: the room has no local member left.
     func remove(_ session: Session, room: String) -> (removed: Bool, roomEmpty: Bool) {
         shard(room).rooms.withLock { rooms in
