@@ -44,6 +44,8 @@ public final class Engine: Sendable {
     private let presenceChanges = Mutex<[String: PresenceChanges]>([:])
     /// DM rooms this instance already put in both users' lists.
     private let directRoomsListed = Mutex<Set<String>>([])
+    /// Users and rooms this instance already put in the user's list when they joined.
+    private let listedHere = Mutex<Set<InboxKey>>([])
 
     public init(
         store: any MessageStore,
@@ -203,17 +205,34 @@ public final class Engine: Sendable {
         if position.catchingUp, let since {
             try await storeCall { try await self.hub.catchUp(session, room: room, from: since) }
         }
-        if !session.isWatcher, !session.identity.isBackend {
-            // The room joins the user's list, read up to where they join (or resume) it.
+        let key = InboxKey(user: session.user, room: room)
+        if !session.isWatcher, !session.identity.isBackend, !listedHere.withLock({ $0.contains(key) }),
             await addToInbox(user: session.user, room: room, readSeq: min(since ?? position.lastSeq, position.lastSeq))
+        {
+            // The room joined the user's list, read up to where they joined (or resumed) it; a
+            // rejoin (every reconnect) finds it listed here already and costs no write.
+            listedHere.withLock { listed in
+                if listed.count >= 100_000 { listed.removeAll() }
+                listed.insert(key)
+            }
         }
     }
 
-    private func addToInbox(user: String, room: String, readSeq: Int64) async {
+    private struct InboxKey: Hashable {
+        var user: String
+        var room: String
+    }
+
+    /// Puts the room in the user's list; false when the store could not (logged, not thrown:
+    /// the join or post it follows went through).
+    @discardableResult
+    private func addToInbox(user: String, room: String, readSeq: Int64) async -> Bool {
         do {
             try await store.addToInbox(user: user, room: room, readSeq: readSeq)
+            return true
         } catch {
             logger.debug("could not list the room for the user", metadata: ["room": "\(room)", "error": "\(error)"])
+            return false
         }
     }
 
