@@ -42,9 +42,7 @@ public final class Engine: Sendable {
     /// and the changes waiting for the next update.
     private let largeRooms = Mutex<Set<String>>([])
     private let presenceChanges = Mutex<[String: PresenceChanges]>([:])
-    /// DM rooms this instance already put in both users' lists.
-    private let directRoomsListed = Mutex<Set<String>>([])
-    /// Users and rooms this instance already put in the user's list when they joined.
+    /// Users and rooms this instance already put in the user's list (a join, a DM's message).
     private let listedHere = Mutex<Set<InboxKey>>([])
 
     public init(
@@ -205,16 +203,20 @@ public final class Engine: Sendable {
         if position.catchingUp, let since {
             try await storeCall { try await self.hub.catchUp(session, room: room, from: since) }
         }
-        let key = InboxKey(user: session.user, room: room)
-        if !session.isWatcher, !session.identity.isBackend, !listedHere.withLock({ $0.contains(key) }),
-            await addToInbox(user: session.user, room: room, readSeq: min(since ?? position.lastSeq, position.lastSeq))
-        {
-            // The room joined the user's list, read up to where they joined (or resumed) it; a
-            // rejoin (every reconnect) finds it listed here already and costs no write.
-            listedHere.withLock { listed in
-                if listed.count >= 100_000 { listed.removeAll() }
-                listed.insert(key)
-            }
+        if !session.isWatcher, !session.identity.isBackend {
+            // The room joins the user's list, read up to where they join (or resume) it.
+            await list(room, for: session.user, readSeq: min(since ?? position.lastSeq, position.lastSeq))
+        }
+    }
+
+    /// Puts `room` in `user`'s list unless this instance did already: a rejoin (every
+    /// reconnect) or a DM's next message costs no write. A failed write is retried next time.
+    private func list(_ room: String, for user: String, readSeq: Int64) async {
+        let key = InboxKey(user: user, room: room)
+        guard !listedHere.withLock({ $0.contains(key) }), await addToInbox(user: user, room: room, readSeq: readSeq) else { return }
+        listedHere.withLock { listed in
+            if listed.count >= 100_000 { listed.removeAll() }
+            listed.insert(key)
         }
     }
 
@@ -225,7 +227,6 @@ public final class Engine: Sendable {
 
     /// Puts the room in the user's list; false when the store could not (logged, not thrown:
     /// the join or post it follows went through).
-    @discardableResult
     private func addToInbox(user: String, room: String, readSeq: Int64) async -> Bool {
         do {
             try await store.addToInbox(user: user, room: room, readSeq: readSeq)
@@ -386,13 +387,10 @@ public final class Engine: Sendable {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
-            if let (a, b) = DirectRoom.participants(room), directRoomsListed.withLock({ listed in
-                if listed.count >= 100_000 { listed.removeAll() }
-                return listed.insert(room).inserted
-            }) {
+            if let (a, b) = DirectRoom.participants(room) {
                 // A DM is in both users' lists from its first message.
-                await addToInbox(user: a, room: room, readSeq: 0)
-                if b != a { await addToInbox(user: b, room: room, readSeq: 0) }
+                await list(room, for: a, readSeq: 0)
+                if b != a { await list(room, for: b, readSeq: 0) }
             }
             for (user, kind) in Mentions.notifications(for: result.message, limits: limits) {
                 // Best effort, like typing: a client also learns of it from its room listing.
