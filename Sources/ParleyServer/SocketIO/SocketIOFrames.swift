@@ -24,21 +24,16 @@ final class SocketIOFrames: WireFormat {
         var json = JSONWriter(capacity: 256)
         if case .message(let message) = event {
             Self.writeMarker(.message, room: message.room, seq: message.seq, into: &json.buffer)
-            json.literal("42[\"message\"")
-            json.literal(",")
+            json.literal("42[\"message\",")
             WireJSON.message(message, into: &json)
             // Closed by the writer: `,"<offset>"]`.
             return json.buffer
         }
         json.literal("42[")
-        json.string(Self.eventName(event))
+        json.string(WireJSON.eventName(event).description)
         WireJSON.eventData(event, into: &json)
         json.literal("]")
         return json.buffer
-    }
-
-    static func eventName(_ event: ServerEvent) -> String {
-        WireJSON.eventName(event).description
     }
 
     /// An ack (`43<id>[data]`) when the client asked for one; a `join` or `leave` ack is also

@@ -68,8 +68,6 @@ final class SocketIOServer: Sendable {
         }
     }
 
-    var count: Int { sessions.withLock { $0.count } }
-
     /// A new Engine.IO session id: 120 random bits, URL-safe.
     static func newID() -> String {
         var generator = SystemRandomNumberGenerator()
@@ -267,16 +265,17 @@ final class SocketIOSession: Sendable {
 
     /// A binary message: an attachment of the last binary packet, else a protocol error.
     func receiveBinary() {
-        let answer = state.withLock { state -> (RequestID?, ParleyError)?? in
+        enum Outcome { case unexpected, awaitingMore, answer((RequestID?, ParleyError)?) }
+        let outcome = state.withLock { state -> Outcome in
             state.heard = true
-            guard state.attachments > 0 else { return .none }
+            guard state.attachments > 0 else { return .unexpected }
             state.attachments -= 1
-            return state.attachments == 0 ? .some(state.binaryAnswer.take()) : .some(nil)
+            return state.attachments == 0 ? .answer(state.binaryAnswer.take()) : .awaitingMore
         }
-        switch answer {
-        case .none: protocolError("unexpected binary data")
-        case .some(let answer?): submit(.failure(answer.1), id: answer.0)
-        case .some(nil): break
+        switch outcome {
+        case .unexpected: protocolError("unexpected binary data")
+        case .answer(let answer?): submit(.failure(answer.1), id: answer.0)
+        case .answer(nil), .awaitingMore: break
         }
     }
 
