@@ -148,9 +148,28 @@ public struct ChatService: RegistrableRPCService {
 
     @Sendable func sendMessage(_ request: Chat_V1_ChatMessage, metadata: Metadata, reader _: Identity?) async throws -> Chat_V1_MessageAck {
         let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: request.senderID.nonEmpty)
+        let clientId = request.hasClientID ? request.clientID : nil
+        // A change names its kind and target; the ack's message is then the changed message.
+        let action: MessageChange.Action? = switch request.kind {
+        case .message, .UNRECOGNIZED: nil
+        case .edit: .edit
+        case .delete: .delete
+        case .react: .react(.add)
+        case .unreact: .react(.remove)
+        }
+        if let action {
+            let result = try await engine.change(
+                identity, as: request.senderID.nonEmpty, room: request.roomID, target: request.targetID, action: action,
+                content: request.content, clientId: clientId
+            )
+            return .with {
+                $0.message = Chat_V1_ChatMessage(result.target ?? result.message)
+                $0.duplicate = result.duplicate
+            }
+        }
         let result = try await engine.publish(
             identity, as: request.senderID.nonEmpty, room: request.roomID, content: request.content,
-            clientId: request.hasClientID ? request.clientID : nil
+            clientId: clientId, replyTo: request.hasReplyTo ? request.replyTo : nil
         )
         return .with {
             $0.message = Chat_V1_ChatMessage(result.message)

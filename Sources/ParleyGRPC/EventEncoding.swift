@@ -36,6 +36,8 @@ final class ProtoEventEncoder: WireFormat {
                 $0.message = Chat_V1_ChatMessage(stored.message)
                 $0.duplicate = stored.duplicate
             })
+        case .changed(let message):
+            result = .change(.with { $0.message = Chat_V1_ChatMessage(message) })
         case .typing(let room, let typing):
             result = .typing(.with {
                 $0.roomID = room

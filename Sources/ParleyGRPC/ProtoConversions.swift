@@ -23,6 +23,41 @@ extension Chat_V1_ChatMessage {
         seq = message.seq
         timestamp = Google_Protobuf_Timestamp(message.timestamp)
         if let clientId = message.clientId { clientID = clientId }
+        if message.kind != .message {
+            kind = Chat_V1_MessageKind(message.kind)
+            targetID = message.target ?? ""
+            return
+        }
+        if let replyTo = message.replyTo { self.replyTo = replyTo }
+        if let answered = message.quote {
+            quote = .with {
+                $0.id = answered.id
+                $0.senderID = answered.user
+                $0.content = answered.content
+                $0.deleted = answered.deleted
+            }
+        }
+        if let edited = message.edited { self.edited = Google_Protobuf_Timestamp(edited) }
+        deleted = message.deleted
+        reactions = message.reactions.map { reaction in
+            .with {
+                $0.emoji = reaction.emoji
+                $0.userIds = reaction.users
+            }
+        }
+        if !message.deleted { mentions = Mentions.users(in: message.content, limits: Limits()) }
+    }
+}
+
+extension Chat_V1_MessageKind {
+    init(_ kind: MessageKind) {
+        self = switch kind {
+        case .message: .message
+        case .edit: .edit
+        case .delete: .delete
+        case .react: .react
+        case .unreact: .unreact
+        }
     }
 }
 

@@ -211,7 +211,7 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, edit, delete, react, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
@@ -223,7 +223,21 @@ extension Command {
         case .leave(let leave):
             self = .leave(room: leave.roomID)
         case .message(let message):
-            self = .message(room: message.roomID, content: message.content, clientId: message.hasClientID ? message.clientID : nil)
+            self = .message(
+                room: message.roomID, content: message.content, clientId: message.hasClientID ? message.clientID : nil,
+                replyTo: message.hasReplyTo ? message.replyTo : nil
+            )
+        case .edit(let edit):
+            self = .change(
+                room: edit.roomID, id: edit.messageID, action: .edit, content: edit.content, clientId: edit.hasClientID ? edit.clientID : nil
+            )
+        case .delete(let delete):
+            self = .change(room: delete.roomID, id: delete.messageID, action: .delete, content: "", clientId: delete.hasClientID ? delete.clientID : nil)
+        case .react(let react):
+            let intent: MessageChange.ReactionIntent = react.hasAdd ? (react.add ? .add : .remove) : .toggle
+            self = .change(
+                room: react.roomID, id: react.messageID, action: .react(intent), content: react.emoji, clientId: react.hasClientID ? react.clientID : nil
+            )
         case .typing(let typing):
             self = .typing(room: typing.roomID, typing: typing.typing)
         case .read(let read):

@@ -29,6 +29,16 @@ enum PostgresMigrations {
             "CREATE INDEX messages_search ON messages USING GIN (search)",
             #"CREATE INDEX messages_id ON messages(id COLLATE "C")"#,
         ],
+        [
+            // Changes (edits, deletions, reactions) are rows too: `kind` (NULL for a message)
+            // and `target`; a message's row keeps its current state.
+            """
+            ALTER TABLE messages ADD COLUMN kind TEXT, ADD COLUMN target TEXT, ADD COLUMN reply_to TEXT,
+                ADD COLUMN edited_ts BIGINT, ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false, ADD COLUMN reactions TEXT
+            """,
+            "CREATE INDEX messages_room_id ON messages(room, id)",
+            "CREATE INDEX messages_target ON messages(room, target) WHERE target IS NOT NULL",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

@@ -128,7 +128,7 @@ public final class PostgresStore: MessageStore {
             }
             stats.withLock { $0 = ($0.batches + 1, $0.appends + batch.count) }
             batchSizes?.record(batch.count)
-            for (pending, result) in zip(batch, results) { pending.continuation.resume(returning: result) }
+            for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
         } catch {
             logger.error("commit failed", metadata: ["error": "\(String(reflecting: error))", "batch": "\(batch.count)"])
             let failure = ParleyError.unavailable("could not store the message")
@@ -136,10 +136,19 @@ public final class PostgresStore: MessageStore {
         }
     }
 
-    private func writeBatch(_ drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [AppendResult] {
+    /// The batch's writes: new rows, and the current state of stored messages its changes changed.
+    private struct BatchWrites {
+        var rows: [Message] = []
+        var index: [String: Int] = [:]
+        var changed: [String: Message] = [:]
+        var deleted: [(room: String, id: String)] = []
+    }
+
+    private func writeBatch(_ drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [Result<AppendResult, ParleyError>] {
         let rooms = Array(Set(drafts.map(\.room)))
         // Lock every counter row of the batch (creating the missing ones) in one order, and
-        // read it: DO UPDATE locks the latest committed version of an existing row.
+        // read it: DO UPDATE locks the latest committed version of an existing row. Every write
+        // to a room's messages takes this lock first, so the rooms' messages hold still too.
         var lastSeqs: [String: Int64] = [:]
         let counters = try await connection.query(
             """
@@ -154,36 +163,75 @@ public final class PostgresStore: MessageStore {
 
         // Only now, with the rooms locked, is a concurrent commit of the same clientId visible.
         var known = try await recentClientIds(for: drafts, on: connection)
-        var results: [AppendResult] = []
+        var results: [Result<AppendResult, ParleyError>] = []
         results.reserveCapacity(drafts.count)
-        var rows: [Message] = []
+        var writes = BatchWrites()
+        func nextSeq(_ room: String) -> Int64 {
+            let seq = (lastSeqs[room] ?? 0) + 1
+            lastSeqs[room] = seq
+            return seq
+        }
         for draft in drafts {
             let key = IdempotencyKey(draft)
             if let key, let original = known[key],
                 original.timestamp.milliseconds >= draft.timestamp.milliseconds - configuration.idempotencyWindow.milliseconds
             {
-                results.append(AppendResult(message: original, duplicate: true))
+                var target: Message?
+                if let id = original.target { target = try await current(id, room: original.room, writes: writes, on: connection) }
+                results.append(.success(AppendResult(message: original, duplicate: true, target: target)))
                 continue
             }
-            let seq = (lastSeqs[draft.room] ?? 0) + 1
-            lastSeqs[draft.room] = seq
-            let message = draft.stored(seq: seq)
-            if let key { known[key] = message }
-            rows.append(message)
-            results.append(AppendResult(message: message, duplicate: false))
+            do {
+                let result: AppendResult
+                if let change = draft.change {
+                    let outcome = try change.apply(draft, to: try await current(change.target, room: draft.room, writes: writes, on: connection))
+                    result = AppendResult.change(outcome) { nextSeq(draft.room) }
+                    if !result.duplicate, let target = result.target {
+                        if let index = writes.index[target.id] { writes.rows[index] = target } else { writes.changed[target.id] = target }
+                        if target.deleted {
+                            writes.deleted.append((target.room, target.id))
+                            for i in writes.rows.indices where writes.rows[i].kind == .edit && writes.rows[i].target == target.id {
+                                writes.rows[i].content = ""
+                            }
+                        }
+                    }
+                } else {
+                    var answered: Message?
+                    if let replyTo = draft.replyTo {
+                        answered = try await current(replyTo, room: draft.room, writes: writes, on: connection)
+                        try Message.checkReplyTarget(answered, id: replyTo, room: draft.room)
+                    }
+                    result = AppendResult(message: draft.stored(seq: nextSeq(draft.room)).quoting(answered), duplicate: false)
+                }
+                if !result.duplicate {
+                    var row = result.message
+                    row.quote = nil
+                    writes.index[row.id] = writes.rows.count
+                    writes.rows.append(row)
+                    if let key { known[key] = row }
+                }
+                results.append(.success(result))
+            } catch let error as ParleyError {
+                results.append(.failure(error))
+            }
         }
+        let rows = writes.rows
         guard !rows.isEmpty else { return results }
         let touched = Array(Set(rows.map(\.room)))
         // The rows and the counters in one statement (one round trip).
         try await connection.query(
             """
             WITH inserted AS (
-                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions)
-                SELECT room, seq, id, u, content, ts, NULLIF(client_id, ''), NULLIF(mentions, '')
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions)
+                SELECT room, seq, id, u, content, ts, NULLIF(client_id, ''), NULLIF(mentions, ''), NULLIF(kind, ''), NULLIF(target, ''),
+                    NULLIF(reply_to, ''), NULLIF(edited_ts, 0), deleted, NULLIF(reactions, '')
                 FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
                     \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
-                    \(rows.map { $0.clientId ?? "" })::text[], \(rows.map { $0.storedMentions ?? "" })::text[])
-                    AS v(room, seq, id, u, content, ts, client_id, mentions)
+                    \(rows.map { $0.clientId ?? "" })::text[], \(rows.map { $0.storedMentions ?? "" })::text[],
+                    \(rows.map { $0.kind == .message ? "" : $0.kind.rawValue })::text[], \(rows.map { $0.target ?? "" })::text[],
+                    \(rows.map { $0.replyTo ?? "" })::text[], \(rows.map { $0.edited?.milliseconds ?? 0 })::int8[],
+                    \(rows.map(\.deleted))::bool[], \(rows.map { Reaction.stored($0.reactions) ?? "" })::text[])
+                    AS v(room, seq, id, u, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions)
             )
             UPDATE room_counters AS c SET seq = v.seq
             FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
@@ -191,7 +239,28 @@ public final class PostgresStore: MessageStore {
             """,
             logger: logger
         )
+        for message in writes.changed.values {
+            try await connection.query(
+                """
+                UPDATE messages SET content = \(message.content), edited_ts = \(message.edited?.milliseconds), deleted = \(message.deleted),
+                    reactions = \(Reaction.stored(message.reactions)), mentions = \(message.storedMentions)
+                WHERE room = \(message.room) AND seq = \(message.seq)
+                """,
+                logger: logger
+            )
+        }
+        for (room, id) in writes.deleted {
+            try await connection.query("UPDATE messages SET content = '' WHERE room = \(room) AND target = \(id) AND kind = 'edit'", logger: logger)
+        }
         return results
+    }
+
+    /// Message `id` of `room` as the batch leaves it so far (without its quote).
+    private func current(_ id: String, room: String, writes: BatchWrites, on connection: PostgresConnection) async throws -> Message? {
+        if let index = writes.index[id] { return writes.rows[index] }
+        if let changed = writes.changed[id] { return changed }
+        let rows = try await connection.query("SELECT \(unescaped: Self.columns) FROM messages m WHERE m.room = \(room) AND m.id = \(id)", logger: logger)
+        return try await Self.messages(rows).first
     }
 
     /// The stored messages whose `(room, user, clientId)` a draft of the batch reuses within
@@ -202,7 +271,7 @@ public final class PostgresStore: MessageStore {
         let since = oldest - configuration.idempotencyWindow.milliseconds
         let rows = try await connection.query(
             """
-            SELECT m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id
+            SELECT \(unescaped: Self.columns)
             FROM unnest(\(keyed.map(\.room))::text[], \(keyed.map(\.user))::text[], \(keyed.map { $0.clientId! })::text[])
                 AS k(room, u, client_id)
             JOIN messages AS m ON m.room = k.room AND m."user" = k.u AND m.client_id = k.client_id
@@ -226,8 +295,8 @@ public final class PostgresStore: MessageStore {
         var messages = try await read {
             let rows = try await self.client.query(
                 """
-                SELECT room, seq, id, "user", content, ts, client_id FROM messages
-                WHERE room = \(room) AND seq > \(lower) AND seq < \(upper) ORDER BY seq \(unescaped: order) LIMIT \(limit)
+                SELECT \(unescaped: Self.quotedColumns)
+                WHERE m.room = \(room) AND m.seq > \(lower) AND m.seq < \(upper) ORDER BY m.seq \(unescaped: order) LIMIT \(limit)
                 """,
                 logger: self.logger
             )
@@ -268,9 +337,9 @@ public final class PostgresStore: MessageStore {
         return try await read {
             let rows = try await self.client.query(
                 """
-                SELECT room, seq, id, "user", content, ts, client_id FROM messages
-                WHERE search @@ to_tsquery('simple', \(query)) AND id COLLATE "C" < \(before)
-                ORDER BY id COLLATE "C" DESC LIMIT \(limit)
+                SELECT \(unescaped: Self.quotedColumns)
+                WHERE m.search @@ to_tsquery('simple', \(query)) AND m.id COLLATE "C" < \(before) AND m.kind IS NULL AND NOT m.deleted
+                ORDER BY m.id COLLATE "C" DESC LIMIT \(limit)
                 """,
                 logger: self.logger
             )
@@ -307,28 +376,29 @@ public final class PostgresStore: MessageStore {
                 """
                 WITH counts AS (
                     SELECT p.room, p.seq,
-                        COUNT(u.seq) FILTER (WHERE u."user" <> \(user)) AS unread,
+                        COUNT(u.seq) FILTER (WHERE u."user" <> \(user) AND u.kind IS NULL AND NOT u.deleted) AS unread,
                         COUNT(u.seq) FILTER (WHERE u."user" <> \(user) AND position(' ' || \(user) || ' ' IN u.mentions) > 0) AS mentions
                     FROM read_positions p LEFT JOIN messages u ON u.room = p.room AND u.seq > p.seq
                     WHERE p.user_id = \(user) GROUP BY p.room, p.seq
                 )
-                SELECT k.room, k.seq, k.unread, k.mentions, m.seq, m.id, m."user", m.content, m.ts, m.client_id
+                SELECT k.room AS inbox_room, k.seq AS read_seq, k.unread, k.mentions, COALESCE(c.seq, 0) AS last_seq, \(unescaped: Self.columns)
                 FROM counts k
                 LEFT JOIN room_counters c ON c.room = k.room
-                LEFT JOIN messages m ON m.room = k.room AND m.seq = c.seq
+                LEFT JOIN LATERAL (
+                    SELECT * FROM messages WHERE room = k.room AND kind IS NULL ORDER BY seq DESC LIMIT 1
+                ) m ON true
                 ORDER BY k.room COLLATE "C"
                 """,
                 logger: self.logger
             )
             var entries: [InboxEntry] = []
-            for try await (room, readSeq, unread, mentions, seq, id, author, content, ts, clientId) in rows.decode(
-                (String, Int64, Int64, Int64, Int64?, String?, String?, String?, Int64?, String?).self
-            ) {
-                var last: Message?
-                if let seq, let id, let author, let content, let ts {
-                    last = Message(id: id, room: room, seq: seq, user: author, content: content, timestamp: Timestamp(milliseconds: ts), clientId: clientId)
-                }
-                entries.append(InboxEntry(room: room, lastMessage: last, readSeq: readSeq, unread: Int(unread), mentions: Int(mentions)))
+            for try await row in rows {
+                let columns = row.makeRandomAccess()
+                entries.append(InboxEntry(
+                    room: try columns["inbox_room"].decode(String.self), seq: try columns["last_seq"].decode(Int64.self),
+                    lastMessage: try Self.message(columns), readSeq: try columns["read_seq"].decode(Int64.self),
+                    unread: Int(try columns["unread"].decode(Int64.self)), mentions: Int(try columns["mentions"].decode(Int64.self))
+                ))
             }
             return entries
         }
@@ -387,15 +457,49 @@ public final class PostgresStore: MessageStore {
         }
     }
 
+    /// A message row's columns (`m`), as `message(_:)` reads them.
+    private static let columns = """
+        m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id, m.kind, m.target, m.reply_to, m.edited_ts, m.deleted, m.reactions
+        """
+
+    /// The columns and the join that read messages with the quote of the message each answers.
+    private static let quotedColumns = """
+        \(columns), q.id AS q_id, q."user" AS q_user, q.content AS q_content, q.deleted AS q_deleted
+        FROM messages m LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
+        """
+
     private static func messages(_ rows: PostgresRowSequence) async throws -> [Message] {
         var messages: [Message] = []
-        for try await (room, seq, id, user, content, ts, clientId) in rows.decode((String, Int64, String, String, String, Int64, String?).self) {
-            messages.append(Message(
-                id: id, room: room, seq: seq, user: user, content: content,
-                timestamp: Timestamp(milliseconds: ts), clientId: clientId
-            ))
+        for try await row in rows {
+            if let message = try message(row.makeRandomAccess()) { messages.append(message) }
         }
         return messages
+    }
+
+    /// The message of a row with `columns` (and the quote's, when selected); nil when the
+    /// columns are NULL (an outer join found none).
+    private static func message(_ row: PostgresRandomAccessRow) throws -> Message? {
+        guard let id = try row["id"].decode(String?.self) else { return nil }
+        let room = try row["room"].decode(String.self)
+        var message = Message(
+            id: id, room: room, seq: try row["seq"].decode(Int64.self), user: try row["user"].decode(String.self),
+            content: try row["content"].decode(String.self), timestamp: Timestamp(milliseconds: try row["ts"].decode(Int64.self)),
+            clientId: try row["client_id"].decode(String?.self),
+            kind: try row["kind"].decode(String?.self).flatMap(MessageKind.init(rawValue:)) ?? .message,
+            target: try row["target"].decode(String?.self), replyTo: try row["reply_to"].decode(String?.self)
+        )
+        message.edited = try row["edited_ts"].decode(Int64?.self).map(Timestamp.init(milliseconds:))
+        message.deleted = try row["deleted"].decode(Bool.self)
+        message.reactions = Reaction.parse(try row["reactions"].decode(String?.self))
+        if message.replyTo != nil, row.contains("q_id"), let quoteID = try row["q_id"].decode(String?.self) {
+            var answered = Message(
+                id: quoteID, room: room, seq: 0, user: try row["q_user"].decode(String.self),
+                content: try row["q_content"].decode(String.self), timestamp: message.timestamp, clientId: nil
+            )
+            answered.deleted = try row["q_deleted"].decode(Bool.self)
+            message.quote = Quote(of: answered)
+        }
+        return message
     }
 }
 

@@ -44,6 +44,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
     private let lastSeqs = Mutex<[String: Int64]>([:])
+    /// The last rowid given out in `message_search`; nil until the writer loads it.
+    private let lastSearchRowid = Mutex<Int64?>(nil)
     /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
@@ -101,6 +103,24 @@ public final class SQLiteMessageStore: MessageStore {
             "CREATE VIRTUAL TABLE message_search USING fts5(content, id UNINDEXED, room UNINDEXED, seq UNINDEXED, tokenize = 'unicode61')",
             "INSERT INTO message_search(content, id, room, seq) SELECT content, id, room, seq FROM messages",
         ],
+        [
+            // Changes (edits, deletions, reactions) are rows too: `kind` (NULL for a message)
+            // and `target`. A message's row keeps its current state; `search_rowid` is its
+            // row in `message_search`, so an edit or a deletion finds it.
+            "ALTER TABLE messages ADD COLUMN kind TEXT",
+            "ALTER TABLE messages ADD COLUMN target TEXT",
+            "ALTER TABLE messages ADD COLUMN reply_to TEXT",
+            "ALTER TABLE messages ADD COLUMN edited_ts INTEGER",
+            "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE messages ADD COLUMN reactions TEXT",
+            "ALTER TABLE messages ADD COLUMN search_rowid INTEGER",
+            "CREATE INDEX messages_id ON messages(room, id)",
+            "CREATE INDEX messages_target ON messages(room, target) WHERE target IS NOT NULL",
+            """
+            UPDATE messages SET search_rowid = s.rowid FROM (SELECT rowid, room, seq FROM message_search) AS s
+            WHERE messages.room = s.room AND messages.seq = s.seq
+            """,
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -147,40 +167,131 @@ public final class SQLiteMessageStore: MessageStore {
             let results = try await writeBatch(batch.map(\.draft))
             stats.withLock { $0 = ($0.batches + 1, $0.appends + batch.count) }
             batchSizes?.record(batch.count)
-            for (pending, result) in zip(batch, results) { pending.continuation.resume(returning: result) }
+            for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
         } catch {
             logger.error("commit failed", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
-            // The cache may hold seqs of the rolled-back transaction: reload it on next use.
+            // The caches may hold values of the rolled-back transaction: reload them on next use.
             lastSeqs.withLock { $0.removeAll() }
+            lastSearchRowid.withLock { $0 = nil }
             let failure = ParleyError.unavailable("could not store the message")
             for pending in batch { pending.continuation.resume(throwing: failure) }
         }
     }
 
-    private func writeBatch(_ drafts: [MessageDraft]) async throws -> [AppendResult] {
+    /// The batch's writes, in order: new rows, and the current state of stored messages that
+    /// its changes changed (with their search rows), applied at the end of the transaction.
+    private struct BatchWrites {
+        var rows: [Message] = []
+        /// Index in `rows` by message id.
+        var index: [String: Int] = [:]
+        /// Stored messages changed by the batch, by id, with their `search_rowid`.
+        var changed: [String: (message: Message, searchRowid: Int64?)] = [:]
+        /// Messages deleted by the batch whose stored edits must lose their content.
+        var deleted: [(room: String, id: String)] = []
+    }
+
+    private func writeBatch(_ drafts: [MessageDraft]) async throws -> [Result<AppendResult, ParleyError>] {
         _ = try await writer.query("BEGIN IMMEDIATE", [])
         do {
             var known = try await recentClientIds(for: drafts)
-            var results: [AppendResult] = []
+            var results: [Result<AppendResult, ParleyError>] = []
             results.reserveCapacity(drafts.count)
-            var rows: [Message] = []
+            var writes = BatchWrites()
             for draft in drafts {
                 let key = IdempotencyKey(draft)
                 if let key, let original = known[key] {
-                    results.append(AppendResult(message: original, duplicate: true))
+                    var target: Message?
+                    if let id = original.target { target = try await current(id, room: original.room, writes: writes)?.message }
+                    results.append(.success(AppendResult(message: original, duplicate: true, target: target)))
                     continue
                 }
-                let message = draft.stored(seq: try await nextSeq(room: draft.room))
-                if let key { known[key] = message }
-                rows.append(message)
-                results.append(AppendResult(message: message, duplicate: false))
+                let result: AppendResult
+                do {
+                    result = try await apply(draft, writes: &writes)
+                } catch let error as ParleyError {
+                    results.append(.failure(error))
+                    continue
+                }
+                if let key, !result.duplicate { known[key] = result.message }
+                results.append(.success(result))
             }
-            try await insert(rows)
+            try await insert(writes.rows)
+            try await update(writes)
             _ = try await writer.query("COMMIT", [])
             return results
         } catch {
             _ = try? await writer.query("ROLLBACK", [])
             throw error
+        }
+    }
+
+    /// One draft of the batch: a message, or a change decided against the message's state as
+    /// the batch left it.
+    private func apply(_ draft: MessageDraft, writes: inout BatchWrites) async throws -> AppendResult {
+        guard let change = draft.change else {
+            var answered: Message?
+            if let replyTo = draft.replyTo {
+                answered = try await current(replyTo, room: draft.room, writes: writes)?.message
+                try Message.checkReplyTarget(answered, id: replyTo, room: draft.room)
+            }
+            let message = draft.stored(seq: try await nextSeq(room: draft.room))
+            writes.index[message.id] = writes.rows.count
+            writes.rows.append(message)
+            return AppendResult(message: message.quoting(answered), duplicate: false)
+        }
+        let found = try await current(change.target, room: draft.room, writes: writes)
+        let outcome = try change.apply(draft, to: found?.message)
+        guard case .store(var row, let target) = outcome else { return .change(outcome) { 0 } }
+        row.seq = try await nextSeq(room: draft.room)
+        if let index = writes.index[target.id] {
+            writes.rows[index] = target
+        } else {
+            writes.changed[target.id] = (target, found?.searchRowid)
+        }
+        if target.deleted {
+            writes.deleted.append((target.room, target.id))
+            for i in writes.rows.indices where writes.rows[i].kind == .edit && writes.rows[i].target == target.id {
+                writes.rows[i].content = ""
+            }
+        }
+        writes.index[row.id] = writes.rows.count
+        writes.rows.append(row)
+        return AppendResult(message: row, duplicate: false, target: target)
+    }
+
+    /// Message `id` of `room` as the batch leaves it so far (without its quote).
+    private func current(_ id: String, room: String, writes: BatchWrites) async throws -> (message: Message, searchRowid: Int64?)? {
+        if let index = writes.index[id] { return (writes.rows[index], nil) }
+        if let changed = writes.changed[id] { return changed }
+        let rows = try await writer.query("SELECT \(Self.columns), m.search_rowid FROM messages m WHERE m.room = ? AND m.id = ?", [.text(room), .text(id)])
+        guard let row = rows.first, let message = Self.message(row) else { return nil }
+        return (message, row.column("search_rowid")?.integer.map(Int64.init))
+    }
+
+    /// Writes the batch's changes to stored messages, and their search rows.
+    private func update(_ writes: BatchWrites) async throws {
+        for (message, searchRowid) in writes.changed.values {
+            _ = try await writer.query(
+                "UPDATE messages SET content = ?, edited_ts = ?, deleted = ?, reactions = ?, mentions = ? WHERE room = ? AND seq = ?",
+                [
+                    .text(message.content), message.edited.map { .integer(Int($0.milliseconds)) } ?? .null, .integer(message.deleted ? 1 : 0),
+                    Reaction.stored(message.reactions).map { .text($0) } ?? .null, message.storedMentions.map { .text($0) } ?? .null,
+                    .text(message.room), .integer(Int(message.seq)),
+                ]
+            )
+            guard let searchRowid else { continue }
+            _ = try await writer.query("DELETE FROM message_search WHERE rowid = ?", [.integer(Int(searchRowid))])
+            if !message.deleted {
+                _ = try await writer.query(
+                    "INSERT INTO message_search(rowid, content, id, room, seq) VALUES (?, ?, ?, ?, ?)",
+                    [.integer(Int(searchRowid)), .text(message.content), .text(message.id), .text(message.room), .integer(Int(message.seq))]
+                )
+            }
+        }
+        for (room, id) in writes.deleted {
+            _ = try await writer.query(
+                "UPDATE messages SET content = '' WHERE room = ? AND target = ? AND kind = 'edit'", [.text(room), .text(id)]
+            )
         }
     }
 
@@ -202,7 +313,7 @@ public final class SQLiteMessageStore: MessageStore {
             let rows = try await writer.query(
                 """
                 WITH k(room, user, client_id) AS (VALUES \(tuples))
-                SELECT m.room, m.seq, m.id, m.user, m.content, m.ts, m.client_id
+                SELECT \(Self.columns)
                 FROM k CROSS JOIN messages AS m INDEXED BY messages_client_id
                     ON m.room = k.room AND m.user = k.user AND m.client_id = k.client_id
                 WHERE m.client_id IS NOT NULL AND m.ts >= ? ORDER BY m.seq
@@ -230,30 +341,54 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     /// Inserts in multi-row statements: one statement (and one thread-pool hop) per 128 rows.
+    /// A message gets the next rowid of `message_search` (in the order of storing, which search
+    /// pages by) unless it is already deleted; a change is not searchable.
     private func insert(_ rows: [Message]) async throws {
+        var searchRowid = try await loadLastSearchRowid()
         var start = 0
         while start < rows.count {
             let chunk = rows[start..<min(start + 128, rows.count)]
-            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
             var binds: [SQLiteData] = []
-            binds.reserveCapacity(chunk.count * 8)
+            binds.reserveCapacity(chunk.count * 15)
+            var searchBinds: [SQLiteData] = []
+            searchBinds.reserveCapacity(chunk.count * 5)
             for message in chunk {
+                let searchable = message.kind == .message && !message.deleted
+                if searchable {
+                    searchRowid += 1
+                    searchBinds += [.integer(Int(searchRowid)), .text(message.content), .text(message.id), .text(message.room), .integer(Int(message.seq))]
+                }
                 binds += [
                     .text(message.room), .integer(Int(message.seq)), .text(message.id), .text(message.user),
                     .text(message.content), .integer(Int(message.timestamp.milliseconds)),
                     message.clientId.map { .text($0) } ?? .null, message.storedMentions.map { .text($0) } ?? .null,
+                    message.kind == .message ? .null : .text(message.kind.rawValue), message.target.map { .text($0) } ?? .null,
+                    message.replyTo.map { .text($0) } ?? .null, message.edited.map { .integer(Int($0.milliseconds)) } ?? .null,
+                    .integer(message.deleted ? 1 : 0), Reaction.stored(message.reactions).map { .text($0) } ?? .null,
+                    searchable ? .integer(Int(searchRowid)) : .null,
                 ]
             }
-            _ = try await writer.query("INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions) VALUES \(placeholders)", binds)
-            var searchBinds: [SQLiteData] = []
-            searchBinds.reserveCapacity(chunk.count * 4)
-            for message in chunk {
-                searchBinds += [.text(message.content), .text(message.id), .text(message.room), .integer(Int(message.seq))]
+            _ = try await writer.query(
+                """
+                INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, search_rowid)
+                VALUES \(placeholders)
+                """,
+                binds
+            )
+            if !searchBinds.isEmpty {
+                let searchRows = Array(repeating: "(?,?,?,?,?)", count: searchBinds.count / 5).joined(separator: ",")
+                _ = try await writer.query("INSERT INTO message_search(rowid, content, id, room, seq) VALUES \(searchRows)", searchBinds)
             }
-            let searchRows = Array(repeating: "(?,?,?,?)", count: chunk.count).joined(separator: ",")
-            _ = try await writer.query("INSERT INTO message_search(content, id, room, seq) VALUES \(searchRows)", searchBinds)
             start += chunk.count
         }
+        lastSearchRowid.withLock { $0 = searchRowid }
+    }
+
+    private func loadLastSearchRowid() async throws -> Int64 {
+        if let cached = lastSearchRowid.withLock({ $0 }) { return cached }
+        let rows = try await writer.query("SELECT MAX(rowid) AS rowid FROM message_search", [])
+        return Int64(rows.first?.column("rowid")?.integer ?? 0)
     }
 
     // MARK: Reading
@@ -262,7 +397,7 @@ public final class SQLiteMessageStore: MessageStore {
         guard let (lower, upper) = query.seqRange else { return HistoryPage(messages: [], hasMore: false) }
         let order = query.pagesForward ? "ASC" : "DESC"
         let rows = try await reader.query(
-            "SELECT room, seq, id, user, content, ts, client_id FROM messages WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq \(order) LIMIT ?",
+            "SELECT \(Self.quotedColumns) WHERE m.room = ? AND m.seq > ? AND m.seq < ? ORDER BY m.seq \(order) LIMIT ?",
             [.text(room), .integer(Int(lower)), .integer(Int(upper)), .integer(query.limit + 1)]
         )
         var messages = rows.compactMap(Self.message)
@@ -296,8 +431,9 @@ public final class SQLiteMessageStore: MessageStore {
         let cursor = before == nil ? "" : "AND s.rowid < (SELECT rowid FROM message_search WHERE message_search MATCH ?1 AND id = ?3)"
         let rows = try await reader.query(
             """
-            SELECT m.room, m.seq, m.id, m.user, m.content, m.ts, m.client_id
+            SELECT \(Self.columns), q.id AS q_id, q.user AS q_user, q.content AS q_content, q.deleted AS q_deleted
             FROM message_search s JOIN messages m ON m.room = s.room AND m.seq = s.seq
+            LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
             WHERE message_search MATCH ?1 \(cursor) ORDER BY s.rowid DESC LIMIT ?2
             """,
             [.text(match), .integer(limit)] + (before.map { [.text($0)] } ?? [])
@@ -328,15 +464,18 @@ public final class SQLiteMessageStore: MessageStore {
             """
             WITH counts AS (
                 SELECT p.room AS room, p.seq AS read_seq,
-                    COUNT(u.seq) FILTER (WHERE u.user <> ?1) AS unread,
+                    COUNT(u.seq) FILTER (WHERE u.user <> ?1 AND u.kind IS NULL AND u.deleted = 0) AS unread,
                     COUNT(u.seq) FILTER (WHERE u.user <> ?1 AND instr(u.mentions, ' ' || ?1 || ' ') > 0) AS mentions
                 FROM read_positions p LEFT JOIN messages u ON u.room = p.room AND u.seq > p.seq
                 WHERE p.user = ?1 GROUP BY p.room, p.seq
             )
             SELECT c.room AS room, c.read_seq AS read_seq, c.unread AS unread, c.mentions AS mentions,
-                m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id
+                (SELECT MAX(seq) FROM messages WHERE room = c.room) AS last_seq,
+                m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id,
+                m.kind AS kind, m.target AS target, m.reply_to AS reply_to, m.edited_ts AS edited_ts, m.deleted AS deleted,
+                m.reactions AS reactions
             FROM counts c
-            LEFT JOIN messages m ON m.room = c.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = c.room)
+            LEFT JOIN messages m ON m.room = c.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = c.room AND kind IS NULL)
             ORDER BY c.room
             """,
             [.text(user)]
@@ -344,7 +483,7 @@ public final class SQLiteMessageStore: MessageStore {
         return rows.compactMap { row in
             guard let room = row.column("room")?.string, let readSeq = row.column("read_seq")?.integer else { return nil }
             return InboxEntry(
-                room: room, lastMessage: Self.message(row), readSeq: Int64(readSeq),
+                room: room, seq: Int64(row.column("last_seq")?.integer ?? 0), lastMessage: Self.message(row), readSeq: Int64(readSeq),
                 unread: row.column("unread")?.integer ?? 0, mentions: row.column("mentions")?.integer ?? 0
             )
         }
@@ -355,14 +494,41 @@ public final class SQLiteMessageStore: MessageStore {
         return Int64(rows.first?.column("seq")?.integer ?? 0)
     }
 
+    /// A message row's columns (`m`), as `message(_:)` reads them.
+    private static let columns = """
+        m.room AS room, m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id,
+        m.kind AS kind, m.target AS target, m.reply_to AS reply_to, m.edited_ts AS edited_ts, m.deleted AS deleted,
+        m.reactions AS reactions
+        """
+
+    /// The columns and the join that read messages with the quote of the message each answers.
+    private static let quotedColumns = """
+        \(columns), q.id AS q_id, q.user AS q_user, q.content AS q_content, q.deleted AS q_deleted
+        FROM messages m LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
+        """
+
     private static func message(_ row: SQLiteRow) -> Message? {
         guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer,
             let id = row.column("id")?.string, let user = row.column("user")?.string,
             let content = row.column("content")?.string, let ts = row.column("ts")?.integer
         else { return nil }
-        return Message(
+        var message = Message(
             id: id, room: room, seq: Int64(seq), user: user, content: content,
-            timestamp: Timestamp(milliseconds: Int64(ts)), clientId: row.column("client_id")?.string
+            timestamp: Timestamp(milliseconds: Int64(ts)), clientId: row.column("client_id")?.string,
+            kind: row.column("kind")?.string.flatMap(MessageKind.init(rawValue:)) ?? .message,
+            target: row.column("target")?.string, replyTo: row.column("reply_to")?.string
         )
+        message.edited = row.column("edited_ts")?.integer.map { Timestamp(milliseconds: Int64($0)) }
+        message.deleted = row.column("deleted")?.integer == 1
+        message.reactions = Reaction.parse(row.column("reactions")?.string)
+        if message.replyTo != nil, let quoteID = row.column("q_id")?.string, let quoteUser = row.column("q_user")?.string {
+            var answered = Message(
+                id: quoteID, room: room, seq: 0, user: quoteUser, content: row.column("q_content")?.string ?? "",
+                timestamp: message.timestamp, clientId: nil
+            )
+            answered.deleted = row.column("q_deleted")?.integer == 1
+            message.quote = Quote(of: answered)
+        }
+        return message
     }
 }

@@ -12,7 +12,7 @@ struct ConnectionTests {
     final class TextFormat: WireFormat {
         func encode(_ event: ServerEvent) -> ByteBuffer {
             switch event {
-            case .message(let message): ByteBuffer(string: "message \(message.room) \(message.seq) \(message.user) \(message.content)")
+            case .message(let message): ByteBuffer(string: "\(message.kind.rawValue) \(message.room) \(message.seq) \(message.user) \(message.content)")
             case .join(let room, let user, _): ByteBuffer(string: "join \(room) \(user)")
             case .leave(let room, let user, _): ByteBuffer(string: "leave \(room) \(user)")
             case .typing(let room, let user, let typing): ByteBuffer(string: "typing \(room) \(user) \(typing)")
@@ -31,6 +31,7 @@ struct ConnectionTests {
             case .joined(let ack): "joined \(ack.room) \(ack.seq) \(ack.users.map(\.user))\(ack.hasMore ? " of \(ack.online)" : "")"
             case .left(let room): "left \(room)"
             case .published(let stored): "published \(stored.message.seq)\(stored.duplicate ? " duplicate" : "")"
+            case .changed(let message): "changed \(message.seq) \(message.content)\(message.deleted ? " deleted" : "") \(message.reactions.map { "\($0.emoji)\($0.users)" })"
             case .typing(let room, let typing): "typing \(room) \(typing)"
             case .read(let room, let seq): "read \(room) \(seq)"
             case .history(let page): "history \(page.messages.map(\.seq)) \(page.hasMore)"
@@ -100,6 +101,63 @@ struct ConnectionTests {
         var batch: [Outbox.Frame] = []
         _ = connection.outbox.take(into: &batch)
         return batch.map { String(buffer: $0.bytes) }
+    }
+
+    // MARK: Edits, deletions, reactions and replies
+
+    @Test("changes reach members live and on resume in the room's order; authors edit within the window; a backend deletes anyone's")
+    func changes() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        let carol = try connection("carol")
+        for member in [alice, bob] { await member.receive(.join(room: "r", since: nil), id: nil) }
+        await alice.receive(.message(room: "r", content: "helo", clientId: nil), id: .number(1))
+        #expect(sent(alice) == ["join r bob", "ack 1 published 1", "message r 1 alice helo"])
+        #expect(sent(bob) == ["message r 1 alice helo"])
+        let id = try await engine.history(Identity(user: "alice"), room: "r", before: nil, after: nil, limit: nil).messages[0].id
+        // Bob goes offline; the room changes without him.
+        await bob.receive(.leave(room: "r"), id: nil)
+        _ = sent(bob)
+        _ = sent(alice)
+        await alice.receive(.change(room: "r", id: id, action: .edit, content: " hello ", clientId: nil), id: .number(2))
+        #expect(sent(alice) == ["ack 2 changed 1 hello []", "edit r 2 alice hello"])
+        await carol.receive(.change(room: "r", id: id, action: .react(.toggle), content: "👍", clientId: nil), id: .number(1))
+        #expect(sent(carol) == ["ack 1 changed 1 hello [\"👍[\\\"carol\\\"]\"]"])
+        #expect(sent(alice) == ["react r 3 carol 👍"])
+        // The same reaction again, a stranger's edit, an edit after the window: nothing stored.
+        clock.advance(by: .seconds(1))
+        await carol.receive(.change(room: "r", id: id, action: .react(.add), content: "👍", clientId: nil), id: .number(2))
+        await carol.receive(.change(room: "r", id: id, action: .edit, content: "mine now", clientId: nil), id: .number(3))
+        await carol.receive(.change(room: "r", id: id, action: .react(.add), content: "two words", clientId: nil), id: .number(4))
+        #expect(sent(carol) == ["ack 2 changed 1 hello [\"👍[\\\"carol\\\"]\"]", "error 3 forbidden", "error 4 bad_request"])
+        clock.advance(by: .seconds(24 * 3600 + 1))
+        await alice.receive(.change(room: "r", id: id, action: .edit, content: "too late", clientId: nil), id: .number(3))
+        #expect(sent(alice) == ["error 3 forbidden"])
+        // A reply quotes what it answers; an unknown id is not_found.
+        await alice.receive(.message(room: "r", content: "see above", clientId: nil, replyTo: id), id: .number(4))
+        clock.advance(by: .seconds(1))
+        await alice.receive(.message(room: "r", content: "?", clientId: nil, replyTo: "01UNKNOWN"), id: .number(5))
+        #expect(sent(alice) == ["ack 4 published 4", "message r 4 alice see above", "error 5 not_found"])
+        // Bob resumes from seq 1: the changes he missed, in order, then live ones.
+        await bob.receive(.join(room: "r", since: 1), id: nil)
+        #expect(sent(bob) == ["edit r 2 alice hello", "react r 3 carol 👍", "message r 4 alice see above"])
+        let page = try await engine.history(Identity(user: "bob"), room: "r", before: nil, after: nil, limit: nil)
+        #expect(page.messages[0].content == "hello" && page.messages[0].edited != nil && page.messages[3].quote?.content == "hello")
+        // Carol may not delete alice's message; a backend may.
+        await carol.receive(.change(room: "r", id: id, action: .delete, content: "", clientId: nil), id: .number(5))
+        #expect(sent(carol) == ["error 5 forbidden"])
+        let backend = Connection(
+            engine: engine, authenticator: TestAuthenticator(), format: TextFormat(),
+            settings: .init(transport: "grpc", handshakeTimeout: .seconds(10), backendsMayConnect: true), clock: clock,
+            logger: .init(label: "test")
+        )
+        try backend.start(identity: nil, backend: Identity(user: "backend", isBackend: true))
+        await backend.receive(.connect(token: nil, user: "moderator"), id: nil)
+        await backend.receive(.change(room: "r", id: id, action: .delete, content: "", clientId: nil), id: .number(1))
+        #expect(sent(backend).last == "ack 1 changed 1  deleted []")
+        #expect(sent(bob) == ["delete r 5 moderator "])
+        let after = try await engine.history(Identity(user: "bob"), room: "r", before: nil, after: nil, limit: nil)
+        #expect(after.messages[0].deleted && after.messages[1].content.isEmpty && after.messages[3].quote?.deleted == true)
     }
 
     // MARK: Direct messages and notifications

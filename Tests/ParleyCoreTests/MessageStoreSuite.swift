@@ -76,6 +76,15 @@ func draft(_ room: String, _ content: String, user: String = "alice", clientId: 
     MessageDraft(room: room, user: user, content: content, timestamp: timestamp, clientId: clientId)
 }
 
+/// A change to the message `target` by `user`.
+func change(
+    _ room: String, _ target: String, _ action: MessageChange.Action, _ content: String = "", user: String = "alice",
+    privileged: Bool = false, at timestamp: Timestamp = .now, clientId: String? = nil
+) -> MessageDraft {
+    let change = MessageChange(target: target, action: action, privileged: privileged, editWindow: .seconds(3600), maxReactions: 3)
+    return MessageDraft(room: room, user: user, content: content, timestamp: timestamp, clientId: clientId, change: change)
+}
+
 @Suite("MessageStore behaviour")
 struct MessageStoreSuite {
     @Test(
@@ -167,6 +176,106 @@ struct MessageStoreSuite {
                 #expect(try await reopened.store.search(terms: ["lunch"], before: nil, limit: 5).map(\.content) == ["lunch?"])
                 await reopened.close()
             }
+        }
+    }
+
+    @Test("edits, deletions and reactions are rows of the room in seq order; history shows each message as it is now", arguments: StoreKind.allCases)
+    func changes(kind: StoreKind) async throws {
+        try await withStore(kind) { store, running in
+            let now = Timestamp.now
+            let first = try await store.append(draft("r", "helo @bob", user: "alice", at: now)).message
+            var reply = draft("r", "hi!", user: "bob", at: now)
+            reply.replyTo = first.id
+            let answer = try await store.append(reply)
+            #expect(answer.message.seq == 2 && answer.message.quote == Quote(of: first))
+            // Only its author edits, within the window.
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", first.id, .edit, "hacked", user: "bob")) }
+            await #expect(throws: ParleyError.self) {
+                try await store.append(change("r", first.id, .edit, "late", at: Timestamp(milliseconds: now.milliseconds + 3_601_000)))
+            }
+            let edit = try await store.append(change("r", first.id, .edit, "hello @bob", at: Timestamp(milliseconds: now.milliseconds + 5)))
+            #expect(edit.message.seq == 3 && edit.message.kind == .edit && edit.message.target == first.id && edit.message.content == "hello @bob")
+            #expect(edit.target?.content == "hello @bob" && edit.target?.edited?.milliseconds == now.milliseconds + 5)
+            // Reactions: set semantics; a toggle decides against the state in the room's order.
+            let thumbs = try await store.append(change("r", first.id, .react(.add), "👍", user: "bob"))
+            #expect(thumbs.message.seq == 4 && thumbs.message.kind == .react)
+            let again = try await store.append(change("r", first.id, .react(.add), "👍", user: "bob"))
+            #expect(again.duplicate && again.target?.reactions == [Reaction(emoji: "👍", users: ["bob"])])
+            _ = try await store.append(change("r", first.id, .react(.toggle), "👍", user: "carol"))
+            _ = try await store.append(change("r", first.id, .react(.toggle), "🎉", user: "carol"))
+            let off = try await store.append(change("r", first.id, .react(.toggle), "👍", user: "bob"))
+            #expect(off.message.seq == 7 && off.message.kind == .unreact)
+            #expect(off.target?.reactions == [Reaction(emoji: "👍", users: ["carol"]), Reaction(emoji: "🎉", users: ["carol"])])
+            _ = try await store.append(change("r", first.id, .react(.add), "👀", user: "dave"))
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", first.id, .react(.add), "🚀", user: "dave")) }
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", "01NOSUCHMESSAGE", .react(.add), "👍")) }
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", edit.message.id, .edit, "an edit is not a message")) }
+            await #expect(throws: ParleyError.self) { try await store.append(change("elsewhere", first.id, .delete)) }
+            var page = try await store.history(room: "r", query: HistoryQuery(limit: 50))
+            #expect(page.messages.map(\.seq) == Array(1...8))
+            #expect(page.messages.map(\.kind) == [.message, .message, .edit, .react, .react, .react, .unreact, .react])
+            #expect(page.messages[0].content == "hello @bob" && page.messages[0].edited != nil && page.messages[0].reactions.count == 3)
+            #expect(page.messages[1].quote?.content == "hello @bob" && page.messages[1].replyTo == first.id)
+            #expect(try await store.search(terms: ["hello"], before: nil, limit: 5).map(\.id) == [first.id])
+            #expect(try await store.search(terms: ["helo"], before: nil, limit: 5).isEmpty)
+            // Changes are not unread messages; the room's seq counts them.
+            try await store.addToInbox(user: "bob", room: "r", readSeq: 0)
+            var inbox = try await store.inbox(user: "bob")
+            #expect(inbox[0].seq == 8 && inbox[0].unread == 1 && inbox[0].mentions == 1 && inbox[0].lastMessage?.id == answer.message.id)
+            // Deleting: its author or a moderator; the content goes from the message, its edits,
+            // quotes and search; a second delete changes nothing.
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", first.id, .delete, user: "bob")) }
+            let deleted = try await store.append(change("r", first.id, .delete, user: "mod", privileged: true))
+            #expect(deleted.message.seq == 9 && deleted.message.kind == .delete && deleted.target?.deleted == true)
+            #expect(try await store.append(change("r", first.id, .delete)).duplicate)
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", first.id, .edit, "back")) }
+            var late = draft("r", "re", user: "bob")
+            late.replyTo = first.id
+            await #expect(throws: ParleyError.self) { try await store.append(late) }
+            func checkDeleted(_ store: any MessageStore) async throws {
+                let page = try await store.history(room: "r", query: HistoryQuery(limit: 50))
+                #expect(page.messages.map(\.seq) == Array(1...9))
+                #expect(page.messages[0].deleted && page.messages[0].content.isEmpty && page.messages[0].reactions.isEmpty)
+                #expect(page.messages[1].quote?.deleted == true && page.messages[1].quote?.content == "")
+                #expect(page.messages[2].kind == .edit && page.messages[2].content.isEmpty)
+                #expect(!page.messages.contains { $0.content.contains("hello") || $0.content.contains("helo") })
+                #expect(try await store.search(terms: ["hello"], before: nil, limit: 5).isEmpty)
+                let inbox = try await store.inbox(user: "bob")
+                #expect(inbox[0].seq == 9 && inbox[0].unread == 0 && inbox[0].mentions == 0)
+            }
+            try await checkDeleted(store)
+            page = try await store.history(room: "r", query: HistoryQuery(after: 6, limit: 2))
+            #expect(page.messages.map(\.seq) == [7, 8] && page.hasMore)
+            inbox = try await store.inbox(user: "bob")
+            if let reopened = try await running.reopen() {
+                await running.close()
+                try await checkDeleted(reopened.store)
+                #expect(try await reopened.store.append(draft("r", "after")).message.seq == 10)
+                await reopened.close()
+            }
+        }
+    }
+
+    @Test("concurrent reactions are decided one by one: each user counted once, toggles alternate", arguments: StoreKind.allCases)
+    func concurrentReactions(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            let message = try await store.append(draft("r", "vote")).message
+            let results = try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                for index in 0..<20 {
+                    group.addTask { try await store.append(change("r", message.id, .react(.add), "👍", user: "u\(index % 5)")) }
+                    group.addTask { try await store.append(change("r", message.id, .react(.toggle), "🎉", user: "alice")) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(results.filter { !$0.duplicate }.count == 25)
+            let page = try await store.history(room: "r", query: HistoryQuery(limit: 100))
+            #expect(page.messages.map(\.seq) == Array(1...26))
+            #expect(page.messages[0].reactions.map(\.emoji).contains("👍"))
+            #expect(Set(page.messages[0].reactions.first { $0.emoji == "👍" }?.users ?? []) == ["u0", "u1", "u2", "u3", "u4"])
+            // 20 toggles by one user: added and removed ten times each, in the room's order.
+            let toggles = page.messages.filter { $0.content == "🎉" }.map(\.kind)
+            #expect(toggles.count == 20 && toggles.enumerated().allSatisfy { $0.element == ($0.offset % 2 == 0 ? .react : .unreact) })
+            #expect(!page.messages[0].reactions.contains { $0.emoji == "🎉" })
         }
     }
 

@@ -4,7 +4,18 @@ import Synchronization
 /// History kept in memory: for tests and throwaway servers. Not durable.
 public final class MemoryMessageStore: MessageStore {
     private struct Room {
+        /// Every row, at index seq - 1; a message's row holds its current state.
         var messages: [Message] = []
+        /// Each message's index in `messages`, by id.
+        var index: [String: Int] = [:]
+
+        func message(_ id: String) -> Message? { index[id].map { messages[$0] } }
+
+        /// `message` with the quote of the message it answers, as it is now.
+        func current(_ message: Message) -> Message {
+            guard let replyTo = message.replyTo else { return message }
+            return message.quoting(self.message(replyTo))
+        }
     }
 
     private struct State {
@@ -26,18 +37,45 @@ public final class MemoryMessageStore: MessageStore {
     }
 
     public func append(_ draft: MessageDraft) async throws -> AppendResult {
-        state.withLock { state in
+        try state.withLock { state throws(ParleyError) in
+            var room = state.rooms[draft.room] ?? Room()
             let key = IdempotencyKey(draft)
             if let key, let original = state.clientIds[key],
                 original.timestamp.milliseconds >= draft.timestamp.milliseconds - idempotencyWindowMs
             {
-                return AppendResult(message: original, duplicate: true)
+                let target = original.target.flatMap(room.message).map(room.current)
+                return AppendResult(message: room.message(original.id).map(room.current) ?? original, duplicate: true, target: target)
             }
-            let seq = Int64(state.rooms[draft.room, default: Room()].messages.count + 1)
-            let message = draft.stored(seq: seq)
-            state.rooms[draft.room, default: Room()].messages.append(message)
-            if let key { state.clientIds[key] = message }
-            return AppendResult(message: message, duplicate: false)
+            let seq = Int64(room.messages.count + 1)
+            let result: AppendResult
+            if let change = draft.change {
+                result = AppendResult.change(try change.apply(draft, to: room.message(change.target))) { seq }
+                if !result.duplicate, let target = result.target, let index = room.index[target.id] {
+                    room.messages[index] = target
+                    if target.deleted {
+                        // The deleted content goes from its edits too.
+                        for i in room.messages.indices where room.messages[i].kind == .edit && room.messages[i].target == target.id {
+                            room.messages[i].content = ""
+                        }
+                    }
+                }
+            } else {
+                var answered: Message?
+                if let replyTo = draft.replyTo {
+                    answered = room.message(replyTo)
+                    try Message.checkReplyTarget(answered, id: replyTo, room: draft.room)
+                }
+                result = AppendResult(message: draft.stored(seq: seq).quoting(answered), duplicate: false)
+            }
+            if !result.duplicate {
+                var row = result.message
+                row.quote = nil
+                room.index[row.id] = room.messages.count
+                room.messages.append(row)
+                if let key { state.clientIds[key] = row }
+            }
+            state.rooms[draft.room] = room
+            return result
         }
     }
 
@@ -46,14 +84,15 @@ public final class MemoryMessageStore: MessageStore {
             let all = state.rooms[room]?.messages ?? []
             // seq n lives at index n - 1.
             guard let range = query.seqRange, range.after < all.count else { return HistoryPage(messages: [], hasMore: false) }
+            let room = state.rooms[room]!
             let lower = Int(range.after)
             let upper = Int(min(range.before - 1, Int64(all.count)))
             if query.pagesForward {
                 let end = min(lower + query.limit, upper)
-                return HistoryPage(messages: Array(all[lower..<end]), hasMore: end < upper)
+                return HistoryPage(messages: all[lower..<end].map(room.current), hasMore: end < upper)
             } else {
                 let start = max(upper - query.limit, lower)
-                return HistoryPage(messages: Array(all[start..<upper]), hasMore: start > lower)
+                return HistoryPage(messages: all[start..<upper].map(room.current), hasMore: start > lower)
             }
         }
     }
@@ -77,10 +116,13 @@ public final class MemoryMessageStore: MessageStore {
     public func inbox(user: String) async throws -> [InboxEntry] {
         state.withLock { state in
             (state.read[user] ?? [:]).sorted { $0.key < $1.key }.map { room, readSeq in
-                let messages = state.rooms[room]?.messages ?? []
-                let unread = messages.dropFirst(Int(min(max(readSeq, 0), Int64(messages.count)))).filter { $0.user != user }
+                let stored = state.rooms[room] ?? Room()
+                let messages = stored.messages
+                let unread = messages.dropFirst(Int(min(max(readSeq, 0), Int64(messages.count))))
+                    .filter { $0.user != user && $0.kind == .message && !$0.deleted }
                 return InboxEntry(
-                    room: room, lastMessage: messages.last, readSeq: readSeq, unread: unread.count,
+                    room: room, seq: Int64(messages.count), lastMessage: messages.last { $0.kind == .message }.map(stored.current),
+                    readSeq: readSeq, unread: unread.count,
                     mentions: unread.filter { $0.storedMentions?.contains(" \(user) ") == true }.count
                 )
             }
@@ -89,10 +131,11 @@ public final class MemoryMessageStore: MessageStore {
 
     public func search(terms: [String], before: String?, limit: Int) async throws -> [Message] {
         guard !terms.isEmpty else { return [] }
-        let all = state.withLock { $0.rooms.values.flatMap(\.messages) }
+        let all = state.withLock { $0.rooms.values.flatMap { room in room.messages.map(room.current) } }
         return all
             .filter { message in
                 if let before, message.id >= before { return false }
+                guard message.kind == .message, !message.deleted else { return false }
                 let words = Set(SearchTerms.tokens(message.content))
                 return terms.allSatisfy(words.contains)
             }

@@ -2,6 +2,14 @@ import ServiceLifecycle
 
 /// Durable, ordered history of every room.
 ///
+/// A draft may be a change to a stored message (`MessageDraft.change`): the store decides it
+/// with `MessageChange.apply` against the message as stored in the same transaction, stores
+/// the change as the room's next row and keeps the message's current state (content, edit
+/// time, deletion, reactions) on its own row, which history, search and listings show. A
+/// deletion also empties the content of the message's earlier edits, and takes it out of
+/// search. A reply (`MessageDraft.replyTo`) must answer a message of the same room; pages and
+/// acks show it with the answered message's `quote` as it is when read.
+///
 /// Guarantees every implementation gives (the shared behavioural suite checks them):
 /// - `append` returns only after the message is durably committed; if it throws, nothing was
 ///   stored and the message must not be delivered.
@@ -34,7 +42,7 @@ public protocol MessageStore: Service {
 
     // MARK: Search
 
-    /// Messages containing every word of `terms` (whole words, any case), newest first, older
+    /// Messages (not changes, not deleted ones) containing every word of `terms` (whole words, any case), newest first, older
     /// than the message `before` (an id) when given; at most `limit`. Callers filter the rooms.
     func search(terms: [String], before: String?, limit: Int) async throws -> [Message]
 }
@@ -59,44 +67,61 @@ public enum SearchTerms {
 /// A room in a user's list.
 public struct InboxEntry: Sendable, Hashable {
     public var room: String
-    /// The room's newest message; nil while it has none.
+    /// The room's last seq (a change counts: it is the position to mark read).
+    public var seq: Int64
+    /// The room's newest message (not a change); nil while it has none.
     public var lastMessage: Message?
     /// The user's read position: the last seq they read.
     public var readSeq: Int64
-    /// Messages after `readSeq` by other users.
+    /// Messages (not changes, not deleted ones) after `readSeq` by other users.
     public var unread: Int
     /// Of those, the ones that mention the user (`@user`).
     public var mentions: Int
 
-    public init(room: String, lastMessage: Message?, readSeq: Int64, unread: Int, mentions: Int) {
+    public init(room: String, seq: Int64? = nil, lastMessage: Message?, readSeq: Int64, unread: Int, mentions: Int) {
         self.room = room
+        self.seq = seq ?? lastMessage?.seq ?? 0
         self.lastMessage = lastMessage
         self.readSeq = readSeq
         self.unread = unread
         self.mentions = mentions
     }
-
-    /// The room's last seq.
-    public var seq: Int64 { lastMessage?.seq ?? 0 }
 }
 
 extension Message {
     /// The users the message mentions, as stores keep them: `" alice bob "` (so that a user is
-    /// found as `" alice "`), nil when there are none.
+    /// found as `" alice "`), nil when there are none (and for changes and deleted messages).
     public var storedMentions: String? {
+        guard kind == .message, !deleted else { return nil }
         let users = Mentions.users(in: content, limits: Limits())
         return users.isEmpty ? nil : " " + users.joined(separator: " ") + " "
     }
 }
 
 public struct AppendResult: Sendable, Hashable {
+    /// The stored row: what is delivered to the room.
     public var message: Message
-    /// The clientId had been used: nothing was stored and `message` is the original.
+    /// Nothing was stored and nothing is delivered: the clientId had been used (`message` is
+    /// the original), or a change found the message already so.
     public var duplicate: Bool
+    /// For a change: the changed message as it is now (what the change's ack shows).
+    public var target: Message?
 
-    public init(message: Message, duplicate: Bool) {
+    public init(message: Message, duplicate: Bool, target: Message? = nil) {
         self.message = message
         self.duplicate = duplicate
+        self.target = target
+    }
+
+    /// What a store answers for `outcome`, the change's stored row getting `seq`.
+    public static func change(_ outcome: MessageChange.Outcome, seq: () throws -> Int64) rethrows -> AppendResult {
+        switch outcome {
+        case .unchanged(let current):
+            return AppendResult(message: current, duplicate: true, target: current)
+        case .store(var change, let target):
+            change.seq = try seq()
+            return AppendResult(message: change, duplicate: false, target: target)
+        }
     }
 }
 

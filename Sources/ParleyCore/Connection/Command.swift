@@ -9,7 +9,11 @@ public enum Command: Sendable, Equatable {
     /// Joins the direct-message room of the session's user and `user` (`DirectRoom`).
     case direct(user: String, since: Int64?)
     case leave(room: String)
-    case message(room: String, content: String, clientId: String?)
+    /// A new message; `replyTo` names the message it answers.
+    case message(room: String, content: String, clientId: String?, replyTo: String? = nil)
+    /// Changes the message `id` (`MessageChange`): for `.edit`, `content` is its new
+    /// content; for `.react`, the emoji.
+    case change(room: String, id: String, action: MessageChange.Action, content: String, clientId: String?)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)
@@ -44,6 +48,8 @@ public enum Reply: Sendable {
     case joined(Engine.JoinAck)
     case left(room: String)
     case published(AppendResult)
+    /// A change was applied (or changed nothing): the message as it is now.
+    case changed(Message)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(HistoryPage)

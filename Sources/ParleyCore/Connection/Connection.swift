@@ -314,10 +314,16 @@ public final class Connection: Sendable {
         case .leave(let room):
             try await engine.leave(session, room: room)
             reply(.left(room: room), id: id)
-        case .message(let room, let content, let clientId):
+        case .message(let room, let content, let clientId, let replyTo):
             // The ack is queued as soon as the message is stored, ahead of the room's deliveries.
-            try await engine.publish(session.identity, room: room, content: content, clientId: clientId, session: session) { stored in
+            try await engine.publish(session.identity, room: room, content: content, clientId: clientId, replyTo: replyTo, session: session) { stored in
                 reply(.published(stored), id: id)
+            }
+        case .change(let room, let target, let action, let content, let clientId):
+            try await engine.change(
+                session.identity, room: room, target: target, action: action, content: content, clientId: clientId, session: session
+            ) { stored in
+                reply(.changed(stored.target ?? stored.message), id: id)
             }
         case .typing(let room, let typing):
             try await engine.typing(session, room: room, typing: typing)

@@ -357,7 +357,7 @@ public final class Engine: Sendable {
     /// transport can queue the sender's ack ahead of the deliveries to the room.
     @discardableResult
     public func publish(
-        _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?,
+        _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?, replyTo: String? = nil,
         session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
     ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
@@ -366,15 +366,51 @@ public final class Engine: Sendable {
         let author = try postingUser(identity, requested: user ?? session?.user)
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
+        let replyTo = try replyTo.map { id throws(ParleyError) in try Validation.messageID(id, field: "replyTo") }
+        let draft = MessageDraft(room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, replyTo: replyTo)
+        return try await submit(draft, session: session, onStored: onStored)
+    }
+
+    /// Changes the message `target` of `room`: edits it (`content` is the new content),
+    /// deletes it, or adds, removes or toggles the reaction `content`. The change is stored as
+    /// the room's next event and delivered like a message; the result's `target` is the message
+    /// as it is now. Authors edit and delete their own messages (edits within
+    /// `limits.editWindow`); a backend may delete anyone's. A change that changes nothing (a
+    /// second delete, a reaction already there) stores and delivers nothing
+    /// (`duplicate`). It costs a publish token.
+    @discardableResult
+    public func change(
+        _ identity: Identity, as user: String? = nil, room: String, target: String, action: MessageChange.Action, content: String = "",
+        clientId: String? = nil, session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
+    ) async throws -> AppendResult {
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room, at: clock.now)
+        let author = try postingUser(identity, requested: user ?? session?.user)
+        let target = try Validation.messageID(target)
+        let content: String = switch action {
+        case .edit: try Validation.content(content, limits: limits)
+        case .delete: ""
+        case .react: try Validation.emoji(content)
+        }
+        let clientId = try Validation.clientId(clientId, limits: limits)
+        let change = MessageChange(
+            target: target, action: action, privileged: identity.isBackend, editWindow: limits.editWindow, maxReactions: limits.maxReactions
+        )
+        let draft = MessageDraft(room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, change: change)
+        return try await submit(draft, session: session, onStored: onStored)
+    }
+
+    /// Stores a checked draft and delivers it: the publish path of messages and changes alike.
+    private func submit(_ draft: MessageDraft, session: Session?, onStored: (AppendResult) -> Void) async throws -> AppendResult {
+        let room = draft.room
         // A connection has its own bucket; calls without one (HTTP) share one per user; and
         // every publish of a user also takes from that user's bucket, whatever it came through.
-        let connectionWait = if let session { session.takeRateToken(now: clock.instant) } else { takeSessionlessRateToken(author) }
-        let wait = connectionWait ?? takeUserRateToken(author)
+        let connectionWait = if let session { session.takeRateToken(now: clock.instant) } else { takeSessionlessRateToken(draft.user) }
+        let wait = connectionWait ?? takeUserRateToken(draft.user)
         if let wait {
             metrics.rateLimited.increment()
             throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
-        let draft = MessageDraft(room: room, user: author, content: content, clientId: clientId)
         let started = ContinuousClock.now
         let result = try await storeCall { try await self.store.append(draft) }
         metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
@@ -387,6 +423,7 @@ public final class Engine: Sendable {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
+            guard result.message.kind == .message else { return result }
             if let (a, b) = DirectRoom.participants(room) {
                 // A DM is in both users' lists from its first message.
                 await list(room, for: a, readSeq: 0)

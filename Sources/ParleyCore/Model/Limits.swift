@@ -51,6 +51,10 @@ public struct Limits: Sendable, Hashable {
     /// then O(N) deliveries, not O(N^2)). 0 sends every join and leave one by one.
     public var largeRoomSize = 50
     public var presenceUpdateInterval: Duration = .seconds(1)
+    /// How long after sending it an author may edit a message; nil: any time.
+    public var editWindow: Duration? = .seconds(24 * 3600)
+    /// Most different emoji on one message.
+    public var maxReactions = 20
     /// How long a `clientId` is remembered for idempotent retries.
     public var idempotencyWindow: Duration = .seconds(600)
 

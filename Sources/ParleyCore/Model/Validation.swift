@@ -70,6 +70,25 @@ public enum Validation {
         return String(trimmed)
     }
 
+    /// A message id as a client names the message to change or answer: 1 to 64 bytes of
+    /// `[A-Za-z0-9_.-]` (Parley's ids are 26-character ULIDs).
+    public static func messageID(_ id: String, field: String = "id") throws(ParleyError) -> String {
+        guard isValidName(id, maxLength: 64, allowColon: false) else {
+            throw .badRequest("\(field) must be a message id")
+        }
+        return id
+    }
+
+    /// An emoji (or any short symbol): 1 to 32 bytes, without white space or control characters.
+    public static func emoji(_ emoji: String) throws(ParleyError) -> String {
+        guard !emoji.isEmpty, emoji.utf8.count <= 32,
+            !emoji.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control })
+        else {
+            throw .badRequest("emoji must be 1 to 32 bytes without spaces")
+        }
+        return emoji
+    }
+
     public static func clientId(_ clientId: String?, limits: Limits) throws(ParleyError) -> String? {
         guard let clientId else { return nil }
         guard !clientId.isEmpty, clientId.utf8.count <= limits.maxClientIdLength else {

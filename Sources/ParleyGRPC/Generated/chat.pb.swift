@@ -61,6 +61,52 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated enum Chat_V1_MessageKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case message // = 0
+  case edit // = 1
+  case delete // = 2
+  case react // = 3
+  case unreact // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .message
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .message
+    case 1: self = .edit
+    case 2: self = .delete
+    case 3: self = .react
+    case 4: self = .unreact
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .message: return 0
+    case .edit: return 1
+    case .delete: return 2
+    case .react: return 3
+    case .unreact: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Chat_V1_MessageKind] = [
+    .message,
+    .edit,
+    .delete,
+    .react,
+    .unreact,
+  ]
+
+}
+
 /// Error codes of ChatError, with the numbers of the gRPC status codes they stand for.
 public nonisolated enum Chat_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
@@ -138,55 +184,161 @@ public nonisolated enum Chat_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIterabl
 /// A chat message. As a SendMessage request only room_id, sender_id, content and client_id
 /// are read. Everywhere else (acks, history, events) it is a stored message with every field
 /// set, except client_id when the sender gave none.
-public nonisolated struct Chat_V1_ChatMessage: Sendable {
+public nonisolated struct Chat_V1_ChatMessage: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Globally unique, sortable id (a 26-character ULID). Assigned by the server.
-  public var id: String = String()
+  public var id: String {
+    get {_storage._id}
+    set {_uniqueStorage()._id = newValue}
+  }
 
   /// The room. Required in SendMessage; see the room id syntax above.
-  public var roomID: String = String()
+  public var roomID: String {
+    get {_storage._roomID}
+    set {_uniqueStorage()._roomID = newValue}
+  }
 
   /// The author's user id. In SendMessage: with a user JWT, empty or equal to the token's `sub`
   /// (anything else is PERMISSION_DENIED); with an API key or in open mode, required.
-  public var senderID: String = String()
+  public var senderID: String {
+    get {_storage._senderID}
+    set {_uniqueStorage()._senderID = newValue}
+  }
 
   /// The text: 1 to 4000 code points after trimming surrounding whitespace, no U+0000.
   /// Stored as trimmed.
-  public var content: String = String()
+  public var content: String {
+    get {_storage._content}
+    set {_uniqueStorage()._content = newValue}
+  }
 
   /// Position in the room: starts at 1, increases by exactly 1 per stored message, never
   /// reused, the same on every server instance. Assigned by the server.
-  public var seq: Int64 = 0
+  public var seq: Int64 {
+    get {_storage._seq}
+    set {_uniqueStorage()._seq = newValue}
+  }
 
   /// When the server stored the message (UTC, millisecond precision). Assigned by the server.
   public var timestamp: SwiftProtobuf.Google_Protobuf_Timestamp {
-    get {_timestamp ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
-    set {_timestamp = newValue}
+    get {_storage._timestamp ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._timestamp = newValue}
   }
   /// Returns true if `timestamp` has been explicitly set.
-  public var hasTimestamp: Bool {self._timestamp != nil}
+  public var hasTimestamp: Bool {_storage._timestamp != nil}
   /// Clears the value of `timestamp`. Subsequent reads from it will return its default value.
-  public mutating func clearTimestamp() {self._timestamp = nil}
+  public mutating func clearTimestamp() {_uniqueStorage()._timestamp = nil}
 
   /// Optional idempotency key chosen by the sender, 1 to 128 bytes. Echoed when given.
   public var clientID: String {
-    get {_clientID ?? String()}
-    set {_clientID = newValue}
+    get {_storage._clientID ?? String()}
+    set {_uniqueStorage()._clientID = newValue}
   }
   /// Returns true if `clientID` has been explicitly set.
-  public var hasClientID: Bool {self._clientID != nil}
+  public var hasClientID: Bool {_storage._clientID != nil}
   /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
-  public mutating func clearClientID() {self._clientID = nil}
+  public mutating func clearClientID() {_uniqueStorage()._clientID = nil}
+
+  /// What this row of the room is: a message (MESSAGE_KIND_MESSAGE, the default) or a change to
+  /// the message `target_id`, which takes its own seq like a message (see docs/protocol.md).
+  /// For an edit `content` is the new content; for a reaction, the emoji; for a delete, empty.
+  public var kind: Chat_V1_MessageKind {
+    get {_storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
+
+  public var targetID: String {
+    get {_storage._targetID}
+    set {_uniqueStorage()._targetID = newValue}
+  }
+
+  /// The message this one answers (SendMessage and `message` may set it: same room).
+  public var replyTo: String {
+    get {_storage._replyTo ?? String()}
+    set {_uniqueStorage()._replyTo = newValue}
+  }
+  /// Returns true if `replyTo` has been explicitly set.
+  public var hasReplyTo: Bool {_storage._replyTo != nil}
+  /// Clears the value of `replyTo`. Subsequent reads from it will return its default value.
+  public mutating func clearReplyTo() {_uniqueStorage()._replyTo = nil}
+
+  /// What it answers, as that message is now (set by the server on replies).
+  public var quote: Chat_V1_Quote {
+    get {_storage._quote ?? Chat_V1_Quote()}
+    set {_uniqueStorage()._quote = newValue}
+  }
+  /// Returns true if `quote` has been explicitly set.
+  public var hasQuote: Bool {_storage._quote != nil}
+  /// Clears the value of `quote`. Subsequent reads from it will return its default value.
+  public mutating func clearQuote() {_uniqueStorage()._quote = nil}
+
+  /// The message's current state in history, acks and search (messages only).
+  public var edited: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._edited ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._edited = newValue}
+  }
+  /// Returns true if `edited` has been explicitly set.
+  public var hasEdited: Bool {_storage._edited != nil}
+  /// Clears the value of `edited`. Subsequent reads from it will return its default value.
+  public mutating func clearEdited() {_uniqueStorage()._edited = nil}
+
+  public var deleted: Bool {
+    get {_storage._deleted}
+    set {_uniqueStorage()._deleted = newValue}
+  }
+
+  public var reactions: [Chat_V1_Reaction] {
+    get {_storage._reactions}
+    set {_uniqueStorage()._reactions = newValue}
+  }
+
+  /// The users it mentions (`@user`), in order.
+  public var mentions: [String] {
+    get {_storage._mentions}
+    set {_uniqueStorage()._mentions = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _timestamp: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
-  fileprivate var _clientID: String? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Chat_V1_Quote: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var senderID: String = String()
+
+  /// At most 140 characters of its content; empty once deleted.
+  public var content: String = String()
+
+  public var deleted: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Chat_V1_Reaction: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var emoji: String = String()
+
+  public var userIds: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// The answer to SendMessage (and to a `message` command of the Chat stream).
@@ -541,6 +693,30 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .search(newValue)}
   }
 
+  public var edit: Chat_V1_EditCommand {
+    get {
+      if case .edit(let v)? = command {return v}
+      return Chat_V1_EditCommand()
+    }
+    set {command = .edit(newValue)}
+  }
+
+  public var delete: Chat_V1_DeleteCommand {
+    get {
+      if case .delete(let v)? = command {return v}
+      return Chat_V1_DeleteCommand()
+    }
+    set {command = .delete(newValue)}
+  }
+
+  public var react: Chat_V1_ReactCommand {
+    get {
+      if case .react(let v)? = command {return v}
+      return Chat_V1_ReactCommand()
+    }
+    set {command = .react(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -557,10 +733,128 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case dm(Chat_V1_DirectCommand)
     case rooms(Chat_V1_InboxCommand)
     case search(Chat_V1_SearchCommand)
+    case edit(Chat_V1_EditCommand)
+    case delete(Chat_V1_DeleteCommand)
+    case react(Chat_V1_ReactCommand)
 
   }
 
   public init() {}
+}
+
+/// Edits one's own message (within the edit window). Ack: ChangeResult.
+public nonisolated struct Chat_V1_EditCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  public var messageID: String = String()
+
+  public var content: String = String()
+
+  public var clientID: String {
+    get {_clientID ?? String()}
+    set {_clientID = newValue}
+  }
+  /// Returns true if `clientID` has been explicitly set.
+  public var hasClientID: Bool {self._clientID != nil}
+  /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
+  public mutating func clearClientID() {self._clientID = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _clientID: String? = nil
+}
+
+/// Deletes one's own message (a backend: anyone's). Ack: ChangeResult.
+public nonisolated struct Chat_V1_DeleteCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  public var messageID: String = String()
+
+  public var clientID: String {
+    get {_clientID ?? String()}
+    set {_clientID = newValue}
+  }
+  /// Returns true if `clientID` has been explicitly set.
+  public var hasClientID: Bool {self._clientID != nil}
+  /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
+  public mutating func clearClientID() {self._clientID = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _clientID: String? = nil
+}
+
+/// Adds (add = true), removes (add = false) or toggles (add unset) the user's reaction.
+/// Ack: ChangeResult.
+public nonisolated struct Chat_V1_ReactCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  public var messageID: String = String()
+
+  public var emoji: String = String()
+
+  public var add: Bool {
+    get {_add ?? false}
+    set {_add = newValue}
+  }
+  /// Returns true if `add` has been explicitly set.
+  public var hasAdd: Bool {self._add != nil}
+  /// Clears the value of `add`. Subsequent reads from it will return its default value.
+  public mutating func clearAdd() {self._add = nil}
+
+  public var clientID: String {
+    get {_clientID ?? String()}
+    set {_clientID = newValue}
+  }
+  /// Returns true if `clientID` has been explicitly set.
+  public var hasClientID: Bool {self._clientID != nil}
+  /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
+  public mutating func clearClientID() {self._clientID = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _add: Bool? = nil
+  fileprivate var _clientID: String? = nil
+}
+
+/// The changed message as it is now.
+public nonisolated struct Chat_V1_ChangeResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var message: Chat_V1_ChatMessage {
+    get {_message ?? Chat_V1_ChatMessage()}
+    set {_message = newValue}
+  }
+  /// Returns true if `message` has been explicitly set.
+  public var hasMessage: Bool {self._message != nil}
+  /// Clears the value of `message`. Subsequent reads from it will return its default value.
+  public mutating func clearMessage() {self._message = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _message: Chat_V1_ChatMessage? = nil
 }
 
 /// Full-text search in the rooms the stream's user may read: messages with every word of
@@ -728,11 +1022,22 @@ public nonisolated struct Chat_V1_MessageCommand: Sendable {
   /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
   public mutating func clearClientID() {self._clientID = nil}
 
+  /// The message it answers (same room).
+  public var replyTo: String {
+    get {_replyTo ?? String()}
+    set {_replyTo = newValue}
+  }
+  /// Returns true if `replyTo` has been explicitly set.
+  public var hasReplyTo: Bool {self._replyTo != nil}
+  /// Clears the value of `replyTo`. Subsequent reads from it will return its default value.
+  public mutating func clearReplyTo() {self._replyTo = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _clientID: String? = nil
+  fileprivate var _replyTo: String? = nil
 }
 
 /// Starts or stops typing in a joined room (NOT_FOUND otherwise). A `typing = true` not
@@ -1137,6 +1442,14 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     set {result = .search(newValue)}
   }
 
+  public var change: Chat_V1_ChangeResult {
+    get {
+      if case .change(let v)? = result {return v}
+      return Chat_V1_ChangeResult()
+    }
+    set {result = .change(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1150,6 +1463,7 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     case presence(Chat_V1_PresenceResponse)
     case rooms(Chat_V1_InboxResult)
     case search(Chat_V1_HistoryResponse)
+    case change(Chat_V1_ChangeResult)
 
   }
 
@@ -1339,13 +1653,185 @@ public nonisolated struct Chat_V1_Pong: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "chat.v1"
 
+nonisolated extension Chat_V1_MessageKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_KIND_MESSAGE\0\u{1}MESSAGE_KIND_EDIT\0\u{1}MESSAGE_KIND_DELETE\0\u{1}MESSAGE_KIND_REACT\0\u{1}MESSAGE_KIND_UNREACT\0")
+}
+
 nonisolated extension Chat_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{2}\u{3}ERROR_CODE_INVALID_ARGUMENT\0\u{2}\u{2}ERROR_CODE_NOT_FOUND\0\u{2}\u{2}ERROR_CODE_PERMISSION_DENIED\0\u{1}ERROR_CODE_RESOURCE_EXHAUSTED\0\u{2}\u{5}ERROR_CODE_INTERNAL\0\u{1}ERROR_CODE_UNAVAILABLE\0\u{2}\u{2}ERROR_CODE_UNAUTHENTICATED\0")
 }
 
 nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0\u{1}kind\0\u{3}target_id\0\u{3}reply_to\0\u{1}quote\0\u{1}edited\0\u{1}deleted\0\u{1}reactions\0\u{1}mentions\0")
+
+  fileprivate class _StorageClass {
+    var _id: String = String()
+    var _roomID: String = String()
+    var _senderID: String = String()
+    var _content: String = String()
+    var _seq: Int64 = 0
+    var _timestamp: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _clientID: String? = nil
+    var _kind: Chat_V1_MessageKind = .message
+    var _targetID: String = String()
+    var _replyTo: String? = nil
+    var _quote: Chat_V1_Quote? = nil
+    var _edited: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _deleted: Bool = false
+    var _reactions: [Chat_V1_Reaction] = []
+    var _mentions: [String] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _id = source._id
+      _roomID = source._roomID
+      _senderID = source._senderID
+      _content = source._content
+      _seq = source._seq
+      _timestamp = source._timestamp
+      _clientID = source._clientID
+      _kind = source._kind
+      _targetID = source._targetID
+      _replyTo = source._replyTo
+      _quote = source._quote
+      _edited = source._edited
+      _deleted = source._deleted
+      _reactions = source._reactions
+      _mentions = source._mentions
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._id) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._roomID) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._senderID) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._content) }()
+        case 5: try { try decoder.decodeSingularInt64Field(value: &_storage._seq) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._timestamp) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._clientID) }()
+        case 8: try { try decoder.decodeSingularEnumField(value: &_storage._kind) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._targetID) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._replyTo) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._quote) }()
+        case 12: try { try decoder.decodeSingularMessageField(value: &_storage._edited) }()
+        case 13: try { try decoder.decodeSingularBoolField(value: &_storage._deleted) }()
+        case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._reactions) }()
+        case 15: try { try decoder.decodeRepeatedStringField(value: &_storage._mentions) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._id.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._id, fieldNumber: 1)
+      }
+      if !_storage._roomID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._roomID, fieldNumber: 2)
+      }
+      if !_storage._senderID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._senderID, fieldNumber: 3)
+      }
+      if !_storage._content.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._content, fieldNumber: 4)
+      }
+      if _storage._seq != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._seq, fieldNumber: 5)
+      }
+      try { if let v = _storage._timestamp {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      try { if let v = _storage._clientID {
+        try visitor.visitSingularStringField(value: v, fieldNumber: 7)
+      } }()
+      if _storage._kind != .message {
+        try visitor.visitSingularEnumField(value: _storage._kind, fieldNumber: 8)
+      }
+      if !_storage._targetID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._targetID, fieldNumber: 9)
+      }
+      try { if let v = _storage._replyTo {
+        try visitor.visitSingularStringField(value: v, fieldNumber: 10)
+      } }()
+      try { if let v = _storage._quote {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
+      try { if let v = _storage._edited {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      } }()
+      if _storage._deleted != false {
+        try visitor.visitSingularBoolField(value: _storage._deleted, fieldNumber: 13)
+      }
+      if !_storage._reactions.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._reactions, fieldNumber: 14)
+      }
+      if !_storage._mentions.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._mentions, fieldNumber: 15)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_ChatMessage, rhs: Chat_V1_ChatMessage) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._id != rhs_storage._id {return false}
+        if _storage._roomID != rhs_storage._roomID {return false}
+        if _storage._senderID != rhs_storage._senderID {return false}
+        if _storage._content != rhs_storage._content {return false}
+        if _storage._seq != rhs_storage._seq {return false}
+        if _storage._timestamp != rhs_storage._timestamp {return false}
+        if _storage._clientID != rhs_storage._clientID {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        if _storage._targetID != rhs_storage._targetID {return false}
+        if _storage._replyTo != rhs_storage._replyTo {return false}
+        if _storage._quote != rhs_storage._quote {return false}
+        if _storage._edited != rhs_storage._edited {return false}
+        if _storage._deleted != rhs_storage._deleted {return false}
+        if _storage._reactions != rhs_storage._reactions {return false}
+        if _storage._mentions != rhs_storage._mentions {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_Quote: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Quote"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}sender_id\0\u{1}content\0\u{1}deleted\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1354,54 +1840,70 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.senderID) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.content) }()
-      case 5: try { try decoder.decodeSingularInt64Field(value: &self.seq) }()
-      case 6: try { try decoder.decodeSingularMessageField(value: &self._timestamp) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.senderID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.content) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.deleted) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.id.isEmpty {
       try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
     }
-    if !self.roomID.isEmpty {
-      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 2)
-    }
     if !self.senderID.isEmpty {
-      try visitor.visitSingularStringField(value: self.senderID, fieldNumber: 3)
+      try visitor.visitSingularStringField(value: self.senderID, fieldNumber: 2)
     }
     if !self.content.isEmpty {
-      try visitor.visitSingularStringField(value: self.content, fieldNumber: 4)
+      try visitor.visitSingularStringField(value: self.content, fieldNumber: 3)
     }
-    if self.seq != 0 {
-      try visitor.visitSingularInt64Field(value: self.seq, fieldNumber: 5)
+    if self.deleted != false {
+      try visitor.visitSingularBoolField(value: self.deleted, fieldNumber: 4)
     }
-    try { if let v = self._timestamp {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
-    } }()
-    try { if let v = self._clientID {
-      try visitor.visitSingularStringField(value: v, fieldNumber: 7)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Chat_V1_ChatMessage, rhs: Chat_V1_ChatMessage) -> Bool {
+  public static func ==(lhs: Chat_V1_Quote, rhs: Chat_V1_Quote) -> Bool {
     if lhs.id != rhs.id {return false}
-    if lhs.roomID != rhs.roomID {return false}
     if lhs.senderID != rhs.senderID {return false}
     if lhs.content != rhs.content {return false}
-    if lhs.seq != rhs.seq {return false}
-    if lhs._timestamp != rhs._timestamp {return false}
-    if lhs._clientID != rhs._clientID {return false}
+    if lhs.deleted != rhs.deleted {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_Reaction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Reaction"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}emoji\0\u{3}user_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.emoji) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.userIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.emoji.isEmpty {
+      try visitor.visitSingularStringField(value: self.emoji, fieldNumber: 1)
+    }
+    if !self.userIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.userIds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_Reaction, rhs: Chat_V1_Reaction) -> Bool {
+    if lhs.emoji != rhs.emoji {return false}
+    if lhs.userIds != rhs.userIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1774,7 +2276,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1939,6 +2441,45 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .search(v)
         }
       }()
+      case 14: try {
+        var v: Chat_V1_EditCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .edit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .edit(v)
+        }
+      }()
+      case 15: try {
+        var v: Chat_V1_DeleteCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .delete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .delete(v)
+        }
+      }()
+      case 16: try {
+        var v: Chat_V1_ReactCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .react(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .react(v)
+        }
+      }()
       default: break
       }
     }
@@ -2001,6 +2542,18 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .search(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
     }()
+    case .edit?: try {
+      guard case .edit(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .delete?: try {
+      guard case .delete(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .react?: try {
+      guard case .react(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2009,6 +2562,187 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Chat_V1_ChatCommand, rhs: Chat_V1_ChatCommand) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_EditCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EditCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{3}message_id\0\u{1}content\0\u{3}client_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.messageID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.content) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularStringField(value: self.messageID, fieldNumber: 2)
+    }
+    if !self.content.isEmpty {
+      try visitor.visitSingularStringField(value: self.content, fieldNumber: 3)
+    }
+    try { if let v = self._clientID {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_EditCommand, rhs: Chat_V1_EditCommand) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.messageID != rhs.messageID {return false}
+    if lhs.content != rhs.content {return false}
+    if lhs._clientID != rhs._clientID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_DeleteCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeleteCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{3}message_id\0\u{3}client_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.messageID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularStringField(value: self.messageID, fieldNumber: 2)
+    }
+    try { if let v = self._clientID {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_DeleteCommand, rhs: Chat_V1_DeleteCommand) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.messageID != rhs.messageID {return false}
+    if lhs._clientID != rhs._clientID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_ReactCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReactCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{3}message_id\0\u{1}emoji\0\u{1}add\0\u{3}client_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.messageID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.emoji) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self._add) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularStringField(value: self.messageID, fieldNumber: 2)
+    }
+    if !self.emoji.isEmpty {
+      try visitor.visitSingularStringField(value: self.emoji, fieldNumber: 3)
+    }
+    try { if let v = self._add {
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._clientID {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_ReactCommand, rhs: Chat_V1_ReactCommand) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.messageID != rhs.messageID {return false}
+    if lhs.emoji != rhs.emoji {return false}
+    if lhs._add != rhs._add {return false}
+    if lhs._clientID != rhs._clientID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_ChangeResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ChangeResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._message {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_ChangeResult, rhs: Chat_V1_ChangeResult) -> Bool {
+    if lhs._message != rhs._message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2222,7 +2956,7 @@ nonisolated extension Chat_V1_LeaveCommand: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MessageCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}content\0\u{3}client_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}content\0\u{3}client_id\0\u{3}reply_to\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2233,6 +2967,7 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
       case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.content) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self._replyTo) }()
       default: break
       }
     }
@@ -2252,6 +2987,9 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
     try { if let v = self._clientID {
       try visitor.visitSingularStringField(value: v, fieldNumber: 3)
     } }()
+    try { if let v = self._replyTo {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2259,6 +2997,7 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
     if lhs.roomID != rhs.roomID {return false}
     if lhs.content != rhs.content {return false}
     if lhs._clientID != rhs._clientID {return false}
+    if lhs._replyTo != rhs._replyTo {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2810,7 +3549,7 @@ nonisolated extension Chat_V1_ReadEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0\u{1}change\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2949,6 +3688,19 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.result = .search(v)
         }
       }()
+      case 12: try {
+        var v: Chat_V1_ChangeResult?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .change(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .change(v)
+        }
+      }()
       default: break
       }
     }
@@ -3002,6 +3754,10 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .search?: try {
       guard case .search(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .change?: try {
+      guard case .change(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
     case nil: break
     }

@@ -5,7 +5,9 @@ import ParleyCore
 ///
 /// Layout (version 1): one version byte (1), one kind byte, then the fields in order.
 /// Strings are a big-endian `UInt32` byte count and UTF-8; integers are big-endian `Int64`.
-/// - 1 message: id, room, seq, user, content, timestamp (ms), has-clientId byte, [clientId]
+/// - 1 message: id, room, seq, user, content, timestamp (ms), a flags byte, then [clientId]
+///   if flag 1, [kind byte and target] if flag 2 (a change), [replyTo, has-quote byte,
+///   [quote id, user, content, deleted byte]] if flag 4 (a reply)
 /// - 2 join / 3 leave: room, user, timestamp (ms)
 /// - 4 typing: room, user, typing byte
 /// - 5 read: room, user, seq
@@ -119,25 +121,58 @@ extension ByteBuffer {
         writeField(message.user)
         writeField(message.content)
         writeInteger(message.timestamp.milliseconds)
-        if let clientId = message.clientId {
-            writeInteger(UInt8(1))
-            writeField(clientId)
-        } else {
-            writeInteger(UInt8(0))
+        let isChange = message.kind != .message
+        let flags: UInt8 = (message.clientId == nil ? 0 : 1) | (isChange ? 2 : 0) | (message.replyTo == nil ? 0 : 4)
+        writeInteger(flags)
+        if let clientId = message.clientId { writeField(clientId) }
+        if isChange {
+            writeInteger(Self.kindCodes.firstIndex(of: message.kind).map(UInt8.init) ?? 0)
+            writeField(message.target ?? "")
+        }
+        if let replyTo = message.replyTo {
+            writeField(replyTo)
+            if let quote = message.quote {
+                writeInteger(UInt8(1))
+                writeField(quote.id)
+                writeField(quote.user)
+                writeField(quote.content)
+                writeInteger(UInt8(quote.deleted ? 1 : 0))
+            } else {
+                writeInteger(UInt8(0))
+            }
         }
     }
+
+    private static let kindCodes: [MessageKind] = [.message, .edit, .delete, .react, .unreact]
 
     fileprivate mutating func readMessage() -> Message? {
         guard let id = readField(), let room = readField(), let seq = readInteger(as: Int64.self),
             let user = readField(), let content = readField(), let ms = readInteger(as: Int64.self),
-            let hasClientId = readInteger(as: UInt8.self)
+            let flags = readInteger(as: UInt8.self), flags & ~7 == 0
         else { return nil }
-        var clientId: String?
-        if hasClientId == 1 {
-            guard let value = readField() else { return nil }
-            clientId = value
+        var message = Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: nil)
+        if flags & 1 != 0 {
+            guard let clientId = readField() else { return nil }
+            message.clientId = clientId
         }
-        return Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: clientId)
+        if flags & 2 != 0 {
+            guard let code = readInteger(as: UInt8.self), Int(code) < Self.kindCodes.count, let target = readField() else { return nil }
+            message.kind = Self.kindCodes[Int(code)]
+            message.target = target
+        }
+        if flags & 4 != 0 {
+            guard let replyTo = readField(), let hasQuote = readInteger(as: UInt8.self) else { return nil }
+            message.replyTo = replyTo
+            if hasQuote == 1 {
+                guard let quoteID = readField(), let quoteUser = readField(), let quoteContent = readField(),
+                    let deleted = readInteger(as: UInt8.self)
+                else { return nil }
+                var answered = Message(id: quoteID, room: room, seq: 0, user: quoteUser, content: quoteContent, timestamp: message.timestamp, clientId: nil)
+                answered.deleted = deleted == 1
+                message.quote = Quote(of: answered)
+            }
+        }
+        return message
     }
 
     fileprivate mutating func writeField(_ string: String) {

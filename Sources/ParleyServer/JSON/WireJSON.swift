@@ -14,6 +14,46 @@ enum WireJSON {
             if let clientId = message.clientId {
                 json.key("clientId"); json.string(clientId)
             }
+            if message.kind != .message {
+                json.key("kind"); json.string(message.kind.rawValue)
+                if let target = message.target {
+                    json.key("target"); json.string(target)
+                }
+                return
+            }
+            if let replyTo = message.replyTo {
+                json.key("replyTo"); json.string(replyTo)
+                if let quote = message.quote {
+                    json.key("quote")
+                    json.object { json in
+                        json.key("id"); json.string(quote.id)
+                        json.key("user"); json.string(quote.user)
+                        json.key("content"); json.string(quote.content)
+                        if quote.deleted { json.key("deleted"); json.bool(true) }
+                    }
+                }
+            }
+            if let edited = message.edited {
+                json.key("edited"); json.string(edited.rfc3339)
+            }
+            if message.deleted {
+                json.key("deleted"); json.bool(true)
+            }
+            if !message.reactions.isEmpty {
+                json.key("reactions")
+                json.array(message.reactions) { json, reaction in
+                    json.object { json in
+                        json.key("emoji"); json.string(reaction.emoji)
+                        json.key("users"); json.array(reaction.users) { json, user in json.string(user) }
+                    }
+                }
+            }
+            if !message.deleted {
+                let mentions = Mentions.users(in: message.content, limits: Limits())
+                if !mentions.isEmpty {
+                    json.key("mentions"); json.array(mentions) { json, user in json.string(user) }
+                }
+            }
         }
     }
 
@@ -75,6 +115,8 @@ enum WireJSON {
             json.object { json in json.key("room"); json.string(room) }
         case .published(let stored):
             WireJSON.message(stored.message, into: &json)
+        case .changed(let message):
+            WireJSON.message(message, into: &json)
         case .typing:
             json.object { _ in }
         case .read(let room, let seq):

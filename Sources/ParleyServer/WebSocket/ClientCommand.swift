@@ -70,7 +70,21 @@ struct ClientFrameDecoder {
             return .leave(room: try body(RoomData.self, bytes).room)
         case "message":
             let data = try body(MessageData.self, bytes)
-            return .message(room: data.room, content: data.content, clientId: data.clientId)
+            return .message(room: data.room, content: data.content, clientId: data.clientId, replyTo: data.replyTo)
+        case "edit":
+            let data = try body(EditData.self, bytes)
+            return .change(room: data.room, id: data.id, action: .edit, content: data.content, clientId: data.clientId)
+        case "delete":
+            let data = try body(TargetData.self, bytes)
+            return .change(room: data.room, id: data.id, action: .delete, content: "", clientId: data.clientId)
+        case "react":
+            let data = try body(ReactData.self, bytes)
+            let intent: MessageChange.ReactionIntent = switch data.add {
+            case true?: .add
+            case false?: .remove
+            case nil: .toggle
+            }
+            return .change(room: data.room, id: data.id, action: .react(intent), content: data.emoji, clientId: data.clientId)
         case "typing":
             let data = try body(TypingData.self, bytes)
             return .typing(room: data.room, typing: data.typing)
@@ -166,7 +180,10 @@ private struct RoomData: Decodable { var room: String }
 private struct JoinData: Decodable { var room: String; var since: Int64? }
 private struct DirectData: Decodable { var user: String; var since: Int64? }
 private struct SearchData: Decodable { var text: String; var before: String?; var limit: Int? }
-private struct MessageData: Decodable { var room: String; var content: String; var clientId: String? }
+private struct MessageData: Decodable { var room: String; var content: String; var clientId: String?; var replyTo: String? }
+private struct EditData: Decodable { var room: String; var id: String; var content: String; var clientId: String? }
+private struct TargetData: Decodable { var room: String; var id: String; var clientId: String? }
+private struct ReactData: Decodable { var room: String; var id: String; var emoji: String; var add: Bool?; var clientId: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
 private struct PresenceData: Decodable { var room: String; var after: String?; var limit: Int? }
