@@ -108,6 +108,7 @@ extension ServerConfiguration {
             "limits must be positive (frames at least 1024 bytes)"
         )
         try check(limits.largeRoomSize >= 0, "the large room size must be >= 0")
+        try check((limits.editWindow ?? .zero) >= .zero, "the edit window must be >= 0 seconds")
         try check(auth.leewaySeconds >= 0 && tokenRefreshGrace >= .zero, "the JWT leeway and refresh grace must be >= 0")
         try check(limits.maxConnections >= 0 && limits.maxConnectionsPerIP >= 0, "connection limits must be >= 0")
     }

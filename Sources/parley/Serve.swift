@@ -70,6 +70,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Burst of that budget; a history page costs 1 + limit/25. [env: PARLEY_COMMAND_BURST] (default: 120)")
     var commandBurst: Double?
 
+    @Option(help: "Seconds after sending during which an author may edit a message; 0: any time. [env: PARLEY_EDIT_WINDOW] (default: 86400)")
+    var editWindow: Int?
+
     @Option(help: "Above this many users present, a room's joins and leaves go out as one presence update per second; 0 sends each. [env: PARLEY_LARGE_ROOM_SIZE] (default: 50)")
     var largeRoomSize: Int?
 
@@ -223,6 +226,9 @@ struct Serve: AsyncParsableCommand {
         c.limits.commandRatePerSecond = try commandRatePerSec ?? env.double("PARLEY_COMMAND_RATE_PER_SEC") ?? c.limits.commandRatePerSecond
         c.limits.commandBurst = try commandBurst ?? env.double("PARLEY_COMMAND_BURST") ?? c.limits.commandBurst
         c.limits.largeRoomSize = try largeRoomSize ?? env.int("PARLEY_LARGE_ROOM_SIZE") ?? c.limits.largeRoomSize
+        if let seconds = try editWindow ?? env.int("PARLEY_EDIT_WINDOW") {
+            c.limits.editWindow = seconds == 0 ? nil : .seconds(seconds)
+        }
         c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
         c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])

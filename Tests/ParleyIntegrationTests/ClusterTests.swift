@@ -102,6 +102,34 @@ struct ClusterTests {
         }
     }
 
+    @Test("edits, reactions, replies and deletions made on one instance reach members on another in order, and resume there")
+    func changesAcrossInstances() async throws {
+        try await withCluster(instances: 2) { servers, _ in
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            try await alice.ack("join", ["room": "c"])
+            try await bob.ack("join", ["room": "c"])
+            let id = try #require(try await alice.ack("message", ["room": "c", "content": "draft"])["id"].string)
+            #expect(try await bob.expect("message")["seq"].int == 1)
+            try await alice.ack("edit", ["room": "c", "id": id, "content": "final"])
+            try await bob.ack("react", ["room": "c", "id": id, "emoji": "👍"])
+            try await alice.ack("message", ["room": "c", "content": "ok?", "replyTo": id])
+            try await alice.ack("delete", ["room": "c", "id": id])
+            var rows: [JSON] = []
+            for _ in 0..<4 { rows.append(try await bob.expect("message")) }
+            #expect(rows.map { $0["seq"].int } == [2, 3, 4, 5])
+            #expect(rows.map { $0["kind"].string ?? "message" } == ["edit", "react", "message", "delete"])
+            #expect(rows[0]["content"].string == "final" && rows[2]["quote"]["content"].string == "final")
+            // A client that last saw seq 1 resumes on the other instance.
+            let late = try await TestClient.connect(port: servers[0].port, user: "carol")
+            try await late.ack("join", ["room": "c", "since": 1])
+            var replay: [JSON] = []
+            for _ in 0..<4 { replay.append(try await late.expect("message")) }
+            #expect(replay.map { $0["kind"].string ?? "message" } == ["edit", "react", "message", "delete"])
+            #expect(replay[0]["content"].string == "" && replay[2]["quote"]["deleted"].bool == true)
+        }
+    }
+
     @Test("unread counts agree on two sessions of one user on different instances; a read on one moves the other's at once")
     func unreadAcrossInstances() async throws {
         try await withCluster(instances: 2) { servers, _ in

@@ -24,6 +24,11 @@ struct BrokerCodecTests {
             .notify(user: "bob", kind: .direct, message: Message(id: "01L", room: "dm:alice:bob", seq: 3, user: "alice", content: "psst", timestamp: Timestamp(milliseconds: 7), clientId: nil)),
             .ownRead(user: "bob", room: "dm:alice:bob", seq: 12),
             .notify(user: "zoé", kind: .mention, message: Message(id: "01M", room: "r", seq: 4, user: "a", content: "@zoé", timestamp: Timestamp(milliseconds: 8), clientId: "k")),
+            .message(Message(id: "01N", room: "r", seq: 5, user: "a", content: "👍", timestamp: Timestamp(milliseconds: 9), clientId: "k", kind: .react, target: "01J")),
+            .message(Message(id: "01O", room: "r", seq: 6, user: "a", content: "", timestamp: Timestamp(milliseconds: 9), clientId: nil, kind: .delete, target: "01J")),
+            .message(Message(id: "01P", room: "r", seq: 7, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: nil, replyTo: "01J")),
+            .message(Message(id: "01Q", room: "r", seq: 8, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: "c", replyTo: "01J")
+                .quoting(Message(id: "01J", room: "r", seq: 1, user: "zoé", content: "héllo", timestamp: Timestamp(milliseconds: 1), clientId: nil))),
         ]
         for event in events { #expect(BrokerCodec.decode(BrokerCodec.encode(event)) == event) }
         #expect(BrokerCodec.decode(ByteBuffer(string: "{\"event\":1}")) == nil)

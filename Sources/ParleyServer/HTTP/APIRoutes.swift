@@ -13,6 +13,32 @@ struct APIRoutes {
         var content: String
         var clientId: String?
         var user: String?
+        var replyTo: String?
+    }
+
+    private struct EditBody: Decodable {
+        var content: String
+        var clientId: String?
+        var user: String?
+    }
+
+    private struct ReactBody: Decodable {
+        var emoji: String
+        var add: Bool?
+        var clientId: String?
+        var user: String?
+    }
+
+    /// Applies a change to message `:id` of `:room`; answers the message as it is now.
+    private func change(
+        _ request: Request, _ context: ParleyRequestContext, user: String?, action: MessageChange.Action, content: String = "", clientId: String?
+    ) async throws -> Response {
+        let identity = try await auth.identity(request, claimedUser: user)
+        let result = try await engine.change(
+            identity, as: user, room: try context.parameters.require("room"), target: try context.parameters.require("id"),
+            action: action, content: content, clientId: clientId
+        )
+        return Response.json { WireJSON.message(result.target ?? result.message, into: &$0) }
     }
 
     func register(on router: Router<ParleyRequestContext>) {
@@ -22,9 +48,22 @@ struct APIRoutes {
             let identity = try await auth.identity(request, claimedUser: body.user)
             let stored = try await engine.publish(
                 identity, as: body.user, room: try context.parameters.require("room"),
-                content: body.content, clientId: body.clientId
+                content: body.content, clientId: body.clientId, replyTo: body.replyTo
             )
             return Response.json(.created) { WireJSON.message(stored.message, into: &$0) }
+        }
+        api.patch("rooms/:room/messages/:id") { request, context -> Response in
+            let body = try await decode(EditBody.self, from: request)
+            return try await change(request, context, user: body.user, action: .edit, content: body.content, clientId: body.clientId)
+        }
+        api.delete("rooms/:room/messages/:id") { request, context -> Response in
+            let user = request.uri.queryParameters["user"].map(String.init)
+            return try await change(request, context, user: user, action: .delete, clientId: nil)
+        }
+        api.post("rooms/:room/messages/:id/reactions") { request, context -> Response in
+            let body = try await decode(ReactBody.self, from: request)
+            let intent: MessageChange.ReactionIntent = body.add.map { $0 ? .add : .remove } ?? .toggle
+            return try await change(request, context, user: body.user, action: .react(intent), content: body.emoji, clientId: body.clientId)
         }
         api.get("rooms/:room/messages") { request, context -> Response in
             let query = request.uri.queryParameters

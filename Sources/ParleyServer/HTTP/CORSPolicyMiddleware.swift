@@ -22,7 +22,7 @@ struct CORSPolicyMiddleware<Context: RequestContext>: RouterMiddleware {
         if request.method == .options, request.headers[.accessControlRequestMethod] != nil {
             return Response(status: .noContent, headers: [
                 .accessControlAllowOrigin: allowOrigin,
-                .accessControlAllowMethods: "GET, POST, OPTIONS",
+                .accessControlAllowMethods: "GET, POST, PATCH, DELETE, OPTIONS",
                 .accessControlAllowHeaders: "Authorization, Content-Type, Last-Event-ID",
                 .accessControlMaxAge: "600",
                 .vary: "Origin",
