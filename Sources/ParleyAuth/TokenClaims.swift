@@ -10,6 +10,8 @@ struct TokenClaims: JWTPayload {
     var iss: String?
     var aud: Audience?
     var rooms: [String]?
+    /// `["moderator"]` makes the token's user a moderator of the rooms it may access.
+    var roles: [String]?
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
 

@@ -104,7 +104,9 @@ public struct TokenVerifier: Sendable {
         }
         if let issuer, claims.iss != issuer { throw Self.refused("token issuer is not accepted") }
         if let audience, claims.aud?.values.contains(audience) != true { throw Self.refused("token audience is not accepted") }
-        return Identity(user: sub, rooms: claims.rooms.map(RoomPatterns.init), expiresAt: expiresAt)
+        return Identity(
+            user: sub, rooms: claims.rooms.map(RoomPatterns.init), isModerator: claims.roles?.contains("moderator") == true, expiresAt: expiresAt
+        )
     }
 
     /// Seconds since the epoch as milliseconds; nil when out of any sensible range.

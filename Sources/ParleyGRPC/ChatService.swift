@@ -150,8 +150,20 @@ public struct ChatService: RegistrableRPCService {
         let identity = try await authenticator.authenticate(token: Self.bearerToken(metadata), user: request.senderID.nonEmpty)
         let clientId = request.hasClientID ? request.clientID : nil
         // A change names its kind and target; the ack's message is then the changed message.
+        if let kind = request.kind.kind, kind.isModeration {
+            let until = request.hasUntil ? Timestamp(milliseconds: Int64(request.until.seconds) * 1000 + Int64(request.until.nanos / 1_000_000)) : nil
+            let result = try await engine.moderate(
+                identity, as: request.senderID.nonEmpty, room: request.roomID, user: request.targetID, action: kind,
+                duration: until.map { .milliseconds($0.milliseconds - Timestamp.now.milliseconds) },
+                reason: request.content.nonEmpty, clientId: clientId
+            )
+            return .with {
+                $0.message = Chat_V1_ChatMessage(result.message)
+                $0.duplicate = result.duplicate
+            }
+        }
         let action: MessageChange.Action? = switch request.kind {
-        case .message, .UNRECOGNIZED: nil
+        case .message, .UNRECOGNIZED, .kick, .mute, .unmute, .ban, .unban: nil
         case .edit: .edit
         case .delete: .delete
         case .react: .react(.add)

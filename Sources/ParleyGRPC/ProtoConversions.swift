@@ -26,6 +26,7 @@ extension Chat_V1_ChatMessage {
         if message.kind != .message {
             kind = Chat_V1_MessageKind(message.kind)
             targetID = message.target ?? ""
+            if let until = message.until { self.until = Google_Protobuf_Timestamp(until) }
             return
         }
         if let replyTo = message.replyTo { self.replyTo = replyTo }
@@ -57,6 +58,28 @@ extension Chat_V1_MessageKind {
         case .delete: .delete
         case .react: .react
         case .unreact: .unreact
+        case .kick: .kick
+        case .mute: .mute
+        case .unmute: .unmute
+        case .ban: .ban
+        case .unban: .unban
+        }
+    }
+
+    /// The engine's kind; nil for an unknown value.
+    var kind: MessageKind? {
+        switch self {
+        case .message: .message
+        case .edit: .edit
+        case .delete: .delete
+        case .react: .react
+        case .unreact: .unreact
+        case .kick: .kick
+        case .mute: .mute
+        case .unmute: .unmute
+        case .ban: .ban
+        case .unban: .unban
+        case .UNRECOGNIZED: nil
         }
     }
 }

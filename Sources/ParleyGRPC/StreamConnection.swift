@@ -211,7 +211,7 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, edit, delete, react, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, edit, delete, react, moderate, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
@@ -237,6 +237,14 @@ extension Command {
             let intent: MessageChange.ReactionIntent = react.hasAdd ? (react.add ? .add : .remove) : .toggle
             self = .change(
                 room: react.roomID, id: react.messageID, action: .react(intent), content: react.emoji, clientId: react.hasClientID ? react.clientID : nil
+            )
+        case .moderate(let moderate):
+            guard let action = moderate.action.kind, action.isModeration else {
+                throw ParleyError.badRequest("action must be MESSAGE_KIND_KICK, _MUTE, _UNMUTE, _BAN or _UNBAN")
+            }
+            self = .moderate(
+                room: moderate.roomID, user: moderate.userID, action: action, seconds: moderate.hasSeconds ? moderate.seconds : nil,
+                reason: moderate.hasReason ? moderate.reason : nil, clientId: moderate.hasClientID ? moderate.clientID : nil
             )
         case .typing(let typing):
             self = .typing(room: typing.roomID, typing: typing.typing)

@@ -39,6 +39,15 @@ enum PostgresMigrations {
             "CREATE INDEX messages_room_id ON messages(room, id)",
             "CREATE INDEX messages_target ON messages(room, target) WHERE target IS NOT NULL",
         ],
+        [
+            // Moderation: a row's `until` (a timed mute or ban), and each room's sanctions.
+            "ALTER TABLE messages ADD COLUMN until_ts BIGINT",
+            """
+            CREATE TABLE sanctions(
+                room TEXT NOT NULL, user_id TEXT NOT NULL, muted_until BIGINT, mute_reason TEXT NOT NULL DEFAULT '',
+                banned_until BIGINT, ban_reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (room, user_id))
+            """,
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

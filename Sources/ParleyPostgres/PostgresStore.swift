@@ -142,6 +142,14 @@ public final class PostgresStore: MessageStore {
         var index: [String: Int] = [:]
         var changed: [String: Message] = [:]
         var deleted: [(room: String, id: String)] = []
+        /// Each sender's (or moderated user's) sanction in the batch's rooms, as the batch leaves it.
+        var sanctions: [RoomUser: Sanction] = [:]
+        var sanctionsChanged: Set<RoomUser> = []
+    }
+
+    struct RoomUser: Hashable {
+        var room: String
+        var user: String
     }
 
     private func writeBatch(_ drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [Result<AppendResult, ParleyError>] {
@@ -166,6 +174,7 @@ public final class PostgresStore: MessageStore {
         var results: [Result<AppendResult, ParleyError>] = []
         results.reserveCapacity(drafts.count)
         var writes = BatchWrites()
+        writes.sanctions = try await sanctions(for: drafts, on: connection)
         func nextSeq(_ room: String) -> Int64 {
             let seq = (lastSeqs[room] ?? 0) + 1
             lastSeqs[room] = seq
@@ -183,7 +192,13 @@ public final class PostgresStore: MessageStore {
             }
             do {
                 let result: AppendResult
-                if let change = draft.change {
+                let sanctionKey = RoomUser(room: draft.room, user: draft.sanctionedUser)
+                let sanction = try draft.checked(against: writes.sanctions[sanctionKey])
+                if draft.moderation != nil {
+                    writes.sanctions[sanctionKey] = sanction
+                    writes.sanctionsChanged.insert(sanctionKey)
+                    result = AppendResult(message: draft.stored(seq: nextSeq(draft.room)), duplicate: false)
+                } else if let change = draft.change {
                     let outcome = try change.apply(draft, to: try await current(change.target, room: draft.room, writes: writes, on: connection))
                     result = AppendResult.change(outcome) { nextSeq(draft.room) }
                     if !result.duplicate, let target = result.target {
@@ -222,16 +237,17 @@ public final class PostgresStore: MessageStore {
         try await connection.query(
             """
             WITH inserted AS (
-                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions)
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts)
                 SELECT room, seq, id, u, content, ts, NULLIF(client_id, ''), NULLIF(mentions, ''), NULLIF(kind, ''), NULLIF(target, ''),
-                    NULLIF(reply_to, ''), NULLIF(edited_ts, 0), deleted, NULLIF(reactions, '')
+                    NULLIF(reply_to, ''), NULLIF(edited_ts, 0), deleted, NULLIF(reactions, ''), NULLIF(until_ts, 0)
                 FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
                     \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
                     \(rows.map { $0.clientId ?? "" })::text[], \(rows.map { $0.storedMentions ?? "" })::text[],
                     \(rows.map { $0.kind == .message ? "" : $0.kind.rawValue })::text[], \(rows.map { $0.target ?? "" })::text[],
                     \(rows.map { $0.replyTo ?? "" })::text[], \(rows.map { $0.edited?.milliseconds ?? 0 })::int8[],
-                    \(rows.map(\.deleted))::bool[], \(rows.map { Reaction.stored($0.reactions) ?? "" })::text[])
-                    AS v(room, seq, id, u, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions)
+                    \(rows.map(\.deleted))::bool[], \(rows.map { Reaction.stored($0.reactions) ?? "" })::text[],
+                    \(rows.map { $0.until?.milliseconds ?? 0 })::int8[])
+                    AS v(room, seq, id, u, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts)
             )
             UPDATE room_counters AS c SET seq = v.seq
             FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
@@ -252,7 +268,60 @@ public final class PostgresStore: MessageStore {
         for (room, id) in writes.deleted {
             try await connection.query("UPDATE messages SET content = '' WHERE room = \(room) AND target = \(id) AND kind = 'edit'", logger: logger)
         }
+        for key in writes.sanctionsChanged {
+            guard let sanction = writes.sanctions[key] else {
+                try await connection.query("DELETE FROM sanctions WHERE room = \(key.room) AND user_id = \(key.user)", logger: logger)
+                continue
+            }
+            try await connection.query(
+                """
+                INSERT INTO sanctions(room, user_id, muted_until, mute_reason, banned_until, ban_reason)
+                VALUES (\(key.room), \(key.user), \(sanction.mutedUntil?.milliseconds), \(sanction.muteReason),
+                    \(sanction.bannedUntil?.milliseconds), \(sanction.banReason))
+                ON CONFLICT (room, user_id) DO UPDATE SET muted_until = EXCLUDED.muted_until, mute_reason = EXCLUDED.mute_reason,
+                    banned_until = EXCLUDED.banned_until, ban_reason = EXCLUDED.ban_reason
+                """,
+                logger: logger
+            )
+        }
         return results
+    }
+
+    /// The sanctions of the batch's senders (and moderated users) in its rooms: one query.
+    private func sanctions(for drafts: [MessageDraft], on connection: PostgresConnection) async throws -> [RoomUser: Sanction] {
+        let keys = Array(Set(drafts.map { RoomUser(room: $0.room, user: $0.sanctionedUser) }))
+        let rows = try await connection.query(
+            """
+            SELECT s.room, s.user_id, s.muted_until, s.mute_reason, s.banned_until, s.ban_reason
+            FROM unnest(\(keys.map(\.room))::text[], \(keys.map(\.user))::text[]) AS k(room, u)
+            JOIN sanctions s ON s.room = k.room AND s.user_id = k.u
+            """,
+            logger: logger
+        )
+        var found: [RoomUser: Sanction] = [:]
+        for try await (room, user, mutedUntil, muteReason, bannedUntil, banReason) in rows.decode((String, String, Int64?, String, Int64?, String).self) {
+            found[RoomUser(room: room, user: user)] = Sanction(
+                mutedUntil: mutedUntil.map(Timestamp.init(milliseconds:)), muteReason: muteReason,
+                bannedUntil: bannedUntil.map(Timestamp.init(milliseconds:)), banReason: banReason
+            )
+        }
+        return found
+    }
+
+    public func sanction(room: String, user: String) async throws -> Sanction? {
+        try await read {
+            let rows = try await self.client.query(
+                "SELECT muted_until, mute_reason, banned_until, ban_reason FROM sanctions WHERE room = \(room) AND user_id = \(user)",
+                logger: self.logger
+            )
+            for try await (mutedUntil, muteReason, bannedUntil, banReason) in rows.decode((Int64?, String, Int64?, String).self) {
+                return Sanction(
+                    mutedUntil: mutedUntil.map(Timestamp.init(milliseconds:)), muteReason: muteReason,
+                    bannedUntil: bannedUntil.map(Timestamp.init(milliseconds:)), banReason: banReason
+                )
+            }
+            return nil
+        }
     }
 
     /// Message `id` of `room` as the batch leaves it so far (without its quote).
@@ -459,7 +528,8 @@ public final class PostgresStore: MessageStore {
 
     /// A message row's columns (`m`), as `message(_:)` reads them.
     private static let columns = """
-        m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id, m.kind, m.target, m.reply_to, m.edited_ts, m.deleted, m.reactions
+        m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id, m.kind, m.target, m.reply_to, m.edited_ts, m.deleted, m.reactions,
+        m.until_ts
         """
 
     /// The columns and the join that read messages with the quote of the message each answers.
@@ -491,6 +561,7 @@ public final class PostgresStore: MessageStore {
         message.edited = try row["edited_ts"].decode(Int64?.self).map(Timestamp.init(milliseconds:))
         message.deleted = try row["deleted"].decode(Bool.self)
         message.reactions = Reaction.parse(try row["reactions"].decode(String?.self))
+        message.until = try row["until_ts"].decode(Int64?.self).map(Timestamp.init(milliseconds:))
         if message.replyTo != nil, row.contains("q_id"), let quoteID = try row["q_id"].decode(String?.self) {
             var answered = Message(
                 id: quoteID, room: room, seq: 0, user: try row["q_user"].decode(String.self),

@@ -46,6 +46,9 @@ public final class SQLiteMessageStore: MessageStore {
     private let lastSeqs = Mutex<[String: Int64]>([:])
     /// The last rowid given out in `message_search`; nil until the writer loads it.
     private let lastSearchRowid = Mutex<Int64?>(nil)
+    /// Every room's sanctions as committed (by room, then user): the writer alone changes them,
+    /// so joins and posts check them without a query.
+    private let sanctions = Mutex<[String: [String: Sanction]]>([:])
     /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
@@ -72,7 +75,9 @@ public final class SQLiteMessageStore: MessageStore {
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
             let positions = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
             for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
-            return SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
+            let store = SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
+            try await store.loadSanctions()
+            return store
         } catch {
             try? await writer.close()
             throw error
@@ -121,6 +126,15 @@ public final class SQLiteMessageStore: MessageStore {
             WHERE messages.room = s.room AND messages.seq = s.seq
             """,
         ],
+        [
+            // Moderation: a row's `until` (a timed mute or ban), and each room's sanctions.
+            "ALTER TABLE messages ADD COLUMN until_ts INTEGER",
+            """
+            CREATE TABLE sanctions(
+                room TEXT NOT NULL, user TEXT NOT NULL, muted_until INTEGER, mute_reason TEXT NOT NULL DEFAULT '',
+                banned_until INTEGER, ban_reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (room, user)) WITHOUT ROWID
+            """,
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -136,6 +150,24 @@ public final class SQLiteMessageStore: MessageStore {
                 throw error
             }
         }
+    }
+
+    private func loadSanctions() async throws {
+        var all: [String: [String: Sanction]] = [:]
+        for row in try await writer.query("SELECT room, user, muted_until, mute_reason, banned_until, ban_reason FROM sanctions", []) {
+            guard let room = row.column("room")?.string, let user = row.column("user")?.string else { continue }
+            all[room, default: [:]][user] = Sanction(
+                mutedUntil: row.column("muted_until")?.integer.map { Timestamp(milliseconds: Int64($0)) },
+                muteReason: row.column("mute_reason")?.string ?? "",
+                bannedUntil: row.column("banned_until")?.integer.map { Timestamp(milliseconds: Int64($0)) },
+                banReason: row.column("ban_reason")?.string ?? ""
+            )
+        }
+        sanctions.withLock { $0 = all }
+    }
+
+    public func sanction(room: String, user: String) async throws -> Sanction? {
+        sanctions.withLock { $0[room]?[user] }
     }
 
     // MARK: Service
@@ -173,6 +205,7 @@ public final class SQLiteMessageStore: MessageStore {
             // The caches may hold values of the rolled-back transaction: reload them on next use.
             lastSeqs.withLock { $0.removeAll() }
             lastSearchRowid.withLock { $0 = nil }
+            try? await loadSanctions()
             let failure = ParleyError.unavailable("could not store the message")
             for pending in batch { pending.continuation.resume(throwing: failure) }
         }
@@ -188,6 +221,13 @@ public final class SQLiteMessageStore: MessageStore {
         var changed: [String: (message: Message, searchRowid: Int64?)] = [:]
         /// Messages deleted by the batch whose stored edits must lose their content.
         var deleted: [(room: String, id: String)] = []
+        /// Sanctions the batch changed, by room and user (nil: lifted).
+        var sanctions: [RoomUser: Sanction?] = [:]
+    }
+
+    struct RoomUser: Hashable {
+        var room: String
+        var user: String
     }
 
     private func writeBatch(_ drafts: [MessageDraft]) async throws -> [Result<AppendResult, ParleyError>] {
@@ -218,6 +258,11 @@ public final class SQLiteMessageStore: MessageStore {
             try await insert(writes.rows)
             try await update(writes)
             _ = try await writer.query("COMMIT", [])
+            if !writes.sanctions.isEmpty {
+                sanctions.withLock { all in
+                    for (key, sanction) in writes.sanctions { all[key.room, default: [:]][key.user] = sanction }
+                }
+            }
             return results
         } catch {
             _ = try? await writer.query("ROLLBACK", [])
@@ -228,6 +273,16 @@ public final class SQLiteMessageStore: MessageStore {
     /// One draft of the batch: a message, or a change decided against the message's state as
     /// the batch left it.
     private func apply(_ draft: MessageDraft, writes: inout BatchWrites) async throws -> AppendResult {
+        let key = RoomUser(room: draft.room, user: draft.sanctionedUser)
+        let sanction = writes.sanctions[key] ?? sanctions.withLock { $0[key.room]?[key.user] }
+        let after = try draft.checked(against: sanction)
+        if draft.moderation != nil {
+            writes.sanctions[key] = .some(after)
+            let row = draft.stored(seq: try await nextSeq(room: draft.room))
+            writes.index[row.id] = writes.rows.count
+            writes.rows.append(row)
+            return AppendResult(message: row, duplicate: false)
+        }
         guard let change = draft.change else {
             var answered: Message?
             if let replyTo = draft.replyTo {
@@ -293,6 +348,23 @@ public final class SQLiteMessageStore: MessageStore {
                 "UPDATE messages SET content = '' WHERE room = ? AND target = ? AND kind = 'edit'", [.text(room), .text(id)]
             )
         }
+        for (key, sanction) in writes.sanctions {
+            guard let sanction else {
+                _ = try await writer.query("DELETE FROM sanctions WHERE room = ? AND user = ?", [.text(key.room), .text(key.user)])
+                continue
+            }
+            _ = try await writer.query(
+                """
+                INSERT INTO sanctions(room, user, muted_until, mute_reason, banned_until, ban_reason) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(room, user) DO UPDATE SET muted_until = excluded.muted_until, mute_reason = excluded.mute_reason,
+                    banned_until = excluded.banned_until, ban_reason = excluded.ban_reason
+                """,
+                [
+                    .text(key.room), .text(key.user), sanction.mutedUntil.map { .integer(Int($0.milliseconds)) } ?? .null, .text(sanction.muteReason),
+                    sanction.bannedUntil.map { .integer(Int($0.milliseconds)) } ?? .null, .text(sanction.banReason),
+                ]
+            )
+        }
     }
 
     /// The stored messages whose `(room, user, clientId)` a draft of the batch reuses within
@@ -348,9 +420,9 @@ public final class SQLiteMessageStore: MessageStore {
         var start = 0
         while start < rows.count {
             let chunk = rows[start..<min(start + 128, rows.count)]
-            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
             var binds: [SQLiteData] = []
-            binds.reserveCapacity(chunk.count * 15)
+            binds.reserveCapacity(chunk.count * 16)
             var searchBinds: [SQLiteData] = []
             searchBinds.reserveCapacity(chunk.count * 5)
             for message in chunk {
@@ -366,12 +438,12 @@ public final class SQLiteMessageStore: MessageStore {
                     message.kind == .message ? .null : .text(message.kind.rawValue), message.target.map { .text($0) } ?? .null,
                     message.replyTo.map { .text($0) } ?? .null, message.edited.map { .integer(Int($0.milliseconds)) } ?? .null,
                     .integer(message.deleted ? 1 : 0), Reaction.stored(message.reactions).map { .text($0) } ?? .null,
-                    searchable ? .integer(Int(searchRowid)) : .null,
+                    searchable ? .integer(Int(searchRowid)) : .null, message.until.map { .integer(Int($0.milliseconds)) } ?? .null,
                 ]
             }
             _ = try await writer.query(
                 """
-                INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, search_rowid)
+                INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, search_rowid, until_ts)
                 VALUES \(placeholders)
                 """,
                 binds
@@ -498,7 +570,7 @@ public final class SQLiteMessageStore: MessageStore {
     private static let columns = """
         m.room AS room, m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id,
         m.kind AS kind, m.target AS target, m.reply_to AS reply_to, m.edited_ts AS edited_ts, m.deleted AS deleted,
-        m.reactions AS reactions
+        m.reactions AS reactions, m.until_ts AS until_ts
         """
 
     /// The columns and the join that read messages with the quote of the message each answers.
@@ -521,6 +593,7 @@ public final class SQLiteMessageStore: MessageStore {
         message.edited = row.column("edited_ts")?.integer.map { Timestamp(milliseconds: Int64($0)) }
         message.deleted = row.column("deleted")?.integer == 1
         message.reactions = Reaction.parse(row.column("reactions")?.string)
+        message.until = row.column("until_ts")?.integer.map { Timestamp(milliseconds: Int64($0)) }
         if message.replyTo != nil, let quoteID = row.column("q_id")?.string, let quoteUser = row.column("q_user")?.string {
             var answered = Message(
                 id: quoteID, room: room, seq: 0, user: quoteUser, content: row.column("q_content")?.string ?? "",

@@ -77,12 +77,14 @@ struct ConnectionTests {
         )
     }
 
-    func connection(_ user: String?, settings: Connection.Settings = .init(transport: "websocket", handshakeTimeout: .seconds(10))) throws -> Connection {
+    func connection(
+        _ user: String?, moderator: Bool = false, settings: Connection.Settings = .init(transport: "websocket", handshakeTimeout: .seconds(10))
+    ) throws -> Connection {
         let connection = Connection(
             engine: engine, authenticator: TestAuthenticator(), format: TextFormat(), settings: settings, clock: clock,
             logger: .init(label: "test")
         )
-        try connection.start(identity: user.map { Identity(user: $0) })
+        try connection.start(identity: user.map { Identity(user: $0, isModerator: moderator) })
         return connection
     }
 
@@ -158,6 +160,55 @@ struct ConnectionTests {
         #expect(sent(bob) == ["delete r 5 moderator "])
         let after = try await engine.history(Identity(user: "bob"), room: "r", before: nil, after: nil, limit: nil)
         #expect(after.messages[0].deleted && after.messages[1].content.isEmpty && after.messages[3].quote?.deleted == true)
+    }
+
+    @Test("a moderator kicks, mutes and bans: the row reaches the room and its target first, then the target is out; mutes end on time")
+    func moderation() async throws {
+        let mod = try connection("mod", moderator: true)
+        let bob = try connection("bob")
+        let carol = try connection("carol")
+        for member in [mod, bob, carol] { await member.receive(.join(room: "r", since: nil), id: nil) }
+        await bob.receive(.message(room: "r", content: "spam", clientId: nil), id: .number(1))
+        let spam = try await engine.history(Identity(user: "mod"), room: "r", before: nil, after: nil, limit: nil).messages[0].id
+        for member in [mod, bob, carol] { _ = sent(member) }
+        // Only a moderator moderates; a moderator deletes anyone's message.
+        await carol.receive(.moderate(room: "r", user: "bob", action: .kick, seconds: nil, reason: nil, clientId: nil), id: .number(1))
+        #expect(sent(carol) == ["error 1 forbidden"])
+        await mod.receive(.change(room: "r", id: spam, action: .delete, content: "", clientId: nil), id: .number(1))
+        #expect(sent(mod) == ["ack 1 changed 1  deleted []", "delete r 2 mod "])
+        // A kick: bob sees it, then leaves the room (he may join again).
+        await mod.receive(.moderate(room: "r", user: "bob", action: .kick, seconds: nil, reason: "calm down", clientId: nil), id: .number(2))
+        #expect(sent(bob) == ["delete r 2 mod ", "kick r 3 mod calm down"])
+        #expect(bob.session?.rooms.contains("r") == false)
+        #expect(sent(carol).contains("leave r bob"))
+        clock.advance(by: .seconds(2))
+        await mod.receive(.message(room: "r", content: "rules", clientId: nil), id: nil)
+        #expect(sent(bob).isEmpty)
+        // A mute for 60 s: bob may join and read, not post, until it ends.
+        clock.advance(by: .seconds(2))
+        await mod.receive(.moderate(room: "r", user: "bob", action: .mute, seconds: 60, reason: "spam", clientId: nil), id: .number(3))
+        await bob.receive(.join(room: "r", since: nil), id: .number(2))
+        clock.advance(by: .seconds(1))
+        await bob.receive(.message(room: "r", content: "hello?", clientId: nil), id: .number(3))
+        #expect(sent(bob) == ["ack 2 joined r 5 [\"bob\", \"carol\", \"mod\"]", "error 3 forbidden"])
+        clock.advance(by: .seconds(60))
+        await bob.receive(.message(room: "r", content: "sorry", clientId: nil), id: .number(4))
+        #expect(sent(bob) == ["ack 4 published 6", "message r 6 bob sorry"])
+        // A ban: out at once, no join, no history, until lifted.
+        await mod.receive(.moderate(room: "r", user: "bob", action: .ban, seconds: nil, reason: nil, clientId: nil), id: .number(4))
+        #expect(bob.session?.rooms.contains("r") == false)
+        #expect(sent(bob) == ["ban r 7 mod "])
+        clock.advance(by: .seconds(1))
+        await bob.receive(.join(room: "r", since: nil), id: .number(5))
+        await bob.receive(.history(room: "r", before: nil, after: nil, limit: nil), id: .number(6))
+        await bob.receive(.message(room: "r", content: "let me in", clientId: nil), id: .number(7))
+        #expect(sent(bob) == ["error 5 forbidden", "error 6 forbidden", "error 7 forbidden"])
+        await mod.receive(.moderate(room: "r", user: "bob", action: .unban, seconds: nil, reason: nil, clientId: nil), id: .number(5))
+        clock.advance(by: .seconds(1))
+        await bob.receive(.join(room: "r", since: 7), id: .number(8))
+        #expect(sent(bob).first == "ack 8 joined r 8 [\"bob\", \"carol\", \"mod\"]")
+        let rows = try await engine.history(Identity(user: "mod"), room: "r", before: nil, after: nil, limit: nil).messages
+        #expect(rows.filter(\.kind.isModeration).map(\.kind) == [.kick, .mute, .ban, .unban])
     }
 
     // MARK: Direct messages and notifications

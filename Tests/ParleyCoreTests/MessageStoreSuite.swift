@@ -81,8 +81,23 @@ func change(
     _ room: String, _ target: String, _ action: MessageChange.Action, _ content: String = "", user: String = "alice",
     privileged: Bool = false, at timestamp: Timestamp = .now, clientId: String? = nil
 ) -> MessageDraft {
-    let change = MessageChange(target: target, action: action, privileged: privileged, editWindow: .seconds(3600), maxReactions: 3)
-    return MessageDraft(room: room, user: user, content: content, timestamp: timestamp, clientId: clientId, change: change)
+    let change = MessageChange(target: target, action: action, editWindow: .seconds(3600), maxReactions: 3)
+    return MessageDraft(room: room, user: user, content: content, timestamp: timestamp, clientId: clientId, change: change, privileged: privileged)
+}
+
+extension MessageDraft {
+    func privileged() -> MessageDraft {
+        var draft = self
+        draft.privileged = true
+        return draft
+    }
+}
+
+/// A moderator's action on `user`, until `until`.
+func moderation(_ room: String, _ action: MessageKind, _ user: String, reason: String = "", until: Timestamp? = nil, at timestamp: Timestamp = .now) -> MessageDraft {
+    MessageDraft(
+        room: room, user: "mod", content: reason, timestamp: timestamp, moderation: Moderation(action: action, user: user, until: until), privileged: true
+    )
 }
 
 @Suite("MessageStore behaviour")
@@ -251,6 +266,49 @@ struct MessageStoreSuite {
                 await running.close()
                 try await checkDeleted(reopened.store)
                 #expect(try await reopened.store.append(draft("r", "after")).message.seq == 10)
+                await reopened.close()
+            }
+        }
+    }
+
+    @Test("moderation rows are in history; a mute refuses posts and changes from the next one on, a ban too, until lifted or over", arguments: StoreKind.allCases)
+    func moderationRows(kind: StoreKind) async throws {
+        try await withStore(kind) { store, running in
+            let now = Timestamp.now
+            let later = Timestamp(milliseconds: now.milliseconds + 60_000)
+            let first = try await store.append(draft("r", "hello", user: "bob", at: now)).message
+            let muted = try await store.append(moderation("r", .mute, "bob", reason: "spam", until: later, at: now))
+            #expect(muted.message.seq == 2 && muted.message.kind == .mute && muted.message.target == "bob" && muted.message.until == later)
+            #expect(try await store.sanction(room: "r", user: "bob") == Sanction(mutedUntil: later, muteReason: "spam"))
+            // Muted: no message, no change; other rooms and other users are free; a moderator too.
+            await #expect(throws: ParleyError.self) { try await store.append(draft("r", "again", user: "bob", at: now)) }
+            await #expect(throws: ParleyError.self) { try await store.append(change("r", first.id, .react(.add), "👍", user: "bob", at: now)) }
+            #expect(try await store.append(draft("elsewhere", "free", user: "bob", at: now)).message.seq == 1)
+            #expect(try await store.append(draft("r", "fine", user: "carol", at: now)).message.seq == 3)
+            #expect(try await store.append(draft("r", "as mod", user: "bob", at: now).privileged()).message.seq == 4)
+            // The mute ends by itself.
+            #expect(try await store.append(draft("r", "back", user: "bob", at: Timestamp(milliseconds: later.milliseconds + 1))).message.seq == 5)
+            // A ban for good, and lifting it.
+            _ = try await store.append(moderation("r", .ban, "bob", at: now))
+            await #expect(throws: ParleyError.self) { try await store.append(draft("r", "still here", user: "bob", at: now)) }
+            let banned = try await store.sanction(room: "r", user: "bob")
+            #expect(banned?.bannedUntil == Sanction.forever && banned?.refusesJoining(room: "r", at: now) != nil)
+            _ = try await store.append(moderation("r", .unmute, "bob", at: now))
+            _ = try await store.append(moderation("r", .unban, "bob", at: now))
+            #expect(try await store.sanction(room: "r", user: "bob") == nil)
+            _ = try await store.append(moderation("r", .kick, "carol", reason: "cool off", at: now))
+            #expect(try await store.sanction(room: "r", user: "carol") == nil)
+            _ = try await store.append(moderation("r", .mute, "dave", at: now))
+            await #expect(throws: ParleyError.self) { try await store.append(draft("r", "too late", user: "dave", at: now)) }
+            let page = try await store.history(room: "r", query: HistoryQuery(limit: 100))
+            #expect(page.messages.filter(\.kind.isModeration).map(\.kind) == [.mute, .ban, .unmute, .unban, .kick, .mute])
+            #expect(page.messages.first { $0.kind == .kick }?.content == "cool off")
+            if let reopened = try await running.reopen() {
+                await running.close()
+                #expect(try await reopened.store.sanction(room: "r", user: "dave")?.mutedUntil == Sanction.forever)
+                await #expect(throws: ParleyError.self) { try await reopened.store.append(draft("r", "after restart", user: "dave")) }
+                let rows = try await reopened.store.history(room: "r", query: HistoryQuery(limit: 100)).messages
+                #expect(rows.first { $0.kind == .mute }?.until == later)
                 await reopened.close()
             }
         }

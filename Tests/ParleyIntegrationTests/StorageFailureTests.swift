@@ -31,6 +31,11 @@ final class FlakyStore: MessageStore {
         return try await inner.history(room: room, query: query)
     }
 
+    func sanction(room: String, user: String) async throws -> Sanction? {
+        try check()
+        return try await inner.sanction(room: room, user: user)
+    }
+
     func lastSeq(room: String) async throws -> Int64 {
         lastSeqCalls.add(1, ordering: .relaxed)
         try check()

@@ -23,6 +23,8 @@ public final class MemoryMessageStore: MessageStore {
         var clientIds: [IdempotencyKey: Message] = [:]
         /// Read positions by user, then room.
         var read: [String: [String: Int64]] = [:]
+        /// Sanctions by room, then user.
+        var sanctions: [String: [String: Sanction]] = [:]
     }
 
     private let state = Mutex(State())
@@ -47,8 +49,12 @@ public final class MemoryMessageStore: MessageStore {
                 return AppendResult(message: room.message(original.id).map(room.current) ?? original, duplicate: true, target: target)
             }
             let seq = Int64(room.messages.count + 1)
+            let sanction = try draft.checked(against: state.sanctions[draft.room]?[draft.sanctionedUser])
             let result: AppendResult
-            if let change = draft.change {
+            if draft.moderation != nil {
+                state.sanctions[draft.room, default: [:]][draft.sanctionedUser] = sanction
+                result = AppendResult(message: draft.stored(seq: seq), duplicate: false)
+            } else if let change = draft.change {
                 result = AppendResult.change(try change.apply(draft, to: room.message(change.target))) { seq }
                 if !result.duplicate, let target = result.target, let index = room.index[target.id] {
                     room.messages[index] = target
@@ -95,6 +101,10 @@ public final class MemoryMessageStore: MessageStore {
                 return HistoryPage(messages: all[start..<upper].map(room.current), hasMore: start > lower)
             }
         }
+    }
+
+    public func sanction(room: String, user: String) async throws -> Sanction? {
+        state.withLock { $0.sanctions[room]?[user] }
     }
 
     public func lastSeq(room: String) async throws -> Int64 {

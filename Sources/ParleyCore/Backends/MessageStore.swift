@@ -2,6 +2,11 @@ import ServiceLifecycle
 
 /// Durable, ordered history of every room.
 ///
+/// Every draft is checked against the room's sanction of its sender (`MessageDraft.checked`,
+/// a muted or banned user's post is `forbidden`) inside the transaction that stores it, and a
+/// moderation draft (`MessageDraft.moderation`) updates the sanction of the user it names in
+/// that transaction: so a mute holds from the next post on, whatever instance it comes through.
+///
 /// A draft may be a change to a stored message (`MessageDraft.change`): the store decides it
 /// with `MessageChange.apply` against the message as stored in the same transaction, stores
 /// the change as the room's next row and keeps the message's current state (content, edit
@@ -28,6 +33,9 @@ public protocol MessageStore: Service {
     func lastSeq(room: String) async throws -> Int64
     /// Every room with at least one message, with its last seq, by name.
     func rooms() async throws -> [(room: String, seq: Int64)]
+
+    /// What `room` holds against `user` (a mute, a ban), as stored; nil for nothing.
+    func sanction(room: String, user: String) async throws -> Sanction?
 
     // MARK: Read positions
 

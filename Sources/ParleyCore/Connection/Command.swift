@@ -14,6 +14,8 @@ public enum Command: Sendable, Equatable {
     /// Changes the message `id` (`MessageChange`): for `.edit`, `content` is its new
     /// content; for `.react`, the emoji.
     case change(room: String, id: String, action: MessageChange.Action, content: String, clientId: String?)
+    /// A moderator's action on `user` (`Engine.moderate`); `seconds` for a timed mute or ban.
+    case moderate(room: String, user: String, action: MessageKind, seconds: Int64?, reason: String?, clientId: String?)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)

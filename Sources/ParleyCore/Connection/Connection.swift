@@ -325,6 +325,13 @@ public final class Connection: Sendable {
             ) { stored in
                 reply(.changed(stored.target ?? stored.message), id: id)
             }
+        case .moderate(let room, let user, let action, let seconds, let reason, let clientId):
+            try await engine.moderate(
+                session.identity, room: room, user: user, action: action, duration: seconds.map { .seconds($0) }, reason: reason,
+                clientId: clientId, session: session
+            ) { stored in
+                reply(.published(stored), id: id)
+            }
         case .typing(let room, let typing):
             try await engine.typing(session, room: room, typing: typing)
             reply(.typing(room: room, typing: typing), id: id)

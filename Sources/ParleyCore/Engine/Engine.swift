@@ -19,6 +19,8 @@ public final class Engine: Sendable {
     let broker: any Broker
     let presence: any PresenceStore
     let hub: Hub
+    /// Evictions (`evict`) under way, for `finishEvictions`.
+    private let evictions = Mutex<[Task<Void, Never>]>([])
     let logger: Logger
     private let sessions = Mutex<[ObjectIdentifier: Session]>([:])
     private let sessionCounter = Atomic<Int>(0)
@@ -68,6 +70,15 @@ public final class Engine: Sendable {
         self.typingEvents = Mutex(Coalescer(window: limits.coalesceWindow))
         self.readEvents = Mutex(Coalescer(window: limits.coalesceWindow))
         broker.attach(hub)
+        hub.onEvict { [weak self] sessions, room in
+            guard let self else { return }
+            let task = Task { await self.evict(sessions, room: room) }
+            self.evictions.withLock { tasks in
+                // Evictions from other instances' kicks are never awaited here: keep few.
+                if tasks.count >= 64 { tasks.removeFirst(32) }
+                tasks.append(task)
+            }
+        }
     }
 
     // MARK: Sessions
@@ -172,6 +183,7 @@ public final class Engine: Sendable {
         let room = try Validation.room(room, limits: limits)
         try session.identity.authorize(room, at: clock.now)
         let since = try Validation.seq(since, field: "since")
+        try await checkNotBanned(session.identity, room: room)
         guard try session.addRoom(room, limit: limits.maxRoomsPerConnection) else {
             let last = try await storeCall { try await self.store.lastSeq(room: room) }
             onJoined(joinAck(room: room, seq: last, everyone: try await members(of: room)))
@@ -207,6 +219,31 @@ public final class Engine: Sendable {
             // The room joins the user's list, read up to where they join (or resume) it.
             await list(room, for: session.user, readSeq: min(since ?? position.lastSeq, position.lastSeq))
         }
+    }
+
+    /// A banned user may not join, watch or read the room.
+    private func checkNotBanned(_ identity: Identity, room: String) async throws {
+        guard !identity.mayModerate, !UserChannel.isUserChannel(room) else { return }
+        let sanction = try await storeCall { try await self.store.sanction(room: room, user: identity.user) }
+        if let refusal = sanction?.refusesJoining(room: room, at: clock.now) { throw refusal }
+    }
+
+    /// Takes the sessions of a user that a kick or ban row (just delivered to them) names out of
+    /// the room, on this instance.
+    func evict(_ sessions: [Session], room: String) async {
+        for session in sessions where session.removeRoom(room) {
+            await removeMembership(session, room: room)
+        }
+    }
+
+    /// Waits for the evictions started so far: a kick or ban is in effect on this instance
+    /// when the moderator's command completes.
+    private func finishEvictions() async {
+        let tasks = evictions.withLock { tasks in
+            defer { tasks.removeAll() }
+            return tasks
+        }
+        for task in tasks { await task.value }
     }
 
     /// Puts `room` in `user`'s list unless this instance did already: a rejoin (every
@@ -367,7 +404,39 @@ public final class Engine: Sendable {
         let content = try Validation.content(content, limits: limits)
         let clientId = try Validation.clientId(clientId, limits: limits)
         let replyTo = try replyTo.map { id throws(ParleyError) in try Validation.messageID(id, field: "replyTo") }
-        let draft = MessageDraft(room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, replyTo: replyTo)
+        let draft = MessageDraft(
+            room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, replyTo: replyTo,
+            privileged: identity.mayModerate
+        )
+        return try await submit(draft, session: session, onStored: onStored)
+    }
+
+    /// A moderator's (or a backend's) action on `user` in `room`: `.kick` takes their sessions
+    /// out of the room, `.mute` lets them read but not post, `.ban` keeps them out (both for
+    /// `duration`, or for good when nil), `.unmute` and `.unban` lift those. Stored as a row of
+    /// the room (in history for audit, delivered to its members, the user acted on included,
+    /// before they are taken out) and in force on every instance from the next post or join.
+    @discardableResult
+    public func moderate(
+        _ identity: Identity, as moderator: String? = nil, room: String, user: String, action: MessageKind, duration: Duration? = nil,
+        reason: String? = nil, clientId: String? = nil, session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
+    ) async throws -> AppendResult {
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room, at: clock.now)
+        guard identity.mayModerate else { throw ParleyError(.forbidden, "only a moderator may kick, mute or ban") }
+        guard action.isModeration else { throw ParleyError.badRequest("action must be kick, mute, unmute, ban or unban") }
+        let author = try postingUser(identity, requested: moderator ?? session?.user)
+        let target = try Validation.user(user, limits: limits)
+        if let duration, duration <= .zero || !(action == .mute || action == .ban) {
+            throw ParleyError.badRequest("seconds: a positive duration, for mute and ban only")
+        }
+        let reason = try reason.map { text throws(ParleyError) in try Validation.content(text, limits: limits) } ?? ""
+        let now = clock.now
+        let moderation = Moderation(action: action, user: target, until: duration.map { now.adding(milliseconds: $0.milliseconds) })
+        let draft = MessageDraft(
+            room: room, user: author, content: reason, timestamp: now, clientId: try Validation.clientId(clientId, limits: limits),
+            moderation: moderation, privileged: true
+        )
         return try await submit(draft, session: session, onStored: onStored)
     }
 
@@ -375,7 +444,7 @@ public final class Engine: Sendable {
     /// deletes it, or adds, removes or toggles the reaction `content`. The change is stored as
     /// the room's next event and delivered like a message; the result's `target` is the message
     /// as it is now. Authors edit and delete their own messages (edits within
-    /// `limits.editWindow`); a backend may delete anyone's. A change that changes nothing (a
+    /// `limits.editWindow`); a moderator or a backend may delete anyone's. A change that changes nothing (a
     /// second delete, a reaction already there) stores and delivers nothing
     /// (`duplicate`). It costs a publish token.
     @discardableResult
@@ -393,10 +462,10 @@ public final class Engine: Sendable {
         case .react: try Validation.emoji(content)
         }
         let clientId = try Validation.clientId(clientId, limits: limits)
-        let change = MessageChange(
-            target: target, action: action, privileged: identity.isBackend, editWindow: limits.editWindow, maxReactions: limits.maxReactions
+        let change = MessageChange(target: target, action: action, editWindow: limits.editWindow, maxReactions: limits.maxReactions)
+        let draft = MessageDraft(
+            room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, change: change, privileged: identity.mayModerate
         )
-        let draft = MessageDraft(room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, change: change)
         return try await submit(draft, session: session, onStored: onStored)
     }
 
@@ -423,6 +492,7 @@ public final class Engine: Sendable {
                 // Stored is stored: members get it through the hub's gap fill.
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
+            if result.message.kind == .kick || result.message.kind == .ban { await finishEvictions() }
             guard result.message.kind == .message else { return result }
             if let (a, b) = DirectRoom.participants(room) {
                 // A DM is in both users' lists from its first message.
@@ -605,6 +675,7 @@ public final class Engine: Sendable {
             after: try Validation.seq(after, field: "after"),
             limit: try Validation.historyLimit(limit, limits: limits)
         )
+        try await checkNotBanned(identity, room: room)
         return try await storeCall { try await self.store.history(room: room, query: query) }
     }
 

@@ -26,6 +26,17 @@ final class Hub: BrokerReceiver {
     let gapTimeout: Duration
     /// Live messages a catching-up member may buffer before it re-reads the store instead.
     static let maxCatchUpBuffer = 4096
+    /// Called with the sessions a kick or ban row named, after it was queued to them.
+    private let evictHandler = Mutex<(@Sendable ([Session], String) -> Void)?>(nil)
+
+    func onEvict(_ handler: @escaping @Sendable ([Session], String) -> Void) {
+        evictHandler.withLock { $0 = handler }
+    }
+
+    private func evict(_ sessions: [Session], room: String) {
+        guard !sessions.isEmpty else { return }
+        evictHandler.withLock { $0 }?(sessions, room)
+    }
     /// The running gap-fill task of each room that waits for missing messages.
     private let gapFills = Mutex<[String: (id: Int, task: Task<Void, Never>)]>([:])
     private let gapFillIDs = Atomic<Int>(0)
@@ -141,12 +152,13 @@ final class Hub: BrokerReceiver {
             shard.rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(&encoded) }
             return
         }
-        let (scheduleGapFill, delivered) = shard.rooms.withLock { rooms -> (Bool, Int) in
-            guard rooms[message.room] != nil else { return (false, 0) }
+        let (scheduleGapFill, delivered, evicted) = shard.rooms.withLock { rooms -> (Bool, Int, [Session]) in
+            guard rooms[message.room] != nil else { return (false, 0, []) }
             let gap = rooms[message.room]!.receive(message, encoded: &encoded)
-            return (gap, rooms[message.room]!.takeDeliveredCount())
+            return (gap, rooms[message.room]!.takeDeliveredCount(), rooms[message.room]!.takeEvicted())
         }
         if delivered > 0 { metrics.delivered.increment(by: delivered) }
+        evict(evicted, room: message.room)
         if scheduleGapFill { scheduleGapFillTask(room: message.room) }
     }
 
@@ -163,13 +175,14 @@ final class Hub: BrokerReceiver {
                 rounds += 1
                 let page = try await store.history(room: room, query: HistoryQuery(after: cursor, limit: 100))
                 guard let last = page.messages.last else { return }
-                let (scheduleGapFill, delivered) = shard(room).rooms.withLock { rooms -> (Bool, Int) in
-                    guard rooms[room] != nil else { return (false, 0) }
+                let (scheduleGapFill, delivered, evicted) = shard(room).rooms.withLock { rooms -> (Bool, Int, [Session]) in
+                    guard rooms[room] != nil else { return (false, 0, []) }
                     var gap = false
                     for message in page.messages where rooms[room]!.receive(message) { gap = true }
-                    return (gap, rooms[room]!.takeDeliveredCount())
+                    return (gap, rooms[room]!.takeDeliveredCount(), rooms[room]!.takeEvicted())
                 }
                 if delivered > 0 { metrics.delivered.increment(by: delivered) }
+                evict(evicted, room: room)
                 if scheduleGapFill { scheduleGapFillTask(room: room) }
                 cursor = last.seq
                 if !page.hasMore { return }
@@ -225,8 +238,8 @@ final class Hub: BrokerReceiver {
             logger.warning("gap fill failed", metadata: ["room": "\(room)", "error": "\(error)"])
             missing = []
         }
-        return shard(room).rooms.withLock { rooms in
-            guard rooms[room] != nil else { return true }
+        let (done, evicted) = shard(room).rooms.withLock { rooms -> (Bool, [Session]) in
+            guard rooms[room] != nil else { return (true, []) }
             for message in missing { _ = rooms[room]!.receive(message) }
             if giveUp, rooms[room]!.gap != nil {
                 logger.error("skipping messages missing from the store", metadata: ["room": "\(room)"])
@@ -234,8 +247,10 @@ final class Hub: BrokerReceiver {
             }
             let done = rooms[room]!.gap == nil
             if done { rooms[room]!.gapFillScheduled = false }
-            return done
+            return (done, rooms[room]!.takeEvicted())
         }
+        evict(evicted, room: room)
+        return done
     }
 }
 
@@ -257,6 +272,8 @@ struct Room {
     var pending: [Int64: Message] = [:]
     var gapFillScheduled = false
     var members: [ObjectIdentifier: Member] = [:]
+    /// Sessions a delivered kick or ban named, for the hub to take out of the room.
+    var evicted: [Session] = []
     /// Messages queued on members' outboxes since the hub last read it (for metrics).
     private var deliveredCount = 0
 
@@ -303,6 +320,11 @@ struct Room {
         return false
     }
 
+    mutating func takeEvicted() -> [Session] {
+        defer { evicted = [] }
+        return evicted
+    }
+
     mutating func takeDeliveredCount() -> Int {
         defer { deliveredCount = 0 }
         return deliveredCount
@@ -326,6 +348,9 @@ struct Room {
         lastDelivered = message.seq
         for index in members.values.indices where members.values[index].deliver(message, encoded: &encoded) {
             deliveredCount += 1
+        }
+        if message.kind == .kick || message.kind == .ban, let target = message.target {
+            evicted += members.values.map(\.session).filter { $0.user == target && !$0.identity.mayModerate }
         }
     }
 

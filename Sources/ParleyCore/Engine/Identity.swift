@@ -5,17 +5,24 @@ public struct Identity: Sendable, Hashable {
     public var rooms: RoomPatterns?
     /// A backend authenticated with an API key: may post as any user and read any room.
     public var isBackend: Bool
+    /// A moderator (a token's `roles` claim has `moderator`): may delete any message and kick,
+    /// mute and ban users in the rooms it may access.
+    public var isModerator = false
     /// When the credential stops being valid (a token's `exp` plus the leeway); nil when it
     /// never expires (open mode, API keys). Long-lived transports end the session then unless
     /// the client refreshes it.
     public var expiresAt: Timestamp?
 
-    public init(user: String, rooms: RoomPatterns? = nil, isBackend: Bool = false, expiresAt: Timestamp? = nil) {
+    public init(user: String, rooms: RoomPatterns? = nil, isBackend: Bool = false, isModerator: Bool = false, expiresAt: Timestamp? = nil) {
         self.user = user
         self.rooms = rooms
         self.isBackend = isBackend
+        self.isModerator = isModerator
         self.expiresAt = expiresAt
     }
+
+    /// May moderate the rooms it may access: a moderator, or a backend (the superuser).
+    public var mayModerate: Bool { isBackend || isModerator }
 
     public func isExpired(at now: Timestamp = .now) -> Bool {
         expiresAt.map { $0 <= now } ?? false

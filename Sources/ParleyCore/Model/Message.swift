@@ -17,6 +17,8 @@ public struct Message: Sendable, Hashable {
     public var target: String?
     /// The message this one answers (its id), when it is a reply.
     public var replyTo: String?
+    /// For a timed mute or ban: when it ends.
+    public var until: Timestamp?
 
     // The message's current state, as history and acks show it (never set on a change).
     /// When its content was last edited.
@@ -56,6 +58,23 @@ public enum MessageKind: String, Sendable, Hashable {
     case react
     /// `user` took back their reaction `content`.
     case unreact
+    // Moderation: `user` (a moderator) acted on the user `target`; `content` is the reason.
+    /// Took the target's sessions out of the room (they may join again).
+    case kick
+    /// The target may read the room but not post, until `until` (or for good).
+    case mute
+    case unmute
+    /// The target may not join, read or post, until `until` (or for good); their sessions leave.
+    case ban
+    case unban
+
+    /// A moderation action rather than a change to a message.
+    public var isModeration: Bool {
+        switch self {
+        case .kick, .mute, .unmute, .ban, .unban: true
+        case .message, .edit, .delete, .react, .unreact: false
+        }
+    }
 }
 
 /// One emoji on a message and who reacted with it, in the order they did.
@@ -115,10 +134,14 @@ public struct MessageDraft: Sendable, Hashable {
     public var change: MessageChange?
     /// The message a new message answers.
     public var replyTo: String?
+    /// A moderation action (`content` is its reason); nil for anything else.
+    public var moderation: Moderation?
+    /// Sent by a moderator or a backend: may delete others' messages, and posts even when muted.
+    public var privileged = false
 
     public init(
         id: String = MessageID.next(), room: String, user: String, content: String, timestamp: Timestamp = .now, clientId: String? = nil,
-        change: MessageChange? = nil, replyTo: String? = nil
+        change: MessageChange? = nil, replyTo: String? = nil, moderation: Moderation? = nil, privileged: Bool = false
     ) {
         self.id = id
         self.room = room
@@ -128,10 +151,21 @@ public struct MessageDraft: Sendable, Hashable {
         self.clientId = clientId
         self.change = change
         self.replyTo = replyTo
+        self.moderation = moderation
+        self.privileged = privileged
     }
 
-    /// The stored row, for a message (a change's row comes from `MessageChange.apply`).
+    /// The stored row, for a message or a moderation action (a change's row comes from
+    /// `MessageChange.apply`).
     public func stored(seq: Int64) -> Message {
-        Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId, replyTo: replyTo)
+        guard let moderation else {
+            return Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId, replyTo: replyTo)
+        }
+        var row = Message(
+            id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId,
+            kind: moderation.action, target: moderation.user
+        )
+        row.until = moderation.until
+        return row
     }
 }

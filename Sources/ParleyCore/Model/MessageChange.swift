@@ -18,17 +18,14 @@ public struct MessageChange: Sendable, Hashable {
     /// The id of the message to change.
     public var target: String
     public var action: Action
-    /// May delete other users' messages (a moderator, a backend). Nobody edits another's.
-    public var privileged: Bool
     /// How long after it was sent a message may be edited; nil: any time.
     public var editWindow: Duration?
     /// Most different emoji on one message.
     public var maxReactions: Int
 
-    public init(target: String, action: Action, privileged: Bool = false, editWindow: Duration? = nil, maxReactions: Int = 20) {
+    public init(target: String, action: Action, editWindow: Duration? = nil, maxReactions: Int = 20) {
         self.target = target
         self.action = action
-        self.privileged = privileged
         self.editWindow = editWindow
         self.maxReactions = maxReactions
     }
@@ -64,7 +61,7 @@ public struct MessageChange: Sendable, Hashable {
             next.edited = draft.timestamp
             kind = .edit
         case .delete:
-            guard draft.user == current.user || privileged else {
+            guard draft.user == current.user || draft.privileged else {
                 throw ParleyError(.forbidden, "only its author or a moderator may delete a message")
             }
             next.content = ""

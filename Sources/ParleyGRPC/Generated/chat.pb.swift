@@ -68,6 +68,14 @@ public nonisolated enum Chat_V1_MessageKind: SwiftProtobuf.Enum, Swift.CaseItera
   case delete // = 2
   case react // = 3
   case unreact // = 4
+
+  /// Moderation rows: `sender_id` (a moderator) acted on the user `target_id`; `content` is the
+  /// reason.
+  case kick // = 5
+  case mute // = 6
+  case unmute // = 7
+  case ban // = 8
+  case unban // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -81,6 +89,11 @@ public nonisolated enum Chat_V1_MessageKind: SwiftProtobuf.Enum, Swift.CaseItera
     case 2: self = .delete
     case 3: self = .react
     case 4: self = .unreact
+    case 5: self = .kick
+    case 6: self = .mute
+    case 7: self = .unmute
+    case 8: self = .ban
+    case 9: self = .unban
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -92,6 +105,11 @@ public nonisolated enum Chat_V1_MessageKind: SwiftProtobuf.Enum, Swift.CaseItera
     case .delete: return 2
     case .react: return 3
     case .unreact: return 4
+    case .kick: return 5
+    case .mute: return 6
+    case .unmute: return 7
+    case .ban: return 8
+    case .unban: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -103,6 +121,11 @@ public nonisolated enum Chat_V1_MessageKind: SwiftProtobuf.Enum, Swift.CaseItera
     .delete,
     .react,
     .unreact,
+    .kick,
+    .mute,
+    .unmute,
+    .ban,
+    .unban,
   ]
 
 }
@@ -300,6 +323,16 @@ public nonisolated struct Chat_V1_ChatMessage: @unchecked Sendable {
     get {_storage._mentions}
     set {_uniqueStorage()._mentions = newValue}
   }
+
+  /// A timed mute or ban: when it ends (unset: for good).
+  public var until: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_storage._until ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_uniqueStorage()._until = newValue}
+  }
+  /// Returns true if `until` has been explicitly set.
+  public var hasUntil: Bool {_storage._until != nil}
+  /// Clears the value of `until`. Subsequent reads from it will return its default value.
+  public mutating func clearUntil() {_uniqueStorage()._until = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -717,6 +750,14 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .react(newValue)}
   }
 
+  public var moderate: Chat_V1_ModerateCommand {
+    get {
+      if case .moderate(let v)? = command {return v}
+      return Chat_V1_ModerateCommand()
+    }
+    set {command = .moderate(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -736,10 +777,62 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case edit(Chat_V1_EditCommand)
     case delete(Chat_V1_DeleteCommand)
     case react(Chat_V1_ReactCommand)
+    case moderate(Chat_V1_ModerateCommand)
 
   }
 
   public init() {}
+}
+
+/// A moderator's (or an API key's) action on a user of a room (see docs/protocol.md,
+/// "Moderation"). Ack: MessageAck with the stored moderation row.
+public nonisolated struct Chat_V1_ModerateCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var roomID: String = String()
+
+  public var userID: String = String()
+
+  /// MESSAGE_KIND_KICK, _MUTE, _UNMUTE, _BAN or _UNBAN.
+  public var action: Chat_V1_MessageKind = .message
+
+  /// For a mute or ban: how long, in seconds (unset: for good).
+  public var seconds: Int64 {
+    get {_seconds ?? 0}
+    set {_seconds = newValue}
+  }
+  /// Returns true if `seconds` has been explicitly set.
+  public var hasSeconds: Bool {self._seconds != nil}
+  /// Clears the value of `seconds`. Subsequent reads from it will return its default value.
+  public mutating func clearSeconds() {self._seconds = nil}
+
+  public var reason: String {
+    get {_reason ?? String()}
+    set {_reason = newValue}
+  }
+  /// Returns true if `reason` has been explicitly set.
+  public var hasReason: Bool {self._reason != nil}
+  /// Clears the value of `reason`. Subsequent reads from it will return its default value.
+  public mutating func clearReason() {self._reason = nil}
+
+  public var clientID: String {
+    get {_clientID ?? String()}
+    set {_clientID = newValue}
+  }
+  /// Returns true if `clientID` has been explicitly set.
+  public var hasClientID: Bool {self._clientID != nil}
+  /// Clears the value of `clientID`. Subsequent reads from it will return its default value.
+  public mutating func clearClientID() {self._clientID = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _seconds: Int64? = nil
+  fileprivate var _reason: String? = nil
+  fileprivate var _clientID: String? = nil
 }
 
 /// Edits one's own message (within the edit window). Ack: ChangeResult.
@@ -1654,7 +1747,7 @@ public nonisolated struct Chat_V1_Pong: Sendable {
 fileprivate nonisolated let _protobuf_package = "chat.v1"
 
 nonisolated extension Chat_V1_MessageKind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_KIND_MESSAGE\0\u{1}MESSAGE_KIND_EDIT\0\u{1}MESSAGE_KIND_DELETE\0\u{1}MESSAGE_KIND_REACT\0\u{1}MESSAGE_KIND_UNREACT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0MESSAGE_KIND_MESSAGE\0\u{1}MESSAGE_KIND_EDIT\0\u{1}MESSAGE_KIND_DELETE\0\u{1}MESSAGE_KIND_REACT\0\u{1}MESSAGE_KIND_UNREACT\0\u{1}MESSAGE_KIND_KICK\0\u{1}MESSAGE_KIND_MUTE\0\u{1}MESSAGE_KIND_UNMUTE\0\u{1}MESSAGE_KIND_BAN\0\u{1}MESSAGE_KIND_UNBAN\0")
 }
 
 nonisolated extension Chat_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
@@ -1663,7 +1756,7 @@ nonisolated extension Chat_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0\u{1}kind\0\u{3}target_id\0\u{3}reply_to\0\u{1}quote\0\u{1}edited\0\u{1}deleted\0\u{1}reactions\0\u{1}mentions\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0\u{1}kind\0\u{3}target_id\0\u{3}reply_to\0\u{1}quote\0\u{1}edited\0\u{1}deleted\0\u{1}reactions\0\u{1}mentions\0\u{1}until\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1681,6 +1774,7 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
     var _deleted: Bool = false
     var _reactions: [Chat_V1_Reaction] = []
     var _mentions: [String] = []
+    var _until: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1706,6 +1800,7 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
       _deleted = source._deleted
       _reactions = source._reactions
       _mentions = source._mentions
+      _until = source._until
     }
   }
 
@@ -1739,6 +1834,7 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
         case 13: try { try decoder.decodeSingularBoolField(value: &_storage._deleted) }()
         case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._reactions) }()
         case 15: try { try decoder.decodeRepeatedStringField(value: &_storage._mentions) }()
+        case 16: try { try decoder.decodeSingularMessageField(value: &_storage._until) }()
         default: break
         }
       }
@@ -1796,6 +1892,9 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
       if !_storage._mentions.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._mentions, fieldNumber: 15)
       }
+      try { if let v = _storage._until {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1820,6 +1919,7 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._deleted != rhs_storage._deleted {return false}
         if _storage._reactions != rhs_storage._reactions {return false}
         if _storage._mentions != rhs_storage._mentions {return false}
+        if _storage._until != rhs_storage._until {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2276,7 +2376,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0\u{1}moderate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2480,6 +2580,19 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .react(v)
         }
       }()
+      case 17: try {
+        var v: Chat_V1_ModerateCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .moderate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .moderate(v)
+        }
+      }()
       default: break
       }
     }
@@ -2554,6 +2667,10 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .react(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
     }()
+    case .moderate?: try {
+      guard case .moderate(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2562,6 +2679,65 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Chat_V1_ChatCommand, rhs: Chat_V1_ChatCommand) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_ModerateCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ModerateCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{3}user_id\0\u{1}action\0\u{1}seconds\0\u{1}reason\0\u{3}client_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.action) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self._seconds) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self._reason) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 2)
+    }
+    if self.action != .message {
+      try visitor.visitSingularEnumField(value: self.action, fieldNumber: 3)
+    }
+    try { if let v = self._seconds {
+      try visitor.visitSingularInt64Field(value: v, fieldNumber: 4)
+    } }()
+    try { if let v = self._reason {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 5)
+    } }()
+    try { if let v = self._clientID {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 6)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_ModerateCommand, rhs: Chat_V1_ModerateCommand) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.userID != rhs.userID {return false}
+    if lhs.action != rhs.action {return false}
+    if lhs._seconds != rhs._seconds {return false}
+    if lhs._reason != rhs._reason {return false}
+    if lhs._clientID != rhs._clientID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

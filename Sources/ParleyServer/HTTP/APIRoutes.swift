@@ -29,6 +29,16 @@ struct APIRoutes {
         var user: String?
     }
 
+    private struct ModerateBody: Decodable {
+        var action: String
+        var user: String
+        var seconds: Int64?
+        var reason: String?
+        var clientId: String?
+        /// With an API key: the moderator it acts as.
+        var moderator: String?
+    }
+
     /// Applies a change to message `:id` of `:room`; answers the message as it is now.
     private func change(
         _ request: Request, _ context: ParleyRequestContext, user: String?, action: MessageChange.Action, content: String = "", clientId: String?
@@ -49,6 +59,18 @@ struct APIRoutes {
             let stored = try await engine.publish(
                 identity, as: body.user, room: try context.parameters.require("room"),
                 content: body.content, clientId: body.clientId, replyTo: body.replyTo
+            )
+            return Response.json(.created) { WireJSON.message(stored.message, into: &$0) }
+        }
+        api.post("rooms/:room/moderation") { request, context -> Response in
+            let body = try await decode(ModerateBody.self, from: request)
+            guard let action = MessageKind(rawValue: body.action), action.isModeration else {
+                throw ParleyError.badRequest("field 'action' must be kick, mute, unmute, ban or unban")
+            }
+            let identity = try await auth.identity(request, claimedUser: body.moderator)
+            let stored = try await engine.moderate(
+                identity, as: body.moderator, room: try context.parameters.require("room"), user: body.user, action: action,
+                duration: body.seconds.map { .seconds($0) }, reason: body.reason, clientId: body.clientId
             )
             return Response.json(.created) { WireJSON.message(stored.message, into: &$0) }
         }

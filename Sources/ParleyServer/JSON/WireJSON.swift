@@ -19,6 +19,9 @@ enum WireJSON {
                 if let target = message.target {
                     json.key("target"); json.string(target)
                 }
+                if let until = message.until {
+                    json.key("until"); json.string(until.rfc3339)
+                }
                 return
             }
             if let replyTo = message.replyTo {

@@ -85,6 +85,12 @@ struct ClientFrameDecoder {
             case nil: .toggle
             }
             return .change(room: data.room, id: data.id, action: .react(intent), content: data.emoji, clientId: data.clientId)
+        case "moderate":
+            let data = try body(ModerateData.self, bytes)
+            guard let action = MessageKind(rawValue: data.action), action.isModeration else {
+                throw ParleyError.badRequest("field 'action' must be kick, mute, unmute, ban or unban")
+            }
+            return .moderate(room: data.room, user: data.user, action: action, seconds: data.seconds, reason: data.reason, clientId: data.clientId)
         case "typing":
             let data = try body(TypingData.self, bytes)
             return .typing(room: data.room, typing: data.typing)
@@ -183,6 +189,9 @@ private struct SearchData: Decodable { var text: String; var before: String?; va
 private struct MessageData: Decodable { var room: String; var content: String; var clientId: String?; var replyTo: String? }
 private struct EditData: Decodable { var room: String; var id: String; var content: String; var clientId: String? }
 private struct TargetData: Decodable { var room: String; var id: String; var clientId: String? }
+private struct ModerateData: Decodable {
+    var room: String; var user: String; var action: String; var seconds: Int64?; var reason: String?; var clientId: String?
+}
 private struct ReactData: Decodable { var room: String; var id: String; var emoji: String; var add: Bool?; var clientId: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }

@@ -11,12 +11,13 @@ struct TestClaims: JWTPayload {
     var iss: String?
     var aud: String?
     var rooms: [String]?
+    var roles: [String]?
 
     /// `now`: the time `expiresIn` and `notBeforeIn` count from (seconds since 1970), for a
     /// server on a `ManualClock`; the real time by default.
     init(
         sub: String?, expiresIn: Double? = 3600, notBeforeIn: Double? = nil, iss: String? = nil, aud: String? = nil, rooms: [String]? = nil,
-        now: Double? = nil
+        roles: [String]? = nil, now: Double? = nil
     ) {
         let now = now ?? Date().timeIntervalSince1970.rounded(.down)
         self.sub = sub
@@ -25,6 +26,7 @@ struct TestClaims: JWTPayload {
         self.iss = iss
         self.aud = aud
         self.rooms = rooms
+        self.roles = roles
     }
 
     func verify(using algorithm: some JWTAlgorithm) async throws {}
