@@ -47,20 +47,25 @@ struct ClusterBackends {
 
 /// Runs `body` with `count` in-process instances sharing fresh backends; stops everything.
 func withCluster<T>(
-    instances count: Int = 3, privatePostgres: Bool = false,
+    instances count: Int = 3, privatePostgres: Bool = false, configure: @escaping (inout ServerConfiguration) -> Void = { _ in },
     _ body: ([TestServer], ClusterBackends) async throws -> T
 ) async throws -> T {
-    try await withHeavyTestLock { try await runCluster(instances: count, privatePostgres: privatePostgres, body) }
+    try await withHeavyTestLock { try await runCluster(instances: count, privatePostgres: privatePostgres, configure: configure, body) }
 }
 
 private func runCluster<T>(
-    instances count: Int, privatePostgres: Bool,
+    instances count: Int, privatePostgres: Bool, configure: (inout ServerConfiguration) -> Void,
     _ body: ([TestServer], ClusterBackends) async throws -> T
 ) async throws -> T {
     let backends = try await ClusterBackends.start(privatePostgres: privatePostgres)
     var servers: [TestServer] = []
     do {
-        for _ in 0..<count { servers.append(try await TestServer.start(backends.configure)) }
+        for _ in 0..<count {
+            servers.append(try await TestServer.start { configuration in
+                backends.configure(&configuration)
+                configure(&configuration)
+            })
+        }
         let result = try await body(servers, backends)
         for server in servers { await server.stop() }
         backends.stop()
@@ -127,6 +132,44 @@ struct ClusterTests {
             for _ in 0..<4 { replay.append(try await late.expect("message")) }
             #expect(replay.map { $0["kind"].string ?? "message" } == ["edit", "react", "message", "delete"])
             #expect(replay[0]["content"].string == "" && replay[2]["quote"]["deleted"].bool == true)
+        }
+    }
+
+    @Test("a mute made on one instance refuses the next message on another; a ban there takes the user's session out of the room")
+    func moderationAcrossInstances() async throws {
+        let key = "cluster-moderation-key-0123456789abcdef"
+        try await withCluster(instances: 2, configure: { $0.auth.apiKeys = [key] }) { servers, _ in
+            let moderator = try await TestClient.connect(port: servers[0].port, user: "mod")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            try await moderator.ack("join", ["room": "m"])
+            try await bob.ack("join", ["room": "m"])
+            try await bob.ack("message", ["room": "m", "content": "first"])
+            let muted = try await http(
+                "POST", servers[0].url("/api/rooms/m/moderation"),
+                body: #"{"action":"mute","user":"bob","seconds":600,"reason":"flooding","moderator":"mod"}"#, headers: bearer(key)
+            )
+            #expect(muted.status == 201 && muted.json["kind"].string == "mute" && muted.json["target"].string == "bob" && muted.json["until"].string != nil)
+            // The very next message, on the other instance, is refused with the reason.
+            let refused = try await http("POST", servers[1].url("/api/rooms/m/messages"), body: #"{"content":"second","user":"bob"}"#)
+            expectError(refused, 403, "forbidden")
+            #expect(refused.json["error"]["message"].string?.contains("flooding") == true)
+            let row = try await bob.expect("message") { $0["kind"].string == "mute" }
+            #expect(row["content"].string == "flooding" && row["user"].string == "mod")
+            // A plain user may not moderate.
+            let denied = try await bob.request("moderate", ["room": "m", "user": "mod", "action": "ban"])
+            #expect(denied["data"]["code"].string == "forbidden")
+            // A ban: bob's session on the other instance gets the row, then is out of the room.
+            _ = try await http(
+                "POST", servers[0].url("/api/rooms/m/moderation"), body: #"{"action":"ban","user":"bob","moderator":"mod"}"#, headers: bearer(key)
+            )
+            _ = try await bob.expect("message") { $0["kind"].string == "ban" }
+            _ = try await moderator.expect("leave") { $0["user"].string == "bob" }
+            let rejoin = try await bob.request("join", ["room": "m"])
+            #expect(rejoin["data"]["code"].string == "forbidden" && rejoin["data"]["message"].string?.contains("banned") == true)
+            try await moderator.ack("message", ["room": "m", "content": "after the ban"])
+            #expect(try await bob.next(timeout: .milliseconds(300)) == nil)
+            let audit = try await http("GET", servers[1].url("/api/rooms/m/messages?user=mod"))
+            #expect(audit.json["messages"].array?.compactMap { $0["kind"].string } == ["mute", "ban"])
         }
     }
 

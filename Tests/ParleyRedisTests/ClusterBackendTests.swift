@@ -26,6 +26,12 @@ struct BrokerCodecTests {
             .notify(user: "zoé", kind: .mention, message: Message(id: "01M", room: "r", seq: 4, user: "a", content: "@zoé", timestamp: Timestamp(milliseconds: 8), clientId: "k")),
             .message(Message(id: "01N", room: "r", seq: 5, user: "a", content: "👍", timestamp: Timestamp(milliseconds: 9), clientId: "k", kind: .react, target: "01J")),
             .message(Message(id: "01O", room: "r", seq: 6, user: "a", content: "", timestamp: Timestamp(milliseconds: 9), clientId: nil, kind: .delete, target: "01J")),
+            .message({
+                var row = Message(id: "01R", room: "r", seq: 9, user: "mod", content: "spam", timestamp: Timestamp(milliseconds: 9), clientId: nil, kind: .mute, target: "bob")
+                row.until = Timestamp(milliseconds: 60_009)
+                return row
+            }()),
+            .message(Message(id: "01S", room: "r", seq: 10, user: "mod", content: "", timestamp: Timestamp(milliseconds: 9), clientId: nil, kind: .unban, target: "bob")),
             .message(Message(id: "01P", room: "r", seq: 7, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: nil, replyTo: "01J")),
             .message(Message(id: "01Q", room: "r", seq: 8, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: "c", replyTo: "01J")
                 .quoting(Message(id: "01J", room: "r", seq: 1, user: "zoé", content: "héllo", timestamp: Timestamp(milliseconds: 1), clientId: nil))),

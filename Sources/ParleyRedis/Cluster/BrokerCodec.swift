@@ -7,7 +7,7 @@ import ParleyCore
 /// Strings are a big-endian `UInt32` byte count and UTF-8; integers are big-endian `Int64`.
 /// - 1 message: id, room, seq, user, content, timestamp (ms), a flags byte, then [clientId]
 ///   if flag 1, [kind byte and target] if flag 2 (a change), [replyTo, has-quote byte,
-///   [quote id, user, content, deleted byte]] if flag 4 (a reply)
+///   [quote id, user, content, deleted byte]] if flag 4 (a reply), [until (ms)] if flag 8
 /// - 2 join / 3 leave: room, user, timestamp (ms)
 /// - 4 typing: room, user, typing byte
 /// - 5 read: room, user, seq
@@ -122,7 +122,7 @@ extension ByteBuffer {
         writeField(message.content)
         writeInteger(message.timestamp.milliseconds)
         let isChange = message.kind != .message
-        let flags: UInt8 = (message.clientId == nil ? 0 : 1) | (isChange ? 2 : 0) | (message.replyTo == nil ? 0 : 4)
+        let flags: UInt8 = (message.clientId == nil ? 0 : 1) | (isChange ? 2 : 0) | (message.replyTo == nil ? 0 : 4) | (message.until == nil ? 0 : 8)
         writeInteger(flags)
         if let clientId = message.clientId { writeField(clientId) }
         if isChange {
@@ -141,14 +141,15 @@ extension ByteBuffer {
                 writeInteger(UInt8(0))
             }
         }
+        if let until = message.until { writeInteger(until.milliseconds) }
     }
 
-    private static let kindCodes: [MessageKind] = [.message, .edit, .delete, .react, .unreact]
+    private static let kindCodes: [MessageKind] = [.message, .edit, .delete, .react, .unreact, .kick, .mute, .unmute, .ban, .unban]
 
     fileprivate mutating func readMessage() -> Message? {
         guard let id = readField(), let room = readField(), let seq = readInteger(as: Int64.self),
             let user = readField(), let content = readField(), let ms = readInteger(as: Int64.self),
-            let flags = readInteger(as: UInt8.self), flags & ~7 == 0
+            let flags = readInteger(as: UInt8.self), flags & ~15 == 0
         else { return nil }
         var message = Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: nil)
         if flags & 1 != 0 {
@@ -171,6 +172,10 @@ extension ByteBuffer {
                 answered.deleted = deleted == 1
                 message.quote = Quote(of: answered)
             }
+        }
+        if flags & 8 != 0 {
+            guard let until = readInteger(as: Int64.self) else { return nil }
+            message.until = Timestamp(milliseconds: until)
         }
         return message
     }
