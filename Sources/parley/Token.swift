@@ -20,6 +20,9 @@ struct Token: AsyncParsableCommand {
     @Option(help: "Rooms the token allows, comma-separated; `prefix*` patterns allowed. (default: every room)")
     var rooms: String?
 
+    @Option(help: "Roles, comma-separated: `moderator` lets the user delete any message and kick, mute and ban.")
+    var roles: String?
+
     @Option(help: "Issuer (iss) to put in the token. [env: PARLEY_JWT_ISSUER]")
     var issuer: String?
 
@@ -33,7 +36,7 @@ struct Token: AsyncParsableCommand {
         }
         do {
             print(try await TokenMinter.hs256(
-                user: user, secret: secret, expiresIn: ttl, rooms: Environment.list(rooms),
+                user: user, secret: secret, expiresIn: ttl, rooms: Environment.list(rooms), roles: Environment.list(roles),
                 issuer: issuer ?? env["PARLEY_JWT_ISSUER"], audience: audience ?? env["PARLEY_JWT_AUDIENCE"]
             ))
         } catch let error as AuthConfigurationError {

@@ -149,6 +149,12 @@ class ChatPage:
         self.wait_online()
         assert self.state()["user"] == name
 
+    def sign_in_with_token(self, token: str, user: str) -> None:
+        self.driver.get(f"{self.base_url}/?token={token}")
+        self.visible("#app")
+        self.wait_online()
+        assert self.state()["user"] == user
+
     def wait_online(self, timeout: float = WAIT) -> None:
         self.until(lambda d: self.connection_state() == "online",
                    "#connection-status never reached data-state=online", timeout)

@@ -12,7 +12,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+import subprocess
+
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+
 from conftest import PHONE, RECONNECT_WAIT, ChatPage
+from parley_harness import PARLEY_BIN
 
 ROOM = "general"
 
@@ -267,3 +273,123 @@ def test_direct_messages_with_badges_on_every_device(browser):
     # And he answers in it.
     phone.send("hi alice")
     alice.wait_message("hi alice", author="bob")
+
+
+# ---------------------------------------------------------------------------------------------
+# conversations: edit, delete, react, reply, mention, search, moderate
+# ---------------------------------------------------------------------------------------------
+
+SECRET = "browser-test-secret-0123456789abcdefghij"
+
+
+def token(user: str, *roles: str) -> str:
+    """A token minted by `parley token`, as a developer would."""
+    args = [str(PARLEY_BIN), "token", "--user", user, "--secret", SECRET]
+    if roles:
+        args += ["--roles", ",".join(roles)]
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def message_li(page: ChatPage, content_part: str):
+    """The timeline entry whose content contains `content_part`."""
+    def found(_):
+        for li in page.driver.find_elements(By.CSS_SELECTOR, "#messages li.message"):
+            found = li.find_elements(By.CSS_SELECTOR, ".content")
+            if found and content_part in (found[0].get_attribute("textContent") or ""):
+                return li
+        return False
+    return page.until(found, f"no message containing {content_part!r}")
+
+
+def act(page: ChatPage, li, action: str):
+    """Hovers the message and clicks one of its actions."""
+    ActionChains(page.driver).move_to_element(li).perform()
+    button = li.find_element(By.CSS_SELECTOR, f".message-actions .message-action.{action}")
+    page.until(lambda d: button.is_displayed(), f"the {action} action never showed")
+    button.click()
+
+
+def reaction_count(page: ChatPage, content_part: str, emoji: str) -> int:
+    chips = message_li(page, content_part).find_elements(By.CSS_SELECTOR, f'.reaction[data-emoji="{emoji}"] .reaction-count')
+    return int(chips[0].text) if chips else 0
+
+
+@pytest.mark.server_env(PARLEY_JWT_SECRET=SECRET)
+def test_edit_react_reply_mention_search_delete_and_moderate(browser):
+    alice = browser()
+    alice.label = "alice"
+    alice.sign_in_with_token(token("alice", "moderator"), "alice")
+    bob = browser()
+    bob.label = "bob"
+    bob.sign_in_with_token(token("bob"), "bob")
+    for page in (alice, bob):
+        page.join(ROOM)
+
+    # A mention of alice is highlighted for her.
+    bob.send("helo @alice")
+    alice.wait_message("helo @alice", author="bob")
+    alice.until(lambda d: message_li(alice, "helo").find_elements(By.CSS_SELECTOR, ".mention-me"), "@alice is not highlighted")
+
+    # Bob fixes his typo in place; both see the new text and the edited mark.
+    act(bob, message_li(bob, "helo"), "edit")
+    field = bob.visible(".edit-form .edit-input")
+    field.clear()
+    field.send_keys("hello @alice", Keys.ENTER)
+    for page in (alice, bob):
+        page.wait_message("hello @alice", author="bob")
+        page.until(lambda d, p=page: message_li(p, "hello @alice").find_elements(By.CSS_SELECTOR, ".edited"), "no (edited) mark")
+
+    # Reactions: alice picks one, bob adds his and takes it back.
+    act(alice, message_li(alice, "hello @alice"), "react")
+    alice.clickable('.reaction-picker .message-action[data-emoji="👍"]').click()
+    for page in (alice, bob):
+        page.until(lambda d, p=page: reaction_count(p, "hello @alice", "👍") == 1, "👍 never counted 1")
+    message_li(bob, "hello @alice").find_element(By.CSS_SELECTOR, '.reaction[data-emoji="👍"]').click()
+    alice.until(lambda d: reaction_count(alice, "hello @alice", "👍") == 2, "bob's 👍 never reached alice")
+    message_li(bob, "hello @alice").find_element(By.CSS_SELECTOR, '.reaction[data-emoji="👍"]').click()
+    alice.until(lambda d: reaction_count(alice, "hello @alice", "👍") == 1, "bob's 👍 was never taken back")
+
+    # Alice replies with a quote, and mentions bob with the autocomplete.
+    act(alice, message_li(alice, "hello @alice"), "reply")
+    alice.visible("#reply-bar")
+    alice.type("@b")
+    option = alice.visible('#mention-list li[data-user="bob"]')
+    assert option.text == "@bob"
+    alice.type(Keys.TAB)
+    alice.until(lambda d: alice.driver.find_element(By.ID, "composer-input").get_attribute("value") == "@bob ", "Tab did not complete @bob")
+    alice.type("welcome aboard")
+    alice.clickable("#composer-send").click()
+    for page in (alice, bob):
+        reply = message_li(page, "welcome aboard")
+        page.until(lambda d, r=reply: "hello @alice" in r.find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent"),
+                   "the reply shows no quote")
+    assert alice.driver.find_element(By.ID, "reply-bar").get_attribute("hidden") is not None
+
+    # Search finds bob's edited message, not its first version.
+    bob.visible("#search-input").send_keys("hello", Keys.ENTER)
+    result = bob.visible("#search-results li.search-result")
+    assert "hello @alice" in result.text and result.get_attribute("data-room") == ROOM
+    bob.driver.find_element(By.ID, "search-input").clear()
+    bob.driver.find_element(By.ID, "search-input").send_keys("helo", Keys.ENTER)
+    bob.until(lambda d: "Nothing found" in bob.driver.find_element(By.ID, "search-status").text, "the old text was found")
+
+    # Bob deletes his message: gone for both, and the reply's quote says so.
+    act(bob, message_li(bob, "hello @alice"), "delete")
+    message_li(bob, "hello @alice").find_element(By.CSS_SELECTOR, ".message-action.delete").click()
+    for page in (alice, bob):
+        page.until(lambda d, p=page: p.driver.find_elements(By.CSS_SELECTOR, "#messages li.message.deleted .tombstone"), "no tombstone")
+        page.until(lambda d, p=page: "Deleted message" in message_li(p, "welcome aboard").find_element(By.CSS_SELECTOR, ".quote").get_attribute("textContent"),
+                   "the quote still shows the deleted text")
+        assert "hello @alice" not in page.driver.find_element(By.ID, "messages").text
+
+    # Alice moderates: bob is muted, his next message is refused with the reason, and both see why.
+    bob.send("spam spam")
+    spam = message_li(alice, "spam spam")
+    assert not bob.driver.find_elements(By.CSS_SELECTOR, "#messages .message-action.mute"), "bob is no moderator"
+    act(alice, spam, "mute")
+    for page in (alice, bob):
+        page.until(lambda d, p=page: any("muted" in n.text for n in p.driver.find_elements(By.CSS_SELECTOR, "#messages li.notice.moderation")),
+                   "no moderation notice")
+    bob.send("more spam")
+    bob.until(lambda d: "muted" in bob.driver.find_element(By.CSS_SELECTOR, "#messages li.pending.failed .status").text,
+              "bob's message was not refused as muted")

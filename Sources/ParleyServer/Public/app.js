@@ -57,6 +57,11 @@
   const NEAR_BOTTOM_PX = 80;
   const NEAR_TOP_PX = 80;
   const ALERT_QUIET_MS = 1500;
+  const CHANGE_KINDS = new Set(['edit', 'delete', 'react', 'unreact']);
+  const MODERATION_KINDS = new Set(['kick', 'mute', 'unmute', 'ban', 'unban']);
+  const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
+  const MENTION_RE = /(^|[^A-Za-z0-9_.-])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g;
+  const SEARCH_PAGE = 20;
 
   const $ = (id) => document.getElementById(id);
   const ignore = () => {};
@@ -125,7 +130,7 @@
     const items = [];
     for (const room of app.rooms.values()) {
       for (const item of room.outbox) {
-        items.push({ room: item.room, content: item.content, clientId: item.clientId });
+        items.push({ room: item.room, content: item.content, clientId: item.clientId, replyTo: item.replyTo || null });
       }
     }
     storage.set('outbox', { user: app.user, items });
@@ -137,7 +142,8 @@
     for (const item of saved.items) {
       const room = app.rooms.get(item.room);
       if (room && typeof item.content === 'string' && typeof item.clientId === 'string') {
-        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId));
+        const replyTo = typeof item.replyTo === 'string' ? item.replyTo : null;
+        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId, replyTo));
       }
     }
   }
@@ -149,6 +155,7 @@
   const app = {
     user: null,
     token: null,
+    roles: [], // the token's `roles` claim: `moderator` shows the moderation actions
     connection: 'offline',
     currentRoom: null,
     rooms: new Map(), // name -> room state, in sidebar order
@@ -158,8 +165,9 @@
   function makeRoom(name) {
     return {
       name,
-      messages: [], // sorted by seq, no duplicates
+      messages: [], // every row, sorted by seq, no duplicates: messages, changes, moderation
       seqs: new Set(),
+      byId: new Map(), // message id -> message (its current state)
       lastSeq: 0, // highest seq received from the room's stream or history: the resume point
       synced: false, // true once the latest history page is loaded; then `since` can resume
       hasOlder: false,
@@ -480,6 +488,13 @@
   function addMessage(room, msg) {
     if (!isValidMessage(msg) || room.seqs.has(msg.seq)) return false;
     room.seqs.add(msg.seq);
+    if (!msg.kind) {
+      if (!Number.isInteger(msg.stateSeq)) msg.stateSeq = msg.seq;
+      msg.version = 0;
+      room.byId.set(msg.id, msg);
+    } else if (CHANGE_KINDS.has(msg.kind)) {
+      applyChange(room, msg);
+    }
     const list = room.messages;
     if (!list.length || list[list.length - 1].seq < msg.seq) {
       list.push(msg);
@@ -500,6 +515,10 @@
   /** Adds a page from `history`; pages of the latest or newer messages also move the resume point. */
   function addPage(room, page, { newer }) {
     const messages = Array.isArray(page.messages) ? page.messages.filter(isValidMessage) : [];
+    // Each message is in its state as of the page's reading, which includes every row of the
+    // page: only later changes apply to it.
+    const newest = messages.reduce((max, msg) => Math.max(max, msg.seq), 0);
+    for (const msg of messages) if (!msg.kind) msg.stateSeq = newest;
     for (const msg of messages) {
       addMessage(room, msg);
       if (newer) room.lastSeq = Math.max(room.lastSeq, msg.seq);
@@ -615,9 +634,157 @@
     const added = addMessage(room, msg);
     if (gapAfter !== null) fillGap(room, gapAfter);
     if (!added) return;
+    if (msg.kind) {
+      if (MODERATION_KINDS.has(msg.kind)) onModeration(room, msg);
+      scheduleRender();
+      return;
+    }
     clearTypingOf(room, msg.user);
     if (msg.user !== app.user) onNewFromOthers(room, msg);
     scheduleRender();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Changes: edits, deletions, reactions; moderation
+  // ---------------------------------------------------------------------------
+
+  /** Applies a change row to the message it targets, unless that message already shows it. */
+  function applyChange(room, row) {
+    const target = room.byId.get(row.target);
+    if (!target || row.seq <= target.stateSeq) return;
+    target.stateSeq = row.seq;
+    target.version += 1;
+    const reactions = Array.isArray(target.reactions) ? target.reactions : [];
+    switch (row.kind) {
+      case 'edit':
+        target.content = row.content;
+        target.edited = row.timestamp;
+        for (const other of room.byId.values()) {
+          if (other.quote && other.quote.id === target.id) {
+            other.quote = { ...other.quote, content: row.content.slice(0, 140) };
+            other.version += 1;
+          }
+        }
+        break;
+      case 'delete':
+        target.content = '';
+        target.deleted = true;
+        target.reactions = [];
+        for (const other of room.byId.values()) {
+          if (other.quote && other.quote.id === target.id) {
+            other.quote = { ...other.quote, content: '', deleted: true };
+            other.version += 1;
+          }
+        }
+        break;
+      case 'react': {
+        const entry = reactions.find((r) => r.emoji === row.content);
+        if (entry) {
+          if (!entry.users.includes(row.user)) entry.users.push(row.user);
+        } else {
+          reactions.push({ emoji: row.content, users: [row.user] });
+        }
+        target.reactions = reactions;
+        break;
+      }
+      case 'unreact': {
+        const entry = reactions.find((r) => r.emoji === row.content);
+        if (entry) entry.users = entry.users.filter((user) => user !== row.user);
+        target.reactions = reactions.filter((r) => r.users.length);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  /** The sentence a moderation row shows in the timeline. */
+  function moderationText(row) {
+    const who = row.target === app.user ? 'you' : row.target;
+    const until = row.until ? ` until ${fullFormat.format(new Date(row.until))}` : '';
+    const verb = {
+      kick: `removed ${who} from the room`,
+      mute: `muted ${who}${until}`,
+      unmute: `unmuted ${who}`,
+      ban: `banned ${who}${until}`,
+      unban: `lifted the ban on ${who}`,
+    }[row.kind] || row.kind;
+    return `${row.user} ${verb}${row.content ? `: ${row.content}` : ''}`;
+  }
+
+  /** A kick or ban of us takes the room out of our joined rooms (the server did so). */
+  function onModeration(room, row) {
+    if (row.target !== app.user) return;
+    if (row.kind === 'kick' || row.kind === 'ban') {
+      resetLiveState(room);
+      room.error = row.kind === 'ban' ? 'You were banned from this room.' : 'You were removed from this room. Join it again to come back.';
+    }
+    toast(moderationText(row));
+  }
+
+  function isModerator() {
+    return Boolean(app.roles && app.roles.includes('moderator'));
+  }
+
+  function changeMessage(room, event, data) {
+    return request(event, { room: room.name, ...data }).then((current) => {
+      const target = room.byId.get(current.id);
+      if (target && isValidMessage(current)) {
+        Object.assign(target, current, { stateSeq: target.stateSeq, version: target.version + 1 });
+      }
+      scheduleRender();
+      return current;
+    }, (err) => {
+      toast(err && err.message ? err.message : 'That did not work.');
+      throw err;
+    });
+  }
+
+  function toggleReaction(room, msg, emoji) {
+    const mine = (msg.reactions || []).some((r) => r.emoji === emoji && r.users.includes(app.user));
+    changeMessage(room, 'react', { id: msg.id, emoji, add: !mine }).catch(ignore);
+  }
+
+  function startReply(room, msg) {
+    ui.replyTo = { room: room.name, id: msg.id, user: msg.user, content: msg.content };
+    renderReplyBar();
+    $('composer-input').focus();
+  }
+
+  function cancelReply() {
+    ui.replyTo = null;
+    renderReplyBar();
+  }
+
+  function renderReplyBar() {
+    const bar = $('reply-bar');
+    const reply = ui.replyTo && ui.replyTo.room === app.currentRoom ? ui.replyTo : null;
+    bar.hidden = !reply;
+    if (reply) {
+      $('reply-to-user').textContent = reply.user;
+      $('reply-to-text').textContent = reply.content.slice(0, 140);
+    }
+  }
+
+  function startEdit(room, msg) {
+    ui.editing = { room: room.name, id: msg.id };
+    const node = room.nodes.get(msg.seq);
+    if (node) node.dataset.version = '';
+    scheduleRender();
+  }
+
+  function finishEdit(room, msg, text) {
+    ui.editing = null;
+    const content = text.trim();
+    if (content && content !== msg.content) changeMessage(room, 'edit', { id: msg.id, content }).catch(ignore);
+    msg.version += 1;
+    scheduleRender();
+  }
+
+  function moderate(room, user, action, seconds) {
+    const data = { room: room.name, user, action };
+    if (seconds) data.seconds = seconds;
+    request('moderate', data).then(() => toast(`Done: ${action} ${user}.`), (err) => toast(err.message || 'That did not work.'));
   }
 
   function onNewFromOthers(room, msg) {
@@ -675,12 +842,14 @@
   // Outgoing messages: an outbox per room, retried with the same clientId
   // ---------------------------------------------------------------------------
 
-  function makeOutgoing(roomName, content, clientId) {
-    return { room: roomName, content, clientId, failed: null, node: null };
+  function makeOutgoing(roomName, content, clientId, replyTo = null) {
+    return { room: roomName, content, clientId, replyTo, failed: null, node: null };
   }
 
   function sendMessage(room, content) {
-    room.outbox.push(makeOutgoing(room.name, content, newClientId()));
+    const replyTo = ui.replyTo && ui.replyTo.room === room.name ? ui.replyTo.id : null;
+    ui.replyTo = null;
+    room.outbox.push(makeOutgoing(room.name, content, newClientId(), replyTo));
     saveOutbox();
     flushOutbox(room);
     scheduleRender({ toBottom: true });
@@ -692,7 +861,9 @@
     const item = room.outbox.find((entry) => !entry.failed);
     if (!item) return;
     room.sending = true;
-    request('message', { room: item.room, content: item.content, clientId: item.clientId }).then((msg) => {
+    const data = { room: item.room, content: item.content, clientId: item.clientId };
+    if (item.replyTo) data.replyTo = item.replyTo;
+    request('message', data).then((msg) => {
       room.sending = false;
       addMessage(room, msg);
       settleOutgoing(room, item.clientId);
@@ -749,7 +920,13 @@
   // Rendering: batched; the timeline reuses nodes so focus and scroll survive
   // ---------------------------------------------------------------------------
 
-  const ui = { queued: false, toBottom: false, shownRoom: null, noRoomNode: null, toastTimer: null };
+  const ui = {
+    queued: false, toBottom: false, shownRoom: null, noRoomNode: null, toastTimer: null,
+    replyTo: null, // {room, id, user, content}: the message the composer answers
+    editing: null, // {room, id}: the message being edited in place
+    mention: null, // {start, query, options, index}: the open @mention list
+    search: null, // {text, results, hasMore, loading}
+  };
 
   function scheduleRender(options = {}) {
     if (options.toBottom) ui.toBottom = true;
@@ -766,6 +943,7 @@
     renderPresence();
     renderTyping();
     renderComposer();
+    renderReplyBar();
     renderTitle();
     maybeSendRead();
   }
@@ -917,7 +1095,7 @@
 
   function hasNewFromOthers(room) {
     for (let i = room.messages.length - 1; i >= 0 && room.messages[i].seq > room.renderedSeq; i--) {
-      if (room.messages[i].user !== app.user) return true;
+      if (room.messages[i].user !== app.user && !CHANGE_KINDS.has(room.messages[i].kind)) return true;
     }
     return false;
   }
@@ -951,6 +1129,7 @@
     let n = 0;
     const notices = room.notices;
     for (const msg of room.messages) {
+      if (CHANGE_KINDS.has(msg.kind)) continue;
       while (n < notices.length && notices[n].afterSeq < msg.seq) items.push(notices[n++]);
       const time = Date.parse(msg.timestamp);
       items.push({ msg, time: Number.isNaN(time) ? 0 : time });
@@ -960,7 +1139,8 @@
   }
 
   function isGrouped(previous, item) {
-    return Boolean(previous && previous.msg && item.msg) &&
+    return Boolean(previous && previous.msg && item.msg && !previous.msg.kind && !item.msg.kind) &&
+      !item.msg.replyTo && !(item.msg.reactions && item.msg.reactions.length) &&
       previous.msg.user === item.msg.user &&
       dayKey(previous.time) === dayKey(item.time) &&
       item.time - previous.time < GROUP_WINDOW_MS;
@@ -992,18 +1172,195 @@
   }
 
   function messageNode(room, msg) {
+    if (msg.kind) return moderationNode(room, msg);
+    const editing = ui.editing && ui.editing.room === room.name && ui.editing.id === msg.id;
+    const version = `${msg.version}${editing ? 'e' : ''}`;
     let node = room.nodes.get(msg.seq);
-    if (node) return node;
-    node = make('li', msg.user === app.user ? 'message own' : 'message');
+    if (node && node.dataset.version === version) return node;
+    const fresh = make('li', msg.user === app.user ? 'message own' : 'message');
+    if (node) node.replaceWith(fresh);
+    node = fresh;
     node.dataset.seq = String(msg.seq);
     node.dataset.room = room.name;
+    node.dataset.id = msg.id;
+    node.dataset.version = version;
+    node.classList.toggle('deleted', Boolean(msg.deleted));
+    node.classList.toggle('mentions-me', !msg.deleted && Array.isArray(msg.mentions) && msg.mentions.includes(app.user));
     const meta = make('div', 'meta');
     meta.append(make('span', 'author', msg.user), timeNode(msg.timestamp));
-    const content = make('div', 'content');
-    appendLinkified(content, msg.content);
-    node.append(meta, content);
+    if (msg.edited && !msg.deleted) {
+      const edited = make('span', 'edited', '(edited)');
+      edited.title = `Edited ${fullFormat.format(new Date(msg.edited))}`;
+      meta.append(edited);
+    }
+    node.append(meta);
+    if (msg.replyTo && msg.quote) node.append(quoteNode(room, msg.quote));
+    if (editing) {
+      node.append(editNode(room, msg));
+    } else {
+      const content = make('div', 'content');
+      if (msg.deleted) content.append(make('em', 'tombstone', 'This message was deleted.'));
+      else appendRich(content, msg.content);
+      node.append(content);
+    }
+    if (!msg.deleted && msg.reactions && msg.reactions.length) node.append(reactionsNode(room, msg));
+    if (!msg.deleted && !editing) node.append(actionsNode(room, msg));
     room.nodes.set(msg.seq, node);
     return node;
+  }
+
+  function moderationNode(room, row) {
+    let node = room.nodes.get(row.seq);
+    if (node) return node;
+    node = make('li', 'notice moderation', moderationText(row));
+    node.dataset.seq = String(row.seq);
+    node.dataset.room = room.name;
+    node.dataset.kind = row.kind;
+    room.nodes.set(row.seq, node);
+    return node;
+  }
+
+  function quoteNode(room, quote) {
+    const node = make('button', 'quote');
+    node.type = 'button';
+    node.append(make('span', 'quote-author', quote.user));
+    node.append(make('span', 'quote-text', quote.deleted ? 'Deleted message' : quote.content));
+    node.addEventListener('click', () => {
+      const answered = room.byId.get(quote.id);
+      const target = answered && room.nodes.get(answered.seq);
+      if (target) {
+        target.scrollIntoView({ block: 'center' });
+        target.classList.add('flash');
+        setTimeout(() => target.classList.remove('flash'), 1200);
+      }
+    });
+    return node;
+  }
+
+  function reactionsNode(room, msg) {
+    const bar = make('div', 'reactions');
+    for (const reaction of msg.reactions) {
+      const mine = reaction.users.includes(app.user);
+      const chip = make('button', mine ? 'reaction mine' : 'reaction');
+      chip.type = 'button';
+      chip.dataset.emoji = reaction.emoji;
+      chip.setAttribute('aria-pressed', String(mine));
+      chip.title = listText(reaction.users);
+      chip.append(make('span', 'reaction-emoji', reaction.emoji), make('span', 'reaction-count', String(reaction.users.length)));
+      chip.addEventListener('click', () => toggleReaction(room, msg, reaction.emoji));
+      bar.append(chip);
+    }
+    return bar;
+  }
+
+  function actionButton(label, className, onClick) {
+    const button = make('button', `message-action ${className}`, label);
+    button.type = 'button';
+    button.addEventListener('click', onClick);
+    return button;
+  }
+
+  function actionsNode(room, msg) {
+    const bar = make('div', 'message-actions');
+    bar.setAttribute('role', 'toolbar');
+    bar.setAttribute('aria-label', `Actions on ${msg.user}'s message`);
+    bar.append(actionButton('Reply', 'reply', () => startReply(room, msg)));
+    const react = actionButton('React', 'react', () => {
+      picker.hidden = !picker.hidden;
+    });
+    const picker = make('div', 'reaction-picker');
+    picker.hidden = true;
+    for (const emoji of QUICK_REACTIONS) {
+      const option = actionButton(emoji, 'pick', () => {
+        picker.hidden = true;
+        toggleReaction(room, msg, emoji);
+      });
+      option.dataset.emoji = emoji;
+      option.setAttribute('aria-label', `React with ${emoji}`);
+      picker.append(option);
+    }
+    bar.append(react, picker);
+    if (msg.user === app.user) bar.append(actionButton('Edit', 'edit', () => startEdit(room, msg)));
+    if (msg.user === app.user || isModerator()) {
+      const remove = actionButton('Delete', 'delete', () => {
+        if (remove.dataset.confirm !== 'yes') {
+          remove.dataset.confirm = 'yes';
+          remove.textContent = 'Delete for everyone?';
+          setTimeout(() => {
+            remove.dataset.confirm = '';
+            remove.textContent = 'Delete';
+          }, 4000);
+          return;
+        }
+        changeMessage(room, 'delete', { id: msg.id }).catch(ignore);
+      });
+      bar.append(remove);
+    }
+    if (isModerator() && msg.user !== app.user) {
+      bar.append(actionButton('Mute 10 min', 'mute', () => moderate(room, msg.user, 'mute', 600)));
+      bar.append(actionButton('Kick', 'kick', () => moderate(room, msg.user, 'kick')));
+      bar.append(actionButton('Ban', 'ban', () => moderate(room, msg.user, 'ban')));
+    }
+    return bar;
+  }
+
+  function editNode(room, msg) {
+    const form = make('form', 'edit-form');
+    const field = make('textarea', 'edit-input');
+    field.value = msg.content;
+    field.rows = 2;
+    field.setAttribute('aria-label', 'Edit message');
+    const save = make('button', 'button primary edit-save', 'Save');
+    save.type = 'submit';
+    const cancel = make('button', 'button edit-cancel', 'Cancel');
+    cancel.type = 'button';
+    const stop = () => {
+      ui.editing = null;
+      msg.version += 1;
+      scheduleRender();
+    };
+    cancel.addEventListener('click', stop);
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      finishEdit(room, msg, field.value);
+    });
+    field.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') stop();
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        finishEdit(room, msg, field.value);
+      }
+    });
+    form.append(field, save, cancel);
+    setTimeout(() => field.focus(), 0);
+    return form;
+  }
+
+  /** Links and @mentions made visible; everything stays text. */
+  function appendRich(parent, text) {
+    let last = 0;
+    for (const match of text.matchAll(URL_RE)) {
+      const url = match[0].replace(/[.,;:!?)\]}]+$/, '');
+      appendMentions(parent, text.slice(last, match.index));
+      const link = make('a', null, url);
+      link.href = url;
+      link.target = '_blank';
+      link.rel = 'noopener noreferrer';
+      parent.append(link);
+      last = match.index + url.length;
+    }
+    appendMentions(parent, text.slice(last));
+  }
+
+  function appendMentions(parent, text) {
+    let last = 0;
+    for (const match of text.matchAll(MENTION_RE)) {
+      const start = match.index + match[1].length;
+      parent.append(document.createTextNode(text.slice(last, start)));
+      parent.append(make('span', match[2] === app.user ? 'mention mention-me' : 'mention', `@${match[2]}`));
+      last = start + 1 + match[2].length;
+    }
+    parent.append(document.createTextNode(text.slice(last)));
   }
 
   function timeNode(timestamp) {
@@ -1271,7 +1628,8 @@
       if (messages[mid].seq <= seq) lo = mid + 1;
       else hi = mid;
     }
-    return lo > 0 ? messages[lo - 1] : null;
+    for (let i = lo - 1; i >= 0; i--) if (!messages[i].kind) return messages[i];
+    return null;
   }
 
   function seenByNode(room, msg, readers) {
@@ -1422,10 +1780,197 @@
   }
 
   // ---------------------------------------------------------------------------
+  // @mention autocomplete: people of the room, its authors and DM partners
+  // ---------------------------------------------------------------------------
+
+  function mentionCandidates(room) {
+    const names = new Set(room.presence.keys());
+    for (let i = room.messages.length - 1, n = 0; i >= 0 && n < 500; i--, n++) names.add(room.messages[i].user);
+    for (const name of app.rooms.keys()) {
+      const partner = dmPartner(name);
+      if (partner) names.add(partner);
+    }
+    names.delete(app.user);
+    return [...names].sort(collator.compare);
+  }
+
+  function updateMention() {
+    const input = $('composer-input');
+    const room = currentRoom();
+    const before = input.value.slice(0, input.selectionStart);
+    const match = room && input.selectionStart === input.selectionEnd ? /(^|[^A-Za-z0-9_.-])@([A-Za-z0-9_.-]{0,32})$/.exec(before) : null;
+    if (!match) {
+      closeMention();
+      return;
+    }
+    const query = match[2].toLowerCase();
+    const options = mentionCandidates(room).filter((name) => name.toLowerCase().startsWith(query)).slice(0, 6);
+    if (!options.length) {
+      closeMention();
+      return;
+    }
+    const previous = ui.mention && ui.mention.options[ui.mention.index];
+    const index = Math.max(0, options.indexOf(previous));
+    ui.mention = { start: before.length - match[2].length - 1, options, index };
+    renderMention();
+  }
+
+  function renderMention() {
+    const list = $('mention-list');
+    const input = $('composer-input');
+    if (!ui.mention) {
+      list.hidden = true;
+      list.replaceChildren();
+      input.removeAttribute('aria-activedescendant');
+      input.setAttribute('aria-expanded', 'false');
+      return;
+    }
+    const items = ui.mention.options.map((name, index) => {
+      const item = make('li', index === ui.mention.index ? 'mention-option active' : 'mention-option', `@${name}`);
+      item.id = `mention-option-${index}`;
+      item.dataset.user = name;
+      item.setAttribute('role', 'option');
+      item.setAttribute('aria-selected', String(index === ui.mention.index));
+      item.addEventListener('mousedown', (event) => {
+        event.preventDefault();
+        pickMention(name);
+      });
+      return item;
+    });
+    list.replaceChildren(...items);
+    list.hidden = false;
+    input.setAttribute('aria-expanded', 'true');
+    input.setAttribute('aria-activedescendant', `mention-option-${ui.mention.index}`);
+  }
+
+  function closeMention() {
+    if (!ui.mention) return;
+    ui.mention = null;
+    renderMention();
+  }
+
+  function pickMention(name) {
+    const input = $('composer-input');
+    const { start } = ui.mention;
+    const after = input.value.slice(input.selectionStart);
+    const text = `${input.value.slice(0, start)}@${name} `;
+    input.value = text + after;
+    input.setSelectionRange(text.length, text.length);
+    closeMention();
+    input.focus();
+    updateCounter();
+  }
+
+  /** Arrow keys, Enter, Tab and Escape while the list is open; true when handled. */
+  function onMentionKeydown(event) {
+    const mention = ui.mention;
+    switch (event.key) {
+      case 'ArrowDown':
+      case 'ArrowUp':
+        mention.index = (mention.index + (event.key === 'ArrowDown' ? 1 : -1) + mention.options.length) % mention.options.length;
+        renderMention();
+        break;
+      case 'Enter':
+      case 'Tab':
+        if (event.isComposing) return false;
+        pickMention(mention.options[mention.index]);
+        break;
+      case 'Escape':
+        closeMention();
+        break;
+      default:
+        return false;
+    }
+    event.preventDefault();
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Search: every room we may read, newest first
+  // ---------------------------------------------------------------------------
+
+  function onSearchSubmit(event) {
+    event.preventDefault();
+    const text = $('search-input').value.trim();
+    if (!text) {
+      ui.search = null;
+      renderSearch();
+      return;
+    }
+    ui.search = { text, results: [], hasMore: false, loading: true, error: null };
+    renderSearch();
+    searchMore();
+  }
+
+  function searchMore() {
+    const search = ui.search;
+    if (!search) return;
+    const data = { text: search.text, limit: SEARCH_PAGE };
+    const last = search.results[search.results.length - 1];
+    if (last) data.before = last.id;
+    search.loading = true;
+    renderSearch();
+    request('search', data).then((page) => {
+      if (ui.search !== search) return;
+      search.results.push(...(Array.isArray(page.messages) ? page.messages.filter(isValidMessage) : []));
+      search.hasMore = Boolean(page.hasMore);
+      search.loading = false;
+      renderSearch();
+    }, (err) => {
+      if (ui.search !== search) return;
+      search.loading = false;
+      search.error = err && err.message ? err.message : 'Search failed.';
+      renderSearch();
+    });
+  }
+
+  function renderSearch() {
+    const list = $('search-results');
+    const status = $('search-status');
+    const search = ui.search;
+    $('search-more').hidden = !search || !search.hasMore || search.loading;
+    if (!search) {
+      list.replaceChildren();
+      status.textContent = '';
+      return;
+    }
+    list.replaceChildren(...search.results.map((msg) => {
+      const item = make('li', 'search-result');
+      item.dataset.room = msg.room;
+      item.dataset.seq = String(msg.seq);
+      const open = make('button', 'search-open');
+      open.type = 'button';
+      const head = make('span', 'search-head');
+      head.append(make('span', 'search-room', roomLabel(msg.room)), make('span', 'search-author', msg.user), timeNode(msg.timestamp));
+      const text = make('span', 'search-text');
+      appendMentions(text, msg.content.length > 200 ? `${msg.content.slice(0, 200)}…` : msg.content);
+      open.append(head, text);
+      open.addEventListener('click', () => openSearchResult(msg));
+      item.append(open);
+      return item;
+    }));
+    if (search.error) status.textContent = search.error;
+    else if (search.loading) status.textContent = 'Searching…';
+    else if (!search.results.length) status.textContent = `Nothing found for “${search.text}”.`;
+    else status.textContent = `${search.results.length}${search.hasMore ? '+' : ''} found`;
+  }
+
+  function openSearchResult(msg) {
+    if (app.rooms.has(msg.room)) switchRoom(msg.room);
+    else joinRoomByName(dmPartner(msg.room) ? `@${dmPartner(msg.room)}` : msg.room);
+    setSidebarOpen(false);
+  }
+
+  // ---------------------------------------------------------------------------
   // Keyboard and layout: shortcuts, sidebar toggle on narrow screens
   // ---------------------------------------------------------------------------
 
   function onComposerKeydown(event) {
+    if (ui.mention && onMentionKeydown(event)) return;
+    if (event.key === 'Escape' && ui.replyTo) {
+      cancelReply();
+      return;
+    }
     if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
     event.preventDefault();
     submitComposer();
@@ -1465,16 +2010,22 @@
     return storage.get('token', null);
   }
 
-  /** The user id is the token's `sub`; the signature is the server's business. */
-  function userFromToken(token) {
+  /** The token's claims; the signature is the server's business. */
+  function tokenClaims(token) {
     try {
       const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
       const bytes = Uint8Array.from(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
-      const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
-      return typeof sub === 'string' ? sub : null;
+      const claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === 'object' ? claims : {};
     } catch {
-      return null;
+      return {};
     }
+  }
+
+  /** The user id is the token's `sub`. */
+  function userFromToken(token) {
+    const sub = tokenClaims(token).sub;
+    return typeof sub === 'string' ? sub : null;
   }
 
   function startSession(user) {
@@ -1581,8 +2132,15 @@
       autoGrow();
       updateCounter();
       noteTyping();
+      updateMention();
     });
-    input.addEventListener('blur', stopTyping);
+    input.addEventListener('blur', () => {
+      stopTyping();
+      closeMention();
+    });
+    $('reply-cancel').addEventListener('click', cancelReply);
+    $('search-form').addEventListener('submit', onSearchSubmit);
+    $('search-more').addEventListener('click', searchMore);
     $('messages').addEventListener('scroll', onTimelineScroll, { passive: true });
     $('new-messages').addEventListener('click', scrollToNewest);
     $('reconnect-now').addEventListener('click', () => {
@@ -1634,6 +2192,8 @@
     renderConnection();
     app.token = readToken();
     if (app.token) {
+      const roles = tokenClaims(app.token).roles;
+      app.roles = Array.isArray(roles) ? roles.filter((role) => typeof role === 'string') : [];
       startSession(userFromToken(app.token));
       return;
     }
