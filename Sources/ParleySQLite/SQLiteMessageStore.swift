@@ -318,7 +318,7 @@ public final class SQLiteMessageStore: MessageStore {
     private func current(_ id: String, room: String, writes: BatchWrites) async throws -> (message: Message, searchRowid: Int64?)? {
         if let index = writes.index[id] { return (writes.rows[index], nil) }
         if let changed = writes.changed[id] { return changed }
-        let rows = try await writer.query("SELECT \(Self.columns), m.search_rowid FROM messages m WHERE m.room = ? AND m.id = ?", [.text(room), .text(id)])
+        let rows = try await writer.query("SELECT \(Self.columns), m.search_rowid FROM messages m INDEXED BY messages_id WHERE m.room = ? AND m.id = ?", [.text(room), .text(id)])
         guard let row = rows.first, let message = Self.message(row) else { return nil }
         return (message, row.column("search_rowid")?.integer.map(Int64.init))
     }
@@ -345,7 +345,7 @@ public final class SQLiteMessageStore: MessageStore {
         }
         for (room, id) in writes.deleted {
             _ = try await writer.query(
-                "UPDATE messages SET content = '' WHERE room = ? AND target = ? AND kind = 'edit'", [.text(room), .text(id)]
+                "UPDATE messages INDEXED BY messages_target SET content = '' WHERE room = ? AND target = ? AND kind = 'edit'", [.text(room), .text(id)]
             )
         }
         for (key, sanction) in writes.sanctions {
@@ -469,7 +469,10 @@ public final class SQLiteMessageStore: MessageStore {
         guard let (lower, upper) = query.seqRange else { return HistoryPage(messages: [], hasMore: false) }
         let order = query.pagesForward ? "ASC" : "DESC"
         let rows = try await reader.query(
-            "SELECT \(Self.quotedColumns) WHERE m.room = ? AND m.seq > ? AND m.seq < ? ORDER BY m.seq \(order) LIMIT ?",
+            """
+            SELECT \(Self.quotedColumns(from: "SELECT * FROM messages WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq \(order) LIMIT ?"))
+            ORDER BY m.seq \(order)
+            """,
             [.text(room), .integer(Int(lower)), .integer(Int(upper)), .integer(query.limit + 1)]
         )
         var messages = rows.compactMap(Self.message)
@@ -503,10 +506,11 @@ public final class SQLiteMessageStore: MessageStore {
         let cursor = before == nil ? "" : "AND s.rowid < (SELECT rowid FROM message_search WHERE message_search MATCH ?1 AND id = ?3)"
         let rows = try await reader.query(
             """
-            SELECT \(Self.columns), q.id AS q_id, q.user AS q_user, q.content AS q_content, q.deleted AS q_deleted
-            FROM message_search s JOIN messages m ON m.room = s.room AND m.seq = s.seq
-            LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
-            WHERE message_search MATCH ?1 \(cursor) ORDER BY s.rowid DESC LIMIT ?2
+            SELECT \(Self.quotedColumns(from: """
+                SELECT m.*, s.rowid AS search_order FROM message_search s JOIN messages m ON m.room = s.room AND m.seq = s.seq
+                WHERE message_search MATCH ?1 \(cursor) ORDER BY s.rowid DESC LIMIT ?2
+                """))
+            ORDER BY m.search_order DESC
             """,
             [.text(match), .integer(limit)] + (before.map { [.text($0)] } ?? [])
         )
@@ -573,11 +577,16 @@ public final class SQLiteMessageStore: MessageStore {
         m.reactions AS reactions, m.until_ts AS until_ts
         """
 
-    /// The columns and the join that read messages with the quote of the message each answers.
-    private static let quotedColumns = """
-        \(columns), q.id AS q_id, q.user AS q_user, q.content AS q_content, q.deleted AS q_deleted
-        FROM messages m LEFT JOIN messages q ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
+    /// The columns and the join that read the messages `rows` (a query) selects, with the quote
+    /// of the message each answers: the page is cut first, then only its rows are joined. The
+    /// index is named: without statistics SQLite scanned the room's primary key range for each
+    /// row instead (7 ms against 0.2 ms for a page of a room of 4,600 rows).
+    private static func quotedColumns(from rows: String) -> String {
         """
+        \(columns), q.id AS q_id, q.user AS q_user, q.content AS q_content, q.deleted AS q_deleted
+        FROM (\(rows)) AS m LEFT JOIN messages q INDEXED BY messages_id ON m.reply_to IS NOT NULL AND q.room = m.room AND q.id = m.reply_to
+        """
+    }
 
     private static func message(_ row: SQLiteRow) -> Message? {
         guard let room = row.column("room")?.string, let seq = row.column("seq")?.integer,

@@ -168,6 +168,38 @@ def test_idempotent_retry(server):
     run(main())
 
 
+def test_edits_reactions_replies_and_deletions(server):
+    async def main():
+        alice = await Client().connect(server.url, "alice")
+        bob = await Client().connect(server.url, "bob", transports=["websocket"])
+        for client in (alice, bob):
+            await client.ack("join", {"room": "c"})
+        first = await alice.ack("message", {"room": "c", "content": "helo"})
+        reply = await bob.ack("message", {"room": "c", "content": "hi!", "replyTo": first["id"]})
+        assert reply["quote"] == {"id": first["id"], "user": "alice", "content": "helo"}
+        edited = await alice.ack("edit", {"room": "c", "id": first["id"], "content": "hello"})
+        assert edited["content"] == "hello" and "edited" in edited
+        on = await bob.ack("react", {"room": "c", "id": first["id"], "emoji": "👍"})
+        assert on["reactions"] == [{"emoji": "👍", "users": ["bob"]}]
+        off = await bob.ack("react", {"room": "c", "id": first["id"], "emoji": "👍"})
+        assert "reactions" not in off
+        refused = await bob.call("edit", {"room": "c", "id": first["id"], "content": "mine"})
+        assert refused["error"]["code"] == "forbidden"
+        gone = await alice.ack("delete", {"room": "c", "id": first["id"]})
+        assert gone["deleted"] is True and gone["content"] == ""
+        rows = [(await bob.next("message"))[0] for _ in range(6)]
+        assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+        assert [r.get("kind", "message") for r in rows] == ["message", "message", "edit", "react", "unreact", "delete"]
+        assert all(r["target"] == first["id"] for r in rows[2:])
+        history = await bob.ack("history", {"room": "c"})
+        assert history["messages"][0]["deleted"] is True
+        assert history["messages"][1]["quote"] == {"id": first["id"], "user": "alice", "content": "", "deleted": True}
+        await alice.close()
+        await bob.close()
+
+    run(main())
+
+
 @pytest.mark.server_env(PARLEY_RATE_PER_SEC="0")
 def test_same_messages_in_the_same_order_as_a_websocket_client(server):
     async def main():

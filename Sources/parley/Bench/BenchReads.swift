@@ -8,7 +8,8 @@ import ServiceLifecycle
 
 /// `parley bench-reads`: the read side of conversations, straight against a store: fills it
 /// with `--messages` over `--rooms` (one user follows every room), then measures the latency of
-/// the user's room list with unread counts and of full-text searches of three selectivities.
+/// the user's room list with unread counts, of full-text searches of three selectivities, and of
+/// history pages of a room whose messages were edited, reacted to and replied to.
 struct BenchReads: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-reads",
@@ -20,6 +21,7 @@ struct BenchReads: AsyncParsableCommand {
     @Option(help: "Times each read is measured.") var iterations = 200
     @Option(help: "Folder for the database file (a new file each run).") var dataDir = NSTemporaryDirectory()
     @Option(help: "Measure the PostgreSQL store at this URL instead (a fresh room prefix each run).") var database: String?
+    @Flag(help: "Keep the SQLite file (its path is printed), to look into it.") var keep = false
 
     func run() async throws {
         let store: any MessageStore
@@ -35,7 +37,8 @@ struct BenchReads: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(services: [.init(service: store)], logger: quietLogger))
         let running = Task { try await group.run() }
         defer {
-            if let path { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+            if let path, !keep { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+            if let path, keep { FileHandle.standardError.write(Data("kept \(path)\n".utf8)) }
         }
         let prefix = "r\(UUID().uuidString.prefix(6).lowercased())"
         let reader = "reader-\(prefix)"
@@ -50,8 +53,43 @@ struct BenchReads: AsyncParsableCommand {
             let search = try await measure { _ = try await store.search(terms: [word], before: nil, limit: 50) }
             print("search '\(word)' (\(label)), 50 newest: \(search.line)")
         }
+        // History: a plain room's latest page, then a room as busy with changes as a chat gets.
+        let plain = "\(prefix)-0"
+        let plainPage = try await measure { _ = try await store.history(room: plain, query: HistoryQuery(limit: 50)) }
+        print("history, latest 50 of a room of messages only: \(plainPage.line)")
+        let busy = "\(prefix)-changes"
+        let rows = try await fillChanges(store, room: busy)
+        let busyPage = try await measure { _ = try await store.history(room: busy, query: HistoryQuery(limit: 50)) }
+        print("history, latest 50 rows of a room of \(rows) rows with edits, reactions and replies: \(busyPage.line)")
+        let middle = try await measure { _ = try await store.history(room: busy, query: HistoryQuery(before: rows / 2, limit: 50)) }
+        print("history, 50 rows from its middle: \(middle.line)")
         await group.triggerGracefulShutdown()
         _ = try? await running.value
+    }
+
+    /// 1,000 messages; each gets 3 reactions, every second one an edit, every fifth answers the
+    /// one before it, every tenth is deleted: the room's rows interleave messages and changes.
+    private func fillChanges(_ store: any MessageStore, room: String) async throws -> Int64 {
+        var last: Message?  // the newest message not deleted
+        var seq: Int64 = 0
+        for index in 0..<1_000 {
+            var draft = MessageDraft(room: room, user: "u\(index % 7)", content: "message \(index) with some words in it")
+            if index % 5 == 0, let last { draft.replyTo = last.id }
+            let message = try await store.append(draft).message
+            seq = message.seq
+            func change(_ action: MessageChange.Action, _ content: String, by user: String) async throws {
+                let change = MessageChange(target: message.id, action: action)
+                seq = try await store.append(MessageDraft(room: room, user: user, content: content, change: change)).message.seq
+            }
+            for (emoji, user) in [("👍", "u1"), ("🎉", "u2"), ("👍", "u3")] { try await change(.react(.add), emoji, by: user) }
+            if index % 2 == 0 { try await change(.edit, "message \(index), edited", by: message.user) }
+            if index % 10 == 9 {
+                try await change(.delete, "", by: message.user)
+            } else {
+                last = message
+            }
+        }
+        return seq
     }
 
     /// Appends from 64 writers (group commit), each message with a word of a 1,000-word
