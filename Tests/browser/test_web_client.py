@@ -393,3 +393,11 @@ def test_edit_react_reply_mention_search_delete_and_moderate(browser):
     bob.send("more spam")
     bob.until(lambda d: "muted" in bob.driver.find_element(By.CSS_SELECTOR, "#messages li.pending.failed .status").text,
               "bob's message was not refused as muted")
+
+    # Alice lifts the mute from its notice; bob may post again.
+    notice = next(n for n in alice.driver.find_elements(By.CSS_SELECTOR, "#messages li.notice.moderation") if "muted" in n.text)
+    notice.find_element(By.CSS_SELECTOR, ".message-action.unmute").click()
+    bob.until(lambda d: any("unmuted" in n.text for n in bob.driver.find_elements(By.CSS_SELECTOR, "#messages li.notice.moderation")),
+              "bob never saw the unmute")
+    bob.send("thanks")
+    alice.wait_message("thanks", author="bob")

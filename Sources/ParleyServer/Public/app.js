@@ -1216,6 +1216,10 @@
     node.dataset.seq = String(row.seq);
     node.dataset.room = room.name;
     node.dataset.kind = row.kind;
+    const lift = { mute: 'unmute', ban: 'unban' }[row.kind];
+    if (lift && isModerator() && row.target !== app.user) {
+      node.append(' ', actionButton(lift === 'unmute' ? 'Unmute' : 'Lift the ban', lift, () => moderate(room, row.target, lift)));
+    }
     room.nodes.set(row.seq, node);
     return node;
   }
