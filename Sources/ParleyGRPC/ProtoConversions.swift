@@ -51,38 +51,21 @@ extension Chat_V1_ChatMessage {
 }
 
 extension Chat_V1_MessageKind {
+    private static let kinds: [(MessageKind, Chat_V1_MessageKind)] = [
+        (.message, .message), (.edit, .edit), (.delete, .delete), (.react, .react), (.unreact, .unreact),
+        (.kick, .kick), (.mute, .mute), (.unmute, .unmute), (.ban, .ban), (.unban, .unban),
+    ]
+
     init(_ kind: MessageKind) {
-        self = switch kind {
-        case .message: .message
-        case .edit: .edit
-        case .delete: .delete
-        case .react: .react
-        case .unreact: .unreact
-        case .kick: .kick
-        case .mute: .mute
-        case .unmute: .unmute
-        case .ban: .ban
-        case .unban: .unban
-        }
+        self = Self.kinds.first { $0.0 == kind }?.1 ?? .message
     }
 
     /// The engine's kind; nil for an unknown value.
     var kind: MessageKind? {
-        switch self {
-        case .message: .message
-        case .edit: .edit
-        case .delete: .delete
-        case .react: .react
-        case .unreact: .unreact
-        case .kick: .kick
-        case .mute: .mute
-        case .unmute: .unmute
-        case .ban: .ban
-        case .unban: .unban
-        case .UNRECOGNIZED: nil
-        }
+        Self.kinds.first { $0.1 == self }?.0
     }
 }
+
 
 extension Chat_V1_Presence {
     init(_ entry: PresenceEntry) {

@@ -1342,18 +1342,7 @@
 
   /** Links and @mentions made visible; everything stays text. */
   function appendRich(parent, text) {
-    let last = 0;
-    for (const match of text.matchAll(URL_RE)) {
-      const url = match[0].replace(/[.,;:!?)\]}]+$/, '');
-      appendMentions(parent, text.slice(last, match.index));
-      const link = make('a', null, url);
-      link.href = url;
-      link.target = '_blank';
-      link.rel = 'noopener noreferrer';
-      parent.append(link);
-      last = match.index + url.length;
-    }
-    appendMentions(parent, text.slice(last));
+    appendLinkified(parent, text, appendMentions);
   }
 
   function appendMentions(parent, text) {
@@ -1378,12 +1367,12 @@
     return node;
   }
 
-  /** Text with http(s) links made clickable; everything else stays plain text. */
-  function appendLinkified(parent, text) {
+  /** Text with http(s) links made clickable; the rest goes through `appendText` (plain text). */
+  function appendLinkified(parent, text, appendText = (node, plain) => node.append(document.createTextNode(plain))) {
     let last = 0;
     for (const match of text.matchAll(URL_RE)) {
       const url = match[0].replace(/[.,;:!?)\]}]+$/, '');
-      parent.append(document.createTextNode(text.slice(last, match.index)));
+      appendText(parent, text.slice(last, match.index));
       const link = make('a', null, url);
       link.href = url;
       link.target = '_blank';
@@ -1391,7 +1380,7 @@
       parent.append(link);
       last = match.index + url.length;
     }
-    parent.append(document.createTextNode(text.slice(last)));
+    appendText(parent, text.slice(last));
   }
 
   function historyNode(room) {
