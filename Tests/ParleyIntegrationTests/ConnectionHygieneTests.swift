@@ -55,7 +55,7 @@ struct ConnectionHygieneTests {
     func deadPeer() async throws {
         // Long enough that a loaded machine's real client answers in time, short enough that
         // the silent one is closed within the bounded wait below.
-        try await withServer({ $0.pingInterval = .seconds(2) }) { server in
+        try await withServer({ $0.pingInterval = .seconds(3) }) { server in
             // A raw socket: upgraded, then silent, answering nothing (a peer that vanished).
             let silent = try await RawSocket.connect(port: server.port)
             try await silent.send(Self.head + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
