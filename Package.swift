@@ -45,6 +45,8 @@ let package = Package(
             name: "ParleyCore",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
+                // SHA-256 of attachments (their content address and ETag).
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -56,6 +58,8 @@ let package = Package(
             dependencies: [
                 "ParleyCore",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),

@@ -48,6 +48,10 @@ enum PostgresMigrations {
                 banned_until BIGINT, ban_reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (room, user_id))
             """,
         ],
+        [
+            // The files a message shares (`Attachment.stored`).
+            "ALTER TABLE messages ADD COLUMN attachments TEXT",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

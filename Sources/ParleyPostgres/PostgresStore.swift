@@ -237,17 +237,17 @@ public final class PostgresStore: MessageStore {
         try await connection.query(
             """
             WITH inserted AS (
-                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts)
+                INSERT INTO messages(room, seq, id, "user", content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts, attachments)
                 SELECT room, seq, id, u, content, ts, NULLIF(client_id, ''), NULLIF(mentions, ''), NULLIF(kind, ''), NULLIF(target, ''),
-                    NULLIF(reply_to, ''), NULLIF(edited_ts, 0), deleted, NULLIF(reactions, ''), NULLIF(until_ts, 0)
+                    NULLIF(reply_to, ''), NULLIF(edited_ts, 0), deleted, NULLIF(reactions, ''), NULLIF(until_ts, 0), NULLIF(attachments, '')
                 FROM unnest(\(rows.map(\.room))::text[], \(rows.map(\.seq))::int8[], \(rows.map(\.id))::text[],
                     \(rows.map(\.user))::text[], \(rows.map(\.content))::text[], \(rows.map(\.timestamp.milliseconds))::int8[],
                     \(rows.map { $0.clientId ?? "" })::text[], \(rows.map { $0.storedMentions ?? "" })::text[],
                     \(rows.map { $0.kind == .message ? "" : $0.kind.rawValue })::text[], \(rows.map { $0.target ?? "" })::text[],
                     \(rows.map { $0.replyTo ?? "" })::text[], \(rows.map { $0.edited?.milliseconds ?? 0 })::int8[],
                     \(rows.map(\.deleted))::bool[], \(rows.map { Reaction.stored($0.reactions) ?? "" })::text[],
-                    \(rows.map { $0.until?.milliseconds ?? 0 })::int8[])
-                    AS v(room, seq, id, u, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts)
+                    \(rows.map { $0.until?.milliseconds ?? 0 })::int8[], \(rows.map { Attachment.stored($0.attachments) ?? "" })::text[])
+                    AS v(room, seq, id, u, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, until_ts, attachments)
             )
             UPDATE room_counters AS c SET seq = v.seq
             FROM unnest(\(touched)::text[], \(touched.map { lastSeqs[$0]! })::int8[]) AS v(room, seq)
@@ -259,7 +259,8 @@ public final class PostgresStore: MessageStore {
             try await connection.query(
                 """
                 UPDATE messages SET content = \(message.content), edited_ts = \(message.edited?.milliseconds), deleted = \(message.deleted),
-                    reactions = \(Reaction.stored(message.reactions)), mentions = \(message.storedMentions)
+                    reactions = \(Reaction.stored(message.reactions)), mentions = \(message.storedMentions),
+                    attachments = \(Attachment.stored(message.attachments))
                 WHERE room = \(message.room) AND seq = \(message.seq)
                 """,
                 logger: logger
@@ -529,7 +530,7 @@ public final class PostgresStore: MessageStore {
     /// A message row's columns (`m`), as `message(_:)` reads them.
     private static let columns = """
         m.room, m.seq, m.id, m."user", m.content, m.ts, m.client_id, m.kind, m.target, m.reply_to, m.edited_ts, m.deleted, m.reactions,
-        m.until_ts
+        m.until_ts, m.attachments
         """
 
     /// The columns and the join that read messages with the quote of the message each answers.
@@ -562,6 +563,7 @@ public final class PostgresStore: MessageStore {
         message.deleted = try row["deleted"].decode(Bool.self)
         message.reactions = Reaction.parse(try row["reactions"].decode(String?.self))
         message.until = try row["until_ts"].decode(Int64?.self).map(Timestamp.init(milliseconds:))
+        message.attachments = Attachment.parse(try row["attachments"].decode(String?.self), of: message)
         if message.replyTo != nil, row.contains("q_id"), let quoteID = try row["q_id"].decode(String?.self) {
             var answered = Message(
                 id: quoteID, room: room, seq: 0, user: try row["q_user"].decode(String.self),

@@ -135,6 +135,10 @@ public final class SQLiteMessageStore: MessageStore {
                 banned_until INTEGER, ban_reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (room, user)) WITHOUT ROWID
             """,
         ],
+        [
+            // The files a message shares (`Attachment.stored`).
+            "ALTER TABLE messages ADD COLUMN attachments TEXT",
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -327,10 +331,11 @@ public final class SQLiteMessageStore: MessageStore {
     private func update(_ writes: BatchWrites) async throws {
         for (message, searchRowid) in writes.changed.values {
             _ = try await writer.query(
-                "UPDATE messages SET content = ?, edited_ts = ?, deleted = ?, reactions = ?, mentions = ? WHERE room = ? AND seq = ?",
+                "UPDATE messages SET content = ?, edited_ts = ?, deleted = ?, reactions = ?, mentions = ?, attachments = ? WHERE room = ? AND seq = ?",
                 [
                     .text(message.content), message.edited.map { .integer(Int($0.milliseconds)) } ?? .null, .integer(message.deleted ? 1 : 0),
                     Reaction.stored(message.reactions).map { .text($0) } ?? .null, message.storedMentions.map { .text($0) } ?? .null,
+                    Attachment.stored(message.attachments).map { .text($0) } ?? .null,
                     .text(message.room), .integer(Int(message.seq)),
                 ]
             )
@@ -420,9 +425,9 @@ public final class SQLiteMessageStore: MessageStore {
         var start = 0
         while start < rows.count {
             let chunk = rows[start..<min(start + 128, rows.count)]
-            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            let placeholders = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
             var binds: [SQLiteData] = []
-            binds.reserveCapacity(chunk.count * 16)
+            binds.reserveCapacity(chunk.count * 17)
             var searchBinds: [SQLiteData] = []
             searchBinds.reserveCapacity(chunk.count * 5)
             for message in chunk {
@@ -439,11 +444,12 @@ public final class SQLiteMessageStore: MessageStore {
                     message.replyTo.map { .text($0) } ?? .null, message.edited.map { .integer(Int($0.milliseconds)) } ?? .null,
                     .integer(message.deleted ? 1 : 0), Reaction.stored(message.reactions).map { .text($0) } ?? .null,
                     searchable ? .integer(Int(searchRowid)) : .null, message.until.map { .integer(Int($0.milliseconds)) } ?? .null,
+                    Attachment.stored(message.attachments).map { .text($0) } ?? .null,
                 ]
             }
             _ = try await writer.query(
                 """
-                INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, search_rowid, until_ts)
+                INSERT INTO messages(room, seq, id, user, content, ts, client_id, mentions, kind, target, reply_to, edited_ts, deleted, reactions, search_rowid, until_ts, attachments)
                 VALUES \(placeholders)
                 """,
                 binds
@@ -549,7 +555,7 @@ public final class SQLiteMessageStore: MessageStore {
                 (SELECT MAX(seq) FROM messages WHERE room = c.room) AS last_seq,
                 m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id,
                 m.kind AS kind, m.target AS target, m.reply_to AS reply_to, m.edited_ts AS edited_ts, m.deleted AS deleted,
-                m.reactions AS reactions
+                m.reactions AS reactions, m.attachments AS attachments
             FROM counts c
             LEFT JOIN messages m ON m.room = c.room AND m.seq = (SELECT MAX(seq) FROM messages WHERE room = c.room AND kind IS NULL)
             ORDER BY c.room
@@ -574,7 +580,7 @@ public final class SQLiteMessageStore: MessageStore {
     private static let columns = """
         m.room AS room, m.seq AS seq, m.id AS id, m.user AS user, m.content AS content, m.ts AS ts, m.client_id AS client_id,
         m.kind AS kind, m.target AS target, m.reply_to AS reply_to, m.edited_ts AS edited_ts, m.deleted AS deleted,
-        m.reactions AS reactions, m.until_ts AS until_ts
+        m.reactions AS reactions, m.until_ts AS until_ts, m.attachments AS attachments
         """
 
     /// The columns and the join that read the messages `rows` (a query) selects, with the quote
@@ -603,6 +609,7 @@ public final class SQLiteMessageStore: MessageStore {
         message.deleted = row.column("deleted")?.integer == 1
         message.reactions = Reaction.parse(row.column("reactions")?.string)
         message.until = row.column("until_ts")?.integer.map { Timestamp(milliseconds: Int64($0)) }
+        message.attachments = Attachment.parse(row.column("attachments")?.string, of: message)
         if message.replyTo != nil, let quoteID = row.column("q_id")?.string, let quoteUser = row.column("q_user")?.string {
             var answered = Message(
                 id: quoteID, room: room, seq: 0, user: quoteUser, content: row.column("q_content")?.string ?? "",

@@ -49,6 +49,7 @@ public struct ParleyServer: Sendable {
             "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
         ])
         let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
+        let attachments = try await makeAttachmentStore(configuration, logger: logger)
         // Unique per run, even under a configured name: a restarted instance must not take over
         // the presence entries (and session ids) of its previous run, which the reaper removes.
         let runID = MessageID.next().suffix(8).lowercased()
@@ -57,7 +58,7 @@ public struct ParleyServer: Sendable {
         let broker: any Broker = redis?.broker ?? MemoryBroker()
         let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
         let engine = Engine(
-            store: store, broker: broker, presence: presence,
+            store: store, broker: broker, presence: presence, attachments: attachments,
             limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger, clock: configuration.clock ?? SystemClock()
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
@@ -78,6 +79,7 @@ public struct ParleyServer: Sendable {
         HealthRoutes(engine: engine, backends: backends).register(on: router)
         MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
+        AttachmentRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, clock: configuration.clock, logger: logger).register(on: router)
         let webSocketRoutes = WebSocketRoutes(
             engine: engine, authenticator: authenticator,
@@ -142,6 +144,7 @@ public struct ParleyServer: Sendable {
             engine: engine, configuration: configuration,
             services: (redis?.services ?? []) + (socketIOPeers.map { [$0] } ?? []) + [
                 store, broker, presence,
+            ] + (attachments.map { [$0] } ?? []) + [
                 NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
                 grpc, EngineService(engine: engine),
             ],
@@ -227,6 +230,18 @@ public struct ParleyServer: Sendable {
             sqlite.metricsFactory = metrics.factory
             logger.info("history in SQLite at \(path) (synchronous=\(sqlite.synchronous.rawValue))")
             return try await SQLiteMessageStore.open(sqlite, logger: logger)
+        }
+    }
+
+    /// Files next to the SQLite history, in memory with the memory store; none yet in a cluster.
+    private static func makeAttachmentStore(_ configuration: ServerConfiguration, logger: Logger) async throws -> (any AttachmentStore)? {
+        if configuration.cluster.database != nil { return nil }
+        switch configuration.storage {
+        case .memory:
+            return MemoryAttachmentStore()
+        case .sqlite:
+            let directory = URL(fileURLWithPath: configuration.dataDirectory).appendingPathComponent("attachments").path
+            return try await FileAttachmentStore.open(directory: directory, logger: logger)
         }
     }
 

@@ -10,7 +10,7 @@ public enum Command: Sendable, Equatable {
     case direct(user: String, since: Int64?)
     case leave(room: String)
     /// A new message; `replyTo` names the message it answers.
-    case message(room: String, content: String, clientId: String?, replyTo: String? = nil)
+    case message(room: String, content: String, clientId: String?, replyTo: String? = nil, attachments: [String] = [])
     /// Changes the message `id` (`MessageChange`): for `.edit`, `content` is its new
     /// content; for `.react`, the emoji.
     case change(room: String, id: String, action: MessageChange.Action, content: String, clientId: String?)

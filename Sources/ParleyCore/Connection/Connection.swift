@@ -314,9 +314,11 @@ public final class Connection: Sendable {
         case .leave(let room):
             try await engine.leave(session, room: room)
             reply(.left(room: room), id: id)
-        case .message(let room, let content, let clientId, let replyTo):
+        case .message(let room, let content, let clientId, let replyTo, let attachments):
             // The ack is queued as soon as the message is stored, ahead of the room's deliveries.
-            try await engine.publish(session.identity, room: room, content: content, clientId: clientId, replyTo: replyTo, session: session) { stored in
+            try await engine.publish(
+                session.identity, room: room, content: content, clientId: clientId, replyTo: replyTo, attachments: attachments, session: session
+            ) { stored in
                 reply(.published(stored), id: id)
             }
         case .change(let room, let target, let action, let content, let clientId):

@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 
@@ -18,6 +19,8 @@ public final class Engine: Sendable {
     let store: any MessageStore
     let broker: any Broker
     let presence: any PresenceStore
+    /// Where uploaded files live; nil: attachments are off.
+    public let attachments: (any AttachmentStore)?
     let hub: Hub
     /// Evictions (`evict`) under way, for `finishEvictions`.
     private let evictions = Mutex<[Task<Void, Never>]>([])
@@ -51,6 +54,7 @@ public final class Engine: Sendable {
         store: any MessageStore,
         broker: any Broker,
         presence: any PresenceStore,
+        attachments: (any AttachmentStore)? = nil,
         limits: Limits = Limits(),
         metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
@@ -60,6 +64,7 @@ public final class Engine: Sendable {
         self.clock = clock
         self.metrics = metrics
         self.store = store
+        self.attachments = attachments
         self.broker = broker
         self.presence = presence
         self.limits = limits
@@ -395,20 +400,23 @@ public final class Engine: Sendable {
     @discardableResult
     public func publish(
         _ identity: Identity, as user: String? = nil, room: String, content: String, clientId: String?, replyTo: String? = nil,
-        session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
+        attachments: [String] = [], session: Session? = nil, onStored: (AppendResult) -> Void = { _ in }
     ) async throws -> AppendResult {
         let room = try Validation.room(room, limits: limits)
         try identity.authorize(room, at: clock.now)
         // A session posts as its own user, also a backend's session that named its user.
         let author = try postingUser(identity, requested: user ?? session?.user)
-        let content = try Validation.content(content, limits: limits)
+        // A message that shares files may have no text (a voice message, a photo).
+        let content = attachments.isEmpty || content.contains(where: { !$0.isWhitespace }) ? try Validation.content(content, limits: limits) : ""
+        let attachmentIDs = try attachments.map { id throws(ParleyError) in try Validation.messageID(id, field: "attachments") }
+        if !attachmentIDs.isEmpty, self.attachments == nil { throw ParleyError.badRequest("attachments are turned off") }
         let clientId = try Validation.clientId(clientId, limits: limits)
         let replyTo = try replyTo.map { id throws(ParleyError) in try Validation.messageID(id, field: "replyTo") }
         let draft = MessageDraft(
             room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, replyTo: replyTo,
             privileged: identity.mayModerate
         )
-        return try await submit(draft, session: session, onStored: onStored)
+        return try await submit(draft, attachmentIDs: attachmentIDs, session: session, onStored: onStored)
     }
 
     /// A moderator's (or a backend's) action on `user` in `room`: `.kick` takes their sessions
@@ -469,8 +477,75 @@ public final class Engine: Sendable {
         return try await submit(draft, session: session, onStored: onStored)
     }
 
+    // MARK: Attachments
+
+    /// Stores an upload to `room` (the bytes of `body`, at most `limits.maxAttachmentBytes`;
+    /// `declaredLength`, when the request says, is checked before a byte is read). Counted
+    /// against the user's daily quota (`rate_limited` with a retry time when spent). The file
+    /// is the uploader's to put in a message of the room; unused, it is deleted after
+    /// `limits.orphanAttachmentLifetime`.
+    public func upload(
+        _ identity: Identity, as user: String? = nil, room: String, name: String, duration: Int?, declaredLength: Int64?,
+        body: some AsyncSequence<ByteBuffer, any Error> & Sendable
+    ) async throws -> Attachment {
+        guard let attachments else { throw ParleyError(.notFound, "attachments are turned off") }
+        let room = try Validation.room(room, limits: limits)
+        try identity.authorize(room, at: clock.now)
+        let uploader = try postingUser(identity, requested: user)
+        if let declaredLength, declaredLength > limits.maxAttachmentBytes {
+            throw ParleyError(.tooLarge, "the file is larger than \(limits.maxAttachmentBytes) bytes")
+        }
+        if !identity.mayModerate, let refusal = try await storeCall({ try await self.store.sanction(room: room, user: uploader) })?
+            .refusesPosting(room: room, at: clock.now)
+        {
+            throw refusal
+        }
+        if limits.attachmentQuotaPerDay > 0, !identity.isBackend {
+            let used = try await attachments.bytesUploaded(by: uploader, since: clock.now.adding(milliseconds: -86_400_000))
+            if used + (declaredLength ?? 1) > limits.attachmentQuotaPerDay {
+                throw ParleyError(
+                    .rateLimited, "the daily upload quota of \(limits.attachmentQuotaPerDay) bytes is spent; retry later", retryAfterMs: 3_600_000
+                )
+            }
+        }
+        let duration = duration.map { max(0, min($0, 24 * 3_600_000)) }
+        let upload = UploadRequest(
+            room: room, user: uploader, name: name, duration: duration, maxBytes: limits.maxAttachmentBytes, timestamp: clock.now
+        )
+        return try await attachments.store(upload, body: body)
+    }
+
+    /// The attachment `id`, for a reader who may read its room.
+    public func attachment(_ identity: Identity, id: String) async throws -> Attachment {
+        guard let attachments else { throw ParleyError(.notFound, "attachments are turned off") }
+        guard let attachment = try await attachments.attachment(id: try Validation.messageID(id)) else {
+            throw ParleyError(.notFound, "no attachment '\(id)'")
+        }
+        try identity.authorize(attachment.room, at: clock.now)
+        try await checkNotBanned(identity, room: attachment.room)
+        // An upload not yet in a message is its uploader's only.
+        if attachment.message == nil, attachment.user != identity.user, !identity.isBackend {
+            throw ParleyError(.notFound, "no attachment '\(id)'")
+        }
+        return attachment
+    }
+
+    /// Deletes the uploads never put in a message within `limits.orphanAttachmentLifetime`.
+    func deleteOrphanAttachments() async {
+        guard let attachments else { return }
+        do {
+            let deleted = try await attachments.deleteOrphans(uploadedBefore: clock.now.adding(milliseconds: -limits.orphanAttachmentLifetime.milliseconds))
+            if deleted > 0 { logger.info("deleted unused uploads", metadata: ["count": "\(deleted)"]) }
+        } catch {
+            logger.warning("deleting unused uploads failed", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Stores a checked draft and delivers it: the publish path of messages and changes alike.
-    private func submit(_ draft: MessageDraft, session: Session?, onStored: (AppendResult) -> Void) async throws -> AppendResult {
+    private func submit(
+        _ draft: MessageDraft, attachmentIDs: [String] = [], session: Session?, onStored: (AppendResult) -> Void
+    ) async throws -> AppendResult {
+        var draft = draft
         let room = draft.room
         // A connection has its own bucket; calls without one (HTTP) share one per user; and
         // every publish of a user also takes from that user's bucket, whatever it came through.
@@ -480,8 +555,20 @@ public final class Engine: Sendable {
             metrics.rateLimited.increment()
             throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
+        if let attachments, !attachmentIDs.isEmpty {
+            draft.attachments = try await attachments.attachForPublish(
+                ids: attachmentIDs, room: room, user: draft.user, message: draft.id, clientId: draft.clientId
+            )
+        }
         let started = ContinuousClock.now
-        let result = try await storeCall { try await self.store.append(draft) }
+        let stored = draft
+        let result: AppendResult
+        do {
+            result = try await storeCall { try await self.store.append(stored) }
+        } catch {
+            if !draft.attachments.isEmpty { try? await attachments?.detach(message: draft.id) }
+            throw error
+        }
         metrics.appendLatency.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         (result.duplicate ? metrics.duplicates : metrics.published).increment()
         onStored(result)
@@ -493,6 +580,10 @@ public final class Engine: Sendable {
                 logger.warning("broker publish failed", metadata: ["room": "\(room)", "error": "\(error)"])
             }
             if result.message.kind == .kick || result.message.kind == .ban { await finishEvictions() }
+            if result.message.kind == .delete, let target = result.message.target {
+                // A deleted message's files go with it (a failure leaves them for no one to reach).
+                try? await attachments?.deleteAttachments(of: target)
+            }
             guard result.message.kind == .message else { return result }
             if let (a, b) = DirectRoom.participants(room) {
                 // A DM is in both users' lists from its first message.
@@ -784,7 +875,10 @@ public struct EngineService: Service {
                 try await Task.sleep(for: .milliseconds(100))
                 await engine.tick()
                 ticks += 1
-                if ticks % 600 == 0 { engine.forgetIdleRates() }
+                if ticks % 600 == 0 {
+                    engine.forgetIdleRates()
+                    await engine.deleteOrphanAttachments()
+                }
             }
         }
         await engine.drain()

@@ -55,6 +55,12 @@ public struct Limits: Sendable, Hashable {
     public var editWindow: Duration? = .seconds(24 * 3600)
     /// Most different emoji on one message.
     public var maxReactions = 20
+    /// Largest attachment, in bytes.
+    public var maxAttachmentBytes: Int64 = 25 * 1024 * 1024
+    /// Bytes one user may upload in 24 hours; 0 means no quota.
+    public var attachmentQuotaPerDay: Int64 = 1024 * 1024 * 1024
+    /// An upload not in a message this long after it ends is deleted.
+    public var orphanAttachmentLifetime: Duration = .seconds(3600)
     /// How long a `clientId` is remembered for idempotent retries.
     public var idempotencyWindow: Duration = .seconds(600)
 

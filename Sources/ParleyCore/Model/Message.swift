@@ -29,6 +29,8 @@ public struct Message: Sendable, Hashable {
     public var reactions: [Reaction] = []
     /// The message `replyTo` names, as it is now (deleted, it quotes nothing).
     public var quote: Quote?
+    /// The files it shares (none once deleted).
+    public var attachments: [Attachment] = []
 
     public init(
         id: String, room: String, seq: Int64, user: String, content: String, timestamp: Timestamp, clientId: String?,
@@ -138,6 +140,8 @@ public struct MessageDraft: Sendable, Hashable {
     public var moderation: Moderation?
     /// Sent by a moderator or a backend: may delete others' messages, and posts even when muted.
     public var privileged = false
+    /// The files a new message shares, checked and attached (`AttachmentStore.attach`).
+    public var attachments: [Attachment] = []
 
     public init(
         id: String = MessageID.next(), room: String, user: String, content: String, timestamp: Timestamp = .now, clientId: String? = nil,
@@ -159,7 +163,9 @@ public struct MessageDraft: Sendable, Hashable {
     /// `MessageChange.apply`).
     public func stored(seq: Int64) -> Message {
         guard let moderation else {
-            return Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId, replyTo: replyTo)
+            var message = Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId, replyTo: replyTo)
+            message.attachments = attachments
+            return message
         }
         var row = Message(
             id: id, room: room, seq: seq, user: user, content: content, timestamp: timestamp, clientId: clientId,

@@ -67,6 +67,7 @@ public struct MessageChange: Sendable, Hashable {
             next.content = ""
             next.deleted = true
             next.reactions = []
+            next.attachments = []
             kind = .delete
         case .react(let intent):
             let index = current.reactions.firstIndex { $0.emoji == draft.content }

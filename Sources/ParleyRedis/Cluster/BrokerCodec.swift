@@ -7,7 +7,9 @@ import ParleyCore
 /// Strings are a big-endian `UInt32` byte count and UTF-8; integers are big-endian `Int64`.
 /// - 1 message: id, room, seq, user, content, timestamp (ms), a flags byte, then [clientId]
 ///   if flag 1, [kind byte and target] if flag 2 (a change), [replyTo, has-quote byte,
-///   [quote id, user, content, deleted byte]] if flag 4 (a reply), [until (ms)] if flag 8
+///   [quote id, user, content, deleted byte]] if flag 4 (a reply), [until (ms)] if flag 8,
+///   [count byte, then per attachment: id, name, type, size, width, height, duration (-1: none),
+///   digest] if flag 16
 /// - 2 join / 3 leave: room, user, timestamp (ms)
 /// - 4 typing: room, user, typing byte
 /// - 5 read: room, user, seq
@@ -123,6 +125,7 @@ extension ByteBuffer {
         writeInteger(message.timestamp.milliseconds)
         let isChange = message.kind != .message
         let flags: UInt8 = (message.clientId == nil ? 0 : 1) | (isChange ? 2 : 0) | (message.replyTo == nil ? 0 : 4) | (message.until == nil ? 0 : 8)
+            | (message.attachments.isEmpty ? 0 : 16)
         writeInteger(flags)
         if let clientId = message.clientId { writeField(clientId) }
         if isChange {
@@ -142,6 +145,17 @@ extension ByteBuffer {
             }
         }
         if let until = message.until { writeInteger(until.milliseconds) }
+        if !message.attachments.isEmpty {
+            writeInteger(UInt8(message.attachments.count))
+            for attachment in message.attachments {
+                writeField(attachment.id)
+                writeField(attachment.name)
+                writeField(attachment.type)
+                writeInteger(attachment.size)
+                for value in [attachment.width, attachment.height, attachment.duration] { writeInteger(Int64(value ?? -1)) }
+                writeField(attachment.digest)
+            }
+        }
     }
 
     private static let kindCodes: [MessageKind] = [.message, .edit, .delete, .react, .unreact, .kick, .mute, .unmute, .ban, .unban]
@@ -149,7 +163,7 @@ extension ByteBuffer {
     fileprivate mutating func readMessage() -> Message? {
         guard let id = readField(), let room = readField(), let seq = readInteger(as: Int64.self),
             let user = readField(), let content = readField(), let ms = readInteger(as: Int64.self),
-            let flags = readInteger(as: UInt8.self), flags & ~15 == 0
+            let flags = readInteger(as: UInt8.self), flags & ~31 == 0
         else { return nil }
         var message = Message(id: id, room: room, seq: seq, user: user, content: content, timestamp: Timestamp(milliseconds: ms), clientId: nil)
         if flags & 1 != 0 {
@@ -176,6 +190,20 @@ extension ByteBuffer {
         if flags & 8 != 0 {
             guard let until = readInteger(as: Int64.self) else { return nil }
             message.until = Timestamp(milliseconds: until)
+        }
+        if flags & 16 != 0 {
+            guard let count = readInteger(as: UInt8.self) else { return nil }
+            for _ in 0..<count {
+                guard let id = readField(), let name = readField(), let type = readField(), let size = readInteger(as: Int64.self),
+                    let width = readInteger(as: Int64.self), let height = readInteger(as: Int64.self),
+                    let duration = readInteger(as: Int64.self), let digest = readField()
+                else { return nil }
+                let optional = { (value: Int64) in value < 0 ? nil : Int(value) }
+                message.attachments.append(Attachment(
+                    id: id, room: room, user: user, name: name, type: type, size: size, width: optional(width), height: optional(height),
+                    duration: optional(duration), digest: digest, created: message.timestamp, message: message.id
+                ))
+            }
         }
         return message
     }

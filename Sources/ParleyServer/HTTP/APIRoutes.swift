@@ -10,10 +10,11 @@ struct APIRoutes {
     let auth: RequestAuth
 
     private struct PostBody: Decodable {
-        var content: String
+        var content: String?
         var clientId: String?
         var user: String?
         var replyTo: String?
+        var attachments: [String]?
     }
 
     private struct EditBody: Decodable {
@@ -58,7 +59,7 @@ struct APIRoutes {
             let identity = try await auth.identity(request, claimedUser: body.user)
             let stored = try await engine.publish(
                 identity, as: body.user, room: try context.parameters.require("room"),
-                content: body.content, clientId: body.clientId, replyTo: body.replyTo
+                content: body.content ?? "", clientId: body.clientId, replyTo: body.replyTo, attachments: body.attachments ?? []
             )
             return Response.json(.created) { WireJSON.message(stored.message, into: &$0) }
         }

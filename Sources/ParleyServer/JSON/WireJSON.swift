@@ -51,12 +51,34 @@ enum WireJSON {
                     }
                 }
             }
+            if !message.attachments.isEmpty {
+                json.key("attachments")
+                json.array(message.attachments) { json, attachment in Self.attachment(attachment, into: &json) }
+            }
             if !message.deleted {
                 let mentions = Mentions.users(in: message.content, limits: Limits())
                 if !mentions.isEmpty {
                     json.key("mentions"); json.array(mentions) { json, user in json.string(user) }
                 }
             }
+        }
+    }
+
+    /// `{"id", "name", "type", "size", "width"?, "height"?, "duration"?, "url"}`.
+    static func attachment(_ attachment: Attachment, into json: inout JSONWriter) {
+        json.object { json in
+            json.key("id"); json.string(attachment.id)
+            json.key("name"); json.string(attachment.name)
+            json.key("type"); json.string(attachment.type)
+            json.key("size"); json.number(attachment.size)
+            if let width = attachment.width, let height = attachment.height {
+                json.key("width"); json.number(width)
+                json.key("height"); json.number(height)
+            }
+            if let duration = attachment.duration {
+                json.key("duration"); json.number(duration)
+            }
+            json.key("url"); json.string("/api/attachments/\(attachment.id)")
         }
     }
 

@@ -70,7 +70,7 @@ struct ClientFrameDecoder {
             return .leave(room: try body(RoomData.self, bytes).room)
         case "message":
             let data = try body(MessageData.self, bytes)
-            return .message(room: data.room, content: data.content, clientId: data.clientId, replyTo: data.replyTo)
+            return .message(room: data.room, content: data.content ?? "", clientId: data.clientId, replyTo: data.replyTo, attachments: data.attachments ?? [])
         case "edit":
             let data = try body(EditData.self, bytes)
             return .change(room: data.room, id: data.id, action: .edit, content: data.content, clientId: data.clientId)
@@ -186,7 +186,9 @@ private struct RoomData: Decodable { var room: String }
 private struct JoinData: Decodable { var room: String; var since: Int64? }
 private struct DirectData: Decodable { var user: String; var since: Int64? }
 private struct SearchData: Decodable { var text: String; var before: String?; var limit: Int? }
-private struct MessageData: Decodable { var room: String; var content: String; var clientId: String?; var replyTo: String? }
+private struct MessageData: Decodable {
+    var room: String; var content: String?; var clientId: String?; var replyTo: String?; var attachments: [String]?
+}
 private struct EditData: Decodable { var room: String; var id: String; var content: String; var clientId: String? }
 private struct TargetData: Decodable { var room: String; var id: String; var clientId: String? }
 private struct ModerateData: Decodable {
