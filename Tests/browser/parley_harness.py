@@ -180,6 +180,9 @@ def chrome_options(width: int, height: int) -> webdriver.ChromeOptions:
         "--disable-background-timer-throttling",
         "--disable-backgrounding-occluded-windows",
         "--disable-renderer-backgrounding",
+        # A microphone that plays a tone, granted without a prompt (voice messages).
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
     ):
         options.add_argument(arg)
     # Leave a JavaScript alert open so a test can see it (the default dismisses it).

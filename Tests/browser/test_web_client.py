@@ -401,3 +401,68 @@ def test_edit_react_reply_mention_search_delete_and_moderate(browser):
               "bob never saw the unmute")
     bob.send("thanks")
     alice.wait_message("thanks", author="bob")
+
+
+# ---------------------------------------------------------------------------------------------
+# files, images and voice messages
+# ---------------------------------------------------------------------------------------------
+
+
+def png_file(path, width: int, height: int) -> str:
+    """A real PNG (solid colour) the browser can decode."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes([40, 120, 200]) * width for _ in range(height))
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(data)
+    return str(path)
+
+
+PASTE_JS = """
+const [b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, { type: 'image/png' }));
+document.getElementById('composer-input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+"""
+
+
+def test_images_by_picker_and_paste_and_a_voice_message(browser, tmp_path):
+    import base64
+
+    alice, bob = open_pair(browser)
+    # An image by the file picker and one pasted, sent with a caption.
+    alice.driver.find_element(By.ID, "file-input").send_keys(png_file(tmp_path / "photo.png", 64, 48))
+    pasted = (tmp_path / "pasted.png")
+    png_file(pasted, 30, 20)
+    alice.js(PASTE_JS, base64.b64encode(pasted.read_bytes()).decode(), "pasted.png")
+    alice.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#uploads li[data-state="done"]')) == 2, "the two uploads never finished")
+    alice.send("two pictures")
+    for page in (alice, bob):
+        msg = message_li(page, "two pictures")
+        page.until(lambda d, m=msg: len(m.find_elements(By.CSS_SELECTOR, ".attachment.image img")) == 2, "no two images")
+        page.until(lambda d, m=msg: page.js(
+            "return Array.from(arguments[0].querySelectorAll('.attachment.image img'), i => i.naturalWidth);", m) == [64, 30],
+            "the images did not load at their size")
+    assert alice.driver.find_element(By.ID, "uploads").get_attribute("hidden") is not None
+
+    # A voice message from the fake microphone; bob plays it.
+    alice.clickable("#record-start").click()
+    alice.visible("#recorder")
+    alice.until(lambda d: alice.driver.find_element(By.ID, "record-time").text in ("0:01", "0:02"), "the timer never ran")
+    alice.clickable("#record-send").click()
+
+    def voice(page):
+        found = page.driver.find_elements(By.CSS_SELECTOR, "#messages .attachment.audio audio")
+        return found[0] if found else False
+
+    player = bob.until(lambda d: voice(bob), "bob never got the voice message")
+    meta = bob.driver.find_element(By.CSS_SELECTOR, "#messages .attachment.audio .attachment-meta").text
+    assert meta in ("0:01", "0:02", "0:03"), meta
+    bob.js("arguments[0].play();", player)
+    bob.until(lambda d: bob.js("return arguments[0].currentTime;", player) > 0.2, "the voice message does not play")

@@ -62,6 +62,8 @@
   const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
   const MENTION_RE = /(^|[^A-Za-z0-9_.-])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g;
   const SEARCH_PAGE = 20;
+  const MAX_ATTACHMENTS = 10;
+  const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
 
   const $ = (id) => document.getElementById(id);
   const ignore = () => {};
@@ -130,7 +132,7 @@
     const items = [];
     for (const room of app.rooms.values()) {
       for (const item of room.outbox) {
-        items.push({ room: item.room, content: item.content, clientId: item.clientId, replyTo: item.replyTo || null });
+        items.push({ room: item.room, content: item.content, clientId: item.clientId, replyTo: item.replyTo || null, attachments: item.attachments || [] });
       }
     }
     storage.set('outbox', { user: app.user, items });
@@ -143,7 +145,8 @@
       const room = app.rooms.get(item.room);
       if (room && typeof item.content === 'string' && typeof item.clientId === 'string') {
         const replyTo = typeof item.replyTo === 'string' ? item.replyTo : null;
-        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId, replyTo));
+        const attachments = Array.isArray(item.attachments) ? item.attachments.filter((id) => typeof id === 'string') : [];
+        room.outbox.push(makeOutgoing(room.name, item.content, item.clientId, replyTo, attachments));
       }
     }
   }
@@ -842,14 +845,17 @@
   // Outgoing messages: an outbox per room, retried with the same clientId
   // ---------------------------------------------------------------------------
 
-  function makeOutgoing(roomName, content, clientId, replyTo = null) {
-    return { room: roomName, content, clientId, replyTo, failed: null, node: null };
+  function makeOutgoing(roomName, content, clientId, replyTo = null, attachments = []) {
+    return { room: roomName, content, clientId, replyTo, attachments, failed: null, node: null };
   }
 
   function sendMessage(room, content) {
     const replyTo = ui.replyTo && ui.replyTo.room === room.name ? ui.replyTo.id : null;
     ui.replyTo = null;
-    room.outbox.push(makeOutgoing(room.name, content, newClientId(), replyTo));
+    const files = ui.uploads.filter((upload) => upload.room === room.name && upload.attachment);
+    ui.uploads = ui.uploads.filter((upload) => !files.includes(upload));
+    room.outbox.push(makeOutgoing(room.name, content, newClientId(), replyTo, files.map((upload) => upload.attachment.id)));
+    renderUploads();
     saveOutbox();
     flushOutbox(room);
     scheduleRender({ toBottom: true });
@@ -863,6 +869,7 @@
     room.sending = true;
     const data = { room: item.room, content: item.content, clientId: item.clientId };
     if (item.replyTo) data.replyTo = item.replyTo;
+    if (item.attachments && item.attachments.length) data.attachments = item.attachments;
     request('message', data).then((msg) => {
       room.sending = false;
       addMessage(room, msg);
@@ -926,6 +933,8 @@
     editing: null, // {room, id}: the message being edited in place
     mention: null, // {start, query, options, index}: the open @mention list
     search: null, // {text, results, hasMore, loading}
+    uploads: [], // {key, room, name, size, state: 'uploading'|'done'|'failed', attachment, error}
+    recorder: null, // {recorder, chunks, started, timer, stream}
   };
 
   function scheduleRender(options = {}) {
@@ -944,6 +953,7 @@
     renderTyping();
     renderComposer();
     renderReplyBar();
+    renderUploads();
     renderTitle();
     maybeSendRead();
   }
@@ -1140,7 +1150,7 @@
 
   function isGrouped(previous, item) {
     return Boolean(previous && previous.msg && item.msg && !previous.msg.kind && !item.msg.kind) &&
-      !item.msg.replyTo && !(item.msg.reactions && item.msg.reactions.length) &&
+      !item.msg.replyTo && !(item.msg.reactions && item.msg.reactions.length) && !(item.msg.attachments && item.msg.attachments.length) &&
       previous.msg.user === item.msg.user &&
       dayKey(previous.time) === dayKey(item.time) &&
       item.time - previous.time < GROUP_WINDOW_MS;
@@ -1201,12 +1211,202 @@
       const content = make('div', 'content');
       if (msg.deleted) content.append(make('em', 'tombstone', 'This message was deleted.'));
       else appendRich(content, msg.content);
-      node.append(content);
+      if (msg.deleted || msg.content) node.append(content);
     }
+    if (!msg.deleted && Array.isArray(msg.attachments) && msg.attachments.length) node.append(attachmentsNode(msg.attachments));
     if (!msg.deleted && msg.reactions && msg.reactions.length) node.append(reactionsNode(room, msg));
     if (!msg.deleted && !editing) node.append(actionsNode(room, msg));
     room.nodes.set(msg.seq, node);
     return node;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Attachments: files, images, voice messages
+  // ---------------------------------------------------------------------------
+
+  /** The file's address with our credential (an <img> or <audio> sends no header). */
+  function attachmentUrl(attachment) {
+    const query = app.token ? `token=${encodeURIComponent(app.token)}` : `user=${encodeURIComponent(app.user)}`;
+    return `${attachment.url}?${query}`;
+  }
+
+  function formatSize(bytes) {
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function formatDuration(ms) {
+    const seconds = Math.round(ms / 1000);
+    return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+  }
+
+  function attachmentsNode(attachments) {
+    const list = make('div', 'attachments');
+    for (const attachment of attachments) {
+      if (!attachment || typeof attachment.url !== 'string') continue;
+      const url = attachmentUrl(attachment);
+      if (INLINE_IMAGES.has(attachment.type)) {
+        const link = make('a', 'attachment image');
+        link.href = url;
+        link.target = '_blank';
+        link.rel = 'noopener';
+        const image = make('img');
+        image.src = url;
+        image.alt = attachment.name;
+        image.loading = 'lazy';
+        if (attachment.width && attachment.height) {
+          const scale = Math.min(1, 320 / attachment.width, 240 / attachment.height);
+          image.width = Math.max(1, Math.round(attachment.width * scale));
+          image.height = Math.max(1, Math.round(attachment.height * scale));
+        }
+        link.append(image);
+        list.append(link);
+      } else if (attachment.type.startsWith('audio/')) {
+        const voice = make('div', 'attachment audio');
+        const player = make('audio');
+        player.controls = true;
+        player.preload = 'metadata';
+        player.src = url;
+        voice.append(player);
+        if (attachment.duration) voice.append(make('span', 'attachment-meta', formatDuration(attachment.duration)));
+        list.append(voice);
+      } else if (attachment.type.startsWith('video/')) {
+        const player = make('video', 'attachment video');
+        player.controls = true;
+        player.preload = 'metadata';
+        player.src = url;
+        list.append(player);
+      } else {
+        const card = make('a', 'attachment file');
+        card.href = url;
+        card.download = attachment.name;
+        card.append(make('span', 'attachment-name', attachment.name), make('span', 'attachment-meta', `${attachment.type} · ${formatSize(attachment.size)}`));
+        list.append(card);
+      }
+    }
+    return list;
+  }
+
+  /** Uploads a file to the current room at once; it goes out with the next message. */
+  function uploadFile(file, { duration = null, sendNow = false } = {}) {
+    const room = currentRoom();
+    if (!room || !file) return;
+    if (ui.uploads.filter((upload) => upload.room === room.name).length >= MAX_ATTACHMENTS) {
+      toast(`At most ${MAX_ATTACHMENTS} files per message.`);
+      return;
+    }
+    const upload = { key: newClientId(), room: room.name, name: file.name || 'file', size: file.size, state: 'uploading', attachment: null, error: null };
+    ui.uploads.push(upload);
+    renderUploads();
+    const query = new URLSearchParams({ name: upload.name });
+    if (duration !== null) query.set('duration', String(Math.round(duration)));
+    if (!app.token) query.set('user', app.user);
+    const headers = app.token ? { Authorization: `Bearer ${app.token}` } : {};
+    fetch(`/api/rooms/${encodeURIComponent(room.name)}/attachments?${query}`, { method: 'POST', body: file, headers })
+      .then(async (response) => {
+        const body = await response.json().catch(() => ({}));
+        if (!response.ok) throw new Error((body.error && body.error.message) || `upload failed (${response.status})`);
+        upload.attachment = body;
+        upload.state = 'done';
+        if (sendNow) sendMessage(room, '');
+      })
+      .catch((err) => {
+        upload.state = 'failed';
+        upload.error = err.message;
+        toast(`${upload.name}: ${err.message}`);
+      })
+      .finally(renderUploads);
+  }
+
+  function renderUploads() {
+    const list = $('uploads');
+    const room = currentRoom();
+    const mine = room ? ui.uploads.filter((upload) => upload.room === room.name) : [];
+    list.hidden = !mine.length;
+    list.replaceChildren(...mine.map((upload) => {
+      const item = make('li', `upload ${upload.state}`);
+      item.dataset.state = upload.state;
+      const label = upload.state === 'uploading' ? 'uploading…' : upload.state === 'failed' ? upload.error : formatSize(upload.size);
+      item.append(make('span', 'upload-name', upload.name), make('span', 'upload-meta', label));
+      const remove = make('button', 'link-button', 'Remove');
+      remove.type = 'button';
+      remove.setAttribute('aria-label', `Remove ${upload.name}`);
+      remove.addEventListener('click', () => {
+        ui.uploads = ui.uploads.filter((other) => other !== upload);
+        renderUploads();
+      });
+      item.append(remove);
+      return item;
+    }));
+  }
+
+  function onFilesChosen(files) {
+    for (const file of files) uploadFile(file);
+  }
+
+  function onComposerPaste(event) {
+    const files = [...(event.clipboardData ? event.clipboardData.files : [])];
+    if (!files.length) return;
+    event.preventDefault();
+    onFilesChosen(files);
+  }
+
+  function onDrop(event) {
+    const files = [...(event.dataTransfer ? event.dataTransfer.files : [])];
+    document.body.classList.remove('dragging');
+    if (!files.length || !currentRoom()) return;
+    event.preventDefault();
+    onFilesChosen(files);
+  }
+
+  // Voice messages: tap the microphone to record, then send or cancel.
+  async function startRecording() {
+    if (ui.recorder || !currentRoom()) return;
+    if (!navigator.mediaDevices || !window.MediaRecorder) {
+      toast('This browser cannot record audio.');
+      return;
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    } catch {
+      toast('The microphone is not available.');
+      return;
+    }
+    const recorder = new MediaRecorder(stream);
+    const state = { recorder, stream, chunks: [], started: Date.now(), timer: null, send: false };
+    recorder.addEventListener('dataavailable', (event) => {
+      if (event.data && event.data.size) state.chunks.push(event.data);
+    });
+    recorder.addEventListener('stop', () => {
+      stream.getTracks().forEach((track) => track.stop());
+      clearInterval(state.timer);
+      ui.recorder = null;
+      renderRecorder();
+      if (!state.send || !state.chunks.length) return;
+      const type = recorder.mimeType || 'audio/webm';
+      const extension = type.includes('ogg') ? 'ogg' : type.includes('mp4') ? 'm4a' : 'webm';
+      const file = new File(state.chunks, `voice-message.${extension}`, { type });
+      uploadFile(file, { duration: Date.now() - state.started, sendNow: true });
+    });
+    recorder.start(250);
+    state.timer = setInterval(renderRecorder, 250);
+    ui.recorder = state;
+    renderRecorder();
+  }
+
+  function stopRecording(send) {
+    if (!ui.recorder) return;
+    ui.recorder.send = send;
+    ui.recorder.recorder.stop();
+  }
+
+  function renderRecorder() {
+    const bar = $('recorder');
+    bar.hidden = !ui.recorder;
+    $('record-start').hidden = Boolean(ui.recorder);
+    if (ui.recorder) $('record-time').textContent = formatDuration(Date.now() - ui.recorder.started);
   }
 
   function moderationNode(room, row) {
@@ -1744,7 +1944,12 @@
     const input = $('composer-input');
     if (!room) return;
     const content = input.value.trim();
-    if (!content) return;
+    const ready = ui.uploads.filter((upload) => upload.room === room.name);
+    if (ready.some((upload) => upload.state === 'uploading')) {
+      toast('Wait until the files are uploaded.');
+      return;
+    }
+    if (!content && !ready.some((upload) => upload.attachment)) return;
     if (codePoints(content) > MAX_CONTENT) {
       toast(`Messages are limited to ${MAX_CONTENT} characters.`);
       return;
@@ -2132,6 +2337,24 @@
       closeMention();
     });
     $('reply-cancel').addEventListener('click', cancelReply);
+    $('attach-button').addEventListener('click', () => $('file-input').click());
+    $('file-input').addEventListener('change', (event) => {
+      onFilesChosen([...event.target.files]);
+      event.target.value = '';
+    });
+    input.addEventListener('paste', onComposerPaste);
+    document.addEventListener('dragover', (event) => {
+      if (!currentRoom() || !event.dataTransfer || ![...event.dataTransfer.types].includes('Files')) return;
+      event.preventDefault();
+      document.body.classList.add('dragging');
+    });
+    document.addEventListener('dragleave', (event) => {
+      if (!event.relatedTarget) document.body.classList.remove('dragging');
+    });
+    document.addEventListener('drop', onDrop);
+    $('record-start').addEventListener('click', startRecording);
+    $('record-send').addEventListener('click', () => stopRecording(true));
+    $('record-cancel').addEventListener('click', () => stopRecording(false));
     $('search-form').addEventListener('submit', onSearchSubmit);
     $('search-more').addEventListener('click', searchMore);
     $('messages').addEventListener('scroll', onTimelineScroll, { passive: true });
