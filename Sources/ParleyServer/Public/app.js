@@ -1194,6 +1194,7 @@
     node.dataset.room = room.name;
     node.dataset.id = msg.id;
     node.dataset.version = version;
+    node.tabIndex = -1; // a tap focuses it, which shows its actions on a touch screen
     node.classList.toggle('deleted', Boolean(msg.deleted));
     node.classList.toggle('mentions-me', !msg.deleted && Array.isArray(msg.mentions) && msg.mentions.includes(app.user));
     const meta = make('div', 'meta');
