@@ -52,6 +52,24 @@ enum PostgresMigrations {
             // The files a message shares (`Attachment.stored`).
             "ALTER TABLE messages ADD COLUMN attachments TEXT",
         ],
+        [
+            // Attachments: metadata, and the bytes in 64 KiB rows by content (SHA-256). An upload
+            // in progress writes its rows under `tmp:<id>`; a complete one is in `attachment_blobs`.
+            """
+            CREATE TABLE attachments(
+                id TEXT PRIMARY KEY, room TEXT NOT NULL, user_id TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL,
+                size BIGINT NOT NULL, width INT, height INT, duration INT, digest TEXT NOT NULL, created_ts BIGINT NOT NULL,
+                message TEXT, client_id TEXT)
+            """,
+            "CREATE INDEX attachments_digest ON attachments(digest)",
+            "CREATE INDEX attachments_user ON attachments(user_id, created_ts)",
+            "CREATE INDEX attachments_message ON attachments(message) WHERE message IS NOT NULL",
+            "CREATE TABLE attachment_blobs(digest TEXT PRIMARY KEY, size BIGINT NOT NULL)",
+            """
+            CREATE TABLE attachment_chunks(
+                digest TEXT NOT NULL, index INT NOT NULL, data BYTEA NOT NULL, created_ts BIGINT NOT NULL, PRIMARY KEY (digest, index))
+            """,
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

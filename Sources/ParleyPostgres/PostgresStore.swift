@@ -47,9 +47,9 @@ public final class PostgresStore: MessageStore {
 
     private typealias Pending = AppendQueue.Pending
 
-    private let configuration: Configuration
-    private let client: PostgresClient
-    private let logger: Logger
+    let configuration: Configuration
+    let client: PostgresClient
+    let logger: Logger
     private let queue: AppendQueue
     /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
@@ -475,7 +475,7 @@ public final class PostgresStore: MessageStore {
     }
 
     /// A small write (a read position) with the operation timeout, as `unavailable` when it fails.
-    private func write(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    func write(_ body: @escaping @Sendable () async throws -> Void) async throws {
         do {
             try await withTimeout(configuration.operationTimeout, body)
         } catch {
@@ -488,7 +488,7 @@ public final class PostgresStore: MessageStore {
     /// `body` started, its outcome is awaited, so a commit that went through is never reported
     /// as failed because a timer fired meanwhile. (A connection lost during COMMIT still
     /// leaves the outcome unknown; a retry with the same clientId then finds the message.)
-    private func withConnection<T: Sendable>(
+    func withConnection<T: Sendable>(
         leaseTimeout: Duration, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let lease = LeaseState()
@@ -518,7 +518,7 @@ public final class PostgresStore: MessageStore {
     }
 
     /// Runs a read with the operation timeout, as `unavailable` when it fails.
-    private func read<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    func read<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         do {
             return try await withTimeout(configuration.operationTimeout, body)
         } catch {

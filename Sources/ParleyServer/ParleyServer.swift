@@ -7,6 +7,7 @@ import NIOPosix
 import ParleyAuth
 import ParleyCore
 import ParleyGRPC
+import ParleyPostgres
 import ParleyRedis
 import Prometheus
 import ParleySQLite
@@ -49,7 +50,14 @@ public struct ParleyServer: Sendable {
             "chat.v1.ChatService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
         ])
         let store = if let store { store } else { try await makeStore(configuration, metrics: metrics, logger: logger) }
-        let attachments = try await makeAttachmentStore(configuration, logger: logger)
+        // In a cluster the PostgreSQL store keeps the files too (one pool, one service).
+        let attachments: (any AttachmentStore)? = if let postgres = store as? PostgresStore {
+            postgres
+        } else {
+            try await makeAttachmentStore(configuration, logger: logger)
+        }
+        // A store that keeps the files itself runs once, as the message store.
+        let attachmentServices: [any Service] = if let attachments, !(attachments is PostgresStore) { [attachments] } else { [] }
         // Unique per run, even under a configured name: a restarted instance must not take over
         // the presence entries (and session ids) of its previous run, which the reaper removes.
         let runID = MessageID.next().suffix(8).lowercased()
@@ -144,7 +152,7 @@ public struct ParleyServer: Sendable {
             engine: engine, configuration: configuration,
             services: (redis?.services ?? []) + (socketIOPeers.map { [$0] } ?? []) + [
                 store, broker, presence,
-            ] + (attachments.map { [$0] } ?? []) + [
+            ] + attachmentServices + [
                 NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
                 grpc, EngineService(engine: engine),
             ],
@@ -233,7 +241,7 @@ public struct ParleyServer: Sendable {
         }
     }
 
-    /// Files next to the SQLite history, in memory with the memory store; none yet in a cluster.
+    /// Files next to the SQLite history, in memory with the memory store.
     private static func makeAttachmentStore(_ configuration: ServerConfiguration, logger: Logger) async throws -> (any AttachmentStore)? {
         if configuration.cluster.database != nil { return nil }
         switch configuration.storage {

@@ -173,6 +173,28 @@ struct ClusterTests {
         }
     }
 
+    @Test("a file uploaded through one instance is in a message and served, with ranges, by another")
+    func attachmentsAcrossInstances() async throws {
+        try await withCluster(instances: 2) { servers, _ in
+            let png = pngBytes(width: 32, height: 16, filler: 150_000)
+            let uploaded = try await httpData("POST", servers[0].url("/api/rooms/f/attachments?user=alice&name=chart.png"), body: png)
+            #expect(uploaded.status == 201)
+            let attachment = try JSON.parse(String(decoding: uploaded.body, as: UTF8.self))
+            let id = try #require(attachment["id"].string)
+            #expect(attachment["width"].int == 32 && attachment["type"].string == "image/png")
+            let bob = try await TestClient.connect(port: servers[1].port, user: "bob")
+            try await bob.ack("join", ["room": "f"])
+            let alice = try await TestClient.connect(port: servers[0].port, user: "alice")
+            try await alice.ack("message", ["room": "f", "content": "the chart", "attachments": [id]])
+            let delivered = try await bob.expect("message")
+            #expect(delivered["attachments"][0]["id"].string == id && delivered["attachments"][0]["height"].int == 16)
+            let whole = try await httpData("GET", servers[1].url("/api/attachments/\(id)"))
+            #expect(whole.status == 200 && whole.body == png)
+            let part = try await httpData("GET", servers[1].url("/api/attachments/\(id)"), headers: ["Range": "bytes=65530-65545"])
+            #expect(part.status == 206 && part.body == png[65_530...65_545])
+        }
+    }
+
     @Test("unread counts agree on two sessions of one user on different instances; a read on one moves the other's at once")
     func unreadAcrossInstances() async throws {
         try await withCluster(instances: 2) { servers, _ in
