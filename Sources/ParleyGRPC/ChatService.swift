@@ -57,6 +57,7 @@ public struct ChatService: RegistrableRPCService {
             let single = try await ServerRequest(stream: request)
             return await joinChat(single.message, metadata: single.metadata, peer: context.remotePeer)
         }
+        registerAttachmentMethods(with: &router)
         router.registerHandler(
             forMethod: Method.Chat.descriptor,
             deserializer: LimitedDeserializer<Chat_V1_ChatCommand>(maxBytes: settings.limits.maxFrameBytes),
@@ -181,7 +182,7 @@ public struct ChatService: RegistrableRPCService {
         }
         let result = try await engine.publish(
             identity, as: request.senderID.nonEmpty, room: request.roomID, content: request.content,
-            clientId: clientId, replyTo: request.hasReplyTo ? request.replyTo : nil
+            clientId: clientId, replyTo: request.hasReplyTo ? request.replyTo : nil, attachments: request.attachmentIds
         )
         return .with {
             $0.message = Chat_V1_ChatMessage(result.message)

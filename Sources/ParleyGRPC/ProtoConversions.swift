@@ -47,6 +47,7 @@ extension Chat_V1_ChatMessage {
             }
         }
         if !message.deleted { mentions = Mentions.users(in: message.content, limits: Limits()) }
+        attachments = message.attachments.map(Chat_V1_Attachment.init)
     }
 }
 

@@ -225,7 +225,7 @@ extension Command {
         case .message(let message):
             self = .message(
                 room: message.roomID, content: message.content, clientId: message.hasClientID ? message.clientID : nil,
-                replyTo: message.hasReplyTo ? message.replyTo : nil
+                replyTo: message.hasReplyTo ? message.replyTo : nil, attachments: message.attachmentIds
             )
         case .edit(let edit):
             self = .change(

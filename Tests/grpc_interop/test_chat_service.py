@@ -142,6 +142,38 @@ def test_chat_bidirectional_stream(channel):
     events.cancel()
 
 
+def test_upload_and_download_attachments_in_chunks(channel):
+    """A microservice posts a report: upload in chunks, share it in a message, read it back."""
+    stub = rpc.ChatServiceStub(channel)
+    name = room()
+    report = bytes((i * 31) % 256 for i in range(200_000))
+
+    def chunks():
+        yield pb.UploadChunk(room_id=name, name="report.bin", sender_id="reporter", data=report[:1000])
+        for start in range(1000, len(report), 60_000):
+            yield pb.UploadChunk(data=report[start:start + 60_000])
+
+    attachment = stub.UploadAttachment(chunks())
+    assert attachment.size == len(report) and attachment.name == "report.bin"
+    assert attachment.type == "application/octet-stream" and attachment.url == f"/api/attachments/{attachment.id}"
+    ack = stub.SendMessage(pb.ChatMessage(room_id=name, sender_id="reporter", attachment_ids=[attachment.id]))
+    assert ack.message.content == "" and [a.id for a in ack.message.attachments] == [attachment.id]
+
+    parts = list(stub.DownloadAttachment(pb.DownloadRequest(attachment_id=attachment.id)))
+    assert parts[0].attachment.id == attachment.id and not parts[0].data
+    assert b"".join(p.data for p in parts[1:]) == report
+    assert all(len(p.data) <= 65536 for p in parts)
+    ranged = list(stub.DownloadAttachment(pb.DownloadRequest(attachment_id=attachment.id, offset=65_000, length=100)))
+    assert b"".join(p.data for p in ranged[1:]) == report[65_000:65_100]
+
+    with pytest.raises(grpc.RpcError) as failure:
+        list(stub.DownloadAttachment(pb.DownloadRequest(attachment_id="01NOSUCHATTACHMENT")))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as failure:
+        list(stub.DownloadAttachment(pb.DownloadRequest(attachment_id=attachment.id, offset=len(report) + 1)))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_health_service(channel):
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING

@@ -139,6 +139,32 @@ public enum Chat_V1_ChatService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "UploadAttachment" metadata.
+        public enum UploadAttachment: Sendable {
+            /// Request type for "UploadAttachment".
+            public typealias Input = Chat_V1_UploadChunk
+            /// Response type for "UploadAttachment".
+            public typealias Output = Chat_V1_Attachment
+            /// Descriptor for "UploadAttachment".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "chat.v1.ChatService"),
+                method: "UploadAttachment",
+                type: .clientStreaming
+            )
+        }
+        /// Namespace for "DownloadAttachment" metadata.
+        public enum DownloadAttachment: Sendable {
+            /// Request type for "DownloadAttachment".
+            public typealias Input = Chat_V1_DownloadRequest
+            /// Response type for "DownloadAttachment".
+            public typealias Output = Chat_V1_DownloadChunk
+            /// Descriptor for "DownloadAttachment".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "chat.v1.ChatService"),
+                method: "DownloadAttachment",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "chat.v1.ChatService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             GetUser.descriptor,
@@ -146,7 +172,9 @@ public enum Chat_V1_ChatService: Sendable {
             GetHistory.descriptor,
             JoinChat.descriptor,
             Chat.descriptor,
-            GetPresence.descriptor
+            GetPresence.descriptor,
+            UploadAttachment.descriptor,
+            DownloadAttachment.descriptor
         ]
     }
 }
@@ -309,6 +337,49 @@ extension Chat_V1_ChatService {
             request: GRPCCore.StreamingServerRequest<Chat_V1_PresenceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_PresenceResponse>
+
+        /// Handle the "UploadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+        /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+        /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+        /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+        /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Chat_V1_UploadChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Chat_V1_Attachment` messages.
+        func uploadAttachment(
+            request: GRPCCore.StreamingServerRequest<Chat_V1_UploadChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_Attachment>
+
+        /// Handle the "DownloadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+        /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+        /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+        /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Chat_V1_DownloadRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Chat_V1_DownloadChunk` messages.
+        func downloadAttachment(
+            request: GRPCCore.StreamingServerRequest<Chat_V1_DownloadRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_DownloadChunk>
     }
 
     /// Service protocol for the "chat.v1.ChatService" service.
@@ -455,6 +526,49 @@ extension Chat_V1_ChatService {
             request: GRPCCore.ServerRequest<Chat_V1_PresenceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Chat_V1_PresenceResponse>
+
+        /// Handle the "UploadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+        /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+        /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+        /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+        /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Chat_V1_UploadChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Chat_V1_Attachment` message.
+        func uploadAttachment(
+            request: GRPCCore.StreamingServerRequest<Chat_V1_UploadChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Chat_V1_Attachment>
+
+        /// Handle the "DownloadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+        /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+        /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+        /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Chat_V1_DownloadRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Chat_V1_DownloadChunk` messages.
+        func downloadAttachment(
+            request: GRPCCore.ServerRequest<Chat_V1_DownloadRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_DownloadChunk>
     }
 
     /// Simple service protocol for the "chat.v1.ChatService" service.
@@ -601,6 +715,50 @@ extension Chat_V1_ChatService {
             request: Chat_V1_PresenceRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Chat_V1_PresenceResponse
+
+        /// Handle the "UploadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+        /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+        /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+        /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+        /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Chat_V1_UploadChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Chat_V1_Attachment` to respond with.
+        func uploadAttachment(
+            request: GRPCCore.RPCAsyncSequence<Chat_V1_UploadChunk, any Swift.Error>,
+            context: GRPCCore.ServerContext
+        ) async throws -> Chat_V1_Attachment
+
+        /// Handle the "DownloadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+        /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+        /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+        /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+        ///
+        /// - Parameters:
+        ///   - request: A `Chat_V1_DownloadRequest` message.
+        ///   - response: A response stream of `Chat_V1_DownloadChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func downloadAttachment(
+            request: Chat_V1_DownloadRequest,
+            response: GRPCCore.RPCWriter<Chat_V1_DownloadChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -674,6 +832,28 @@ extension Chat_V1_ChatService.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Chat_V1_ChatService.Method.UploadAttachment.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Chat_V1_UploadChunk>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Chat_V1_Attachment>(),
+            handler: { request, context in
+                try await self.uploadAttachment(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Chat_V1_ChatService.Method.DownloadAttachment.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Chat_V1_DownloadRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Chat_V1_DownloadChunk>(),
+            handler: { request, context in
+                try await self.downloadAttachment(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -733,6 +913,28 @@ extension Chat_V1_ChatService.ServiceProtocol {
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func uploadAttachment(
+        request: GRPCCore.StreamingServerRequest<Chat_V1_UploadChunk>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_Attachment> {
+        let response = try await self.uploadAttachment(
+            request: request,
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func downloadAttachment(
+        request: GRPCCore.StreamingServerRequest<Chat_V1_DownloadRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_DownloadChunk> {
+        let response = try await self.downloadAttachment(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
     }
 }
 
@@ -822,6 +1024,36 @@ extension Chat_V1_ChatService.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func uploadAttachment(
+        request: GRPCCore.StreamingServerRequest<Chat_V1_UploadChunk>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Chat_V1_Attachment> {
+        return GRPCCore.ServerResponse<Chat_V1_Attachment>(
+            message: try await self.uploadAttachment(
+                request: request.messages,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func downloadAttachment(
+        request: GRPCCore.ServerRequest<Chat_V1_DownloadRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Chat_V1_DownloadChunk> {
+        return GRPCCore.StreamingServerResponse<Chat_V1_DownloadChunk>(
+            metadata: [:],
+            producer: { writer in
+                try await self.downloadAttachment(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -1000,6 +1232,59 @@ extension Chat_V1_ChatService {
             deserializer: some GRPCCore.MessageDeserializer<Chat_V1_PresenceResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Chat_V1_PresenceResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "UploadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+        /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+        /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+        /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+        /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Chat_V1_UploadChunk` messages.
+        ///   - serializer: A serializer for `Chat_V1_UploadChunk` messages.
+        ///   - deserializer: A deserializer for `Chat_V1_Attachment` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func uploadAttachment<Result>(
+            request: GRPCCore.StreamingClientRequest<Chat_V1_UploadChunk>,
+            serializer: some GRPCCore.MessageSerializer<Chat_V1_UploadChunk>,
+            deserializer: some GRPCCore.MessageDeserializer<Chat_V1_Attachment>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Chat_V1_Attachment>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "DownloadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+        /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+        /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+        /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Chat_V1_DownloadRequest` message.
+        ///   - serializer: A serializer for `Chat_V1_DownloadRequest` messages.
+        ///   - deserializer: A deserializer for `Chat_V1_DownloadChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func downloadAttachment<Result>(
+            request: GRPCCore.ClientRequest<Chat_V1_DownloadRequest>,
+            serializer: some GRPCCore.MessageSerializer<Chat_V1_DownloadRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Chat_V1_DownloadChunk>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Chat_V1_DownloadChunk>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1247,6 +1532,79 @@ extension Chat_V1_ChatService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "UploadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+        /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+        /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+        /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+        /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Chat_V1_UploadChunk` messages.
+        ///   - serializer: A serializer for `Chat_V1_UploadChunk` messages.
+        ///   - deserializer: A deserializer for `Chat_V1_Attachment` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func uploadAttachment<Result>(
+            request: GRPCCore.StreamingClientRequest<Chat_V1_UploadChunk>,
+            serializer: some GRPCCore.MessageSerializer<Chat_V1_UploadChunk>,
+            deserializer: some GRPCCore.MessageDeserializer<Chat_V1_Attachment>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Chat_V1_Attachment>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.clientStreaming(
+                request: request,
+                descriptor: Chat_V1_ChatService.Method.UploadAttachment.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "DownloadAttachment" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+        /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+        /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+        /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Chat_V1_DownloadRequest` message.
+        ///   - serializer: A serializer for `Chat_V1_DownloadRequest` messages.
+        ///   - deserializer: A deserializer for `Chat_V1_DownloadChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func downloadAttachment<Result>(
+            request: GRPCCore.ClientRequest<Chat_V1_DownloadRequest>,
+            serializer: some GRPCCore.MessageSerializer<Chat_V1_DownloadRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Chat_V1_DownloadChunk>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Chat_V1_DownloadChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Chat_V1_ChatService.Method.DownloadAttachment.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1443,6 +1801,69 @@ extension Chat_V1_ChatService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Chat_V1_PresenceRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Chat_V1_PresenceResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UploadAttachment" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+    /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+    /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+    /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+    /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Chat_V1_UploadChunk` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func uploadAttachment<Result>(
+        request: GRPCCore.StreamingClientRequest<Chat_V1_UploadChunk>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Chat_V1_Attachment>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.uploadAttachment(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Chat_V1_UploadChunk>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Chat_V1_Attachment>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DownloadAttachment" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+    /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+    /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+    /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Chat_V1_DownloadRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func downloadAttachment<Result>(
+        request: GRPCCore.ClientRequest<Chat_V1_DownloadRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Chat_V1_DownloadChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.downloadAttachment(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Chat_V1_DownloadRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Chat_V1_DownloadChunk>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1666,6 +2087,78 @@ extension Chat_V1_ChatService.ClientProtocol {
             metadata: metadata
         )
         return try await self.getPresence(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "UploadAttachment" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Uploads a file to a room, to put in a message (`attachment_ids`): the first message names
+    /// > the room (and `name`, `duration_ms`, `sender_id` with an API key), every message carries the
+    /// > next bytes (at most 64 KiB each). Returns the stored attachment (its type is sniffed from
+    /// > the bytes). Errors: INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
+    /// > RESOURCE_EXHAUSTED (larger than the limit, or the daily quota spent), UNAVAILABLE.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func uploadAttachment<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Chat_V1_UploadChunk>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Chat_V1_Attachment>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Chat_V1_UploadChunk>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.uploadAttachment(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "DownloadAttachment" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Streams a file: a first message with the attachment, then its bytes in chunks of up to
+    /// > 64 KiB (from `offset`, `length` bytes when set). Errors: NOT_FOUND (unknown, or not yet in a
+    /// > message and not the caller's), PERMISSION_DENIED (a room the caller may not read),
+    /// > INVALID_ARGUMENT (a range outside the file), UNAUTHENTICATED.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func downloadAttachment<Result>(
+        _ message: Chat_V1_DownloadRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Chat_V1_DownloadChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Chat_V1_DownloadRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.downloadAttachment(
             request: request,
             options: options,
             onResponse: handleResponse

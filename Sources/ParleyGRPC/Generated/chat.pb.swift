@@ -49,6 +49,11 @@
 //   publish rate: 20 messages per second with bursts of 40 (token bucket); typing is coalesced,
 //             never rejected.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -204,6 +209,151 @@ public nonisolated enum Chat_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIterabl
 
 }
 
+/// A file shared in a room (docs/protocol.md, "Attachments").
+public nonisolated struct Chat_V1_Attachment: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var roomID: String = String()
+
+  public var name: String = String()
+
+  /// Decided from the content's leading bytes.
+  public var type: String = String()
+
+  public var size: Int64 = 0
+
+  /// Images: their size in pixels.
+  public var width: Int32 {
+    get {_width ?? 0}
+    set {_width = newValue}
+  }
+  /// Returns true if `width` has been explicitly set.
+  public var hasWidth: Bool {self._width != nil}
+  /// Clears the value of `width`. Subsequent reads from it will return its default value.
+  public mutating func clearWidth() {self._width = nil}
+
+  public var height: Int32 {
+    get {_height ?? 0}
+    set {_height = newValue}
+  }
+  /// Returns true if `height` has been explicitly set.
+  public var hasHeight: Bool {self._height != nil}
+  /// Clears the value of `height`. Subsequent reads from it will return its default value.
+  public mutating func clearHeight() {self._height = nil}
+
+  /// Audio and video: milliseconds, as the uploader declared.
+  public var durationMs: Int32 {
+    get {_durationMs ?? 0}
+    set {_durationMs = newValue}
+  }
+  /// Returns true if `durationMs` has been explicitly set.
+  public var hasDurationMs: Bool {self._durationMs != nil}
+  /// Clears the value of `durationMs`. Subsequent reads from it will return its default value.
+  public mutating func clearDurationMs() {self._durationMs = nil}
+
+  /// The HTTP download path: /api/attachments/{id}.
+  public var url: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _width: Int32? = nil
+  fileprivate var _height: Int32? = nil
+  fileprivate var _durationMs: Int32? = nil
+}
+
+public nonisolated struct Chat_V1_UploadChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The first chunk names the upload; later ones may leave these empty.
+  public var roomID: String = String()
+
+  public var name: String = String()
+
+  public var durationMs: Int32 {
+    get {_durationMs ?? 0}
+    set {_durationMs = newValue}
+  }
+  /// Returns true if `durationMs` has been explicitly set.
+  public var hasDurationMs: Bool {self._durationMs != nil}
+  /// Clears the value of `durationMs`. Subsequent reads from it will return its default value.
+  public mutating func clearDurationMs() {self._durationMs = nil}
+
+  public var senderID: String = String()
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _durationMs: Int32? = nil
+}
+
+public nonisolated struct Chat_V1_DownloadRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var attachmentID: String = String()
+
+  public var offset: Int64 {
+    get {_offset ?? 0}
+    set {_offset = newValue}
+  }
+  /// Returns true if `offset` has been explicitly set.
+  public var hasOffset: Bool {self._offset != nil}
+  /// Clears the value of `offset`. Subsequent reads from it will return its default value.
+  public mutating func clearOffset() {self._offset = nil}
+
+  public var length: Int64 {
+    get {_length ?? 0}
+    set {_length = newValue}
+  }
+  /// Returns true if `length` has been explicitly set.
+  public var hasLength: Bool {self._length != nil}
+  /// Clears the value of `length`. Subsequent reads from it will return its default value.
+  public mutating func clearLength() {self._length = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _offset: Int64? = nil
+  fileprivate var _length: Int64? = nil
+}
+
+public nonisolated struct Chat_V1_DownloadChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Set on the first message only (which has no data).
+  public var attachment: Chat_V1_Attachment {
+    get {_attachment ?? Chat_V1_Attachment()}
+    set {_attachment = newValue}
+  }
+  /// Returns true if `attachment` has been explicitly set.
+  public var hasAttachment: Bool {self._attachment != nil}
+  /// Clears the value of `attachment`. Subsequent reads from it will return its default value.
+  public mutating func clearAttachment() {self._attachment = nil}
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _attachment: Chat_V1_Attachment? = nil
+}
+
 /// A chat message. As a SendMessage request only room_id, sender_id, content and client_id
 /// are read. Everywhere else (acks, history, events) it is a stored message with every field
 /// set, except client_id when the sender gave none.
@@ -333,6 +483,18 @@ public nonisolated struct Chat_V1_ChatMessage: @unchecked Sendable {
   public var hasUntil: Bool {_storage._until != nil}
   /// Clears the value of `until`. Subsequent reads from it will return its default value.
   public mutating func clearUntil() {_uniqueStorage()._until = nil}
+
+  /// The files it shares.
+  public var attachments: [Chat_V1_Attachment] {
+    get {_storage._attachments}
+    set {_uniqueStorage()._attachments = newValue}
+  }
+
+  /// SendMessage: the ids of uploads to share (UploadAttachment); content may then be empty.
+  public var attachmentIds: [String] {
+    get {_storage._attachmentIds}
+    set {_uniqueStorage()._attachmentIds = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1125,6 +1287,9 @@ public nonisolated struct Chat_V1_MessageCommand: Sendable {
   /// Clears the value of `replyTo`. Subsequent reads from it will return its default value.
   public mutating func clearReplyTo() {self._replyTo = nil}
 
+  /// Uploads to share; content may then be empty.
+  public var attachmentIds: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1754,9 +1919,220 @@ nonisolated extension Chat_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{2}\u{3}ERROR_CODE_INVALID_ARGUMENT\0\u{2}\u{2}ERROR_CODE_NOT_FOUND\0\u{2}\u{2}ERROR_CODE_PERMISSION_DENIED\0\u{1}ERROR_CODE_RESOURCE_EXHAUSTED\0\u{2}\u{5}ERROR_CODE_INTERNAL\0\u{1}ERROR_CODE_UNAVAILABLE\0\u{2}\u{2}ERROR_CODE_UNAUTHENTICATED\0")
 }
 
+nonisolated extension Chat_V1_Attachment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Attachment"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{1}name\0\u{1}type\0\u{1}size\0\u{1}width\0\u{1}height\0\u{3}duration_ms\0\u{1}url\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.type) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.size) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self._width) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self._height) }()
+      case 8: try { try decoder.decodeSingularInt32Field(value: &self._durationMs) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.url) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 2)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if !self.type.isEmpty {
+      try visitor.visitSingularStringField(value: self.type, fieldNumber: 4)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularInt64Field(value: self.size, fieldNumber: 5)
+    }
+    try { if let v = self._width {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 6)
+    } }()
+    try { if let v = self._height {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 7)
+    } }()
+    try { if let v = self._durationMs {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 8)
+    } }()
+    if !self.url.isEmpty {
+      try visitor.visitSingularStringField(value: self.url, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_Attachment, rhs: Chat_V1_Attachment) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.type != rhs.type {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs._width != rhs._width {return false}
+    if lhs._height != rhs._height {return false}
+    if lhs._durationMs != rhs._durationMs {return false}
+    if lhs.url != rhs.url {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_UploadChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UploadChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}name\0\u{3}duration_ms\0\u{3}sender_id\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.roomID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self._durationMs) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.senderID) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.roomID.isEmpty {
+      try visitor.visitSingularStringField(value: self.roomID, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    try { if let v = self._durationMs {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
+    if !self.senderID.isEmpty {
+      try visitor.visitSingularStringField(value: self.senderID, fieldNumber: 4)
+    }
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_UploadChunk, rhs: Chat_V1_UploadChunk) -> Bool {
+    if lhs.roomID != rhs.roomID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs._durationMs != rhs._durationMs {return false}
+    if lhs.senderID != rhs.senderID {return false}
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_DownloadRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DownloadRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}attachment_id\0\u{1}offset\0\u{1}length\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.attachmentID) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self._offset) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self._length) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.attachmentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.attachmentID, fieldNumber: 1)
+    }
+    try { if let v = self._offset {
+      try visitor.visitSingularInt64Field(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._length {
+      try visitor.visitSingularInt64Field(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_DownloadRequest, rhs: Chat_V1_DownloadRequest) -> Bool {
+    if lhs.attachmentID != rhs.attachmentID {return false}
+    if lhs._offset != rhs._offset {return false}
+    if lhs._length != rhs._length {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_DownloadChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DownloadChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attachment\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._attachment) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._attachment {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_DownloadChunk, rhs: Chat_V1_DownloadChunk) -> Bool {
+    if lhs._attachment != rhs._attachment {return false}
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0\u{1}kind\0\u{3}target_id\0\u{3}reply_to\0\u{1}quote\0\u{1}edited\0\u{1}deleted\0\u{1}reactions\0\u{1}mentions\0\u{1}until\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}room_id\0\u{3}sender_id\0\u{1}content\0\u{1}seq\0\u{1}timestamp\0\u{3}client_id\0\u{1}kind\0\u{3}target_id\0\u{3}reply_to\0\u{1}quote\0\u{1}edited\0\u{1}deleted\0\u{1}reactions\0\u{1}mentions\0\u{1}until\0\u{1}attachments\0\u{3}attachment_ids\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -1775,6 +2151,8 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
     var _reactions: [Chat_V1_Reaction] = []
     var _mentions: [String] = []
     var _until: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+    var _attachments: [Chat_V1_Attachment] = []
+    var _attachmentIds: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1801,6 +2179,8 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
       _reactions = source._reactions
       _mentions = source._mentions
       _until = source._until
+      _attachments = source._attachments
+      _attachmentIds = source._attachmentIds
     }
   }
 
@@ -1835,6 +2215,8 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
         case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._reactions) }()
         case 15: try { try decoder.decodeRepeatedStringField(value: &_storage._mentions) }()
         case 16: try { try decoder.decodeSingularMessageField(value: &_storage._until) }()
+        case 17: try { try decoder.decodeRepeatedMessageField(value: &_storage._attachments) }()
+        case 18: try { try decoder.decodeRepeatedStringField(value: &_storage._attachmentIds) }()
         default: break
         }
       }
@@ -1895,6 +2277,12 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
       try { if let v = _storage._until {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
       } }()
+      if !_storage._attachments.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._attachments, fieldNumber: 17)
+      }
+      if !_storage._attachmentIds.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._attachmentIds, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1920,6 +2308,8 @@ nonisolated extension Chat_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtobuf.
         if _storage._reactions != rhs_storage._reactions {return false}
         if _storage._mentions != rhs_storage._mentions {return false}
         if _storage._until != rhs_storage._until {return false}
+        if _storage._attachments != rhs_storage._attachments {return false}
+        if _storage._attachmentIds != rhs_storage._attachmentIds {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3132,7 +3522,7 @@ nonisolated extension Chat_V1_LeaveCommand: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MessageCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}content\0\u{3}client_id\0\u{3}reply_to\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}room_id\0\u{1}content\0\u{3}client_id\0\u{3}reply_to\0\u{3}attachment_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3144,6 +3534,7 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeSingularStringField(value: &self.content) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self._clientID) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self._replyTo) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.attachmentIds) }()
       default: break
       }
     }
@@ -3166,6 +3557,9 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
     try { if let v = self._replyTo {
       try visitor.visitSingularStringField(value: v, fieldNumber: 4)
     } }()
+    if !self.attachmentIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.attachmentIds, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3174,6 +3568,7 @@ nonisolated extension Chat_V1_MessageCommand: SwiftProtobuf.Message, SwiftProtob
     if lhs.content != rhs.content {return false}
     if lhs._clientID != rhs._clientID {return false}
     if lhs._replyTo != rhs._replyTo {return false}
+    if lhs.attachmentIds != rhs.attachmentIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
