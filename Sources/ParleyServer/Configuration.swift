@@ -109,6 +109,9 @@ extension ServerConfiguration {
         )
         try check(limits.largeRoomSize >= 0, "the large room size must be >= 0")
         try check((limits.editWindow ?? .zero) >= .zero, "the edit window must be >= 0 seconds")
+        try check(limits.maxAttachmentBytes > 0, "the largest attachment must be > 0 bytes")
+        try check(limits.attachmentQuotaPerDay >= 0, "the attachment quota must be >= 0 bytes")
+        try check(limits.orphanAttachmentLifetime > .zero, "unused uploads must live > 0 seconds")
         try check(auth.leewaySeconds >= 0 && tokenRefreshGrace >= .zero, "the JWT leeway and refresh grace must be >= 0")
         try check(limits.maxConnections >= 0 && limits.maxConnectionsPerIP >= 0, "connection limits must be >= 0")
     }

@@ -70,6 +70,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Burst of that budget; a history page costs 1 + limit/25. [env: PARLEY_COMMAND_BURST] (default: 120)")
     var commandBurst: Double?
 
+    @Option(help: "Largest attachment in bytes. [env: PARLEY_MAX_ATTACHMENT_BYTES] (default: 26214400, 25 MiB)")
+    var maxAttachmentBytes: Int?
+
+    @Option(help: "Bytes one user may upload in 24 hours; 0: no quota. [env: PARLEY_ATTACHMENT_QUOTA] (default: 1073741824, 1 GiB)")
+    var attachmentQuota: Int?
+
+    @Option(help: "Seconds an upload may wait to be put in a message before it is deleted. [env: PARLEY_UNUSED_UPLOAD_SECONDS] (default: 3600)")
+    var unusedUploadSeconds: Int?
+
     @Option(help: "Seconds after sending during which an author may edit a message; 0: any time. [env: PARLEY_EDIT_WINDOW] (default: 86400)")
     var editWindow: Int?
 
@@ -226,6 +235,9 @@ struct Serve: AsyncParsableCommand {
         c.limits.commandRatePerSecond = try commandRatePerSec ?? env.double("PARLEY_COMMAND_RATE_PER_SEC") ?? c.limits.commandRatePerSecond
         c.limits.commandBurst = try commandBurst ?? env.double("PARLEY_COMMAND_BURST") ?? c.limits.commandBurst
         c.limits.largeRoomSize = try largeRoomSize ?? env.int("PARLEY_LARGE_ROOM_SIZE") ?? c.limits.largeRoomSize
+        if let bytes = try maxAttachmentBytes ?? env.int("PARLEY_MAX_ATTACHMENT_BYTES") { c.limits.maxAttachmentBytes = Int64(bytes) }
+        if let bytes = try attachmentQuota ?? env.int("PARLEY_ATTACHMENT_QUOTA") { c.limits.attachmentQuotaPerDay = Int64(bytes) }
+        if let seconds = try unusedUploadSeconds ?? env.int("PARLEY_UNUSED_UPLOAD_SECONDS") { c.limits.orphanAttachmentLifetime = .seconds(seconds) }
         if let seconds = try editWindow ?? env.int("PARLEY_EDIT_WINDOW") {
             c.limits.editWindow = seconds == 0 ? nil : .seconds(seconds)
         }
