@@ -56,6 +56,11 @@ public final class FileAttachmentStore: AttachmentStore {
 
     public func run() async throws {
         try? await gracefulShutdown()
+        await close()
+    }
+
+    /// Closes the metadata database (`run` does at shutdown).
+    public func close() async {
         try? await db.close()
     }
 

@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import ParleyCore
+@testable import ParleyCore
 import ParleyPostgres
 import ParleySQLite
 import ParleyTestSupport
@@ -139,6 +139,45 @@ struct AttachmentStoreSuite {
             #expect(try await store.attachment(id: file.id)?.message == nil)
             #expect(try await store.attach(ids: [file.id], room: "r", user: "alice", message: "m4", clientId: nil)[0].message == "m4")
         }
+    }
+}
+
+@Suite("Attachments in the engine and on disk")
+struct AttachmentLifecycleTests {
+    @Test("the engine deletes uploads left out of messages once they are older than the limit, and keeps shared ones")
+    func orphans() async throws {
+        let clock = ManualClock()
+        let files = MemoryAttachmentStore()
+        let engine = Engine(store: MemoryMessageStore(), broker: MemoryBroker(), presence: MemoryPresenceStore(), attachments: files, clock: clock)
+        let alice = Identity(user: "alice")
+        let shared = try await engine.upload(alice, room: "r", name: "a.txt", duration: nil, declaredLength: nil, body: TestBody(data: Array("hello".utf8)))
+        let unused = try await engine.upload(alice, room: "r", name: "b.txt", duration: nil, declaredLength: nil, body: TestBody(data: Array("bye".utf8)))
+        #expect(shared.type == "text/plain")
+        let message = try await engine.publish(alice, room: "r", content: "", clientId: nil, attachments: [shared.id]).message
+        #expect(message.attachments.map(\.id) == [shared.id])
+        clock.advance(by: .seconds(3599))
+        await engine.deleteOrphanAttachments()
+        #expect(try await files.attachment(id: unused.id) != nil)
+        clock.advance(by: .seconds(2))
+        await engine.deleteOrphanAttachments()
+        #expect(try await files.attachment(id: unused.id) == nil)
+        #expect(try await files.attachment(id: shared.id) != nil)
+        // Too large by its declared length: refused before a byte is read.
+        await #expect(throws: ParleyError.self) {
+            try await engine.upload(alice, room: "r", name: "big", duration: nil, declaredLength: 26 * 1024 * 1024, body: TestBody(data: [], failAfter: 0))
+        }
+    }
+
+    @Test("a file left half written by a crash is removed when the store opens, and was never served")
+    func crashLeftovers() async throws {
+        let directory = NSTemporaryDirectory() + "parley-attachments-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await FileAttachmentStore.open(directory: directory).close()
+        FileManager.default.createFile(atPath: directory + "/tmp/01HALFWRITTEN", contents: Data(repeating: 7, count: 1000))
+        let reopened = try await FileAttachmentStore.open(directory: directory)
+        #expect((try FileManager.default.contentsOfDirectory(atPath: directory + "/tmp")).isEmpty)
+        #expect(try await reopened.attachment(id: "01HALFWRITTEN") == nil)
+        await reopened.close()
     }
 }
 
