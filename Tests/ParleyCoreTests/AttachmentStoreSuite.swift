@@ -173,7 +173,7 @@ struct AttachmentLifecycleTests {
         let directory = NSTemporaryDirectory() + "parley-attachments-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try await FileAttachmentStore.open(directory: directory).close()
-        FileManager.default.createFile(atPath: directory + "/tmp/01HALFWRITTEN", contents: Data(repeating: 7, count: 1000))
+        #expect(FileManager.default.createFile(atPath: directory + "/tmp/01HALFWRITTEN", contents: Data(repeating: 7, count: 1000)))
         let reopened = try await FileAttachmentStore.open(directory: directory)
         #expect((try FileManager.default.contentsOfDirectory(atPath: directory + "/tmp")).isEmpty)
         #expect(try await reopened.attachment(id: "01HALFWRITTEN") == nil)
