@@ -56,6 +56,8 @@ struct APIRoutes {
         let api = router.group("api")
         api.post("rooms/:room/messages") { request, context -> Response in
             let body = try await decode(PostBody.self, from: request)
+            // `content` may be left out only by a message that shares files.
+            if body.content == nil, body.attachments?.isEmpty != false { throw ParleyError.badRequest("missing field 'content'") }
             let identity = try await auth.identity(request, claimedUser: body.user)
             let stored = try await engine.publish(
                 identity, as: body.user, room: try context.parameters.require("room"),

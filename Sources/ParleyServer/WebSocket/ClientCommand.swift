@@ -70,7 +70,11 @@ struct ClientFrameDecoder {
             return .leave(room: try body(RoomData.self, bytes).room)
         case "message":
             let data = try body(MessageData.self, bytes)
-            return .message(room: data.room, content: data.content ?? "", clientId: data.clientId, replyTo: data.replyTo, attachments: data.attachments ?? [])
+            // `content` may be left out only by a message that shares files.
+            guard let content = data.content ?? (data.attachments?.isEmpty == false ? "" : nil) else {
+                throw ParleyError.badRequest("missing field 'data.content'")
+            }
+            return .message(room: data.room, content: content, clientId: data.clientId, replyTo: data.replyTo, attachments: data.attachments ?? [])
         case "edit":
             let data = try body(EditData.self, bytes)
             return .change(room: data.room, id: data.id, action: .edit, content: data.content, clientId: data.clientId)
