@@ -466,3 +466,7 @@ def test_images_by_picker_and_paste_and_a_voice_message(browser, tmp_path):
     assert meta in ("0:01", "0:02", "0:03"), meta
     bob.js("arguments[0].play();", player)
     bob.until(lambda d: bob.js("return arguments[0].currentTime;", player) > 0.2, "the voice message does not play")
+
+    # Held down and let go: recorded while held, sent on release.
+    ActionChains(alice.driver).click_and_hold(alice.clickable("#record-start")).pause(1.6).release().perform()
+    bob.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .attachment.audio audio")) == 2, "the held recording never arrived")

@@ -63,6 +63,7 @@
   const MENTION_RE = /(^|[^A-Za-z0-9_.-])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g;
   const SEARCH_PAGE = 20;
   const MAX_ATTACHMENTS = 10;
+  const HOLD_TO_RECORD_MS = 400; // held longer, the microphone records until it is let go
   const INLINE_IMAGES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
 
   const $ = (id) => document.getElementById(id);
@@ -935,6 +936,7 @@
     search: null, // {text, results, hasMore, loading}
     uploads: [], // {key, room, name, size, state: 'uploading'|'done'|'failed', attachment, error}
     recorder: null, // {recorder, chunks, started, timer, stream}
+    holdStarted: null, // when the microphone button was pressed, while it is held
   };
 
   function scheduleRender(options = {}) {
@@ -2353,7 +2355,20 @@
       if (!event.relatedTarget) document.body.classList.remove('dragging');
     });
     document.addEventListener('drop', onDrop);
-    $('record-start').addEventListener('click', startRecording);
+    // Tap the microphone to record (then send or cancel), or hold it and let go to send.
+    $('record-start').addEventListener('pointerdown', (event) => {
+      if (event.button !== 0) return;
+      ui.holdStarted = Date.now();
+      startRecording();
+    });
+    document.addEventListener('pointerup', () => {
+      const held = ui.holdStarted !== null && ui.holdStarted !== undefined ? Date.now() - ui.holdStarted : 0;
+      ui.holdStarted = null;
+      if (held > HOLD_TO_RECORD_MS && ui.recorder) stopRecording(true);
+    });
+    $('record-start').addEventListener('click', (event) => {
+      if (event.detail === 0) startRecording(); // the keyboard: Enter or Space
+    });
     $('record-send').addEventListener('click', () => stopRecording(true));
     $('record-cancel').addEventListener('click', () => stopRecording(false));
     $('search-form').addEventListener('submit', onSearchSubmit);
