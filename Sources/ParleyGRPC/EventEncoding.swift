@@ -38,6 +38,13 @@ final class ProtoEventEncoder: WireFormat {
             })
         case .changed(let message):
             result = .change(.with { $0.message = Chat_V1_ChatMessage(message) })
+        case .callStarted(let start):
+            result = .call(.with {
+                $0.call = start.call
+                $0.iceServers = start.iceServers.map(Chat_V1_IceServer.init)
+            })
+        case .signaled:
+            result = .signal(.init())
         case .typing(let room, let typing):
             result = .typing(.with {
                 $0.roomID = room

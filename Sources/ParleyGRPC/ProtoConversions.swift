@@ -153,6 +153,16 @@ extension Chat_V1_ChatEvent {
                 $0.kind = kind.rawValue
                 $0.message = Chat_V1_ChatMessage(message)
             }
+        case .call(let signal):
+            call = .with {
+                $0.call = signal.call
+                $0.type = signal.kind.rawValue
+                $0.fromUserID = signal.from
+                $0.fromSession = signal.fromSession
+                $0.video = signal.video
+                if let data = signal.data { $0.data = data }
+                $0.iceServers = signal.iceServers.map(Chat_V1_IceServer.init)
+            }
         }
     }
 
@@ -182,5 +192,14 @@ extension Chat_V1_ChatError {
         message = error.message
         reason = error.code.name
         if let retryAfterMs = error.retryAfterMs { self.retryAfterMs = Int64(retryAfterMs) }
+    }
+}
+
+extension Chat_V1_IceServer {
+    init(_ server: ICEServer) {
+        self.init()
+        urls = server.urls
+        if let username = server.username { self.username = username }
+        if let credential = server.credential { self.credential = credential }
     }
 }

@@ -211,7 +211,7 @@ extension Command {
     /// The command a `ChatCommand` carries; `bad_request` when it carries none.
     init(_ command: Chat_V1_ChatCommand) throws(ParleyError) {
         guard let body = command.command else {
-            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, edit, delete, react, moderate, typing, read, history, presence or ping)")
+            throw ParleyError.badRequest("command: none set (expected connect, join, dm, rooms, search, leave, message, edit, delete, react, moderate, call, signal, typing, read, history, presence or ping)")
         }
         switch body {
         case .connect(let connect):
@@ -245,6 +245,13 @@ extension Command {
             self = .moderate(
                 room: moderate.roomID, user: moderate.userID, action: action, seconds: moderate.hasSeconds ? moderate.seconds : nil,
                 reason: moderate.hasReason ? moderate.reason : nil, clientId: moderate.hasClientID ? moderate.clientID : nil
+            )
+        case .call(let call):
+            self = .call(user: call.userID, video: call.video)
+        case .signal(let signal):
+            guard let kind = CallSignal.Kind(rawValue: signal.type) else { throw ParleyError.badRequest("signal.type: unknown type '\(signal.type)'") }
+            self = .signal(
+                call: signal.call, kind: kind, data: signal.hasData ? signal.data : nil, toSession: signal.hasToSession ? signal.toSession : nil
             )
         case .typing(let typing):
             self = .typing(room: typing.roomID, typing: typing.typing)

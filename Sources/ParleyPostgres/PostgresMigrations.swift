@@ -70,6 +70,10 @@ enum PostgresMigrations {
                 digest TEXT NOT NULL, index INT NOT NULL, data BYTEA NOT NULL, created_ts BIGINT NOT NULL, PRIMARY KEY (digest, index))
             """,
         ],
+        [
+            // Random secrets made once and shared by every instance (`sharedSecret`).
+            "CREATE TABLE secrets(name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

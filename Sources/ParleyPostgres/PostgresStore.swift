@@ -309,6 +309,18 @@ public final class PostgresStore: MessageStore {
         return found
     }
 
+    public func sharedSecret(named name: String) async throws -> [UInt8] {
+        let fresh = ByteBuffer(bytes: (0..<32).map { _ in UInt8.random(in: 0...255) })
+        try await write {
+            try await self.client.query("INSERT INTO secrets(name, value) VALUES (\(name), \(fresh)) ON CONFLICT (name) DO NOTHING", logger: self.logger)
+        }
+        return try await read {
+            let rows = try await self.client.query("SELECT value FROM secrets WHERE name = \(name)", logger: self.logger)
+            for try await value in rows.decode(ByteBuffer.self) { return Array(value.readableBytesView) }
+            throw ParleyError.unavailable("no secret '\(name)'")
+        }
+    }
+
     public func sanction(room: String, user: String) async throws -> Sanction? {
         try await read {
             let rows = try await self.client.query(

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Logging
+import NIOCore
 import ParleyCore
 import SQLiteNIO
 import ServiceLifecycle
@@ -139,6 +140,10 @@ public final class SQLiteMessageStore: MessageStore {
             // The files a message shares (`Attachment.stored`).
             "ALTER TABLE messages ADD COLUMN attachments TEXT",
         ],
+        [
+            // Random secrets made once (`sharedSecret`).
+            "CREATE TABLE secrets(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -172,6 +177,16 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func sanction(room: String, user: String) async throws -> Sanction? {
         sanctions.withLock { $0[room]?[user] }
+    }
+
+    public func sharedSecret(named name: String) async throws -> [UInt8] {
+        let fresh = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        _ = try await positions.query(
+            "INSERT INTO secrets(name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", [.text(name), .blob(ByteBuffer(bytes: fresh))]
+        )
+        let rows = try await positions.query("SELECT value FROM secrets WHERE name = ?", [.text(name)])
+        guard let value = rows.first?.column("value")?.blob else { throw ParleyError.unavailable("no secret '\(name)'") }
+        return Array(value.readableBytesView)
     }
 
     // MARK: Service

@@ -24,6 +24,8 @@ public struct ServerConfiguration: Sendable {
     public var storage = Storage.sqlite
     public var synchronous = SQLiteSynchronous.full
     public var limits = Limits()
+    /// STUN and TURN servers handed to calls (docs/protocol.md, "Calls").
+    public var ice = ICEConfiguration()
     /// Time a WebSocket client that did not authenticate at upgrade has to send `connect`.
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long a plain HTTP/1 keep-alive connection may wait between requests, and a gRPC
@@ -110,6 +112,7 @@ extension ServerConfiguration {
         try check(limits.largeRoomSize >= 0, "the large room size must be >= 0")
         try check((limits.editWindow ?? .zero) >= .zero, "the edit window must be >= 0 seconds")
         try check(limits.maxAttachmentBytes > 0, "the largest attachment must be > 0 bytes")
+        try check(ice.turn.isEmpty || ice.turnSecret?.isEmpty == false, "TURN servers need PARLEY_TURN_SECRET")
         try check(limits.attachmentQuotaPerDay >= 0, "the attachment quota must be >= 0 bytes")
         try check(limits.orphanAttachmentLifetime > .zero, "unused uploads must live > 0 seconds")
         try check(auth.leewaySeconds >= 0 && tokenRefreshGrace >= .zero, "the JWT leeway and refresh grace must be >= 0")

@@ -66,7 +66,7 @@ public struct ParleyServer: Sendable {
         let broker: any Broker = redis?.broker ?? MemoryBroker()
         let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
         let engine = Engine(
-            store: store, broker: broker, presence: presence, attachments: attachments,
+            store: store, broker: broker, presence: presence, attachments: attachments, ice: configuration.ice,
             limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger, clock: configuration.clock ?? SystemClock()
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"

@@ -70,6 +70,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Burst of that budget; a history page costs 1 + limit/25. [env: PARLEY_COMMAND_BURST] (default: 120)")
     var commandBurst: Double?
 
+    @Option(help: "STUN servers for calls, comma-separated (stun:host:port). [env: PARLEY_STUN_URLS]")
+    var stun: String?
+
+    @Option(help: "TURN servers for calls, comma-separated (turn:host:port?transport=udp). [env: PARLEY_TURN_URLS]")
+    var turn: String?
+
+    @Option(help: "The TURN server's shared secret (coturn use-auth-secret); prefer the environment. [env: PARLEY_TURN_SECRET]")
+    var turnSecret: String?
+
     @Option(help: "Largest attachment in bytes. [env: PARLEY_MAX_ATTACHMENT_BYTES] (default: 26214400, 25 MiB)")
     var maxAttachmentBytes: Int?
 
@@ -235,6 +244,9 @@ struct Serve: AsyncParsableCommand {
         c.limits.commandRatePerSecond = try commandRatePerSec ?? env.double("PARLEY_COMMAND_RATE_PER_SEC") ?? c.limits.commandRatePerSecond
         c.limits.commandBurst = try commandBurst ?? env.double("PARLEY_COMMAND_BURST") ?? c.limits.commandBurst
         c.limits.largeRoomSize = try largeRoomSize ?? env.int("PARLEY_LARGE_ROOM_SIZE") ?? c.limits.largeRoomSize
+        c.ice.stun = Environment.list(stun ?? env["PARLEY_STUN_URLS"]) ?? []
+        c.ice.turn = Environment.list(turn ?? env["PARLEY_TURN_URLS"]) ?? []
+        c.ice.turnSecret = turnSecret ?? env["PARLEY_TURN_SECRET"]
         if let bytes = try maxAttachmentBytes ?? env.int("PARLEY_MAX_ATTACHMENT_BYTES") { c.limits.maxAttachmentBytes = Int64(bytes) }
         if let bytes = try attachmentQuota ?? env.int("PARLEY_ATTACHMENT_QUOTA") { c.limits.attachmentQuotaPerDay = Int64(bytes) }
         if let seconds = try unusedUploadSeconds ?? env.int("PARLEY_UNUSED_UPLOAD_SECONDS") { c.limits.orphanAttachmentLifetime = .seconds(seconds) }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 @testable import ParleyCore
 import Synchronization
@@ -20,6 +21,7 @@ struct ConnectionTests {
             case .presence(let room, let online, let joined, let left): ByteBuffer(string: "presence \(room) \(online) +\(joined) -\(left)")
             case .notify(let user, let kind, let message): ByteBuffer(string: "notify \(user) \(kind.rawValue) \(message.room) \(message.seq)")
             case .ownRead(let user, let room, let seq): ByteBuffer(string: "read \(room) \(user) \(seq)")
+            case .call(let signal): ByteBuffer(string: "call \(signal.kind.rawValue) \(signal.from)\(signal.data.map { " " + $0 } ?? "")")
             }
         }
 
@@ -31,6 +33,8 @@ struct ConnectionTests {
             case .joined(let ack): "joined \(ack.room) \(ack.seq) \(ack.users.map(\.user))\(ack.hasMore ? " of \(ack.online)" : "")"
             case .left(let room): "left \(room)"
             case .published(let stored): "published \(stored.message.seq)\(stored.duplicate ? " duplicate" : "")"
+            case .callStarted(let start): "calling \(start.iceServers.count)"
+            case .signaled: "signaled"
             case .changed(let message): "changed \(message.seq) \(message.content)\(message.deleted ? " deleted" : "") \(message.reactions.map { "\($0.emoji)\($0.users)" })"
             case .typing(let room, let typing): "typing \(room) \(typing)"
             case .read(let room, let seq): "read \(room) \(seq)"
@@ -209,6 +213,86 @@ struct ConnectionTests {
         #expect(sent(bob).first == "ack 8 joined r 8 [\"bob\", \"carol\", \"mod\"]")
         let rows = try await engine.history(Identity(user: "mod"), room: "r", before: nil, after: nil, limit: nil).messages
         #expect(rows.filter(\.kind.isModeration).map(\.kind) == [.kick, .mute, .ban, .unban])
+    }
+
+    // MARK: Calls
+
+    @Test("a call rings every session of the callee, is taken on one, relays SDP between exactly those two sessions, and a third user can do nothing")
+    func calls() async throws {
+        let alice = try connection("alice")
+        let phone = try connection("bob")
+        let laptop = try connection("bob")
+        let carol = try connection("carol")
+        await alice.receive(.ping, id: nil)
+        _ = sent(alice)
+        let start = try await engine.startCall(alice.session!, callee: "bob", video: false)
+        #expect(sent(phone) == ["call ring alice"] && sent(laptop) == ["call ring alice"] && sent(carol).isEmpty)
+        // The laptop answers: alice hears of it, the phone stops ringing.
+        await laptop.receive(.signal(call: start.call, kind: .accept, data: nil, toSession: nil), id: .number(1))
+        #expect(sent(laptop) == ["ack 1 signaled"])
+        #expect(sent(alice) == ["call accept bob"] && sent(phone) == ["call answered bob"])
+        // SDP goes between alice and the laptop only.
+        await alice.receive(.signal(call: start.call, kind: .offer, data: "v=0 offer", toSession: laptop.session!.id), id: .number(2))
+        #expect(sent(laptop) == ["call offer alice v=0 offer"] && sent(phone).isEmpty)
+        await laptop.receive(.signal(call: start.call, kind: .answer, data: "v=0 answer", toSession: nil), id: nil)
+        #expect(sent(alice).contains("call answer bob v=0 answer"))
+        // Carol cannot inject or end it, nor can a made-up id; nor may bob send an offer.
+        await carol.receive(.signal(call: start.call, kind: .hangup, data: nil, toSession: nil), id: .number(1))
+        await carol.receive(.signal(call: start.call + "0", kind: .hangup, data: nil, toSession: nil), id: .number(2))
+        #expect(sent(carol) == ["error 1 forbidden", "error 2 not_found"])
+        await laptop.receive(.signal(call: start.call, kind: .offer, data: "x", toSession: nil), id: .number(3))
+        #expect(sent(laptop) == ["error 3 bad_request"])
+        await laptop.receive(.signal(call: start.call, kind: .hangup, data: nil, toSession: nil), id: nil)
+        #expect(sent(alice) == ["call hangup bob"])
+        // Answered: no missed call later.
+        clock.advance(by: .seconds(31))
+        #expect(sent(alice).isEmpty && sent(phone).isEmpty)
+    }
+
+    @Test("TURN credentials follow the TURN REST scheme: <expiry>:<user>, base64 HMAC-SHA1 with the shared secret")
+    func turnCredentials() {
+        var ice = ICEConfiguration()
+        ice.stun = ["stun:stun.example:3478"]
+        ice.turn = ["turn:turn.example:3478"]
+        ice.turnSecret = "turn-secret"
+        // 1,800,000,000 s plus the 24-hour lifetime.
+        let servers = ice.servers(for: "bob", at: Timestamp(milliseconds: 1_800_000_000_000))
+        #expect(servers == [
+            ICEServer(urls: ["stun:stun.example:3478"]),
+            ICEServer(urls: ["turn:turn.example:3478"], username: "1800086400:bob", credential: "gj8z3F2/WAFNjZx3yRlRwsc2Msg="),
+        ])
+        // A call id is only valid with its signature.
+        let id = CallID(caller: "a", callerSession: "s", callee: "b", started: .now, video: false).signed(with: [1, 2, 3])
+        #expect(CallID(id, secret: [1, 2, 3])?.callee == "b" && CallID(id, secret: [1, 2, 4]) == nil)
+        #expect(CallID(id.replacingOccurrences(of: ":b:", with: ":c:"), secret: [1, 2, 3]) == nil)
+    }
+
+    @Test("a call nobody answers ends as missed after 30 s, with a message in the DM; a caller who leaves cancels")
+    func missedCall() async throws {
+        let alice = try connection("alice")
+        let bob = try connection("bob")
+        await alice.receive(.call(user: "bob", video: false), id: .number(1))
+        #expect(sent(alice) == ["ack 1 calling 0"] && sent(bob) == ["call ring alice"])
+        clock.advance(by: .seconds(29))
+        #expect(sent(bob).isEmpty)
+        clock.advance(by: .seconds(1))
+        // The timer's work runs as a task: let it finish (no wall-clock wait).
+        var page = HistoryPage(messages: [], hasMore: false)
+        for _ in 0..<1000 where page.messages.isEmpty {
+            await Task.yield()
+            page = try await engine.history(Identity(user: "bob"), room: "dm:alice:bob", before: nil, after: nil, limit: nil)
+        }
+        #expect(page.messages.map(\.content) == ["📞 Missed call"] && page.messages.first?.user == "alice")
+        #expect(sent(bob).contains("call missed alice") && sent(alice).contains("call missed alice"))
+        // Calling oneself, or a user the credential may not message, is refused.
+        await alice.receive(.call(user: "alice", video: false), id: .number(2))
+        #expect(sent(alice).last == "error 2 bad_request")
+        // A caller who goes away while it rings cancels the call.
+        let caller = try connection("carol")
+        await caller.receive(.call(user: "bob", video: true), id: nil)
+        _ = sent(bob)
+        await caller.finish()
+        #expect(sent(bob).contains("call cancel carol"))
     }
 
     // MARK: Direct messages and notifications

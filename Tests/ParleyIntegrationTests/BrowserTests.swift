@@ -1,4 +1,5 @@
 import Foundation
+import ParleyTestSupport
 import Testing
 
 /// The web client in real headless Chromium: runs the Selenium suite in `Tests/browser`
@@ -16,11 +17,20 @@ struct BrowserTests {
 
     @Test("two people chat, survive a server restart, and see markup as text", .enabled(if: required || browserAvailable))
     func seleniumSuite() async throws {
+        var environment = ["PARLEY_BIN": ServerProcess.executable.path, "PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()]
+        // With a Redis and a PostgreSQL, the call test puts its two browsers on two instances.
+        var cluster: ClusterBackends?
+        if RedisTestServer.isAvailable && PostgresTestServer.isAvailable {
+            let backends = try await ClusterBackends.start()
+            environment["PARLEY_TEST_REDIS_URL"] = backends.redis.url
+            environment["PARLEY_TEST_DATABASE_URL"] = backends.databaseURL
+            cluster = backends
+        }
+        defer { cluster?.stop() }
         let result = try await runToCompletion(
             URL(fileURLWithPath: "/usr/bin/env"),
             ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "Tests/browser"],
-            environment: ["PARLEY_BIN": ServerProcess.executable.path, "PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()],
-            directory: Self.repository, timeout: .seconds(300)
+            environment: environment, directory: Self.repository, timeout: .seconds(300)
         )
         #expect(result.status == 0, "browser suite failed:\n\(result.output)")
     }

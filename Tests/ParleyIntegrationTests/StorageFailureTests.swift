@@ -31,6 +31,11 @@ final class FlakyStore: MessageStore {
         return try await inner.history(room: room, query: query)
     }
 
+    func sharedSecret(named name: String) async throws -> [UInt8] {
+        try check()
+        return try await inner.sharedSecret(named: name)
+    }
+
     func sanction(room: String, user: String) async throws -> Sanction? {
         try check()
         return try await inner.sanction(room: room, user: user)

@@ -31,6 +31,12 @@ struct BrokerCodecTests {
                 row.until = Timestamp(milliseconds: 60_009)
                 return row
             }()),
+            .call(CallSignal(
+                call: "c:a:s1:b:1:0:n:ff", kind: .ring, from: "a", fromSession: "s1", to: "b", video: true,
+                iceServers: [ICEServer(urls: ["stun:x:3478"]), ICEServer(urls: ["turn:x:3478", "turns:x:5349"], username: "1:b", credential: "c2VjcmV0")]
+            )),
+            .call(CallSignal(call: "c", kind: .offer, from: "a", fromSession: "s1", to: "b", toSession: "s2", data: "v=0\r\n")),
+            .call(CallSignal(call: "c", kind: .answered, from: "b", fromSession: "s2", to: "b", exceptSession: "s2")),
             .message(Message(id: "01S", room: "r", seq: 10, user: "mod", content: "", timestamp: Timestamp(milliseconds: 9), clientId: nil, kind: .unban, target: "bob")),
             .message(Message(id: "01P", room: "r", seq: 7, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: nil, replyTo: "01J")),
             .message(Message(id: "01Q", room: "r", seq: 8, user: "b", content: "yes", timestamp: Timestamp(milliseconds: 9), clientId: "c", replyTo: "01J")

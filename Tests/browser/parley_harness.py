@@ -183,6 +183,8 @@ def chrome_options(width: int, height: int) -> webdriver.ChromeOptions:
         # A microphone that plays a tone, granted without a prompt (voice messages).
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
+        # Calls between two headless browsers on one machine: real local addresses, not mDNS names.
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
     ):
         options.add_argument(arg)
     # Leave a JavaScript alert open so a test can see it (the default dismisses it).

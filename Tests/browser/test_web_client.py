@@ -12,13 +12,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+import os
 import subprocess
 
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from conftest import PHONE, RECONNECT_WAIT, ChatPage
-from parley_harness import PARLEY_BIN
+from parley_harness import PARLEY_BIN, ParleyServer, new_driver
 
 ROOM = "general"
 
@@ -470,3 +471,56 @@ def test_images_by_picker_and_paste_and_a_voice_message(browser, tmp_path):
     # Held down and let go: recorded while held, sent on release.
     ActionChains(alice.driver).click_and_hold(alice.clickable("#record-start")).pause(1.6).release().perform()
     bob.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .attachment.audio audio")) == 2, "the held recording never arrived")
+
+
+# ---------------------------------------------------------------------------------------------
+# calls
+# ---------------------------------------------------------------------------------------------
+
+CLUSTER_ENV = {
+    "PARLEY_REDIS_URL": os.environ.get("PARLEY_TEST_REDIS_URL", ""),
+    "PARLEY_DATABASE_URL": os.environ.get("PARLEY_TEST_DATABASE_URL", ""),
+}
+
+
+def call_state(page: ChatPage):
+    return page.state().get("call") or {}
+
+
+def test_a_call_between_two_browsers_on_two_instances(browser, parley_server, tmp_path):
+    """Alice calls bob from their DM; with Redis and PostgreSQL given, they are on two instances."""
+    other = None
+    if CLUSTER_ENV["PARLEY_REDIS_URL"] and CLUSTER_ENV["PARLEY_DATABASE_URL"]:
+        parley_server.stop()
+        parley_server.env.update(CLUSTER_ENV)
+        parley_server.start()
+        other = ParleyServer(tmp_path, env=CLUSTER_ENV)
+        other.start()
+    try:
+        alice = browser("alice")
+        if other:
+            bob = ChatPage(new_driver(1280, 800), other.url, label="bob")
+            bob.sign_in("bob")
+        else:
+            bob = browser("bob")
+        field = alice.visible("#room-input")
+        field.send_keys("@bob")
+        alice.clickable("#room-join").click()
+        alice.until(lambda d: alice.state()["currentRoom"] == "dm:alice:bob", "the DM never opened")
+        alice.clickable("#call-button").click()
+        bob.until(lambda d: call_state(bob).get("state") == "ringing", "bob's browser never rang")
+        assert bob.driver.find_element(By.ID, "call-peer").text == "alice"
+        bob.clickable("#call-accept").click()
+        for page in (alice, bob):
+            page.until(lambda d, p=page: call_state(p).get("ice") in ("connected", "completed") and call_state(p).get("state") == "connected",
+                       f"no ICE connection: {call_state(page)}", timeout=30)
+        alice.clickable("#call-mute").click()
+        assert alice.driver.find_element(By.ID, "call-mute").get_attribute("aria-pressed") == "true"
+        bob.clickable("#call-hangup").click()
+        alice.until(lambda d: not call_state(alice), "alice's call did not end when bob hung up")
+        assert alice.driver.find_element(By.ID, "call-screen").get_attribute("hidden") is not None
+        if other:
+            bob.driver.quit()
+    finally:
+        if other:
+            other.stop()

@@ -25,6 +25,7 @@ public final class MemoryMessageStore: MessageStore {
         var read: [String: [String: Int64]] = [:]
         /// Sanctions by room, then user.
         var sanctions: [String: [String: Sanction]] = [:]
+        var secrets: [String: [UInt8]] = [:]
     }
 
     private let state = Mutex(State())
@@ -100,6 +101,15 @@ public final class MemoryMessageStore: MessageStore {
                 let start = max(upper - query.limit, lower)
                 return HistoryPage(messages: all[start..<upper].map(room.current), hasMore: start > lower)
             }
+        }
+    }
+
+    public func sharedSecret(named name: String) async throws -> [UInt8] {
+        state.withLock { state in
+            if let secret = state.secrets[name] { return secret }
+            let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+            state.secrets[name] = secret
+            return secret
         }
     }
 

@@ -34,6 +34,10 @@ public protocol MessageStore: Service {
     /// Every room with at least one message, with its last seq, by name.
     func rooms() async throws -> [(room: String, seq: Int64)]
 
+    /// The random secret called `name`, made once and then the same for every instance that
+    /// shares the store (it signs call ids).
+    func sharedSecret(named name: String) async throws -> [UInt8]
+
     /// What `room` holds against `user` (a mute, a ban), as stored; nil for nothing.
     func sanction(room: String, user: String) async throws -> Sanction?
 

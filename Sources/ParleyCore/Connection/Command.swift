@@ -16,6 +16,10 @@ public enum Command: Sendable, Equatable {
     case change(room: String, id: String, action: MessageChange.Action, content: String, clientId: String?)
     /// A moderator's action on `user` (`Engine.moderate`); `seconds` for a timed mute or ban.
     case moderate(room: String, user: String, action: MessageKind, seconds: Int64?, reason: String?, clientId: String?)
+    /// Calls `user` (docs/protocol.md, "Calls").
+    case call(user: String, video: Bool)
+    /// A step of a call's signalling (`CallSignal.Kind`), to `toSession` when given.
+    case signal(call: String, kind: CallSignal.Kind, data: String?, toSession: String?)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)
@@ -54,6 +58,10 @@ public enum Reply: Sendable {
     case changed(Message)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
+    /// A call started: its id and the ICE servers to use.
+    case callStarted(Engine.CallStart)
+    /// A signal was relayed.
+    case signaled
     case history(HistoryPage)
     case presence(Engine.PresencePage)
     case inbox([InboxEntry])

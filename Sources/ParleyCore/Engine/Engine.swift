@@ -22,6 +22,14 @@ public final class Engine: Sendable {
     /// Where uploaded files live; nil: attachments are off.
     public let attachments: (any AttachmentStore)?
     let hub: Hub
+    /// STUN and TURN servers handed to calls.
+    public let ice: ICEConfiguration
+    /// Calls started on this instance that still ring, by id: the timer that ends them as
+    /// missed, and the call.
+    private let ringing = Mutex<[String: (call: CallID, timer: ScheduledCall)]>([:])
+    /// How long a call rings before it is missed.
+    public static let ringTime: Duration = .seconds(30)
+    private let callSecretCache = Mutex<[UInt8]?>(nil)
     /// Evictions (`evict`) under way, for `finishEvictions`.
     private let evictions = Mutex<[Task<Void, Never>]>([])
     let logger: Logger
@@ -55,6 +63,7 @@ public final class Engine: Sendable {
         broker: any Broker,
         presence: any PresenceStore,
         attachments: (any AttachmentStore)? = nil,
+        ice: ICEConfiguration = ICEConfiguration(),
         limits: Limits = Limits(),
         metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
@@ -65,6 +74,7 @@ public final class Engine: Sendable {
         self.metrics = metrics
         self.store = store
         self.attachments = attachments
+        self.ice = ice
         self.broker = broker
         self.presence = presence
         self.limits = limits
@@ -75,6 +85,9 @@ public final class Engine: Sendable {
         self.typingEvents = Mutex(Coalescer(window: limits.coalesceWindow))
         self.readEvents = Mutex(Coalescer(window: limits.coalesceWindow))
         broker.attach(hub)
+        hub.onCallSignal { [weak self] signal in
+            self?.callSignalDelivered(signal)
+        }
         hub.onEvict { [weak self] sessions, room in
             guard let self else { return }
             let task = Task { await self.evict(sessions, room: room) }
@@ -120,6 +133,7 @@ public final class Engine: Sendable {
     /// Ends a session: leaves its rooms (emitting `leave` where it was the user's last).
     public func disconnect(_ session: Session) async {
         session.outbox.close(.goingAway)
+        await cancelCalls(of: session)
         for room in session.removeAllRooms() {
             await removeMembership(session, room: room)
         }
@@ -475,6 +489,113 @@ public final class Engine: Sendable {
             room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, change: change, privileged: identity.mayModerate
         )
         return try await submit(draft, session: session, onStored: onStored)
+    }
+
+    // MARK: Calls
+
+    public struct CallStart: Sendable, Hashable {
+        public var call: String
+        public var iceServers: [ICEServer]
+    }
+
+    /// Calls `callee` from `session`: every session of the callee rings (a `ring` signal with
+    /// the ICE servers), on any instance. Unanswered after `ringTime`, the call ends as missed
+    /// for both, and a "Missed call" message goes into their direct-message room.
+    public func startCall(_ session: Session, callee: String, video: Bool) async throws -> CallStart {
+        try session.identity.ensureCurrent(at: clock.now)
+        let callee = try Validation.user(callee, limits: limits)
+        guard callee != session.user else { throw ParleyError.badRequest("you cannot call yourself") }
+        // Whom one may message directly, one may call.
+        try session.identity.authorize(DirectRoom.name(session.user, callee), at: clock.now)
+        let call = CallID(caller: session.user, callerSession: session.id, callee: callee, started: clock.now, video: video)
+        let id = call.signed(with: try await callSecret())
+        let timer = clock.schedule(in: Self.ringTime) { [weak self] in
+            Task { await self?.callMissed(id) }
+        }
+        ringing.withLock { $0[id] = (call, timer) }
+        metrics.callsStarted.increment()
+        try await publishToBroker(.call(CallSignal(
+            call: id, kind: .ring, from: session.user, fromSession: session.id, to: callee, video: video,
+            iceServers: ice.servers(for: callee, at: clock.now)
+        )))
+        return CallStart(call: id, iceServers: ice.servers(for: session.user, at: clock.now))
+    }
+
+    /// Relays a step of a call between its two parties. The caller may `cancel`, `hangup` and
+    /// send `offer` and `candidate` (to the session that accepted: `toSession`); the callee
+    /// may `accept`, `decline`, `busy`, `hangup` and send `answer` and `candidate` (always to
+    /// the caller's session). Anyone else is `forbidden`: the call id is signed.
+    public func signal(_ session: Session, call id: String, kind: CallSignal.Kind, data: String?, toSession: String?) async throws {
+        try session.identity.ensureCurrent(at: clock.now)
+        guard let call = CallID(id, secret: try await callSecret()) else { throw ParleyError(.notFound, "no such call") }
+        guard clock.now.milliseconds - call.started.milliseconds < 24 * 3_600_000 else { throw ParleyError(.notFound, "the call is over") }
+        if let data, data.utf8.count > CallSignal.maxData { throw ParleyError(.tooLarge, "data is larger than \(CallSignal.maxData) bytes") }
+        let isCaller = session.user == call.caller && session.id == call.callerSession
+        let isCallee = session.user == call.callee
+        let allowed: Set<CallSignal.Kind> = isCaller ? [.cancel, .hangup, .offer, .candidate] : isCallee ? [.accept, .decline, .busy, .hangup, .answer, .candidate] : []
+        guard !allowed.isEmpty else { throw ParleyError(.forbidden, "not a party to this call") }
+        guard allowed.contains(kind) else { throw ParleyError.badRequest("type '\(kind.rawValue)' is not yours to send in this call") }
+        let to = isCaller ? call.callee : call.caller
+        let target = isCaller ? toSession : call.callerSession
+        try await publishToBroker(.call(CallSignal(
+            call: id, kind: kind, from: session.user, fromSession: session.id, to: to, toSession: target, data: data, video: call.video
+        )))
+        if isCallee, [.accept, .decline, .busy].contains(kind) {
+            // The callee's other sessions stop ringing.
+            try await publishToBroker(.call(CallSignal(
+                call: id, kind: .answered, from: session.user, fromSession: session.id, to: session.user, exceptSession: session.id, video: call.video
+            )))
+        }
+        callSignalDelivered(CallSignal(call: id, kind: kind, from: session.user, fromSession: session.id, to: to))
+    }
+
+    /// A call that is answered, refused or ended stops ringing here.
+    private func callSignalDelivered(_ signal: CallSignal) {
+        guard [.accept, .decline, .busy, .cancel, .hangup, .missed].contains(signal.kind) else { return }
+        ringing.withLock { $0.removeValue(forKey: signal.call) }?.timer.cancel()
+    }
+
+    private func callMissed(_ id: String) async {
+        guard let (call, _) = ringing.withLock({ $0.removeValue(forKey: id) }) else { return }
+        metrics.callsMissed.increment()
+        for (to, session) in [(call.caller, Optional(call.callerSession)), (call.callee, nil)] {
+            try? await publishToBroker(.call(CallSignal(
+                call: id, kind: .missed, from: call.caller, fromSession: call.callerSession, to: to, toSession: session, video: call.video
+            )))
+        }
+        do {
+            try await publish(
+                Identity(user: call.caller, isBackend: true), as: call.caller, room: DirectRoom.name(call.caller, call.callee),
+                content: call.video ? "📹 Missed video call" : "📞 Missed call", clientId: "missed-\(call.nonce)"
+            )
+        } catch {
+            logger.warning("could not post a missed call", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A caller that goes away while its call rings cancels it.
+    private func cancelCalls(of session: Session) async {
+        let calls = ringing.withLock { ringing in
+            let mine = ringing.filter { $0.value.call.callerSession == session.id }
+            for (id, entry) in mine {
+                entry.timer.cancel()
+                ringing[id] = nil
+            }
+            return mine
+        }
+        for (id, entry) in calls {
+            try? await publishToBroker(.call(CallSignal(
+                call: id, kind: .cancel, from: session.user, fromSession: session.id, to: entry.call.callee, video: entry.call.video
+            )))
+        }
+    }
+
+    /// The cluster's secret for signing call ids, created once in the store.
+    private func callSecret() async throws -> [UInt8] {
+        if let secret = callSecretCache.withLock({ $0 }) { return secret }
+        let secret = try await storeCall { try await self.store.sharedSecret(named: "calls") }
+        callSecretCache.withLock { $0 = secret }
+        return secret
     }
 
     // MARK: Attachments

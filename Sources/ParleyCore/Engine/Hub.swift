@@ -29,6 +29,13 @@ final class Hub: BrokerReceiver {
     /// Called with the sessions a kick or ban row named, after it was queued to them.
     private let evictHandler = Mutex<(@Sendable ([Session], String) -> Void)?>(nil)
 
+    /// Called with every call signal this instance delivers (the engine ends its ring timers).
+    private let callHandler = Mutex<(@Sendable (CallSignal) -> Void)?>(nil)
+
+    func onCallSignal(_ handler: @escaping @Sendable (CallSignal) -> Void) {
+        callHandler.withLock { $0 = handler }
+    }
+
     func onEvict(_ handler: @escaping @Sendable ([Session], String) -> Void) {
         evictHandler.withLock { $0 = handler }
     }
@@ -150,6 +157,7 @@ final class Hub: BrokerReceiver {
         for format in formats { _ = encoded.bytes(for: format) }
         guard case .message(let message) = event else {
             shard.rooms.withLock { rooms in rooms[event.room]?.deliverEphemeral(&encoded) }
+            if case .call(let signal) = event { callHandler.withLock { $0 }?(signal) }
             return
         }
         let (scheduleGapFill, delivered, evicted) = shard.rooms.withLock { rooms -> (Bool, Int, [Session]) in
@@ -361,8 +369,11 @@ struct Room {
         // get it (a `rooms` claim may leave a mentioned user out of the room).
         var about: String?
         if case .notify(_, _, let message) = event { about = message.room }
+        var signal: CallSignal?
+        if case .call(let call) = event { signal = call }
         for member in members.values where member.session.user != skip {
             if let about, !member.session.identity.mayAccess(about) { continue }
+            if let signal, !signal.isFor(session: member.session.id) { continue }
             member.session.outbox.enqueue(encoded.bytes(for: member.session.encoder))
         }
     }

@@ -15,6 +15,8 @@ public struct ParleyMetrics: Sendable {
     let brokerReceived: Counter
     let slowConsumers: Counter
     let rateLimited: Counter
+    let callsStarted: Counter
+    let callsMissed: Counter
     /// Socket.IO polling requests forwarded to the instance that holds their session.
     public let socketIOForwarded: Counter
     let rooms: Meter
@@ -36,6 +38,8 @@ public struct ParleyMetrics: Sendable {
         brokerReceived = Counter(label: "parley_broker_received_total", factory: factory)
         slowConsumers = Counter(label: "parley_slow_consumers_total", factory: factory)
         rateLimited = Counter(label: "parley_rate_limited_total", factory: factory)
+        callsStarted = Counter(label: "parley_calls_started_total", factory: factory)
+        callsMissed = Counter(label: "parley_calls_missed_total", factory: factory)
         socketIOForwarded = Counter(label: "parley_socketio_forwarded_total", factory: factory)
         rooms = Meter(label: "parley_rooms", factory: factory)
         members = Meter(label: "parley_members", factory: factory)

@@ -14,6 +14,9 @@ public enum ServerEvent: Sendable, Hashable {
     /// `user` read up to `seq` in `room`, on one of their sessions: sent to all of them through
     /// the user's channel (so every device's unread badge follows), on the wire as `read`.
     case ownRead(user: String, room: String, seq: Int64)
+    /// A step of a call's signalling, for `signal.to` (one, all or all but one of their
+    /// sessions), through the user's channel like `notify`.
+    case call(CallSignal)
 
     public var room: String {
         switch self {
@@ -21,6 +24,7 @@ public enum ServerEvent: Sendable, Hashable {
         case .join(let room, _, _), .leave(let room, _, _), .typing(let room, _, _), .read(let room, _, _): room
         case .presence(let room, _, _, _): room
         case .notify(let user, _, _), .ownRead(let user, _, _): UserChannel.room(of: user)
+        case .call(let signal): UserChannel.room(of: signal.to)
         }
     }
 
@@ -28,7 +32,7 @@ public enum ServerEvent: Sendable, Hashable {
     var subjectUserIfNotEchoed: String? {
         switch self {
         case .join(_, let user, _), .leave(_, let user, _), .typing(_, let user, _): user
-        case .message, .read, .presence, .notify, .ownRead: nil
+        case .message, .read, .presence, .notify, .ownRead, .call: nil
         }
     }
 }

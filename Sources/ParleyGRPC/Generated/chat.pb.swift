@@ -920,6 +920,22 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .moderate(newValue)}
   }
 
+  public var call: Chat_V1_CallCommand {
+    get {
+      if case .call(let v)? = command {return v}
+      return Chat_V1_CallCommand()
+    }
+    set {command = .call(newValue)}
+  }
+
+  public var signal: Chat_V1_SignalCommand {
+    get {
+      if case .signal(let v)? = command {return v}
+      return Chat_V1_SignalCommand()
+    }
+    set {command = .signal(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -940,8 +956,87 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case delete(Chat_V1_DeleteCommand)
     case react(Chat_V1_ReactCommand)
     case moderate(Chat_V1_ModerateCommand)
+    case call(Chat_V1_CallCommand)
+    case signal(Chat_V1_SignalCommand)
 
   }
+
+  public init() {}
+}
+
+/// Calls a user (every session of theirs rings). Ack: CallResult.
+public nonisolated struct Chat_V1_CallCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var userID: String = String()
+
+  public var video: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A step of a call: accept, decline, busy, cancel, hangup, offer, answer or candidate. Ack: empty
+/// SignalResult.
+public nonisolated struct Chat_V1_SignalCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var call: String = String()
+
+  public var type: String = String()
+
+  public var data: String {
+    get {_data ?? String()}
+    set {_data = newValue}
+  }
+  /// Returns true if `data` has been explicitly set.
+  public var hasData: Bool {self._data != nil}
+  /// Clears the value of `data`. Subsequent reads from it will return its default value.
+  public mutating func clearData() {self._data = nil}
+
+  /// The other party's session (the caller's offers and candidates go to the session that accepted).
+  public var toSession: String {
+    get {_toSession ?? String()}
+    set {_toSession = newValue}
+  }
+  /// Returns true if `toSession` has been explicitly set.
+  public var hasToSession: Bool {self._toSession != nil}
+  /// Clears the value of `toSession`. Subsequent reads from it will return its default value.
+  public mutating func clearToSession() {self._toSession = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _data: String? = nil
+  fileprivate var _toSession: String? = nil
+}
+
+public nonisolated struct Chat_V1_CallResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var call: String = String()
+
+  public var iceServers: [Chat_V1_IceServer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Chat_V1_SignalResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1446,6 +1541,15 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     set {event = .notify(newValue)}
   }
 
+  /// A step of a call's signalling addressed to the stream's session (docs/protocol.md, "Calls").
+  public var call: Chat_V1_CallEvent {
+    get {
+      if case .call(let v)? = event {return v}
+      return Chat_V1_CallEvent()
+    }
+    set {event = .call(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
@@ -1473,10 +1577,82 @@ public nonisolated struct Chat_V1_ChatEvent: Sendable {
     /// Addressed to the stream's user, whatever rooms it joined: a new direct message, or a
     /// message that mentions the user (docs/protocol.md, "Direct messages and notifications").
     case notify(Chat_V1_Notification)
+    /// A step of a call's signalling addressed to the stream's session (docs/protocol.md, "Calls").
+    case call(Chat_V1_CallEvent)
 
   }
 
   public init() {}
+}
+
+public nonisolated struct Chat_V1_IceServer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var urls: [String] = []
+
+  public var username: String {
+    get {_username ?? String()}
+    set {_username = newValue}
+  }
+  /// Returns true if `username` has been explicitly set.
+  public var hasUsername: Bool {self._username != nil}
+  /// Clears the value of `username`. Subsequent reads from it will return its default value.
+  public mutating func clearUsername() {self._username = nil}
+
+  public var credential: String {
+    get {_credential ?? String()}
+    set {_credential = newValue}
+  }
+  /// Returns true if `credential` has been explicitly set.
+  public var hasCredential: Bool {self._credential != nil}
+  /// Clears the value of `credential`. Subsequent reads from it will return its default value.
+  public mutating func clearCredential() {self._credential = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _username: String? = nil
+  fileprivate var _credential: String? = nil
+}
+
+public nonisolated struct Chat_V1_CallEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The call's id (pass it back in `signal`).
+  public var call: String = String()
+
+  /// ring, accept, decline, busy, cancel, hangup, offer, answer, candidate, answered, missed.
+  public var type: String = String()
+
+  public var fromUserID: String = String()
+
+  public var fromSession: String = String()
+
+  public var video: Bool = false
+
+  /// SDP or an ICE candidate, as the other party sent it.
+  public var data: String {
+    get {_data ?? String()}
+    set {_data = newValue}
+  }
+  /// Returns true if `data` has been explicitly set.
+  public var hasData: Bool {self._data != nil}
+  /// Clears the value of `data`. Subsequent reads from it will return its default value.
+  public mutating func clearData() {self._data = nil}
+
+  /// On `ring`: the STUN and TURN servers to use.
+  public var iceServers: [Chat_V1_IceServer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _data: String? = nil
 }
 
 public nonisolated struct Chat_V1_Notification: Sendable {
@@ -1708,6 +1884,22 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     set {result = .change(newValue)}
   }
 
+  public var call: Chat_V1_CallResult {
+    get {
+      if case .call(let v)? = result {return v}
+      return Chat_V1_CallResult()
+    }
+    set {result = .call(newValue)}
+  }
+
+  public var signal: Chat_V1_SignalResult {
+    get {
+      if case .signal(let v)? = result {return v}
+      return Chat_V1_SignalResult()
+    }
+    set {result = .signal(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1722,6 +1914,8 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     case rooms(Chat_V1_InboxResult)
     case search(Chat_V1_HistoryResponse)
     case change(Chat_V1_ChangeResult)
+    case call(Chat_V1_CallResult)
+    case signal(Chat_V1_SignalResult)
 
   }
 
@@ -2766,7 +2960,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0\u{1}moderate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0\u{1}moderate\0\u{1}call\0\u{1}signal\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2983,6 +3177,32 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .moderate(v)
         }
       }()
+      case 18: try {
+        var v: Chat_V1_CallCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .call(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .call(v)
+        }
+      }()
+      case 19: try {
+        var v: Chat_V1_SignalCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .signal(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .signal(v)
+        }
+      }()
       default: break
       }
     }
@@ -3061,6 +3281,14 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .moderate(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
     }()
+    case .call?: try {
+      guard case .call(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+    }()
+    case .signal?: try {
+      guard case .signal(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3069,6 +3297,144 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Chat_V1_ChatCommand, rhs: Chat_V1_ChatCommand) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_CallCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{1}video\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.video) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 1)
+    }
+    if self.video != false {
+      try visitor.visitSingularBoolField(value: self.video, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_CallCommand, rhs: Chat_V1_CallCommand) -> Bool {
+    if lhs.userID != rhs.userID {return false}
+    if lhs.video != rhs.video {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_SignalCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SignalCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}call\0\u{1}type\0\u{1}data\0\u{3}to_session\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.call) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.type) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self._data) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self._toSession) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.call.isEmpty {
+      try visitor.visitSingularStringField(value: self.call, fieldNumber: 1)
+    }
+    if !self.type.isEmpty {
+      try visitor.visitSingularStringField(value: self.type, fieldNumber: 2)
+    }
+    try { if let v = self._data {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._toSession {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_SignalCommand, rhs: Chat_V1_SignalCommand) -> Bool {
+    if lhs.call != rhs.call {return false}
+    if lhs.type != rhs.type {return false}
+    if lhs._data != rhs._data {return false}
+    if lhs._toSession != rhs._toSession {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_CallResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}call\0\u{3}ice_servers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.call) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.iceServers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.call.isEmpty {
+      try visitor.visitSingularStringField(value: self.call, fieldNumber: 1)
+    }
+    if !self.iceServers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.iceServers, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_CallResult, rhs: Chat_V1_CallResult) -> Bool {
+    if lhs.call != rhs.call {return false}
+    if lhs.iceServers != rhs.iceServers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_SignalResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SignalResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_SignalResult, rhs: Chat_V1_SignalResult) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3665,7 +4031,7 @@ nonisolated extension Chat_V1_PingCommand: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0\u{1}presence\0\u{1}notify\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}join\0\u{1}leave\0\u{1}typing\0\u{1}read\0\u{1}ack\0\u{1}error\0\u{1}pong\0\u{1}presence\0\u{1}notify\0\u{1}call\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3803,6 +4169,19 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
           self.event = .notify(v)
         }
       }()
+      case 11: try {
+        var v: Chat_V1_CallEvent?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .call(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .call(v)
+        }
+      }()
       default: break
       }
     }
@@ -3854,6 +4233,10 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
       guard case .notify(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
+    case .call?: try {
+      guard case .call(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3861,6 +4244,114 @@ nonisolated extension Chat_V1_ChatEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
   public static func ==(lhs: Chat_V1_ChatEvent, rhs: Chat_V1_ChatEvent) -> Bool {
     if lhs.event != rhs.event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_IceServer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IceServer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}urls\0\u{1}username\0\u{1}credential\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.urls) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._username) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self._credential) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.urls.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.urls, fieldNumber: 1)
+    }
+    try { if let v = self._username {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._credential {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_IceServer, rhs: Chat_V1_IceServer) -> Bool {
+    if lhs.urls != rhs.urls {return false}
+    if lhs._username != rhs._username {return false}
+    if lhs._credential != rhs._credential {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_CallEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CallEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}call\0\u{1}type\0\u{3}from_user_id\0\u{3}from_session\0\u{1}video\0\u{1}data\0\u{3}ice_servers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.call) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.type) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.fromUserID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.fromSession) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.video) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self._data) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.iceServers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.call.isEmpty {
+      try visitor.visitSingularStringField(value: self.call, fieldNumber: 1)
+    }
+    if !self.type.isEmpty {
+      try visitor.visitSingularStringField(value: self.type, fieldNumber: 2)
+    }
+    if !self.fromUserID.isEmpty {
+      try visitor.visitSingularStringField(value: self.fromUserID, fieldNumber: 3)
+    }
+    if !self.fromSession.isEmpty {
+      try visitor.visitSingularStringField(value: self.fromSession, fieldNumber: 4)
+    }
+    if self.video != false {
+      try visitor.visitSingularBoolField(value: self.video, fieldNumber: 5)
+    }
+    try { if let v = self._data {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 6)
+    } }()
+    if !self.iceServers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.iceServers, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_CallEvent, rhs: Chat_V1_CallEvent) -> Bool {
+    if lhs.call != rhs.call {return false}
+    if lhs.type != rhs.type {return false}
+    if lhs.fromUserID != rhs.fromUserID {return false}
+    if lhs.fromSession != rhs.fromSession {return false}
+    if lhs.video != rhs.video {return false}
+    if lhs._data != rhs._data {return false}
+    if lhs.iceServers != rhs.iceServers {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4120,7 +4611,7 @@ nonisolated extension Chat_V1_ReadEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0\u{1}change\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0\u{1}change\0\u{1}call\0\u{1}signal\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4272,6 +4763,32 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.result = .change(v)
         }
       }()
+      case 13: try {
+        var v: Chat_V1_CallResult?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .call(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .call(v)
+        }
+      }()
+      case 14: try {
+        var v: Chat_V1_SignalResult?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .signal(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .signal(v)
+        }
+      }()
       default: break
       }
     }
@@ -4329,6 +4846,14 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .change?: try {
       guard case .change(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .call?: try {
+      guard case .call(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .signal?: try {
+      guard case .signal(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
     }()
     case nil: break
     }

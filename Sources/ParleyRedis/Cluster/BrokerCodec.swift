@@ -16,6 +16,9 @@ import ParleyCore
 /// - 6 presence: room, online, joined count and users, left count and users
 /// - 7 notify: user, kind (`dm` or `mention`), then the message's fields as in 1
 /// - 8 own read: user, room, seq
+/// - 9 call signal: call, kind, from, from session, to, flags byte (1 to session, 2 except
+///   session, 4 data, 8 video), [to session], [except session], [data], ICE server count and
+///   per server: url count, urls, username ("" for none), credential
 ///
 /// Chosen over JSON because it is encoded once per publish and decoded once per receiving
 /// instance with no allocation beyond the strings, and is about a third smaller for short
@@ -45,6 +48,19 @@ public enum BrokerCodec {
             buffer.writeField(room)
             buffer.writeField(user)
             buffer.writeInteger(UInt8(typing ? 1 : 0))
+        case .call(let signal):
+            buffer.writeInteger(UInt8(9))
+            for field in [signal.call, signal.kind.rawValue, signal.from, signal.fromSession, signal.to] { buffer.writeField(field) }
+            let flags: UInt8 = (signal.toSession == nil ? 0 : 1) | (signal.exceptSession == nil ? 0 : 2) | (signal.data == nil ? 0 : 4) | (signal.video ? 8 : 0)
+            buffer.writeInteger(flags)
+            for field in [signal.toSession, signal.exceptSession, signal.data].compactMap({ $0 }) { buffer.writeField(field) }
+            buffer.writeInteger(UInt8(signal.iceServers.count))
+            for server in signal.iceServers {
+                buffer.writeInteger(UInt8(server.urls.count))
+                for url in server.urls { buffer.writeField(url) }
+                buffer.writeField(server.username ?? "")
+                buffer.writeField(server.credential ?? "")
+            }
         case .ownRead(let user, let room, let seq):
             buffer.writeInteger(UInt8(8))
             buffer.writeField(user)
@@ -79,6 +95,27 @@ public enum BrokerCodec {
         case 8:
             guard let user = buffer.readField(), let room = buffer.readField(), let seq = buffer.readInteger(as: Int64.self) else { return nil }
             event = .ownRead(user: user, room: room, seq: seq)
+        case 9:
+            guard let call = buffer.readField(), let kind = buffer.readField().flatMap(CallSignal.Kind.init(rawValue:)),
+                let from = buffer.readField(), let fromSession = buffer.readField(), let to = buffer.readField(),
+                let flags = buffer.readInteger(as: UInt8.self)
+            else { return nil }
+            var signal = CallSignal(call: call, kind: kind, from: from, fromSession: fromSession, to: to, video: flags & 8 != 0)
+            if flags & 1 != 0 { guard let value = buffer.readField() else { return nil }; signal.toSession = value }
+            if flags & 2 != 0 { guard let value = buffer.readField() else { return nil }; signal.exceptSession = value }
+            if flags & 4 != 0 { guard let value = buffer.readField() else { return nil }; signal.data = value }
+            guard let servers = buffer.readInteger(as: UInt8.self) else { return nil }
+            for _ in 0..<servers {
+                guard let count = buffer.readInteger(as: UInt8.self) else { return nil }
+                var urls: [String] = []
+                for _ in 0..<count {
+                    guard let url = buffer.readField() else { return nil }
+                    urls.append(url)
+                }
+                guard let username = buffer.readField(), let credential = buffer.readField() else { return nil }
+                signal.iceServers.append(ICEServer(urls: urls, username: username.isEmpty ? nil : username, credential: credential.isEmpty ? nil : credential))
+            }
+            event = .call(signal)
         case 7:
             guard let user = buffer.readField(), let kind = buffer.readField().flatMap(NotificationKind.init(rawValue:)),
                 let message = buffer.readMessage()

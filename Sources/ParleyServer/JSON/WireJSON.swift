@@ -112,6 +112,20 @@ enum WireJSON {
                 json.key("joined"); json.array(joined) { json, user in json.string(user) }
                 json.key("left"); json.array(left) { json, user in json.string(user) }
             }
+        case .call(let signal):
+            json.object { json in
+                json.key("call"); json.string(signal.call)
+                json.key("type"); json.string(signal.kind.rawValue)
+                json.key("from"); json.string(signal.from)
+                json.key("fromSession"); json.string(signal.fromSession)
+                json.key("video"); json.bool(signal.video)
+                if let data = signal.data {
+                    json.key("data"); json.string(data)
+                }
+                if !signal.iceServers.isEmpty {
+                    json.key("iceServers"); Self.iceServers(signal.iceServers, into: &json)
+                }
+            }
         case .notify(_, let kind, let message):
             json.object { json in
                 json.key("kind"); json.string(kind.rawValue)
@@ -160,8 +174,28 @@ enum WireJSON {
                 json.key("rooms")
                 json.array(entries) { json, entry in Self.inboxEntry(entry, into: &json) }
             }
+        case .callStarted(let start):
+            json.object { json in
+                json.key("call"); json.string(start.call)
+                json.key("iceServers"); Self.iceServers(start.iceServers, into: &json)
+            }
+        case .signaled:
+            json.object { _ in }
         case .pong:
             json.object { _ in }
+        }
+    }
+
+    /// `[{"urls": [...], "username"?, "credential"?}]`, as `RTCPeerConnection` takes them.
+    static func iceServers(_ servers: [ICEServer], into json: inout JSONWriter) {
+        json.array(servers) { json, server in
+            json.object { json in
+                json.key("urls"); json.array(server.urls) { json, url in json.string(url) }
+                if let username = server.username, let credential = server.credential {
+                    json.key("username"); json.string(username)
+                    json.key("credential"); json.string(credential)
+                }
+            }
         }
     }
 
@@ -205,6 +239,7 @@ enum WireJSON {
         case .read, .ownRead: "read"
         case .presence: "presence"
         case .notify: "notify"
+        case .call: "call"
         }
     }
 

@@ -412,6 +412,7 @@
     typing: onTypingEvent,
     read: onReadEvent,
     notify: onNotifyEvent,
+    call: onCallEvent,
     error: (data) => toast(data.message || data.code || 'Server error'),
   };
 
@@ -1027,6 +1028,269 @@
     const room = currentRoom();
     $('room-title').textContent = room ? roomLabel(room.name) : 'No room';
     $('me-name').textContent = app.user || '';
+    const partner = room ? dmPartner(room.name) : null;
+    $('call-button').hidden = !partner || partner === app.user || Boolean(calling.current);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Calls: WebRTC audio between two people, signalled through the server
+  // ---------------------------------------------------------------------------
+
+  const calling = {
+    current: null, // {id, role, peer, peerSession, state, pc, stream, started, iceServers, pending: []}
+    ringtone: null,
+    timer: null,
+  };
+
+  async function microphone() {
+    if (!navigator.mediaDevices) throw new Error('This browser cannot make calls.');
+    return navigator.mediaDevices.getUserMedia({ audio: true });
+  }
+
+  async function startCall(partner) {
+    if (calling.current) return;
+    let stream;
+    try {
+      stream = await microphone();
+    } catch {
+      toast('The microphone is not available.');
+      return;
+    }
+    calling.current = { id: null, role: 'caller', peer: partner, peerSession: null, state: 'calling', pc: null, stream, started: 0, iceServers: [], pending: [] };
+    renderCall();
+    try {
+      const answer = await request('call', { user: partner });
+      if (!calling.current) return;
+      calling.current.id = answer.call;
+      calling.current.iceServers = Array.isArray(answer.iceServers) ? answer.iceServers : [];
+    } catch (err) {
+      endCall(err.message || 'The call failed.');
+    }
+  }
+
+  function sendSignal(type, data) {
+    const call = calling.current;
+    if (!call || !call.id) return;
+    const payload = { call: call.id, type };
+    if (data !== undefined) payload.data = data;
+    if (call.role === 'caller' && call.peerSession) payload.toSession = call.peerSession;
+    request('signal', payload).catch(ignore);
+  }
+
+  function onCallEvent(data) {
+    if (typeof data.call !== 'string' || typeof data.type !== 'string') return;
+    const call = calling.current;
+    if (data.type === 'ring') {
+      if (call) {
+        request('signal', { call: data.call, type: 'busy' }).catch(ignore);
+        return;
+      }
+      calling.current = {
+        id: data.call, role: 'callee', peer: data.from, peerSession: data.fromSession, state: 'ringing', pc: null, stream: null,
+        started: 0, iceServers: Array.isArray(data.iceServers) ? data.iceServers : [], pending: [],
+      };
+      startRingtone();
+      renderCall();
+      if (document.visibilityState === 'hidden' && app.settings.notify && 'Notification' in window && Notification.permission === 'granted') {
+        new Notification(`${data.from} is calling`, { tag: data.call });
+      }
+      return;
+    }
+    if (!call || call.id !== data.call) return;
+    switch (data.type) {
+      case 'accept':
+        call.peerSession = data.fromSession;
+        connectPeer(true);
+        break;
+      case 'offer':
+        connectPeer(false).then(() => answerOffer(data.data));
+        break;
+      case 'answer':
+        if (call.pc) call.pc.setRemoteDescription({ type: 'answer', sdp: data.data }).catch(ignore);
+        break;
+      case 'candidate':
+        addCandidate(data.data);
+        break;
+      case 'decline':
+        endCall(`${call.peer} declined the call.`);
+        break;
+      case 'busy':
+        endCall(`${call.peer} is in another call.`);
+        break;
+      case 'answered':
+        endCall(null);
+        break;
+      case 'cancel':
+      case 'missed':
+        endCall(call.role === 'callee' ? `Missed call from ${call.peer}.` : 'No answer.');
+        break;
+      case 'hangup':
+        endCall('The call ended.');
+        break;
+      default:
+        break;
+    }
+  }
+
+  async function acceptCall() {
+    const call = calling.current;
+    if (!call || call.state !== 'ringing') return;
+    stopRingtone();
+    try {
+      call.stream = await microphone();
+    } catch {
+      sendSignal('decline');
+      endCall('The microphone is not available.');
+      return;
+    }
+    call.state = 'connecting';
+    renderCall();
+    sendSignal('accept');
+  }
+
+  function declineCall() {
+    if (!calling.current) return;
+    sendSignal('decline');
+    endCall(null);
+  }
+
+  function hangUp() {
+    const call = calling.current;
+    if (!call) return;
+    sendSignal(call.role === 'caller' && call.state === 'calling' ? 'cancel' : 'hangup');
+    endCall(null);
+  }
+
+  async function connectPeer(offering) {
+    const call = calling.current;
+    if (!call || call.pc) return;
+    const pc = new RTCPeerConnection({ iceServers: call.iceServers });
+    call.pc = pc;
+    call.state = 'connecting';
+    for (const track of call.stream ? call.stream.getTracks() : []) pc.addTrack(track, call.stream);
+    pc.addEventListener('icecandidate', (event) => {
+      if (event.candidate) sendSignal('candidate', JSON.stringify(event.candidate.toJSON()));
+    });
+    pc.addEventListener('track', (event) => {
+      const audio = $('call-audio');
+      audio.srcObject = event.streams[0];
+      audio.play().catch(ignore);
+    });
+    pc.addEventListener('iceconnectionstatechange', () => {
+      const state = pc.iceConnectionState;
+      if (state === 'connected' || state === 'completed') {
+        if (!call.started) call.started = Date.now();
+        call.state = 'connected';
+      } else if (state === 'disconnected') {
+        call.state = 'reconnecting';
+      } else if (state === 'failed') {
+        endCall('The connection was lost.');
+        return;
+      }
+      renderCall();
+    });
+    renderCall();
+    if (offering) {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      sendSignal('offer', offer.sdp);
+    }
+  }
+
+  async function answerOffer(sdp) {
+    const call = calling.current;
+    if (!call || !call.pc) return;
+    await call.pc.setRemoteDescription({ type: 'offer', sdp });
+    for (const candidate of call.pending.splice(0)) call.pc.addIceCandidate(candidate).catch(ignore);
+    const answer = await call.pc.createAnswer();
+    await call.pc.setLocalDescription(answer);
+    sendSignal('answer', answer.sdp);
+  }
+
+  function addCandidate(text) {
+    const call = calling.current;
+    let candidate;
+    try {
+      candidate = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (call.pc && call.pc.remoteDescription) call.pc.addIceCandidate(candidate).catch(ignore);
+    else call.pending.push(candidate);
+  }
+
+  function endCall(message) {
+    const call = calling.current;
+    if (!call) return;
+    calling.current = null;
+    stopRingtone();
+    if (call.pc) call.pc.close();
+    for (const track of call.stream ? call.stream.getTracks() : []) track.stop();
+    $('call-audio').srcObject = null;
+    if (message) toast(message);
+    renderCall();
+    scheduleRender();
+  }
+
+  function toggleMute() {
+    const call = calling.current;
+    if (!call || !call.stream) return;
+    call.muted = !call.muted;
+    for (const track of call.stream.getAudioTracks()) track.enabled = !call.muted;
+    renderCall();
+  }
+
+  function startRingtone() {
+    stopRingtone();
+    const play = () => {
+      const audioContext = alerts.audio;
+      if (!audioContext || audioContext.state !== 'running') return;
+      for (const offset of [0, 0.4]) {
+        const osc = audioContext.createOscillator();
+        const gain = audioContext.createGain();
+        osc.frequency.value = 480;
+        gain.gain.setValueAtTime(0.08, audioContext.currentTime + offset);
+        gain.gain.setValueAtTime(0, audioContext.currentTime + offset + 0.3);
+        osc.connect(gain).connect(audioContext.destination);
+        osc.start(audioContext.currentTime + offset);
+        osc.stop(audioContext.currentTime + offset + 0.32);
+      }
+    };
+    play();
+    calling.ringtone = setInterval(play, 2000);
+  }
+
+  function stopRingtone() {
+    clearInterval(calling.ringtone);
+    calling.ringtone = null;
+  }
+
+  function renderCall() {
+    const call = calling.current;
+    const screen = $('call-screen');
+    screen.hidden = !call;
+    clearInterval(calling.timer);
+    calling.timer = null;
+    if (!call) return;
+    screen.dataset.state = call.state;
+    $('call-peer').textContent = call.peer;
+    const status = {
+      calling: 'Calling…', ringing: 'Incoming call', connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: '',
+    }[call.state] || '';
+    $('call-status').textContent = status;
+    if (call.state === 'connected') {
+      const tick = () => { $('call-status').textContent = formatDuration(Date.now() - call.started); };
+      tick();
+      calling.timer = setInterval(tick, 1000);
+    }
+    $('call-accept').hidden = call.state !== 'ringing';
+    $('call-decline').hidden = call.state !== 'ringing';
+    $('call-mute').hidden = call.state === 'ringing' || call.state === 'calling';
+    $('call-mute').textContent = call.muted ? 'Unmute' : 'Mute';
+    $('call-mute').setAttribute('aria-pressed', String(Boolean(call.muted)));
+    $('call-hangup').hidden = call.state === 'ringing';
+    $('call-hangup').textContent = call.state === 'calling' ? 'Cancel' : 'Hang up';
+    $('call-button').hidden = true;
   }
 
   function renderTitle() {
@@ -2340,6 +2604,15 @@
       closeMention();
     });
     $('reply-cancel').addEventListener('click', cancelReply);
+    $('call-button').addEventListener('click', () => {
+      const room = currentRoom();
+      const partner = room ? dmPartner(room.name) : null;
+      if (partner) startCall(partner);
+    });
+    $('call-accept').addEventListener('click', acceptCall);
+    $('call-decline').addEventListener('click', declineCall);
+    $('call-hangup').addEventListener('click', hangUp);
+    $('call-mute').addEventListener('click', toggleMute);
     $('attach-button').addEventListener('click', () => $('file-input').click());
     $('file-input').addEventListener('change', (event) => {
       onFilesChosen([...event.target.files]);
@@ -2411,7 +2684,11 @@
             joined: room.joined,
           };
         }
-        return { connection: app.connection, user: app.user, currentRoom: app.currentRoom, rooms };
+        const call = calling.current;
+        return {
+          connection: app.connection, user: app.user, currentRoom: app.currentRoom, rooms,
+          call: call ? { state: call.state, peer: call.peer, ice: call.pc ? call.pc.iceConnectionState : null } : null,
+        };
       },
     });
     Object.defineProperty(window, 'parley', { value: api, writable: false, configurable: false });

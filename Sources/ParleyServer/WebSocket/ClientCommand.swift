@@ -95,6 +95,15 @@ struct ClientFrameDecoder {
                 throw ParleyError.badRequest("field 'action' must be kick, mute, unmute, ban or unban")
             }
             return .moderate(room: data.room, user: data.user, action: action, seconds: data.seconds, reason: data.reason, clientId: data.clientId)
+        case "call":
+            let data = try body(CallData.self, bytes)
+            return .call(user: data.user, video: data.video ?? false)
+        case "signal":
+            let data = try body(SignalData.self, bytes)
+            guard let kind = CallSignal.Kind(rawValue: data.type), Self.sentKinds.contains(kind) else {
+                throw ParleyError.badRequest("field 'data.type' must be one of \(Self.sentKinds.map(\.rawValue).sorted().joined(separator: ", "))")
+            }
+            return .signal(call: data.call, kind: kind, data: data.data, toSession: data.toSession)
         case "typing":
             let data = try body(TypingData.self, bytes)
             return .typing(room: data.room, typing: data.typing)
@@ -118,6 +127,9 @@ struct ClientFrameDecoder {
             throw ParleyError.badRequest("unknown event '\(event)'")
         }
     }
+
+    /// The signals a client sends (the server sends `ring`, `answered` and `missed`).
+    static let sentKinds: Set<CallSignal.Kind> = [.accept, .decline, .busy, .cancel, .hangup, .offer, .answer, .candidate]
 
     private func body<T: Decodable>(_ type: T.Type, _ bytes: Data) throws -> T {
         try decoder.decode(Body<T>.self, from: bytes).data
@@ -199,6 +211,8 @@ private struct ModerateData: Decodable {
     var room: String; var user: String; var action: String; var seconds: Int64?; var reason: String?; var clientId: String?
 }
 private struct ReactData: Decodable { var room: String; var id: String; var emoji: String; var add: Bool?; var clientId: String? }
+private struct CallData: Decodable { var user: String; var video: Bool? }
+private struct SignalData: Decodable { var call: String; var type: String; var data: String?; var toSession: String? }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
 private struct PresenceData: Decodable { var room: String; var after: String?; var limit: Int? }
