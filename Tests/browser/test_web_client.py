@@ -261,6 +261,9 @@ def test_direct_messages_with_badges_on_every_device(browser):
 
     for page in (phone, laptop):
         page.until(lambda d, p=page: badge(p) == "1", f"no DM badge of 1 (badge: {badge(page)})")
+        # The tab shows it too: in its title and on its icon.
+        page.until(lambda d, p=page: p.driver.title.startswith("(1) "), f"title {page.driver.title!r}")
+        page.until(lambda d, p=page: p.js("return document.querySelector('link[rel=icon]').dataset.unread;") == "1", "no count on the icon")
         entry = page.driver.find_element(By.CSS_SELECTOR, f'#room-list li[data-room="{dm}"]')
         shown = entry.find_element(By.CSS_SELECTOR, ".room-hash").text + entry.find_element(By.CSS_SELECTOR, ".room-name").text
         assert shown == "@alice", shown
@@ -270,6 +273,7 @@ def test_direct_messages_with_badges_on_every_device(browser):
     got = phone.wait_message("psst, bob", author="alice")
     assert not got["own"]
     laptop.until(lambda d: badge(laptop) == "0", f"the laptop kept its badge (badge: {badge(laptop)})")
+    laptop.until(lambda d: laptop.js("return document.querySelector('link[rel=icon]').dataset.unread;") == "0", "the icon kept its count")
 
     # And he answers in it.
     phone.send("hi alice")

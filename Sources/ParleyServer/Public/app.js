@@ -1299,6 +1299,41 @@
     const room = currentRoom();
     const base = room ? `${roomLabel(room.name)} · Parley` : 'Parley';
     document.title = unread ? `(${unread}) ${base}` : base;
+    renderFavicon(unread);
+  }
+
+  /** The tab's icon with the unread count on it (drawn once per count). */
+  function renderFavicon(unread) {
+    const link = document.querySelector('link[rel="icon"]');
+    if (!link || ui.faviconCount === unread) return;
+    if (!ui.faviconBase) ui.faviconBase = link.href;
+    ui.faviconCount = unread;
+    if (!unread) {
+      link.href = ui.faviconBase;
+      link.dataset.unread = '0';
+      return;
+    }
+    const image = new Image();
+    image.onload = () => {
+      if (ui.faviconCount !== unread) return;
+      const canvas = document.createElement('canvas');
+      canvas.width = 64;
+      canvas.height = 64;
+      const context = canvas.getContext('2d');
+      context.drawImage(image, 0, 0, 64, 64);
+      context.fillStyle = '#d93025';
+      context.beginPath();
+      context.arc(44, 20, 20, 0, 2 * Math.PI);
+      context.fill();
+      context.fillStyle = '#fff';
+      context.font = 'bold 26px system-ui, sans-serif';
+      context.textAlign = 'center';
+      context.textBaseline = 'middle';
+      context.fillText(unread > 99 ? '99' : String(unread), 44, 21);
+      link.href = canvas.toDataURL('image/png');
+      link.dataset.unread = String(unread);
+    };
+    image.src = ui.faviconBase;
   }
 
   function renderPresence() {
