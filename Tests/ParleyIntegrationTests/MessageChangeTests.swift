@@ -139,4 +139,45 @@ struct MessageChangeTests {
             }
         }
     }
+
+    @Test("gRPC Chat streams call and signal: the callee's stream rings with ICE servers, the accept and SDP reach the caller")
+    func grpcCalls() async throws {
+        try await withServer({ $0.ice.stun = ["stun:stun.example:3478"] }) { server in
+            try await withChatClient(port: server.grpcPort) { client in
+                let alice = EventStream.chat(client)
+                _ = try await alice.request(.connect(.with { $0.user = "alice" }), id: "c")
+                let bob = EventStream.chat(client)
+                _ = try await bob.request(.connect(.with { $0.user = "bob" }), id: "c")
+                guard case .call(let started)? = try await alice.request(.call(.with { $0.userID = "bob" }), id: "call") else {
+                    throw TestFailure("no call ack")
+                }
+                #expect(started.iceServers.first?.urls == ["stun:stun.example:3478"])
+                let ring = try await bob.expect { if case .call = $0.event { true } else { false } }.call
+                #expect(ring.type == "ring" && ring.fromUserID == "alice" && ring.call == started.call && ring.iceServers.count == 1)
+                _ = try await bob.request(.signal(.with {
+                    $0.call = ring.call
+                    $0.type = "accept"
+                }), id: "a")
+                let accepted = try await alice.expect { if case .call = $0.event { true } else { false } }.call
+                #expect(accepted.type == "accept" && accepted.fromUserID == "bob")
+                _ = try await alice.request(.signal(.with {
+                    $0.call = ring.call
+                    $0.type = "offer"
+                    $0.data = "v=0"
+                    $0.toSession = accepted.fromSession
+                }), id: "o")
+                let offer = try await bob.expect { if case .call = $0.event { true } else { false } }.call
+                #expect(offer.type == "offer" && offer.data == "v=0")
+                // Only the two parties: a forged type is refused.
+                bob.send(.signal(.with {
+                    $0.call = ring.call
+                    $0.type = "ring"
+                }), requestID: "x")
+                let refused = try await bob.reply(to: "x")
+                if case .error(let error) = refused.event { #expect(error.reason == "bad_request") } else { Issue.record("ring was accepted from a client") }
+                alice.cancel()
+                bob.cancel()
+            }
+        }
+    }
 }
