@@ -19,13 +19,7 @@ struct BrowserTests {
     func seleniumSuite() async throws {
         var environment = ["PARLEY_BIN": ServerProcess.executable.path, "PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()]
         // With a Redis and a PostgreSQL, the call test puts its two browsers on two instances.
-        var cluster: ClusterBackends?
-        if RedisTestServer.isAvailable && PostgresTestServer.isAvailable {
-            let backends = try await ClusterBackends.start()
-            environment["PARLEY_TEST_REDIS_URL"] = backends.redis.url
-            environment["PARLEY_TEST_DATABASE_URL"] = backends.databaseURL
-            cluster = backends
-        }
+        let cluster = try await ClusterBackends.startForPython(&environment)
         defer { cluster?.stop() }
         let result = try await runToCompletion(
             URL(fileURLWithPath: "/usr/bin/env"),

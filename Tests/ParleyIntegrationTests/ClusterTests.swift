@@ -27,6 +27,16 @@ struct ClusterBackends {
         if ownsPostgres { postgres.destroy() }
     }
 
+    /// Starts a Redis and a database for a Python suite's cluster tests when both can run,
+    /// naming them in `environment` (`PARLEY_TEST_REDIS_URL`, `PARLEY_TEST_DATABASE_URL`).
+    static func startForPython(_ environment: inout [String: String]) async throws -> ClusterBackends? {
+        guard RedisTestServer.isAvailable && PostgresTestServer.isAvailable else { return nil }
+        let backends = try await ClusterBackends.start()
+        environment["PARLEY_TEST_REDIS_URL"] = backends.redis.url
+        environment["PARLEY_TEST_DATABASE_URL"] = backends.databaseURL
+        return backends
+    }
+
     /// Fast failure detection and reconnection, no rate limit.
     func configure(_ c: inout ServerConfiguration) {
         var redis = try! RedisConfiguration(url: self.redis.url)

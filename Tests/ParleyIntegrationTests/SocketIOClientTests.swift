@@ -22,13 +22,7 @@ struct SocketIOClientTests {
     @Test("python-socketio and socket.io-client 4.8.1 chat, recover and are refused bad packets", .enabled(if: required || clientsAvailable))
     func pythonSuite() async throws {
         var environment = ["PARLEY_BIN": ServerProcess.executable.path]
-        var cluster: ClusterBackends?
-        if RedisTestServer.isAvailable && PostgresTestServer.isAvailable {
-            let backends = try await ClusterBackends.start()
-            environment["PARLEY_TEST_REDIS_URL"] = backends.redis.url
-            environment["PARLEY_TEST_DATABASE_URL"] = backends.databaseURL
-            cluster = backends
-        }
+        let cluster = try await ClusterBackends.startForPython(&environment)
         defer { cluster?.stop() }
         let result = try await runToCompletion(
             URL(fileURLWithPath: "/usr/bin/env"),
