@@ -5,6 +5,7 @@ import NIOPosix
 import ParleyCore
 import SQLiteNIO
 import ServiceLifecycle
+import Synchronization
 
 /// Attachments of the embedded server: bytes in files under `directory`, named by their
 /// SHA-256 (`ab/abcdef...`), metadata in `directory/index.sqlite`.
@@ -18,6 +19,9 @@ public final class FileAttachmentStore: AttachmentStore {
     private let db: SQLiteConnection
     private let io = NonBlockingFileIO(threadPool: .singleton)
     private let logger: Logger
+    /// One transaction at a time on the one connection (concurrent `attach` calls would
+    /// otherwise nest their BEGINs).
+    private let transactions = AsyncLock()
 
     private init(directory: String, db: SQLiteConnection, logger: Logger) {
         self.directory = directory
@@ -115,6 +119,10 @@ public final class FileAttachmentStore: AttachmentStore {
     }
 
     public func attach(ids: [String], room: String, user: String, message: String, clientId: String?) async throws -> [Attachment] {
+        try await transactions.run { try await self.attachInTransaction(ids: ids, room: room, user: user, message: message, clientId: clientId) }
+    }
+
+    private func attachInTransaction(ids: [String], room: String, user: String, message: String, clientId: String?) async throws -> [Attachment] {
         _ = try await db.query("BEGIN IMMEDIATE", [])
         do {
             var attached: [Attachment] = []
@@ -200,5 +208,40 @@ extension String {
     fileprivate var dropLastPathComponent: String {
         guard let slash = lastIndex(of: "/") else { return "." }
         return String(self[..<slash])
+    }
+}
+
+/// A lock for async code: `run` waits, without blocking a thread, until no other `run` is inside.
+final class AsyncLock: Sendable {
+    private struct State {
+        var locked = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let acquired = state.withLock { state -> Bool in
+                if state.locked {
+                    state.waiters.append(continuation)
+                    return false
+                }
+                state.locked = true
+                return true
+            }
+            if acquired { continuation.resume() }
+        }
+        defer {
+            let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                if state.waiters.isEmpty {
+                    state.locked = false
+                    return nil
+                }
+                return state.waiters.removeFirst()
+            }
+            next?.resume()
+        }
+        return try await body()
     }
 }

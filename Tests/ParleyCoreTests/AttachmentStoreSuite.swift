@@ -125,6 +125,21 @@ struct AttachmentStoreSuite {
         }
     }
 
+    @Test("many messages attach their files at once: each gets its own", arguments: AttachmentStoreKind.allCases)
+    func concurrentAttach(kind: AttachmentStoreKind) async throws {
+        try await withAttachmentStore(kind) { store in
+            var files: [ParleyCore.Attachment] = []
+            for index in 0..<20 { files.append(try await store.store(upload(), body: TestBody(data: [UInt8(index)]))) }
+            let attached = try await withThrowingTaskGroup(of: ParleyCore.Attachment.self) { group in
+                for (index, file) in files.enumerated() {
+                    group.addTask { try await store.attach(ids: [file.id], room: "r", user: "alice", message: "m\(index)", clientId: nil)[0] }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(attached.compactMap(\.message)).count == 20)
+        }
+    }
+
     @Test("attach: only the uploader's, in the room, once; a retry with the same clientId is accepted; detach undoes", arguments: AttachmentStoreKind.allCases)
     func attachRules(kind: AttachmentStoreKind) async throws {
         try await withAttachmentStore(kind) { store in
