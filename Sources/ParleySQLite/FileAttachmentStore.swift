@@ -19,8 +19,9 @@ public final class FileAttachmentStore: AttachmentStore {
     private let db: SQLiteConnection
     private let io = NonBlockingFileIO(threadPool: .singleton)
     private let logger: Logger
-    /// One transaction at a time on the one connection (concurrent `attach` calls would
-    /// otherwise nest their BEGINs).
+    /// One writer at a time on the one connection: concurrent `attach` calls would otherwise
+    /// nest their BEGINs, and an insert made during another's transaction would be rolled back
+    /// with it.
     private let transactions = AsyncLock()
 
     private init(directory: String, db: SQLiteConnection, logger: Logger) {
@@ -88,13 +89,17 @@ public final class FileAttachmentStore: AttachmentStore {
             }
             let attachment = reader.attachment()
             let final = path(of: attachment.digest)
-            try FileManager.default.createDirectory(atPath: final.dropLastPathComponent, withIntermediateDirectories: true)
-            if FileManager.default.fileExists(atPath: final) {
-                try? FileManager.default.removeItem(atPath: temporary)  // the same bytes are stored already
-            } else {
-                try await io.rename(path: temporary, newName: final)
+            // Under the lock: a deletion of the last user of the same bytes cannot remove the
+            // file between this check and the row that uses it.
+            try await transactions.run {
+                try FileManager.default.createDirectory(atPath: final.dropLastPathComponent, withIntermediateDirectories: true)
+                if FileManager.default.fileExists(atPath: final) {
+                    try? FileManager.default.removeItem(atPath: temporary)  // the same bytes are stored already
+                } else {
+                    try await self.io.rename(path: temporary, newName: final)
+                }
+                try await self.insertRow(attachment)
             }
-            try await insert(attachment)
             return attachment
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)
@@ -104,7 +109,7 @@ public final class FileAttachmentStore: AttachmentStore {
         }
     }
 
-    private func insert(_ attachment: Attachment) async throws {
+    private func insertRow(_ attachment: Attachment) async throws {
         _ = try await db.query(
             """
             INSERT INTO attachments(id, room, user, name, type, size, width, height, duration, digest, created_ts)
@@ -143,7 +148,9 @@ public final class FileAttachmentStore: AttachmentStore {
     }
 
     public func detach(message: String) async throws {
-        _ = try await db.query("UPDATE attachments SET message = NULL, client_id = NULL WHERE message = ?", [.text(message)])
+        try await transactions.run {
+            _ = try await self.db.query("UPDATE attachments SET message = NULL, client_id = NULL WHERE message = ?", [.text(message)])
+        }
     }
 
     public func deleteAttachments(of message: String) async throws {
@@ -157,6 +164,10 @@ public final class FileAttachmentStore: AttachmentStore {
     /// Deletes the rows `condition` selects, then the files no row uses any more.
     @discardableResult
     private func delete(where condition: String, _ binds: [SQLiteData]) async throws -> Int {
+        try await transactions.run { try await self.deleteRows(where: condition, binds) }
+    }
+
+    private func deleteRows(where condition: String, _ binds: [SQLiteData]) async throws -> Int {
         let rows = try await db.query("DELETE FROM attachments WHERE \(condition) RETURNING digest", binds)
         for digest in Set(rows.compactMap { $0.column("digest")?.string }) {
             let used = try await db.query("SELECT 1 FROM attachments WHERE digest = ? LIMIT 1", [.text(digest)])
