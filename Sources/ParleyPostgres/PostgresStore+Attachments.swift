@@ -34,12 +34,17 @@ extension PostgresStore: AttachmentStore {
             let attachment = reader.attachment()
             try await withConnection(leaseTimeout: configuration.operationTimeout) { connection in
                 try await connection.withTransaction(logger: self.logger) { connection in
+                    // Locks the blob's row whether it is new or not, so that a deletion of its
+                    // last user waits for this upload's row (see `deleteAttachments`).
                     let claimed = try await connection.query(
-                        "INSERT INTO attachment_blobs(digest, size) VALUES (\(attachment.digest), \(attachment.size)) ON CONFLICT DO NOTHING RETURNING digest",
+                        """
+                        INSERT INTO attachment_blobs(digest, size) VALUES (\(attachment.digest), \(attachment.size))
+                        ON CONFLICT (digest) DO UPDATE SET size = EXCLUDED.size RETURNING (xmax = 0)
+                        """,
                         logger: self.logger
                     )
                     var isNew = false
-                    for try await _ in claimed { isNew = true }
+                    for try await inserted in claimed.decode(Bool.self) { isNew = inserted }
                     if isNew {
                         try await connection.query(
                             "UPDATE attachment_chunks SET digest = \(attachment.digest) WHERE digest = \(temporary)", logger: self.logger
@@ -184,16 +189,15 @@ extension PostgresStore: AttachmentStore {
                     count += 1
                 }
                 for digest in digests {
-                    try await connection.query(
-                        """
-                        WITH unused AS (
-                            DELETE FROM attachment_blobs b WHERE b.digest = \(digest)
-                                AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.digest = b.digest) RETURNING b.digest
-                        )
-                        DELETE FROM attachment_chunks c USING unused WHERE c.digest = unused.digest
-                        """,
-                        logger: self.logger
-                    )
+                    // Lock the blob first: an upload of the same bytes holds or waits for this
+                    // lock, and the check below (a new statement) then sees its row.
+                    try await connection.query("SELECT 1 FROM attachment_blobs WHERE digest = \(digest) FOR UPDATE", logger: self.logger)
+                    var used = true
+                    let rows = try await connection.query("SELECT EXISTS (SELECT 1 FROM attachments WHERE digest = \(digest))", logger: self.logger)
+                    for try await exists in rows.decode(Bool.self) { used = exists }
+                    guard !used else { continue }
+                    try await connection.query("DELETE FROM attachment_blobs WHERE digest = \(digest)", logger: self.logger)
+                    try await connection.query("DELETE FROM attachment_chunks WHERE digest = \(digest)", logger: self.logger)
                 }
                 return count
             }
