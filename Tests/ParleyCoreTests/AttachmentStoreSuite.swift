@@ -213,6 +213,7 @@ struct ContentSnifferTests {
         #expect(ContentSniffer.sniff(Array("OggS".utf8)) == "audio/ogg")
         #expect(ContentSniffer.sniff([0, 1, 2, 3]) == "application/octet-stream")
         #expect(!ContentSniffer.isInline("text/plain") && !ContentSniffer.isInline("image/svg+xml") && ContentSniffer.isInline("image/png"))
+        #expect(ContentSniffer.isInline("audio/webm") && !ContentSniffer.isInline("video/mp4") && !ContentSniffer.isInline("application/pdf"))
         #expect(AttachmentName.clean("../../etc/passwd") == "passwd" && AttachmentName.clean("a\u{0}b\"c.txt") == "abc.txt" && AttachmentName.clean("..") == "file")
     }
 }

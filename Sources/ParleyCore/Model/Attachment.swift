@@ -42,7 +42,7 @@ public struct Attachment: Sendable, Hashable {
         self.clientId = clientId
     }
 
-    /// Shown in the page itself (an image, a player); anything else is only ever downloaded.
+    /// Served `inline` (an image, audio); anything else is served as a download.
     public var isInline: Bool { ContentSniffer.isInline(type) }
 }
 
@@ -98,10 +98,11 @@ public enum ContentSniffer {
     /// How many leading bytes `sniff` and `dimensions` look at.
     public static let prefixLength = 64 * 1024
 
-    /// Types shown in the page: images the browser decodes itself and audio and video players.
-    /// Never SVG (it is a document that can run script) or HTML.
+    /// Types served `inline`: images the browser decodes itself, and audio. Never SVG (it is a
+    /// document that can run script) or HTML; video is served as an attachment, which a
+    /// `<video>` element plays all the same.
     public static func isInline(_ type: String) -> Bool {
-        ["image/png", "image/jpeg", "image/gif", "image/webp"].contains(type) || type.hasPrefix("audio/") || type == "video/mp4" || type == "video/webm"
+        ["image/png", "image/jpeg", "image/gif", "image/webp"].contains(type) || type.hasPrefix("audio/")
     }
 
     public static func sniff(_ bytes: [UInt8], declaredAudio: Bool = false) -> String {

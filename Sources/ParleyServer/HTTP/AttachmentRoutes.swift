@@ -8,7 +8,7 @@ import ParleyCore
 ///
 /// A download can never run script in Parley's origin: the type is the sniffed one (an HTML
 /// page uploaded as `cat.png` is `text/plain`), `nosniff` stops the browser from guessing
-/// another, anything but an image, audio or video is `Content-Disposition: attachment`, and
+/// another, anything but an image or audio is `Content-Disposition: attachment`, and
 /// `Content-Security-Policy: default-src 'none'; sandbox` disarms whatever is opened anyway.
 struct AttachmentRoutes {
     let engine: Engine
