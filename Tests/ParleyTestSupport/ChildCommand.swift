@@ -14,17 +14,19 @@ func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: 
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    // Nothing else of this process: `pg_ctl` leaves a server running that would otherwise
-    // hold copies of the tests' sockets (and keep their ports bound) for its whole life.
-    if let closeFrom = addCloseFrom {
-        _ = closeFrom(&actions, 3)
-    } else {
-        markOpenDescriptorsCloseOnExec()
-    }
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+    let spawned = withLaunchLock { () -> Int32 in
+        // Nothing else of this process: `pg_ctl` leaves a server running that would otherwise
+        // hold copies of the tests' sockets (and keep their ports bound) for its whole life.
+        if let closeFrom = addCloseFrom {
+            _ = closeFrom(&actions, 3)
+        } else {
+            markOpenDescriptorsCloseOnExec()
+        }
+        return posix_spawn(&pid, executable, &actions, nil, argv, environ)
+    }
     guard spawned == 0 else { throw TestSupportError("cannot run \(executable): error \(spawned)") }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0, errno == EINTR {}

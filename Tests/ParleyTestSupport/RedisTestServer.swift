@@ -47,7 +47,7 @@ public final class RedisTestServer: Sendable {
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try launchProcess(process)
         self.process.withLock { $0 = process }
         for _ in 0..<250 {
             if canConnect() { return }

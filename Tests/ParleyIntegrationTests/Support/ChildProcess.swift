@@ -1,4 +1,5 @@
 import Foundation
+import ParleyTestSupport
 
 /// Runs a command to its end, or terminates it after `timeout` (status nil then). Its output
 /// goes to a log file that is read back afterwards: no pipes, which Foundation on Linux handles
@@ -18,7 +19,7 @@ func runToCompletion(
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     process.standardOutput = output
     process.standardError = includeErrors ? output : FileHandle.nullDevice
-    try process.run()
+    try launchProcess(process)
     try? output.close()
     let deadline = ContinuousClock.now + timeout
     while process.isRunning, ContinuousClock.now < deadline {
@@ -36,7 +37,7 @@ func pythonCanImport(_ modules: String) -> Bool {
     probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     probe.arguments = ["python3", "-c", "import \(modules)"]
     probe.standardError = FileHandle.nullDevice
-    guard (try? probe.run()) != nil else { return false }
+    guard (try? launchProcess(probe)) != nil else { return false }
     probe.waitUntilExit()
     return probe.terminationStatus == 0
 }

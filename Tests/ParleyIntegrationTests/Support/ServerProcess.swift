@@ -1,4 +1,5 @@
 import Foundation
+import ParleyTestSupport
 
 /// The real `parley` executable in a child process, for tests that kill or signal it.
 final class ServerProcess: Sendable {
@@ -34,7 +35,7 @@ final class ServerProcess: Sendable {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardError = output
         process.standardOutput = output
-        try process.run()
+        try launchProcess(process)
         try? output.close()
         let deadline = ContinuousClock.now + .seconds(20)
         var seen = ""

@@ -1,4 +1,5 @@
 import Foundation
+import ParleyTestSupport
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -54,7 +55,7 @@ final class RedisServerProcess: Sendable {
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try launchProcess(process)
         self.process.withLock { $0 = process }
         try await waitUntilReady()
     }
