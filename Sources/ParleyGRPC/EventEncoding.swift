@@ -45,6 +45,8 @@ final class ProtoEventEncoder: WireFormat {
             })
         case .signaled:
             result = .signal(.init())
+        case .visibility(let visible):
+            result = .visibility(.with { $0.visible = visible })
         case .typing(let room, let typing):
             result = .typing(.with {
                 $0.roomID = room

@@ -253,6 +253,8 @@ extension Command {
             self = .signal(
                 call: signal.call, kind: kind, data: signal.hasData ? signal.data : nil, toSession: signal.hasToSession ? signal.toSession : nil
             )
+        case .visibility(let visibility):
+            self = .visibility(visible: visibility.visible)
         case .typing(let typing):
             self = .typing(room: typing.roomID, typing: typing.typing)
         case .read(let read):

@@ -74,6 +74,15 @@ enum PostgresMigrations {
             // Random secrets made once and shared by every instance (`sharedSecret`).
             "CREATE TABLE secrets(name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
         ],
+        [
+            // Web Push: browsers' subscriptions, and the rooms each user muted.
+            """
+            CREATE TABLE push_subscriptions(
+                endpoint TEXT PRIMARY KEY, user_id TEXT NOT NULL, p256dh BYTEA NOT NULL, auth BYTEA NOT NULL, created_ts BIGINT NOT NULL)
+            """,
+            "CREATE INDEX push_subscriptions_user ON push_subscriptions(user_id, created_ts)",
+            "CREATE TABLE push_mutes(user_id TEXT NOT NULL, room TEXT NOT NULL, PRIMARY KEY (user_id, room))",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

@@ -431,6 +431,75 @@ public final class PostgresStore: MessageStore {
 
     // MARK: Read positions
 
+    // MARK: Web Push
+
+    public func addPushSubscription(_ subscription: PushSubscription) async throws {
+        let (endpoint, user) = (subscription.endpoint, subscription.user)
+        let (key, auth) = (ByteBuffer(bytes: subscription.p256dh), ByteBuffer(bytes: subscription.auth))
+        let now = Timestamp.now.milliseconds
+        try await write {
+            try await self.client.query(
+                """
+                INSERT INTO push_subscriptions(endpoint, user_id, p256dh, auth, created_ts) VALUES (\(endpoint), \(user), \(key), \(auth), \(now))
+                ON CONFLICT (endpoint) DO UPDATE SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
+                    created_ts = EXCLUDED.created_ts
+                """,
+                logger: self.logger
+            )
+        }
+    }
+
+    public func removePushSubscription(endpoint: String, user: String?) async throws -> Bool {
+        try await read {
+            let rows = if let user {
+                try await self.client.query(
+                    "DELETE FROM push_subscriptions WHERE endpoint = \(endpoint) AND user_id = \(user) RETURNING endpoint", logger: self.logger
+                )
+            } else {
+                try await self.client.query("DELETE FROM push_subscriptions WHERE endpoint = \(endpoint) RETURNING endpoint", logger: self.logger)
+            }
+            for try await _ in rows.decode(String.self) { return true }
+            return false
+        }
+    }
+
+    public func pushSubscriptions(user: String) async throws -> [PushSubscription] {
+        try await read {
+            let rows = try await self.client.query(
+                "SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = \(user) ORDER BY created_ts, endpoint",
+                logger: self.logger
+            )
+            var found: [PushSubscription] = []
+            for try await (endpoint, key, auth) in rows.decode((String, ByteBuffer, ByteBuffer).self) {
+                found.append(PushSubscription(user: user, endpoint: endpoint, p256dh: Array(key.readableBytesView), auth: Array(auth.readableBytesView)))
+            }
+            return found
+        }
+    }
+
+    public func pushMutes(user: String) async throws -> Set<String> {
+        try await read {
+            let rows = try await self.client.query("SELECT room FROM push_mutes WHERE user_id = \(user)", logger: self.logger)
+            var rooms: Set<String> = []
+            for try await room in rows.decode(String.self) { rooms.insert(room) }
+            return rooms
+        }
+    }
+
+    public func setPushMutes(user: String, rooms: Set<String>) async throws {
+        let list = rooms.sorted()
+        try await write {
+            // One statement: the deletion and the insertion commit together.
+            try await self.client.query(
+                """
+                WITH removed AS (DELETE FROM push_mutes WHERE user_id = \(user) AND NOT (room = ANY(\(list))))
+                INSERT INTO push_mutes(user_id, room) SELECT \(user), unnest(\(list)::text[]) ON CONFLICT DO NOTHING
+                """,
+                logger: self.logger
+            )
+        }
+    }
+
     public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
         try await write {
             try await self.client.query(

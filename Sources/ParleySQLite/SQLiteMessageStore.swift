@@ -144,6 +144,15 @@ public final class SQLiteMessageStore: MessageStore {
             // Random secrets made once (`sharedSecret`).
             "CREATE TABLE secrets(name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
         ],
+        [
+            // Web Push: browsers' subscriptions, and the rooms each user muted.
+            """
+            CREATE TABLE push_subscriptions(
+                endpoint TEXT PRIMARY KEY, user TEXT NOT NULL, p256dh BLOB NOT NULL, auth BLOB NOT NULL, created INTEGER NOT NULL)
+            """,
+            "CREATE INDEX push_subscriptions_user ON push_subscriptions(user, created)",
+            "CREATE TABLE push_mutes(user TEXT NOT NULL, room TEXT NOT NULL, PRIMARY KEY (user, room)) WITHOUT ROWID",
+        ],
     ]
 
     private static func migrate(_ db: SQLiteConnection) async throws {
@@ -177,6 +186,57 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func sanction(room: String, user: String) async throws -> Sanction? {
         sanctions.withLock { $0[room]?[user] }
+    }
+
+    // MARK: Web Push (on the read positions' connection: small writes, never behind a commit)
+
+    public func addPushSubscription(_ subscription: PushSubscription) async throws {
+        _ = try await positions.query(
+            """
+            INSERT INTO push_subscriptions(endpoint, user, p256dh, auth, created) VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT(endpoint) DO UPDATE SET user = excluded.user, p256dh = excluded.p256dh, auth = excluded.auth, created = excluded.created
+            """,
+            [
+                .text(subscription.endpoint), .text(subscription.user), .blob(ByteBuffer(bytes: subscription.p256dh)),
+                .blob(ByteBuffer(bytes: subscription.auth)), .integer(Int(Timestamp.now.milliseconds)),
+            ]
+        )
+    }
+
+    public func removePushSubscription(endpoint: String, user: String?) async throws -> Bool {
+        let rows = if let user {
+            try await positions.query("DELETE FROM push_subscriptions WHERE endpoint = ? AND user = ? RETURNING endpoint", [.text(endpoint), .text(user)])
+        } else {
+            try await positions.query("DELETE FROM push_subscriptions WHERE endpoint = ? RETURNING endpoint", [.text(endpoint)])
+        }
+        return !rows.isEmpty
+    }
+
+    public func pushSubscriptions(user: String) async throws -> [PushSubscription] {
+        let rows = try await positions.query(
+            "SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user = ? ORDER BY created, endpoint", [.text(user)]
+        )
+        return rows.compactMap { row in
+            guard let endpoint = row.column("endpoint")?.string, let key = row.column("p256dh")?.blob, let auth = row.column("auth")?.blob
+            else { return nil }
+            return PushSubscription(user: user, endpoint: endpoint, p256dh: Array(key.readableBytesView), auth: Array(auth.readableBytesView))
+        }
+    }
+
+    public func pushMutes(user: String) async throws -> Set<String> {
+        let rows = try await positions.query("SELECT room FROM push_mutes WHERE user = ?", [.text(user)])
+        return Set(rows.compactMap { $0.column("room")?.string })
+    }
+
+    public func setPushMutes(user: String, rooms: Set<String>) async throws {
+        // Two statements, no transaction: this connection is shared by concurrent calls.
+        let list = "[" + rooms.sorted().map(JSONText.quote).joined(separator: ",") + "]"
+        _ = try await positions.query(
+            "DELETE FROM push_mutes WHERE user = ? AND room NOT IN (SELECT value FROM json_each(?))", [.text(user), .text(list)]
+        )
+        _ = try await positions.query(
+            "INSERT OR IGNORE INTO push_mutes(user, room) SELECT ?, value FROM json_each(?)", [.text(user), .text(list)]
+        )
     }
 
     public func sharedSecret(named name: String) async throws -> [UInt8] {

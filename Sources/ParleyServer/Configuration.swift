@@ -26,6 +26,8 @@ public struct ServerConfiguration: Sendable {
     public var limits = Limits()
     /// STUN and TURN servers handed to calls (docs/protocol.md, "Calls").
     public var ice = ICEConfiguration()
+    /// Web Push (docs/protocol.md, "Web Push"); nil turns it off.
+    public var push: PushNotifier.Configuration? = PushNotifier.Configuration()
     /// Time a WebSocket client that did not authenticate at upgrade has to send `connect`.
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long a plain HTTP/1 keep-alive connection may wait between requests, and a gRPC
@@ -113,6 +115,13 @@ extension ServerConfiguration {
         try check((limits.editWindow ?? .zero) >= .zero, "the edit window must be >= 0 seconds")
         try check(limits.maxAttachmentBytes > 0, "the largest attachment must be > 0 bytes")
         try check(ice.turn.isEmpty || ice.turnSecret?.isEmpty == false, "TURN servers need PARLEY_TURN_SECRET")
+        if let push {
+            try check(
+                push.contact.hasPrefix("mailto:") || push.contact.hasPrefix("https://"),
+                "the push contact (PARLEY_PUSH_CONTACT) must be a mailto: or https: URL"
+            )
+            try check(!push.services.patterns.isEmpty, "PARLEY_PUSH_SERVICES needs at least one push service (or turn push off)")
+        }
         try check(limits.attachmentQuotaPerDay >= 0, "the attachment quota must be >= 0 bytes")
         try check(limits.orphanAttachmentLifetime > .zero, "unused uploads must live > 0 seconds")
         try check(auth.leewaySeconds >= 0 && tokenRefreshGrace >= .zero, "the JWT leeway and refresh grace must be >= 0")

@@ -65,8 +65,14 @@ public struct ParleyServer: Sendable {
         let redis = configuration.cluster.redis.map { RedisBackends(configuration, redis: $0, instanceID: instanceID, logger: logger) }
         let broker: any Broker = redis?.broker ?? MemoryBroker()
         let presence: any PresenceStore = redis?.presence ?? MemoryPresenceStore()
+        let push = configuration.push.map { push in
+            PushNotifier(
+                store: store, presence: presence, transport: HTTPPushTransport(), configuration: push,
+                clock: configuration.clock ?? SystemClock(), metrics: metrics, logger: logger
+            )
+        }
         let engine = Engine(
-            store: store, broker: broker, presence: presence, attachments: attachments, ice: configuration.ice,
+            store: store, broker: broker, presence: presence, attachments: attachments, ice: configuration.ice, push: push,
             limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger, clock: configuration.clock ?? SystemClock()
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
@@ -88,6 +94,7 @@ public struct ParleyServer: Sendable {
         MetricsRoute(engine: engine, registry: registry, backends: backends).register(on: router)
         APIRoutes(engine: engine, auth: auth).register(on: router)
         AttachmentRoutes(engine: engine, auth: auth).register(on: router)
+        PushRoutes(engine: engine, auth: auth).register(on: router)
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, clock: configuration.clock, logger: logger).register(on: router)
         let webSocketRoutes = WebSocketRoutes(
             engine: engine, authenticator: authenticator,
@@ -152,7 +159,7 @@ public struct ParleyServer: Sendable {
             engine: engine, configuration: configuration,
             services: (redis?.services ?? []) + (socketIOPeers.map { [$0] } ?? []) + [
                 store, broker, presence,
-            ] + attachmentServices + [
+            ] + attachmentServices + (push.map { [$0] } ?? []) + [
                 NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
                 grpc, EngineService(engine: engine),
             ],

@@ -79,6 +79,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "The TURN server's shared secret (coturn use-auth-secret); prefer the environment. [env: PARLEY_TURN_SECRET]")
     var turnSecret: String?
 
+    @Option(help: "Push services browsers' subscriptions may point at, comma-separated origins (https://*.push.apple.com), * for any, or off to turn Web Push off. [env: PARLEY_PUSH_SERVICES] (default: the services of Chrome, Edge, Firefox and Safari)")
+    var pushServices: String?
+
+    @Option(help: "How push services can reach whoever runs this server: a mailto: or https: URL (VAPID sub). [env: PARLEY_PUSH_CONTACT] (default: mailto:parley@localhost)")
+    var pushContact: String?
+
     @Option(help: "Largest attachment in bytes. [env: PARLEY_MAX_ATTACHMENT_BYTES] (default: 26214400, 25 MiB)")
     var maxAttachmentBytes: Int?
 
@@ -247,6 +253,14 @@ struct Serve: AsyncParsableCommand {
         c.ice.stun = Environment.list(stun ?? env["PARLEY_STUN_URLS"]) ?? []
         c.ice.turn = Environment.list(turn ?? env["PARLEY_TURN_URLS"]) ?? []
         c.ice.turnSecret = turnSecret ?? env["PARLEY_TURN_SECRET"]
+        if let services = pushServices ?? env["PARLEY_PUSH_SERVICES"], services.trimmingCharacters(in: .whitespaces) == "off" {
+            c.push = nil
+        } else {
+            var push = PushNotifier.Configuration()
+            if let services = Environment.list(pushServices ?? env["PARLEY_PUSH_SERVICES"]) { push.services = PushServices(patterns: services) }
+            if let contact = pushContact ?? env["PARLEY_PUSH_CONTACT"] { push.contact = contact }
+            c.push = push
+        }
         if let bytes = try maxAttachmentBytes ?? env.int("PARLEY_MAX_ATTACHMENT_BYTES") { c.limits.maxAttachmentBytes = Int64(bytes) }
         if let bytes = try attachmentQuota ?? env.int("PARLEY_ATTACHMENT_QUOTA") { c.limits.attachmentQuotaPerDay = Int64(bytes) }
         if let seconds = try unusedUploadSeconds ?? env.int("PARLEY_UNUSED_UPLOAD_SECONDS") { c.limits.orphanAttachmentLifetime = .seconds(seconds) }

@@ -35,6 +35,7 @@ struct ConnectionTests {
             case .published(let stored): "published \(stored.message.seq)\(stored.duplicate ? " duplicate" : "")"
             case .callStarted(let start): "calling \(start.iceServers.count)"
             case .signaled: "signaled"
+            case .visibility(let visible): "visible \(visible)"
             case .changed(let message): "changed \(message.seq) \(message.content)\(message.deleted ? " deleted" : "") \(message.reactions.map { "\($0.emoji)\($0.users)" })"
             case .typing(let room, let typing): "typing \(room) \(typing)"
             case .read(let room, let seq): "read \(room) \(seq)"

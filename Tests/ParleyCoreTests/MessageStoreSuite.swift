@@ -163,6 +163,49 @@ struct MessageStoreSuite {
         }
     }
 
+    @Test("push subscriptions are kept one per endpoint, oldest first, removed by endpoint (and user); muted rooms are replaced; both survive a restart", arguments: StoreKind.allCases)
+    func pushSubscriptionsAndMutes(kind: StoreKind) async throws {
+        try await withStore(kind) { store, running in
+            let key = [UInt8](repeating: 4, count: 65)
+            func subscription(_ user: String, _ n: Int, auth: UInt8 = 1) -> PushSubscription {
+                PushSubscription(user: user, endpoint: "https://push.example/\(n)", p256dh: key, auth: [UInt8](repeating: auth, count: 16))
+            }
+            #expect(try await store.pushSubscriptions(user: "bob").isEmpty)
+            try await store.addPushSubscription(subscription("bob", 1))
+            try await Task.sleep(for: .milliseconds(2))
+            try await store.addPushSubscription(subscription("bob", 2))
+            try await store.addPushSubscription(subscription("carol", 3))
+            #expect(try await store.pushSubscriptions(user: "bob") == [subscription("bob", 1), subscription("bob", 2)])
+            // The same browser subscribing again (new keys, or as another user) replaces its row.
+            try await Task.sleep(for: .milliseconds(2))
+            try await store.addPushSubscription(subscription("carol", 1, auth: 9))
+            #expect(try await store.pushSubscriptions(user: "bob") == [subscription("bob", 2)])
+            #expect(try await store.pushSubscriptions(user: "carol") == [subscription("carol", 3), subscription("carol", 1, auth: 9)])
+            // Only the owner's removal removes; nil removes whoever's it is.
+            #expect(try await store.removePushSubscription(endpoint: "https://push.example/2", user: "carol") == false)
+            #expect(try await store.removePushSubscription(endpoint: "https://push.example/2", user: "bob") == true)
+            #expect(try await store.removePushSubscription(endpoint: "https://push.example/2", user: nil) == false)
+            #expect(try await store.removePushSubscription(endpoint: "https://push.example/3", user: nil) == true)
+            #expect(try await store.pushSubscriptions(user: "bob").isEmpty)
+
+            #expect(try await store.pushMutes(user: "bob").isEmpty)
+            try await store.setPushMutes(user: "bob", rooms: ["general", "dm:alice:bob"])
+            try await store.setPushMutes(user: "carol", rooms: [PushSettings.everyRoom])
+            #expect(try await store.pushMutes(user: "bob") == ["general", "dm:alice:bob"])
+            try await store.setPushMutes(user: "bob", rooms: ["random", "general"])
+            #expect(try await store.pushMutes(user: "bob") == ["random", "general"])
+            #expect(try await store.pushMutes(user: "carol") == [PushSettings.everyRoom])
+            if let reopened = try await running.reopen() {
+                await running.close()
+                #expect(try await reopened.store.pushSubscriptions(user: "carol") == [subscription("carol", 1, auth: 9)])
+                #expect(try await reopened.store.pushMutes(user: "bob") == ["random", "general"])
+                try await reopened.store.setPushMutes(user: "bob", rooms: [])
+                #expect(try await reopened.store.pushMutes(user: "bob").isEmpty)
+                await reopened.close()
+            }
+        }
+    }
+
     @Test("search finds messages with every word, newest first, paged by id; words are never query syntax", arguments: StoreKind.allCases)
     func search(kind: StoreKind) async throws {
         try await withStore(kind) { store, running in

@@ -36,6 +36,31 @@ final class FlakyStore: MessageStore {
         return try await inner.sharedSecret(named: name)
     }
 
+    func addPushSubscription(_ subscription: PushSubscription) async throws {
+        try check()
+        try await inner.addPushSubscription(subscription)
+    }
+
+    func removePushSubscription(endpoint: String, user: String?) async throws -> Bool {
+        try check()
+        return try await inner.removePushSubscription(endpoint: endpoint, user: user)
+    }
+
+    func pushSubscriptions(user: String) async throws -> [PushSubscription] {
+        try check()
+        return try await inner.pushSubscriptions(user: user)
+    }
+
+    func pushMutes(user: String) async throws -> Set<String> {
+        try check()
+        return try await inner.pushMutes(user: user)
+    }
+
+    func setPushMutes(user: String, rooms: Set<String>) async throws {
+        try check()
+        try await inner.setPushMutes(user: user, rooms: rooms)
+    }
+
     func sanction(room: String, user: String) async throws -> Sanction? {
         try check()
         return try await inner.sanction(room: room, user: user)

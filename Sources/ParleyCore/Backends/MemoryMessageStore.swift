@@ -26,6 +26,9 @@ public final class MemoryMessageStore: MessageStore {
         /// Sanctions by room, then user.
         var sanctions: [String: [String: Sanction]] = [:]
         var secrets: [String: [UInt8]] = [:]
+        /// Push subscriptions in the order they were made.
+        var subscriptions: [PushSubscription] = []
+        var pushMutes: [String: Set<String>] = [:]
     }
 
     private let state = Mutex(State())
@@ -111,6 +114,34 @@ public final class MemoryMessageStore: MessageStore {
             state.secrets[name] = secret
             return secret
         }
+    }
+
+    public func addPushSubscription(_ subscription: PushSubscription) async throws {
+        state.withLock { state in
+            state.subscriptions.removeAll { $0.endpoint == subscription.endpoint }
+            state.subscriptions.append(subscription)
+        }
+    }
+
+    public func removePushSubscription(endpoint: String, user: String?) async throws -> Bool {
+        state.withLock { state in
+            guard let index = state.subscriptions.firstIndex(where: { $0.endpoint == endpoint && (user == nil || $0.user == user) })
+            else { return false }
+            state.subscriptions.remove(at: index)
+            return true
+        }
+    }
+
+    public func pushSubscriptions(user: String) async throws -> [PushSubscription] {
+        state.withLock { $0.subscriptions.filter { $0.user == user } }
+    }
+
+    public func pushMutes(user: String) async throws -> Set<String> {
+        state.withLock { $0.pushMutes[user] ?? [] }
+    }
+
+    public func setPushMutes(user: String, rooms: Set<String>) async throws {
+        state.withLock { $0.pushMutes[user] = rooms.isEmpty ? nil : rooms }
     }
 
     public func sanction(room: String, user: String) async throws -> Sanction? {

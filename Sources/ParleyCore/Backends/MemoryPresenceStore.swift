@@ -10,6 +10,8 @@ public final class MemoryPresenceStore: PresenceStore {
 
     /// room -> user -> entry
     private let state = Mutex<[String: [String: Entry]]>([:])
+    /// user -> visible sessions
+    private let visible = Mutex<[String: Set<String>]>([:])
 
     public init() {}
 
@@ -53,5 +55,19 @@ public final class MemoryPresenceStore: PresenceStore {
 
     public func onlineCounts() async throws -> [String: Int] {
         state.withLock { rooms in rooms.mapValues(\.count) }
+    }
+
+    public func setVisible(user: String, session: String, _ isVisible: Bool) async throws {
+        visible.withLock { visible in
+            if isVisible {
+                visible[user, default: []].insert(session)
+            } else if visible[user]?.remove(session) != nil, visible[user]!.isEmpty {
+                visible[user] = nil
+            }
+        }
+    }
+
+    public func hasVisibleSession(user: String) async throws -> Bool {
+        visible.withLock { $0[user] != nil }
     }
 }

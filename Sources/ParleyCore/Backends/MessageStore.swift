@@ -52,6 +52,22 @@ public protocol MessageStore: Service {
     /// later messages by others there are, and how many of those mention the user.
     func inbox(user: String) async throws -> [InboxEntry]
 
+    // MARK: Web Push
+
+    /// Keeps `subscription`, one per endpoint: a browser that subscribes again (new keys, or
+    /// now for another user) replaces its earlier subscription.
+    func addPushSubscription(_ subscription: PushSubscription) async throws
+    /// Deletes the subscription at `endpoint` (only if it is `user`'s, when `user` is given);
+    /// true when there was one.
+    @discardableResult
+    func removePushSubscription(endpoint: String, user: String?) async throws -> Bool
+    /// `user`'s subscriptions, oldest first.
+    func pushSubscriptions(user: String) async throws -> [PushSubscription]
+    /// The rooms whose pushes `user` muted; `PushSettings.everyRoom` mutes them all.
+    func pushMutes(user: String) async throws -> Set<String>
+    /// Replaces `user`'s muted rooms.
+    func setPushMutes(user: String, rooms: Set<String>) async throws
+
     // MARK: Search
 
     /// Messages (not changes, not deleted ones) containing every word of `terms` (whole words, any case), newest first, older

@@ -17,4 +17,11 @@ public protocol PresenceStore: Service {
     func rooms(user: String) async throws -> [String]
     /// Number of present users per room, for rooms with anyone present.
     func onlineCounts() async throws -> [String: Int]
+
+    /// Marks a session as showing Parley to its user or not (a browser tab in front, or
+    /// hidden). Whoever has a visible session is not sent Web Push. A session that ends is
+    /// marked not visible; a dead instance's sessions stop counting by themselves.
+    func setVisible(user: String, session: String, _ visible: Bool) async throws
+    /// Whether any session of `user`, on any instance, is visible.
+    func hasVisibleSession(user: String) async throws -> Bool
 }

@@ -20,6 +20,8 @@ public enum Command: Sendable, Equatable {
     case call(user: String, video: Bool)
     /// A step of a call's signalling (`CallSignal.Kind`), to `toSession` when given.
     case signal(call: String, kind: CallSignal.Kind, data: String?, toSession: String?)
+    /// Whether the client shows Parley to its user now (docs/protocol.md, "Web Push").
+    case visibility(visible: Bool)
     case typing(room: String, typing: Bool)
     case read(room: String, seq: Int64)
     case history(room: String, before: Int64?, after: Int64?, limit: Int?)
@@ -62,6 +64,7 @@ public enum Reply: Sendable {
     case callStarted(Engine.CallStart)
     /// A signal was relayed.
     case signaled
+    case visibility(visible: Bool)
     case history(HistoryPage)
     case presence(Engine.PresencePage)
     case inbox([InboxEntry])

@@ -297,7 +297,7 @@ public final class Connection: Sendable {
         }
         guard let session else { throw ParleyError(.unauthorized, "send connect first") }
         switch command {
-        case .join, .direct, .leave, .presence, .inbox, .call, .signal: try engine.charge(session)
+        case .join, .direct, .leave, .presence, .inbox, .call, .signal, .visibility: try engine.charge(session)
         case .history(_, _, _, let limit), .search(_, _, let limit): try engine.charge(session, historyLimit: limit ?? engine.limits.defaultHistoryLimit)
         default: break
         }
@@ -339,6 +339,9 @@ public final class Connection: Sendable {
         case .signal(let call, let kind, let data, let toSession):
             try await engine.signal(session, call: call, kind: kind, data: data, toSession: toSession)
             reply(.signaled, id: id)
+        case .visibility(let visible):
+            try await engine.setVisible(session, visible)
+            reply(.visibility(visible: visible), id: id)
         case .typing(let room, let typing):
             try await engine.typing(session, room: room, typing: typing)
             reply(.typing(room: room, typing: typing), id: id)

@@ -24,6 +24,8 @@ public final class Engine: Sendable {
     let hub: Hub
     /// STUN and TURN servers handed to calls.
     public let ice: ICEConfiguration
+    /// Web Push to users with no visible session; nil: push is off.
+    public let push: PushNotifier?
     /// Calls started on this instance that still ring, by id: the timer that ends them as
     /// missed, and the call.
     private let ringing = Mutex<[String: (call: CallID, timer: ScheduledCall)]>([:])
@@ -64,6 +66,7 @@ public final class Engine: Sendable {
         presence: any PresenceStore,
         attachments: (any AttachmentStore)? = nil,
         ice: ICEConfiguration = ICEConfiguration(),
+        push: PushNotifier? = nil,
         limits: Limits = Limits(),
         metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
@@ -75,6 +78,7 @@ public final class Engine: Sendable {
         self.store = store
         self.attachments = attachments
         self.ice = ice
+        self.push = push
         self.broker = broker
         self.presence = presence
         self.limits = limits
@@ -134,6 +138,7 @@ public final class Engine: Sendable {
     public func disconnect(_ session: Session) async {
         session.outbox.close(.goingAway)
         await cancelCalls(of: session)
+        if session.endVisibility() { try? await presence.setVisible(user: session.user, session: session.id, false) }
         for room in session.removeAllRooms() {
             await removeMembership(session, room: room)
         }
@@ -518,6 +523,9 @@ public final class Engine: Sendable {
             call: id, kind: .ring, from: session.user, fromSession: session.id, to: callee, video: video,
             iceServers: ice.servers(for: callee, at: clock.now)
         )))
+        push?.enqueue(PushNotification(
+            kind: .call, user: callee, room: DirectRoom.name(session.user, callee), from: session.user, call: id, video: video
+        ))
         return CallStart(call: id, iceServers: ice.servers(for: session.user, at: clock.now))
     }
 
@@ -596,6 +604,76 @@ public final class Engine: Sendable {
         let secret = try await storeCall { try await self.store.sharedSecret(named: "calls") }
         callSecretCache.withLock { $0 = secret }
         return secret
+    }
+
+    // MARK: Web Push
+
+    private func pushNotifier() throws(ParleyError) -> PushNotifier {
+        guard let push else { throw ParleyError(.notFound, "Web Push is off on this server") }
+        return push
+    }
+
+    /// The VAPID public key browsers subscribe with (`applicationServerKey`).
+    public func pushPublicKey() async throws -> [UInt8] {
+        let push = try pushNotifier()
+        return try await storeCall { try await push.vapidKey() }.publicKey
+    }
+
+    /// Keeps a browser's subscription for `identity`'s user (a user may have
+    /// `maxPushSubscriptions`; a new one beyond that replaces the oldest).
+    public func subscribePush(_ identity: Identity, endpoint: String, p256dh: String, auth: String) async throws {
+        let push = try pushNotifier()
+        try identity.ensureCurrent(at: clock.now)
+        let subscription = try PushSubscription.checked(
+            user: identity.user, endpoint: endpoint, p256dh: p256dh, auth: auth, services: push.configuration.services
+        )
+        try await storeCall {
+            try await self.store.addPushSubscription(subscription)
+            let all = try await self.store.pushSubscriptions(user: identity.user)
+            for old in all.prefix(max(0, all.count - Self.maxPushSubscriptions)) where old.endpoint != endpoint {
+                try await self.store.removePushSubscription(endpoint: old.endpoint, user: identity.user)
+            }
+        }
+    }
+
+    /// Most subscriptions (browsers) one user keeps.
+    public static let maxPushSubscriptions = 10
+
+    /// Deletes the user's subscription at `endpoint`; `not_found` when they have none there.
+    public func unsubscribePush(_ identity: Identity, endpoint: String) async throws {
+        _ = try pushNotifier()
+        try identity.ensureCurrent(at: clock.now)
+        let removed = try await storeCall { try await self.store.removePushSubscription(endpoint: endpoint, user: identity.user) }
+        if !removed { throw ParleyError(.notFound, "no push subscription of yours at that endpoint") }
+    }
+
+    /// The rooms whose pushes the user muted (`PushSettings.everyRoom`: all of them).
+    public func pushMutes(_ identity: Identity) async throws -> Set<String> {
+        try identity.ensureCurrent(at: clock.now)
+        return try await storeCall { try await self.store.pushMutes(user: identity.user) }
+    }
+
+    /// Replaces the rooms whose pushes the user muted: room names, or `*` for every room.
+    public func setPushMutes(_ identity: Identity, rooms: [String]) async throws -> Set<String> {
+        try identity.ensureCurrent(at: clock.now)
+        guard rooms.count <= 1000 else { throw ParleyError(.tooLarge, "at most 1000 muted rooms") }
+        var muted: Set<String> = []
+        for room in rooms {
+            muted.insert(room == PushSettings.everyRoom ? room : try Validation.room(room, limits: limits))
+        }
+        let settled = muted
+        try await storeCall { try await self.store.setPushMutes(user: identity.user, rooms: settled) }
+        return muted
+    }
+
+    /// What the client says of itself: whether it shows Parley to its user now (a browser tab
+    /// in front). A user with a visible session is not pushed; a session that never says is
+    /// not visible.
+    public func setVisible(_ session: Session, _ visible: Bool) async throws {
+        guard !session.isWatcher, let change = session.setVisible(visible) else { return }
+        try await storeCall { try await self.presence.setVisible(user: session.user, session: session.id, change) }
+        // A disconnect that ran meanwhile may have come first: then the entry is removed again.
+        if change, session.hasEnded { try? await presence.setVisible(user: session.user, session: session.id, false) }
     }
 
     // MARK: Attachments
@@ -714,6 +792,12 @@ public final class Engine: Sendable {
             for (user, kind) in Mentions.notifications(for: result.message, limits: limits) {
                 // Best effort, like typing: a client also learns of it from its room listing.
                 try? await publishToBroker(.notify(user: user, kind: kind, message: result.message))
+                let message = result.message
+                push?.enqueue(PushNotification(
+                    kind: kind == .direct ? .direct : .mention, user: user, room: room, from: message.user,
+                    body: message.content.isEmpty && !message.attachments.isEmpty ? "📎 " + message.attachments[0].name : message.content,
+                    message: message.id, seq: message.seq
+                ))
             }
         }
         return result

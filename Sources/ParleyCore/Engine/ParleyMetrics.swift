@@ -25,8 +25,13 @@ public struct ParleyMetrics: Sendable {
     public let deliveryLatency: Timer
     private let connections: [String: Meter]
     private let errors: [String: Counter]
+    private let pushes: [String: Counter]
 
     public static let transports = ["websocket", "sse", "grpc", "socketio"]
+    /// What became of a push (`parley_pushes_total{result}`): accepted by the push service,
+    /// retried (429, 5xx, no answer), the subscription gone (404, 410: deleted), failed (given
+    /// up, or refused), not needed (a visible session, or muted), dropped (queue full).
+    public static let pushResults = ["sent", "retried", "gone", "failed", "not_needed", "dropped"]
     static let errorCodes: [ParleyError.Code] = [.badRequest, .unauthorized, .forbidden, .notFound, .tooLarge, .rateLimited, .unavailable, .internal]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory, version: String = "dev") {
@@ -51,6 +56,9 @@ public struct ParleyMetrics: Sendable {
         errors = Dictionary(uniqueKeysWithValues: Self.errorCodes.map {
             ($0.name, Counter(label: "parley_errors_total", dimensions: [("code", $0.name)], factory: factory))
         })
+        pushes = Dictionary(uniqueKeysWithValues: Self.pushResults.map {
+            ($0, Counter(label: "parley_pushes_total", dimensions: [("result", $0)], factory: factory))
+        })
         Meter(label: "parley_build_info", dimensions: [("version", version)], factory: factory).set(1)
         for meter in connections.values { meter.set(0) }
         rooms.set(0)
@@ -62,6 +70,10 @@ public struct ParleyMetrics: Sendable {
     /// Counts an error answered to a client, by its code.
     public func error(_ code: ParleyError.Code) {
         errors[code.name]?.increment()
+    }
+
+    func push(_ result: String) {
+        pushes[result]?.increment()
     }
 
     /// Counts a connection cut off because its outbox overflowed.

@@ -76,6 +76,28 @@ public final class Session: Sendable, Hashable {
     /// True once, for a session that was in its user's channel.
     func leaveUserChannel() -> Bool { inUserChannel.exchange(false, ordering: .relaxed) }
 
+    /// Bit 0: the client says it is visible (`Engine.setVisible`); bit 1: the session ended.
+    private let visibility = Atomic<UInt8>(0)
+
+    /// Records what the client says; the state to tell presence, nil when nothing changed or
+    /// the session ended.
+    func setVisible(_ visible: Bool) -> Bool? {
+        var current = visibility.load(ordering: .relaxed)
+        while true {
+            if current & 2 != 0 || (current & 1 != 0) == visible { return nil }
+            let (exchanged, original) = visibility.compareExchange(
+                expected: current, desired: (current & ~1) | (visible ? 1 : 0), ordering: .relaxed
+            )
+            if exchanged { return visible }
+            current = original
+        }
+    }
+
+    /// Ends the visibility state: true when the session was visible.
+    func endVisibility() -> Bool { visibility.exchange(2, ordering: .relaxed) & 1 != 0 }
+
+    var hasEnded: Bool { visibility.load(ordering: .relaxed) & 2 != 0 }
+
     func removeAllRooms() -> Set<String> {
         joined.withLock { rooms in
             defer { rooms.removeAll() }

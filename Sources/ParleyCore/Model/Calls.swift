@@ -149,21 +149,63 @@ public struct CallID: Sendable, Hashable {
     }
 }
 
-/// Base64 (standard alphabet, padded), for TURN credentials.
-enum Base64 {
+/// Base64: the standard alphabet, padded (TURN credentials), and the URL-safe one without
+/// padding (Web Push keys, JWTs).
+public enum Base64 {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    private static let urlAlphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
-    static func encode(_ bytes: [UInt8]) -> String {
+    public static func encode(_ bytes: some Collection<UInt8>, url: Bool = false) -> String {
+        let bytes = Array(bytes)
+        let letters = url ? urlAlphabet : alphabet
         var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
         var index = 0
         while index < bytes.count {
-            let chunk = Array(bytes[index..<min(index + 3, bytes.count)])
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
             let value = chunk.enumerated().reduce(0) { $0 | Int($1.element) << (16 - 8 * $1.offset) }
             for position in 0..<4 {
-                out.append(position <= chunk.count ? alphabet[(value >> (18 - 6 * position)) & 63] : UInt8(ascii: "="))
+                if position <= chunk.count {
+                    out.append(letters[(value >> (18 - 6 * position)) & 63])
+                } else if !url {
+                    out.append(UInt8(ascii: "="))
+                }
             }
             index += 3
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Decodes either alphabet, with or without padding; nil for anything else.
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
+        var bits = 0
+        var count = 0
+        var out: [UInt8] = []
+        var padding = 0
+        for byte in text.utf8 {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = Int(byte) - 65
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = Int(byte) - 71
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte) + 4
+            case UInt8(ascii: "+"), UInt8(ascii: "-"): value = 62
+            case UInt8(ascii: "/"), UInt8(ascii: "_"): value = 63
+            case UInt8(ascii: "="):
+                padding += 1
+                continue
+            default: return nil
+            }
+            guard padding == 0 else { return nil }
+            bits = bits << 6 | value
+            count += 6
+            if count >= 8 {
+                count -= 8
+                out.append(UInt8((bits >> count) & 0xFF))
+                bits &= (1 << count) - 1
+            }
+        }
+        // A lone character left over (6 bits) is no byte: not base64.
+        guard count < 6, padding <= 2 else { return nil }
+        return out
     }
 }

@@ -936,6 +936,14 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     set {command = .signal(newValue)}
   }
 
+  public var visibility: Chat_V1_VisibilityCommand {
+    get {
+      if case .visibility(let v)? = command {return v}
+      return Chat_V1_VisibilityCommand()
+    }
+    set {command = .visibility(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The command. A ChatCommand with none set is INVALID_ARGUMENT ("unknown command").
@@ -958,8 +966,36 @@ public nonisolated struct Chat_V1_ChatCommand: Sendable {
     case moderate(Chat_V1_ModerateCommand)
     case call(Chat_V1_CallCommand)
     case signal(Chat_V1_SignalCommand)
+    case visibility(Chat_V1_VisibilityCommand)
 
   }
+
+  public init() {}
+}
+
+/// Whether the client shows Parley to its user now (an app in the foreground). A user with a
+/// visible session is not sent Web Push; a session that never says is not visible. Ack:
+/// VisibilityResult.
+public nonisolated struct Chat_V1_VisibilityCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var visible: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Chat_V1_VisibilityResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var visible: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -1900,6 +1936,14 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     set {result = .signal(newValue)}
   }
 
+  public var visibility: Chat_V1_VisibilityResult {
+    get {
+      if case .visibility(let v)? = result {return v}
+      return Chat_V1_VisibilityResult()
+    }
+    set {result = .visibility(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
@@ -1916,6 +1960,7 @@ public nonisolated struct Chat_V1_Ack: Sendable {
     case change(Chat_V1_ChangeResult)
     case call(Chat_V1_CallResult)
     case signal(Chat_V1_SignalResult)
+    case visibility(Chat_V1_VisibilityResult)
 
   }
 
@@ -2960,7 +3005,7 @@ nonisolated extension Chat_V1_JoinRequest: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ChatCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0\u{1}moderate\0\u{1}call\0\u{1}signal\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}ping\0\u{1}dm\0\u{1}rooms\0\u{1}search\0\u{1}edit\0\u{1}delete\0\u{1}react\0\u{1}moderate\0\u{1}call\0\u{1}signal\0\u{1}visibility\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3203,6 +3248,19 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
           self.command = .signal(v)
         }
       }()
+      case 20: try {
+        var v: Chat_V1_VisibilityCommand?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .visibility(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .visibility(v)
+        }
+      }()
       default: break
       }
     }
@@ -3289,6 +3347,10 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
       guard case .signal(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
     }()
+    case .visibility?: try {
+      guard case .visibility(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3297,6 +3359,66 @@ nonisolated extension Chat_V1_ChatCommand: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Chat_V1_ChatCommand, rhs: Chat_V1_ChatCommand) -> Bool {
     if lhs.requestID != rhs.requestID {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_VisibilityCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".VisibilityCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}visible\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.visible) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.visible != false {
+      try visitor.visitSingularBoolField(value: self.visible, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_VisibilityCommand, rhs: Chat_V1_VisibilityCommand) -> Bool {
+    if lhs.visible != rhs.visible {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Chat_V1_VisibilityResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".VisibilityResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}visible\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.visible) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.visible != false {
+      try visitor.visitSingularBoolField(value: self.visible, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Chat_V1_VisibilityResult, rhs: Chat_V1_VisibilityResult) -> Bool {
+    if lhs.visible != rhs.visible {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4611,7 +4733,7 @@ nonisolated extension Chat_V1_ReadEvent: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ack"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0\u{1}change\0\u{1}call\0\u{1}signal\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}connect\0\u{1}join\0\u{1}leave\0\u{1}message\0\u{1}typing\0\u{1}read\0\u{1}history\0\u{1}presence\0\u{1}rooms\0\u{1}search\0\u{1}change\0\u{1}call\0\u{1}signal\0\u{1}visibility\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4789,6 +4911,19 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.result = .signal(v)
         }
       }()
+      case 15: try {
+        var v: Chat_V1_VisibilityResult?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .visibility(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .visibility(v)
+        }
+      }()
       default: break
       }
     }
@@ -4854,6 +4989,10 @@ nonisolated extension Chat_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .signal?: try {
       guard case .signal(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .visibility?: try {
+      guard case .visibility(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
     case nil: break
     }

@@ -54,6 +54,8 @@ public final class RedisPresence: PresenceStore {
     /// Removals that failed (Redis away): retried with each heartbeat, so a session that ended
     /// during an outage does not stay present.
     private let pendingRemovals = Mutex<Set<LocalSession>>([])
+    /// This instance's visible sessions (user, session), to register them again likewise.
+    private let visibleHere = Mutex<Set<[String]>>([])
     private let eventHandler = Mutex<(@Sendable (ServerEvent) async -> Void)?>(nil)
 
     public init(client: RedisClient, configuration: Configuration, logger: Logger) {
@@ -94,6 +96,9 @@ public final class RedisPresence: PresenceStore {
                 configuration.instanceID, ttlMilliseconds
             ))
             let sessions = local.withLock { $0 }
+            if reply.int == 1 {
+                for entry in visibleHere.withLock({ $0 }) { try await addVisible(user: entry[0], session: entry[1]) }
+            }
             if reply.int == 1, !sessions.isEmpty {
                 logger.warning("presence lost in Redis: registering \(sessions.count) local sessions again")
                 for (entry, since) in sessions {
@@ -178,6 +183,32 @@ public final class RedisPresence: PresenceStore {
             prefix + "rooms", prefix + "owned:" + configuration.instanceID, prefix + "removed:" + session + ":" + room,
             user, session, room, room + "\n" + user + "\n" + session, retry ? "1" : "0"
         ))
+        return reply.int == 1
+    }
+
+    /// `visible:<user>`: a set of the user's visible session ids. A session id starts with its
+    /// instance's id, so a session of an instance whose heartbeat is gone stops counting (and
+    /// the check removes it).
+    public func setVisible(user: String, session: String, _ visible: Bool) async throws {
+        if visible {
+            visibleHere.withLock { _ = $0.insert([user, session]) }
+            try await addVisible(user: user, session: session)
+        } else {
+            visibleHere.withLock { _ = $0.remove([user, session]) }
+            _ = try await client.send(RESPCommand("SREM", prefix + "visible:" + user, session))
+        }
+    }
+
+    private func addVisible(user: String, session: String) async throws {
+        _ = try await client.pipeline([
+            RESPCommand("SADD", prefix + "visible:" + user, session),
+            // Whatever is left behind goes within a day.
+            RESPCommand("PEXPIRE", prefix + "visible:" + user, 86_400_000),
+        ])
+    }
+
+    public func hasVisibleSession(user: String) async throws -> Bool {
+        let reply = try await client.send(RESPCommand("EVAL", RedisPresenceScripts.hasVisible, 1, prefix + "visible:" + user, prefix))
         return reply.int == 1
     }
 
@@ -279,6 +310,17 @@ enum RedisPresenceScripts {
         """
 
     /// ARGV: key prefix. Returns room, count, room, count...
+    /// KEYS[1] `visible:<user>`; ARGV[1] the prefix. 1 when a session of a live instance
+    /// (session ids are `<instance>-<n>`) is in the set; dead instances' sessions are removed.
+    static let hasVisible = """
+        for _, session in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+            local instance = string.match(session, '^(.*)-[^-]*$')
+            if instance and redis.call('EXISTS', ARGV[1] .. 'instance:' .. instance) == 1 then return 1 end
+            redis.call('SREM', KEYS[1], session)
+        end
+        return 0
+        """
+
     static let onlineCounts = """
         local p = ARGV[1]
         local result = {}

@@ -175,17 +175,7 @@ struct APIRoutes {
     }
 
     private func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: engine.limits.maxFrameBytes)
-        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
-            throw ParleyError(.tooLarge, "the body is larger than \(engine.limits.maxFrameBytes) bytes")
-        }
-        do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
-        } catch {
-            throw ClientFrameDecoder.describe(error)
-        }
+        try await JSONBody.decode(type, from: request, limit: engine.limits.maxFrameBytes)
     }
 
 }

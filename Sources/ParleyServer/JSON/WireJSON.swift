@@ -181,6 +181,8 @@ enum WireJSON {
             }
         case .signaled:
             json.object { _ in }
+        case .visibility(let visible):
+            json.object { json in json.key("visible"); json.bool(visible) }
         case .pong:
             json.object { _ in }
         }

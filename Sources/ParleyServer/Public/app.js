@@ -272,6 +272,16 @@
     for (const room of app.rooms.values()) joinOnServer(room);
     for (const room of app.rooms.values()) flushOutbox(room);
     syncInbox();
+    conn.reportedVisible = null;
+    reportVisibility();
+  }
+
+  /** Tells the server whether this tab is in front: while one is, no push is sent. */
+  function reportVisibility() {
+    const visible = document.visibilityState === 'visible';
+    if (!isOnline() || conn.reportedVisible === visible) return;
+    conn.reportedVisible = visible;
+    request('visibility', { visible }).catch(() => { conn.reportedVisible = null; });
   }
 
   function onSocketClosed(code, reason) {
@@ -795,7 +805,13 @@
   function onNewFromOthers(room, msg) {
     if (!isRoomInView(room)) room.unread += 1;
     if (room.name === app.currentRoom) announce(`${msg.user}: ${msg.content}`);
-    if (document.visibilityState === 'hidden') alertNewMessage(room, msg);
+    if (document.visibilityState === 'hidden' && shouldAlert(room, msg)) alertNewMessage(room, msg);
+  }
+
+  /** The rule of pushes, in the page too: a direct message or a mention, in a room not muted. */
+  function shouldAlert(room, msg) {
+    if (push.muteAll || push.muted.has(room.name)) return false;
+    return dmPartner(room.name) !== null || (Array.isArray(msg.mentions) && msg.mentions.includes(app.user));
   }
 
   function onJoinEvent(data) {
@@ -1030,6 +1046,13 @@
     $('me-name').textContent = app.user || '';
     const partner = room ? dmPartner(room.name) : null;
     $('call-button').hidden = !partner || partner === app.user || Boolean(calling.current);
+    const mute = $('mute-button');
+    mute.hidden = !room;
+    const muted = Boolean(room) && (push.muteAll || push.muted.has(room.name));
+    mute.setAttribute('aria-pressed', String(Boolean(room) && push.muted.has(room.name)));
+    mute.classList.toggle('muted', muted);
+    mute.title = push.muteAll ? 'All rooms are muted (Settings)' : muted ? 'Unmute this room' : 'Mute this room';
+    mute.setAttribute('aria-label', mute.title);
   }
 
   // ---------------------------------------------------------------------------
@@ -1091,7 +1114,8 @@
       };
       startRingtone();
       renderCall();
-      if (document.visibilityState === 'hidden' && app.settings.notify && 'Notification' in window && Notification.permission === 'granted') {
+      // With push on, the service worker shows the call (the server sees this tab hidden).
+      if (document.visibilityState === 'hidden' && !push.subscribed && app.settings.notify && 'Notification' in window && Notification.permission === 'granted') {
         new Notification(`${data.from} is calling`, { tag: data.call });
       }
       return;
@@ -2077,7 +2101,7 @@
     if (data.kind === 'dm' && dmPartner(data.room) !== null) {
       const room = addRoom(data.room);
       room.unread += 1;
-      if (document.visibilityState === 'hidden') alertNewMessage(room, msg);
+      if (document.visibilityState === 'hidden' && shouldAlert(room, msg)) alertNewMessage(room, msg);
       announce(`New direct message from ${msg.user}`);
       scheduleRender();
     } else if (data.kind === 'mention') {
@@ -2177,6 +2201,8 @@
     if (now - alerts.lastAt < ALERT_QUIET_MS) return;
     alerts.lastAt = now;
     if (app.settings.sound) playChime();
+    // With push on, the service worker shows it (the server sees this tab hidden).
+    if (push.subscribed) return;
     if (!app.settings.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
     try {
       const notification = new Notification(`${msg.user} in ${roomLabel(room.name)}`, {
@@ -2216,6 +2242,150 @@
     if (result && typeof result.then === 'function') result.then(done, done);
   }
 
+  // ---------------------------------------------------------------------------
+  // Web Push: the service worker shows DMs, mentions and calls while Parley is closed
+  // ---------------------------------------------------------------------------
+
+  const push = {
+    supported: 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window,
+    registration: null,
+    subscribed: false,
+    muteAll: false,
+    muted: new Set(),
+    error: '',
+  };
+
+  /** A call to the HTTP API as the signed-in user (the token, or the name in open mode). */
+  async function api(method, path, { params = {}, body = null } = {}) {
+    const query = new URLSearchParams(params);
+    if (!app.token) query.set('user', app.user);
+    const headers = app.token ? { Authorization: `Bearer ${app.token}` } : {};
+    if (body) headers['Content-Type'] = 'application/json';
+    const response = await fetch(`${path}?${query}`, { method, headers, body: body ? JSON.stringify(body) : undefined });
+    if (response.status === 204) return {};
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((data.error && data.error.message) || `${path}: ${response.status}`);
+    return data;
+  }
+
+  function base64UrlBytes(text) {
+    const base64 = text.replace(/-/g, '+').replace(/_/g, '/');
+    return Uint8Array.from(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, '=')), (c) => c.charCodeAt(0));
+  }
+
+  async function startPush() {
+    loadPushSettings();
+    if (!push.supported) return renderPush();
+    try {
+      push.registration = await navigator.serviceWorker.register('/sw.js');
+      const existing = await push.registration.pushManager.getSubscription();
+      // Subscribed in this browser for this user: tell the server again (it may have lost it).
+      if (existing && storage.get('push', null) === app.user) await saveSubscription(existing);
+    } catch (err) {
+      push.error = err.message || String(err);
+    }
+    renderPush();
+  }
+
+  async function loadPushSettings() {
+    try {
+      const settings = await api('GET', '/api/push/settings');
+      push.muteAll = settings.muteAll === true;
+      push.muted = new Set(Array.isArray(settings.mutedRooms) ? settings.mutedRooms : []);
+    } catch {
+      // Push is off on this server, or it is away: nothing is muted here.
+    }
+    renderPush();
+    scheduleRender();
+  }
+
+  async function saveSubscription(subscription) {
+    const json = subscription.toJSON();
+    await api('POST', '/api/push/subscriptions', { body: { endpoint: json.endpoint, keys: json.keys } });
+    push.subscribed = true;
+    storage.set('push', app.user);
+  }
+
+  async function enablePush() {
+    if (!push.registration) throw new Error(push.error || 'This browser cannot receive push notifications here.');
+    const permission = await Notification.requestPermission();
+    if (permission !== 'granted') throw new Error('Notifications are blocked; allow them in your browser’s site settings.');
+    const { publicKey } = await api('GET', '/api/push/key');
+    const key = base64UrlBytes(publicKey);
+    let subscription = await push.registration.pushManager.getSubscription();
+    if (subscription) {
+      // A subscription made for another server's key cannot be reused.
+      const current = subscription.options && subscription.options.applicationServerKey;
+      const same = current && new Uint8Array(current).every((byte, i) => byte === key[i]);
+      if (!same) {
+        await subscription.unsubscribe();
+        subscription = null;
+      }
+    }
+    if (!subscription) subscription = await push.registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    await saveSubscription(subscription);
+  }
+
+  /** Stops pushes to this browser (on sign-out too: the next person here must not get them). */
+  async function disablePush() {
+    push.subscribed = false;
+    storage.remove('push');
+    const subscription = push.registration && await push.registration.pushManager.getSubscription();
+    if (!subscription) return;
+    await api('DELETE', '/api/push/subscriptions', { params: { endpoint: subscription.endpoint } }).catch(ignore);
+  }
+
+  function onPushToggle() {
+    const box = $('setting-push');
+    push.error = '';
+    const change = box.checked ? enablePush() : disablePush();
+    change.catch((err) => {
+      push.error = err.message || String(err);
+      push.subscribed = false;
+    }).finally(renderPush);
+  }
+
+  async function savePushMutes(changes) {
+    try {
+      const settings = await api('PUT', '/api/push/settings', { body: changes });
+      push.muteAll = settings.muteAll === true;
+      push.muted = new Set(settings.mutedRooms || []);
+    } catch (err) {
+      toast(err.message || 'Could not save the setting.');
+    }
+    renderPush();
+    scheduleRender();
+  }
+
+  function toggleRoomMute() {
+    const room = currentRoom();
+    if (!room) return;
+    const muted = new Set(push.muted);
+    if (muted.has(room.name)) muted.delete(room.name);
+    else muted.add(room.name);
+    announce(muted.has(room.name) ? `${roomLabel(room.name)} muted.` : `${roomLabel(room.name)} unmuted.`);
+    savePushMutes({ mutedRooms: [...muted] });
+  }
+
+  function renderPush() {
+    const box = $('setting-push');
+    const state = $('push-state');
+    box.checked = push.subscribed;
+    box.disabled = !push.supported || !push.registration;
+    $('setting-mute-all').checked = push.muteAll;
+    if (push.error) state.textContent = push.error;
+    else if (!push.supported) state.textContent = 'This browser does not support push notifications.';
+    else if (!push.registration) state.textContent = 'Push notifications need a secure (https) page.';
+    else state.textContent = push.subscribed ? 'This browser is told of direct messages, mentions and calls while Parley is closed.' : '';
+  }
+
+  function onServiceWorkerMessage(event) {
+    const data = event.data || {};
+    if (data.type !== 'open-room' || typeof data.room !== 'string' || !isRoomName(data.room)) return;
+    addRoom(data.room);
+    switchRoom(data.room);
+  }
+
   function loadSettings() {
     const saved = storage.get('settings', {});
     app.settings.notify = saved.notify !== false;
@@ -2224,7 +2394,9 @@
     $('setting-sound').checked = app.settings.sound;
   }
 
-  function saveSettings() {
+  function saveSettings(event) {
+    if (event && event.target && event.target.id === 'setting-push') return onPushToggle();
+    if (event && event.target && event.target.id === 'setting-mute-all') return savePushMutes({ muteAll: event.target.checked });
     app.settings.notify = $('setting-notify').checked;
     app.settings.sound = $('setting-sound').checked;
     storage.set('settings', app.settings);
@@ -2540,6 +2712,13 @@
     $('login').hidden = true;
     $('app').hidden = false;
     connect();
+    startPush();
+    // Opened from a push's notification: that conversation.
+    const linked = new URLSearchParams(location.search).get('room');
+    if (linked && isRoomName(linked)) {
+      addRoom(linked);
+      switchRoom(linked);
+    }
     scheduleRender({ toBottom: true });
   }
 
@@ -2562,6 +2741,7 @@
   }
 
   function signOut() {
+    if (push.subscribed) disablePush();
     conn.wanted = false;
     stopTyping();
     dropSocket(1000, 'sign out');
@@ -2611,6 +2791,7 @@
   }
 
   function onVisibilityOrFocus() {
+    reportVisibility();
     const room = currentRoom();
     if (room && isRoomInView(room)) room.unread = 0;
     scheduleRender();
@@ -2696,6 +2877,8 @@
     $('settings-open').addEventListener('click', openSettings);
     $('settings').addEventListener('change', saveSettings);
     $('notify-permission').addEventListener('click', askPermission);
+    $('mute-button').addEventListener('click', toggleRoomMute);
+    if ('serviceWorker' in navigator) navigator.serviceWorker.addEventListener('message', onServiceWorkerMessage);
     document.addEventListener('keydown', onGlobalKeydown);
     document.addEventListener('pointerdown', unlockAudio, { once: true });
     document.addEventListener('keydown', unlockAudio, { once: true });

@@ -104,6 +104,8 @@ struct ClientFrameDecoder {
                 throw ParleyError.badRequest("field 'data.type' must be one of \(Self.sentKinds.map(\.rawValue).sorted().joined(separator: ", "))")
             }
             return .signal(call: data.call, kind: kind, data: data.data, toSession: data.toSession)
+        case "visibility":
+            return .visibility(visible: try body(VisibilityData.self, bytes).visible)
         case "typing":
             let data = try body(TypingData.self, bytes)
             return .typing(room: data.room, typing: data.typing)
@@ -213,6 +215,7 @@ private struct ModerateData: Decodable {
 private struct ReactData: Decodable { var room: String; var id: String; var emoji: String; var add: Bool?; var clientId: String? }
 private struct CallData: Decodable { var user: String; var video: Bool? }
 private struct SignalData: Decodable { var call: String; var type: String; var data: String?; var toSession: String? }
+private struct VisibilityData: Decodable { var visible: Bool }
 private struct TypingData: Decodable { var room: String; var typing: Bool }
 private struct ReadData: Decodable { var room: String; var seq: Int64 }
 private struct PresenceData: Decodable { var room: String; var after: String?; var limit: Int? }
