@@ -478,6 +478,67 @@ def test_images_by_picker_and_paste_and_a_voice_message(browser, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# notifications: visibility, muting, the in-page rule
+# ---------------------------------------------------------------------------------------------
+
+def api(server, method: str, path: str, body: dict | None = None):
+    import json
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(server.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read().decode()
+        return json.loads(text) if text and answer.headers.get("Content-Type", "").startswith("application/json") else text
+
+
+def pushes_not_needed(server) -> int:
+    import re
+
+    match = re.search(r'^parley_pushes_total\{result="not_needed"\} (\d+)', api(server, "GET", "/metrics"), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def test_a_visible_tab_holds_pushes_back_and_the_page_alerts_by_the_push_rules(browser, parley_server):
+    bob = browser("bob")
+    bob.join(ROOM)
+    dm = "dm:alice:bob"
+    push = lambda: bob.state()["push"]  # noqa: E731
+    bob.until(lambda d: push()["worker"], "the service worker never registered")
+    bob.until(lambda d: push()["visible"] is True, "the page never said it is visible")
+
+    # Bob's tab is in front: a DM to him needs no push (the server knows, through Redis in a cluster).
+    api(parley_server, "POST", f"/api/rooms/{dm}/messages", {"content": "are you there?", "user": "alice"})
+    bob.until(lambda d: pushes_not_needed(parley_server) == 1, "the server pushed to a visible user")
+    bob.until(lambda d: bob.state()["rooms"].get(dm, {}).get("count") == 1, "the DM never reached bob")
+
+    # He mutes the DM with the bell in its header: the server keeps it.
+    bob.driver.find_element(By.CSS_SELECTOR, f'#room-list li[data-room="{dm}"] .room-open').click()
+    bob.until(lambda d: bob.state()["currentRoom"] == dm, "the DM never opened")
+    bob.clickable("#mute-button").click()
+    bob.until(lambda d: push()["muted"] == [dm], f"not muted: {push()}")
+    assert api(parley_server, "GET", "/api/push/settings?user=bob")["mutedRooms"] == [dm]
+    assert bob.driver.find_element(By.ID, "mute-button").get_attribute("aria-pressed") == "true"
+
+    # The window minimized: bob's Parley tab is hidden, and says so.
+    bob.driver.minimize_window()
+    bob.until(lambda d: push()["visible"] is False, "the hidden page never said so")
+
+    # Hidden: a plain room message and a muted DM arrive without an alert.
+    api(parley_server, "POST", f"/api/rooms/{ROOM}/messages", {"content": "lunch?", "user": "alice"})
+    api(parley_server, "POST", f"/api/rooms/{dm}/messages", {"content": "muted one", "user": "alice"})
+    bob.until(lambda d: bob.state()["rooms"].get(dm, {}).get("count") == 2, "the muted DM never arrived")
+    bob.until(lambda d: bob.state()["rooms"][ROOM]["count"] >= 1, "the room message never arrived")
+    assert push()["alerts"] == 0, push()
+
+    # Unmuted, the next DM alerts.
+    bob.js("document.getElementById('mute-button').click();")
+    bob.until(lambda d: push()["muted"] == [], f"not unmuted: {push()}")
+    api(parley_server, "POST", f"/api/rooms/{dm}/messages", {"content": "loud one", "user": "alice"})
+    bob.until(lambda d: push()["alerts"] == 1, f"no alert for the DM: {push()}")
+
+
+# ---------------------------------------------------------------------------------------------
 # calls
 # ---------------------------------------------------------------------------------------------
 

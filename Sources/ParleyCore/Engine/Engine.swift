@@ -639,6 +639,13 @@ public final class Engine: Sendable {
     /// Most subscriptions (browsers) one user keeps.
     public static let maxPushSubscriptions = 10
 
+    /// The user's subscriptions (browsers that are pushed to), oldest first.
+    public func pushSubscriptions(_ identity: Identity) async throws -> [PushSubscription] {
+        _ = try pushNotifier()
+        try identity.ensureCurrent(at: clock.now)
+        return try await storeCall { try await self.store.pushSubscriptions(user: identity.user) }
+    }
+
     /// Deletes the user's subscription at `endpoint`; `not_found` when they have none there.
     public func unsubscribePush(_ identity: Identity, endpoint: String) async throws {
         _ = try pushNotifier()

@@ -38,13 +38,26 @@ struct PushRoutes {
         }
         push.post("subscriptions") { request, context -> Response in
             let body = try await JSONBody.decode(SubscriptionBody.self, from: request, limit: engine.limits.maxFrameBytes)
-            let identity = try await user(request, claimed: body.user)
+            let identity = try await user(request, claimed: body.user ?? request.uri.queryParameters["user"].map(String.init))
             try engine.charge(reader: identity, anonymous: false, address: context.channel.remoteAddress?.ipAddress)
             try await engine.subscribePush(identity, endpoint: body.endpoint, p256dh: body.keys.p256dh, auth: body.keys.auth)
             return Response.json(.created) { json in
                 json.object { json in
                     json.key("endpoint"); json.string(body.endpoint)
                     json.key("user"); json.string(identity.user)
+                }
+            }
+        }
+        push.get("subscriptions") { request, context -> Response in
+            let identity = try await user(request, claimed: request.uri.queryParameters["user"].map(String.init))
+            try engine.charge(reader: identity, anonymous: false, address: context.channel.remoteAddress?.ipAddress)
+            let subscriptions = try await engine.pushSubscriptions(identity)
+            return Response.json { json in
+                json.object { json in
+                    json.key("user"); json.string(identity.user)
+                    json.key("subscriptions"); json.array(subscriptions) { json, subscription in
+                        json.object { json in json.key("endpoint"); json.string(subscription.endpoint) }
+                    }
                 }
             }
         }
@@ -65,7 +78,7 @@ struct PushRoutes {
         }
         push.put("settings") { request, context -> Response in
             let body = try await JSONBody.decode(SettingsBody.self, from: request, limit: engine.limits.maxFrameBytes)
-            let identity = try await user(request, claimed: body.user)
+            let identity = try await user(request, claimed: body.user ?? request.uri.queryParameters["user"].map(String.init))
             try engine.charge(reader: identity, anonymous: false, address: context.channel.remoteAddress?.ipAddress)
             // A field left out keeps its value.
             var muted = try await engine.pushMutes(identity)

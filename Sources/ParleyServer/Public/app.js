@@ -2168,7 +2168,7 @@
   // Notifications: desktop notification and a WebAudio chime while hidden
   // ---------------------------------------------------------------------------
 
-  const alerts = { audio: null, lastAt: 0 };
+  const alerts = { audio: null, lastAt: 0, count: 0 };
 
   function unlockAudio() {
     const AudioCtx = window.AudioContext || window.webkitAudioContext;
@@ -2200,6 +2200,7 @@
     const now = Date.now();
     if (now - alerts.lastAt < ALERT_QUIET_MS) return;
     alerts.lastAt = now;
+    alerts.count += 1;
     if (app.settings.sound) playChime();
     // With push on, the service worker shows it (the server sees this tab hidden).
     if (push.subscribed) return;
@@ -2906,6 +2907,10 @@
         return {
           connection: app.connection, user: app.user, currentRoom: app.currentRoom, rooms,
           call: call ? { state: call.state, peer: call.peer, ice: call.pc ? call.pc.iceConnectionState : null } : null,
+          push: {
+            worker: Boolean(push.registration), subscribed: push.subscribed, muteAll: push.muteAll, muted: [...push.muted].sort(),
+            visible: conn.reportedVisible, alerts: alerts.count,
+          },
         };
       },
     });
