@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
+import Logging
 @testable import ParleyCore
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -319,5 +321,23 @@ struct WebPushTests {
         let got = try await rig.service.next(3)
         #expect(Set(try got.map { try browser.decrypt($0.body)["body"] as? String }) == ["0", "1", "2"])
         running.cancel()
+    }
+
+    @Test("shutdown ends a retry's wait at once, and what is queued goes out once more")
+    func shutdownDuringRetry() async throws {
+        let browser = Browser(endpoint: "https://push.example/1")
+        let rig = Rig(answers: [browser.endpoint: Array(repeating: PushResponse(status: 503), count: 10)])
+        try await rig.store.addPushSubscription(browser.subscription("bob"))
+        let group = ServiceGroup(configuration: .init(services: [.init(service: rig.notifier)], logger: Logger(label: "test")))
+        let running = Task { try await group.run() }
+        rig.notifier.enqueue(dm())
+        _ = try await rig.service.next(1)
+        for _ in 0..<500 where rig.clock.pendingTimers == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        try #require(rig.clock.pendingTimers == 1)
+        await group.triggerGracefulShutdown()
+        // The clock never moves: only the shutdown can end the wait.
+        try await withTimeout(.seconds(5)) { try await running.value }
+        #expect(rig.service.received.withLock { $0.count } == 1)
+        #expect(rig.clock.pendingTimers == 0)
     }
 }

@@ -125,6 +125,8 @@ public final class PushNotifier: Service {
     /// VAPID headers by push service origin, reused for an hour.
     private let authorizations = Mutex<[String: (header: String, until: Timestamp)]>([:])
     private let stopping = Atomic<Bool>(false)
+    /// Retries waiting for their time, by number: shutdown ends their wait at once.
+    private let retryWaits = Mutex<(next: Int, tasks: [Int: Task<Void, Never>])>((0, [:]))
 
     public init(
         store: any MessageStore, presence: any PresenceStore, transport: any PushTransport, configuration: Configuration = Configuration(),
@@ -170,6 +172,7 @@ public final class PushNotifier: Service {
             // What is queued still goes out, once, with no more retries.
             self.stopping.store(true, ordering: .relaxed)
             self.queue.finish()
+            for task in self.retryWaits.withLock({ Array($0.tasks.values) }) { task.cancel() }
         }
     }
 
@@ -238,7 +241,11 @@ public final class PushNotifier: Service {
                         return
                     }
                     metrics.push("retried")
-                    await clock.sleep(for: wait)
+                    await pause(wait)
+                    if stopping.load(ordering: .relaxed) {
+                        metrics.push("failed")
+                        return
+                    }
                 case .some(let status):
                     metrics.push("failed")
                     logger.warning("push refused", metadata: ["service": "\(origin)", "status": "\(status)"])
@@ -249,6 +256,21 @@ public final class PushNotifier: Service {
             metrics.push("failed")
             logger.warning("push failed", metadata: ["service": "\(origin)", "error": "\(error)"])
         }
+    }
+
+    /// Waits `duration` on the clock, or until shutdown.
+    private func pause(_ duration: Duration) async {
+        let clock = self.clock
+        let task = Task { await clock.sleep(for: duration) }
+        let id = retryWaits.withLock { waits in
+            waits.next += 1
+            waits.tasks[waits.next] = task
+            return waits.next
+        }
+        // Registered first, then checked: a shutdown either sees the task or was seen here.
+        if stopping.load(ordering: .relaxed) { task.cancel() }
+        await task.value
+        retryWaits.withLock { _ = $0.tasks.removeValue(forKey: id) }
     }
 
     /// 1 s, 2 s, 4 s... up to `maxRetry`, each with up to a quarter more at random, so that

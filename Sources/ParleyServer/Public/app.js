@@ -2257,10 +2257,10 @@
   };
 
   /** A call to the HTTP API as the signed-in user (the token, or the name in open mode). */
-  async function api(method, path, { params = {}, body = null } = {}) {
+  async function api(method, path, { params = {}, body = null, as = { user: app.user, token: app.token } } = {}) {
     const query = new URLSearchParams(params);
-    if (!app.token) query.set('user', app.user);
-    const headers = app.token ? { Authorization: `Bearer ${app.token}` } : {};
+    if (!as.token) query.set('user', as.user);
+    const headers = as.token ? { Authorization: `Bearer ${as.token}` } : {};
     if (body) headers['Content-Type'] = 'application/json';
     const response = await fetch(`${path}?${query}`, { method, headers, body: body ? JSON.stringify(body) : undefined });
     if (response.status === 204) return {};
@@ -2329,11 +2329,13 @@
 
   /** Stops pushes to this browser (on sign-out too: the next person here must not get them). */
   async function disablePush() {
+    // Who it is, taken now: sign-out forgets the user before the subscription is found.
+    const as = { user: app.user, token: app.token };
     push.subscribed = false;
     storage.remove('push');
     const subscription = push.registration && await push.registration.pushManager.getSubscription();
     if (!subscription) return;
-    await api('DELETE', '/api/push/subscriptions', { params: { endpoint: subscription.endpoint } }).catch(ignore);
+    await api('DELETE', '/api/push/subscriptions', { params: { endpoint: subscription.endpoint }, as }).catch(ignore);
   }
 
   function onPushToggle() {
