@@ -538,6 +538,41 @@ def test_a_visible_tab_holds_pushes_back_and_the_page_alerts_by_the_push_rules(b
     bob.until(lambda d: push()["alerts"] == 1, f"no alert for the DM: {push()}")
 
 
+def test_the_service_worker_shows_each_kind_of_push(browser, parley_server):
+    """The web client's service worker, given pushes as the server sends them (decrypted: the
+    browser's push service is not reachable here, so DevTools delivers them)."""
+    import json
+
+    bob = browser("bob")
+    bob.until(lambda d: bob.state()["push"]["worker"], "the service worker never registered")
+    driver = bob.driver
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": parley_server.url, "permissions": ["notifications"]})
+    driver.execute_cdp_cmd("ServiceWorker.enable", {})
+    pushes = [
+        {"type": "dm", "room": "dm:alice:bob", "from": "alice", "body": "are you there?", "id": "m1", "seq": 1},
+        {"type": "mention", "room": "general", "from": "carol", "body": "@bob lunch?", "id": "m2", "seq": 7},
+        {"type": "call", "room": "dm:alice:bob", "from": "alice", "call": "c1", "video": False},
+    ]
+    for data in pushes:
+        # Registration ids are small numbers; a push to an id with no worker goes nowhere.
+        for registration in ("0", "1", "2", "3"):
+            driver.execute_cdp_cmd("ServiceWorker.deliverPushMessage", {"origin": parley_server.url, "registrationId": registration, "data": json.dumps(data)})
+
+    def shown(_):
+        return driver.execute_async_script(
+            "const done = arguments[0];"
+            "navigator.serviceWorker.ready.then((r) => r.getNotifications())"
+            ".then((all) => done(all.map((n) => [n.title, n.body, n.tag, n.data && n.data.room])), () => done([]));"
+        )
+
+    bob.until(lambda d: len(shown(d)) == 3, f"notifications shown: {shown(None)}")
+    assert sorted(shown(None)) == sorted([
+        ["alice", "are you there?", "parley-dm:alice:bob", "dm:alice:bob"],
+        ["carol mentioned you in #general", "@bob lunch?", "parley-general", "general"],
+        ["alice is calling", "Voice call", "parley-call-c1", "dm:alice:bob"],
+    ])
+
+
 # ---------------------------------------------------------------------------------------------
 # calls
 # ---------------------------------------------------------------------------------------------
