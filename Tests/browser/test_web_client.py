@@ -624,3 +624,27 @@ def test_a_call_between_two_browsers_on_two_instances(browser, parley_server, tm
     finally:
         if other:
             other.stop()
+
+
+def test_a_video_call_shows_each_side_the_other(browser):
+    alice = browser("alice")
+    bob = browser("bob")
+    field = alice.visible("#room-input")
+    field.send_keys("@bob")
+    alice.clickable("#room-join").click()
+    alice.until(lambda d: alice.state()["currentRoom"] == "dm:alice:bob", "the DM never opened")
+    alice.clickable("#video-call-button").click()
+    bob.until(lambda d: call_state(bob).get("state") == "ringing", "bob's browser never rang")
+    assert call_state(bob)["video"] is True
+    assert bob.driver.find_element(By.ID, "call-status").text == "Incoming video call"
+    bob.clickable("#call-accept").click()
+    for page in (alice, bob):
+        # Chromium's fake camera draws frames: each side's large video shows the other's.
+        page.until(lambda d, p=page: call_state(p).get("state") == "connected" and call_state(p).get("remoteVideo", 0) > 0,
+                   f"no video from the other side: {call_state(page)}", timeout=30)
+        assert page.driver.find_element(By.ID, "call-local").is_displayed()
+    alice.clickable("#call-camera").click()
+    assert alice.driver.find_element(By.ID, "call-camera").get_attribute("aria-pressed") == "true"
+    assert alice.js("return document.getElementById('call-local').srcObject.getVideoTracks()[0].enabled;") is False
+    alice.clickable("#call-hangup").click()
+    bob.until(lambda d: not call_state(bob), "bob's call did not end when alice hung up")

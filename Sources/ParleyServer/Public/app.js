@@ -1046,6 +1046,7 @@
     $('me-name').textContent = app.user || '';
     const partner = room ? dmPartner(room.name) : null;
     $('call-button').hidden = !partner || partner === app.user || Boolean(calling.current);
+    $('video-call-button').hidden = $('call-button').hidden;
     const mute = $('mute-button');
     mute.hidden = !room;
     const muted = Boolean(room) && (push.muteAll || push.muted.has(room.name));
@@ -1056,11 +1057,11 @@
   }
 
   // ---------------------------------------------------------------------------
-  // Calls: WebRTC audio between two people, signalled through the server
+  // Calls: WebRTC audio (and video) between two people, signalled through the server
   // ---------------------------------------------------------------------------
 
   const calling = {
-    current: null, // {id, role, peer, peerSession, state, pc, stream, started, iceServers, pending: []}
+    current: null, // {id, role, peer, peerSession, state, pc, stream, started, iceServers, pending: [], video, cameraOff}
     ringtone: null,
     timer: null,
   };
@@ -1070,19 +1071,33 @@
     return navigator.mediaDevices.getUserMedia({ audio: true });
   }
 
-  async function startCall(partner) {
-    if (calling.current) return;
-    let stream;
+  /** The microphone and, for a video call, the camera; without a camera, audio alone. */
+  async function callMedia(video) {
+    if (!video) return { stream: await microphone(), video: false };
     try {
-      stream = await microphone();
+      return { stream: await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: 640 }, height: { ideal: 480 } } }), video: true };
+    } catch {
+      toast('The camera is not available: audio only.');
+      return { stream: await microphone(), video: false };
+    }
+  }
+
+  async function startCall(partner, video = false) {
+    if (calling.current) return;
+    let media;
+    try {
+      media = await callMedia(video);
     } catch {
       toast('The microphone is not available.');
       return;
     }
-    calling.current = { id: null, role: 'caller', peer: partner, peerSession: null, state: 'calling', pc: null, stream, started: 0, iceServers: [], pending: [] };
+    calling.current = {
+      id: null, role: 'caller', peer: partner, peerSession: null, state: 'calling', pc: null, stream: media.stream, started: 0,
+      iceServers: [], pending: [], video: media.video, cameraOff: false,
+    };
     renderCall();
     try {
-      const answer = await request('call', { user: partner });
+      const answer = await request('call', { user: partner, video: media.video });
       if (!calling.current) return;
       calling.current.id = answer.call;
       calling.current.iceServers = Array.isArray(answer.iceServers) ? answer.iceServers : [];
@@ -1110,7 +1125,7 @@
       }
       calling.current = {
         id: data.call, role: 'callee', peer: data.from, peerSession: data.fromSession, state: 'ringing', pc: null, stream: null,
-        started: 0, iceServers: Array.isArray(data.iceServers) ? data.iceServers : [], pending: [],
+        started: 0, iceServers: Array.isArray(data.iceServers) ? data.iceServers : [], pending: [], video: data.video === true, cameraOff: false,
       };
       startRingtone();
       renderCall();
@@ -1161,7 +1176,8 @@
     if (!call || call.state !== 'ringing') return;
     stopRingtone();
     try {
-      call.stream = await microphone();
+      // Without a camera here, this side only receives the caller's video.
+      call.stream = (await callMedia(call.video)).stream;
     } catch {
       sendSignal('decline');
       endCall('The microphone is not available.');
@@ -1196,9 +1212,10 @@
       if (event.candidate) sendSignal('candidate', JSON.stringify(event.candidate.toJSON()));
     });
     pc.addEventListener('track', (event) => {
-      const audio = $('call-audio');
-      audio.srcObject = event.streams[0];
-      audio.play().catch(ignore);
+      // A video call plays the other side (sound too) in the large video; an audio call in the audio element.
+      const player = call.video ? $('call-remote') : $('call-audio');
+      if (player.srcObject !== event.streams[0]) player.srcObject = event.streams[0];
+      player.play().catch(ignore);
     });
     pc.addEventListener('iceconnectionstatechange', () => {
       const state = pc.iceConnectionState;
@@ -1250,10 +1267,18 @@
     stopRingtone();
     if (call.pc) call.pc.close();
     for (const track of call.stream ? call.stream.getTracks() : []) track.stop();
-    $('call-audio').srcObject = null;
+    for (const id of ['call-audio', 'call-remote', 'call-local']) $(id).srcObject = null;
     if (message) toast(message);
     renderCall();
     scheduleRender();
+  }
+
+  function toggleCamera() {
+    const call = calling.current;
+    if (!call || !call.stream) return;
+    call.cameraOff = !call.cameraOff;
+    for (const track of call.stream.getVideoTracks()) track.enabled = !call.cameraOff;
+    renderCall();
   }
 
   function toggleMute() {
@@ -1297,10 +1322,19 @@
     calling.timer = null;
     if (!call) return;
     screen.dataset.state = call.state;
+    screen.classList.toggle('video', Boolean(call.video));
     $('call-peer').textContent = call.peer;
     const status = {
-      calling: 'Calling…', ringing: 'Incoming call', connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: '',
+      calling: 'Calling…', ringing: call.video ? 'Incoming video call' : 'Incoming call', connecting: 'Connecting…', reconnecting: 'Reconnecting…', connected: '',
     }[call.state] || '';
+    $('call-videos').hidden = !call.video || call.state === 'ringing';
+    const local = $('call-local');
+    const sendsVideo = Boolean(call.stream) && call.stream.getVideoTracks().length > 0;
+    local.hidden = !sendsVideo;
+    if (sendsVideo && local.srcObject !== call.stream) local.srcObject = call.stream;
+    $('call-camera').hidden = !sendsVideo || call.state === 'ringing';
+    $('call-camera').textContent = call.cameraOff ? 'Camera on' : 'Camera off';
+    $('call-camera').setAttribute('aria-pressed', String(Boolean(call.cameraOff)));
     $('call-status').textContent = status;
     if (call.state === 'connected') {
       const tick = () => { $('call-status').textContent = formatDuration(Date.now() - call.started); };
@@ -1315,6 +1349,7 @@
     $('call-hangup').hidden = call.state === 'ringing';
     $('call-hangup').textContent = call.state === 'calling' ? 'Cancel' : 'Hang up';
     $('call-button').hidden = true;
+    $('video-call-button').hidden = true;
   }
 
   function renderTitle() {
@@ -2828,6 +2863,12 @@
       const partner = room ? dmPartner(room.name) : null;
       if (partner) startCall(partner);
     });
+    $('video-call-button').addEventListener('click', () => {
+      const room = currentRoom();
+      const partner = room ? dmPartner(room.name) : null;
+      if (partner) startCall(partner, true);
+    });
+    $('call-camera').addEventListener('click', toggleCamera);
     $('call-accept').addEventListener('click', acceptCall);
     $('call-decline').addEventListener('click', declineCall);
     $('call-hangup').addEventListener('click', hangUp);
@@ -2908,7 +2949,10 @@
         const call = calling.current;
         return {
           connection: app.connection, user: app.user, currentRoom: app.currentRoom, rooms,
-          call: call ? { state: call.state, peer: call.peer, ice: call.pc ? call.pc.iceConnectionState : null } : null,
+          call: call ? {
+            state: call.state, peer: call.peer, ice: call.pc ? call.pc.iceConnectionState : null, video: Boolean(call.video),
+            remoteVideo: $('call-remote').videoWidth || 0,
+          } : null,
           push: {
             worker: Boolean(push.registration), subscribed: push.subscribed, muteAll: push.muteAll, muted: [...push.muted].sort(),
             visible: conn.reportedVisible, alerts: alerts.count,
