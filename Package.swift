@@ -155,7 +155,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ParleyCoreTests",
-            dependencies: ["ParleyCore", "ParleySQLite", "ParleyPostgres", "ParleyTestSupport"]
+            dependencies: [
+                "ParleyCore", "ParleySQLite", "ParleyPostgres", "ParleyTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "ParleyRedisTests",

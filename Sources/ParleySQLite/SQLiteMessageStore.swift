@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import NIOCore
+import NIOPosix
 import ParleyCore
 import SQLiteNIO
 import ServiceLifecycle
@@ -41,6 +42,11 @@ public final class SQLiteMessageStore: MessageStore {
     private let reader: SQLiteConnection
     /// Read positions: small writes that must not wait for the messages' group commit.
     private let positions: SQLiteConnection
+    /// A thread for each connection. A statement that waits for the write lock holds its
+    /// thread (SQLite's busy handler sleeps in it); on NIO's shared pool (a thread per core)
+    /// such waits could take every thread while the commit that holds the lock needed one
+    /// to finish, and each waited out the busy timeout.
+    private let threads: [NIOThreadPool]
     private let logger: Logger
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
@@ -54,7 +60,11 @@ public final class SQLiteMessageStore: MessageStore {
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
 
-    private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, logger: Logger) {
+    private init(
+        configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, threads: [NIOThreadPool],
+        logger: Logger
+    ) {
+        self.threads = threads
         self.configuration = configuration
         self.queue = AppendQueue(maxBatch: configuration.maxBatch)
         self.writer = writer
@@ -66,21 +76,37 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// Opens (creating if needed) and migrates the database file.
     public static func open(_ configuration: Configuration, logger: Logger = Logger(label: "parley.sqlite")) async throws -> SQLiteMessageStore {
-        let writer = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+        let threads = (0..<3).map { _ in NIOThreadPool(numberOfThreads: 1) }
+        for pool in threads { pool.start() }
+        func connect(_ index: Int) async throws -> SQLiteConnection {
+            try await SQLiteConnection.open(
+                storage: .file(path: configuration.path), threadPool: threads[index], logger: logger, on: MultiThreadedEventLoopGroup.singleton.any()
+            )
+        }
+        let writer: SQLiteConnection
+        do {
+            writer = try await connect(0)
+        } catch {
+            for pool in threads { try? await pool.shutdownGracefully() }
+            throw error
+        }
         do {
             for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=\(configuration.synchronous.rawValue)", "PRAGMA busy_timeout=5000"] {
                 _ = try await writer.query(pragma, [])
             }
             try await migrate(writer)
-            let reader = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            let reader = try await connect(1)
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
-            let positions = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            let positions = try await connect(2)
             for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
-            let store = SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
+            let store = SQLiteMessageStore(
+                configuration: configuration, writer: writer, reader: reader, positions: positions, threads: threads, logger: logger
+            )
             try await store.loadSanctions()
             return store
         } catch {
             try? await writer.close()
+            for pool in threads { try? await pool.shutdownGracefully() }
             throw error
         }
     }
@@ -188,7 +214,7 @@ public final class SQLiteMessageStore: MessageStore {
         sanctions.withLock { $0[room]?[user] }
     }
 
-    // MARK: Web Push (on the read positions' connection: small writes, never behind a commit)
+    // MARK: Web Push (written on the read positions' connection: small writes, never behind a commit)
 
     public func addPushSubscription(_ subscription: PushSubscription) async throws {
         _ = try await positions.query(
@@ -213,7 +239,7 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func pushSubscriptions(user: String) async throws -> [PushSubscription] {
-        let rows = try await positions.query(
+        let rows = try await reader.query(
             "SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user = ? ORDER BY created, endpoint", [.text(user)]
         )
         return rows.compactMap { row in
@@ -224,7 +250,7 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func pushMutes(user: String) async throws -> Set<String> {
-        let rows = try await positions.query("SELECT room FROM push_mutes WHERE user = ?", [.text(user)])
+        let rows = try await reader.query("SELECT room FROM push_mutes WHERE user = ?", [.text(user)])
         return Set(rows.compactMap { $0.column("room")?.string })
     }
 
@@ -265,6 +291,7 @@ public final class SQLiteMessageStore: MessageStore {
         try? await positions.close()
         try? await reader.close()
         try? await writer.close()
+        for pool in threads { try? await pool.shutdownGracefully() }
     }
 
     // MARK: Writing
