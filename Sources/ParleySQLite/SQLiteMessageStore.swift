@@ -51,8 +51,12 @@ public final class SQLiteMessageStore: MessageStore {
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
     private let lastSeqs = Mutex<[String: Int64]>([:])
-    /// The last rowid given out in `message_search`; nil until the writer loads it.
-    private let lastSearchRowid = Mutex<Int64?>(nil)
+    /// The last rowid given out in `message_search`; -1 until the writer loads it. (Not an
+    /// `Int64?`: with a `Mutex<Int64?>` here, one more stored property above it made the
+    /// futex word of `stats` hold garbage, and its next contended lock trapped (ESRCH) in
+    /// `parley bench-store`; Swift 6.3.1 on Linux. A payload whose size is its stride does not.
+    /// The cause is not pinned down; no other `Mutex` in Parley holds such a payload.)
+    private let lastSearchRowid = Mutex<Int64>(-1)
     /// Every room's sanctions as committed (by room, then user): the writer alone changes them,
     /// so joins and posts check them without a query.
     private let sanctions = Mutex<[String: [String: Sanction]]>([:])
@@ -310,7 +314,7 @@ public final class SQLiteMessageStore: MessageStore {
             logger.error("commit failed", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
             // The caches may hold values of the rolled-back transaction: reload them on next use.
             lastSeqs.withLock { $0.removeAll() }
-            lastSearchRowid.withLock { $0 = nil }
+            lastSearchRowid.withLock { $0 = -1 }
             try? await loadSanctions()
             let failure = ParleyError.unavailable("could not store the message")
             for pending in batch { pending.continuation.resume(throwing: failure) }
@@ -566,7 +570,7 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     private func loadLastSearchRowid() async throws -> Int64 {
-        if let cached = lastSearchRowid.withLock({ $0 }) { return cached }
+        if case let cached = lastSearchRowid.withLock({ $0 }), cached >= 0 { return cached }
         let rows = try await writer.query("SELECT MAX(rowid) AS rowid FROM message_search", [])
         return Int64(rows.first?.column("rowid")?.integer ?? 0)
     }

@@ -54,11 +54,12 @@ struct GuaranteeTests {
                 try await observer.ack("history", ["room": "flow", "limit": 1])["messages"][0]["seq"].int ?? 0
             }
             // Bounds are generous: 400 fsynced commits on a loaded 2-core machine take a while.
-            try await waitUntil(timeout: .seconds(60)) { try await stored() >= 100 }
+            // Polled within the connection's command budget (20 a second), or the poll is refused.
+            try await waitUntil(timeout: .seconds(60), every: .milliseconds(100)) { try await stored() >= 100 }
             let early = try await TestClient.connect(port: server.port, user: "early")
             let ack = try await early.ack("join", ["room": "flow", "since": 0])
             #expect(ack["seq"].int ?? 0 >= 100)
-            try await waitUntil(timeout: .seconds(60)) { try await stored() >= 200 }
+            try await waitUntil(timeout: .seconds(60), every: .milliseconds(100)) { try await stored() >= 200 }
             let late = try await TestClient.connect(port: server.port, user: "late")
             try await late.ack("join", ["room": "flow", "since": 150])
             try await publishing.value
@@ -225,11 +226,11 @@ extension Sequence {
 }
 
 /// Polls `condition` every 10 ms for up to `timeout`.
-func waitUntil(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
+func waitUntil(timeout: Duration = .seconds(20), every interval: Duration = .milliseconds(10), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(10))
+        try await Task.sleep(for: interval)
     }
     throw TestFailure("condition not met within \(timeout)")
 }

@@ -135,4 +135,19 @@ struct BenchToolTests {
             #expect(history.json["rooms"].array?.compactMap { $0["seq"].int }.reduce(0, +) == acked)
         }
     }
+
+    @Test("bench-store appends to a fresh SQLite store and reports its rate", arguments: [1, 8])
+    func benchStore(publishers: Int) async throws {
+        let directory = NSTemporaryDirectory() + "parley-bench-store-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let result = try await runToCompletion(
+            ServerProcess.executable,
+            ["bench-store", "--publishers", "\(publishers)", "--duration", "1", "--synchronous", "normal", "--data-dir", directory],
+            timeout: .seconds(60)
+        )
+        #expect(result.status == 0, "\(result.output)")
+        let rate = result.output.firstMatch(of: /(\d+) appends\/s \((\d+) in/)
+        #expect(rate.map { Int($0.1)! > 0 && Int($0.2)! > 0 } == true, "\(result.output)")
+    }
 }
