@@ -1,7 +1,6 @@
 import CoreMetrics
 import Logging
 import NIOCore
-import NIOPosix
 import ParleyCore
 import SQLiteNIO
 import ServiceLifecycle
@@ -42,11 +41,6 @@ public final class SQLiteMessageStore: MessageStore {
     private let reader: SQLiteConnection
     /// Read positions: small writes that must not wait for the messages' group commit.
     private let positions: SQLiteConnection
-    /// A thread for each connection. A statement that waits for the write lock holds its
-    /// thread (SQLite's busy handler sleeps in it); on NIO's shared pool (a thread per core)
-    /// such waits could take every thread while the commit that holds the lock needed one
-    /// to finish, and each waited out the busy timeout.
-    private let threads: [NIOThreadPool]
     private let logger: Logger
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
@@ -64,11 +58,7 @@ public final class SQLiteMessageStore: MessageStore {
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
 
-    private init(
-        configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, threads: [NIOThreadPool],
-        logger: Logger
-    ) {
-        self.threads = threads
+    private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
         self.queue = AppendQueue(maxBatch: configuration.maxBatch)
         self.writer = writer
@@ -80,37 +70,22 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// Opens (creating if needed) and migrates the database file.
     public static func open(_ configuration: Configuration, logger: Logger = Logger(label: "parley.sqlite")) async throws -> SQLiteMessageStore {
-        let threads = (0..<3).map { _ in NIOThreadPool(numberOfThreads: 1) }
-        for pool in threads { pool.start() }
-        func connect(_ index: Int) async throws -> SQLiteConnection {
-            try await SQLiteConnection.open(
-                storage: .file(path: configuration.path), threadPool: threads[index], logger: logger, on: MultiThreadedEventLoopGroup.singleton.any()
-            )
-        }
-        let writer: SQLiteConnection
-        do {
-            writer = try await connect(0)
-        } catch {
-            for pool in threads { try? await pool.shutdownGracefully() }
-            throw error
-        }
+        let writer = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
         do {
             for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=\(configuration.synchronous.rawValue)", "PRAGMA busy_timeout=5000"] {
                 _ = try await writer.query(pragma, [])
             }
             try await migrate(writer)
-            let reader = try await connect(1)
+            let reader = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
-            let positions = try await connect(2)
-            for pragma in ["PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
-            let store = SQLiteMessageStore(
-                configuration: configuration, writer: writer, reader: reader, positions: positions, threads: threads, logger: logger
-            )
+            let positions = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            // No busy timeout here: `positionsWrite` waits for the lock without holding a thread.
+            for pragma in ["PRAGMA busy_timeout=0", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
+            let store = SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
             try await store.loadSanctions()
             return store
         } catch {
             try? await writer.close()
-            for pool in threads { try? await pool.shutdownGracefully() }
             throw error
         }
     }
@@ -218,11 +193,30 @@ public final class SQLiteMessageStore: MessageStore {
         sanctions.withLock { $0[room]?[user] }
     }
 
+    /// A write on the read positions' connection. When the messages' commit holds the write
+    /// lock, it waits for it here, in the task, with backoff (1 ms, doubling to 32 ms, for up to
+    /// 5 s in all), instead of in SQLite's busy handler: that one sleeps in the thread, and a
+    /// few such waits took every thread of NIO's shared pool (a thread per core) while the
+    /// commit holding the lock needed one to finish.
+    @discardableResult
+    private func positionsWrite(_ sql: String, _ binds: [SQLiteData]) async throws -> [SQLiteRow] {
+        var delay = Duration.milliseconds(1)
+        var waited = Duration.zero
+        while true {
+            do {
+                return try await positions.query(sql, binds)
+            } catch let error as SQLiteError where [.busy, .locked, .busyTimeout].contains(error.reason) && waited < .seconds(5) {
+                try await Task.sleep(for: delay)
+                waited += delay
+                delay = min(delay * 2, .milliseconds(32))
+            }
+        }
+    }
+
     // MARK: Web Push (written on the read positions' connection: small writes, never behind a commit)
 
     public func addPushSubscription(_ subscription: PushSubscription) async throws {
-        _ = try await positions.query(
-            """
+        _ = try await positionsWrite("""
             INSERT INTO push_subscriptions(endpoint, user, p256dh, auth, created) VALUES (?, ?, ?, ?, ?)
             ON CONFLICT(endpoint) DO UPDATE SET user = excluded.user, p256dh = excluded.p256dh, auth = excluded.auth, created = excluded.created
             """,
@@ -235,9 +229,9 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func removePushSubscription(endpoint: String, user: String?) async throws -> Bool {
         let rows = if let user {
-            try await positions.query("DELETE FROM push_subscriptions WHERE endpoint = ? AND user = ? RETURNING endpoint", [.text(endpoint), .text(user)])
+            try await positionsWrite("DELETE FROM push_subscriptions WHERE endpoint = ? AND user = ? RETURNING endpoint", [.text(endpoint), .text(user)])
         } else {
-            try await positions.query("DELETE FROM push_subscriptions WHERE endpoint = ? RETURNING endpoint", [.text(endpoint)])
+            try await positionsWrite("DELETE FROM push_subscriptions WHERE endpoint = ? RETURNING endpoint", [.text(endpoint)])
         }
         return !rows.isEmpty
     }
@@ -261,17 +255,15 @@ public final class SQLiteMessageStore: MessageStore {
     public func setPushMutes(user: String, rooms: Set<String>) async throws {
         // Two statements, no transaction: this connection is shared by concurrent calls.
         let list = "[" + rooms.sorted().map(JSONText.quote).joined(separator: ",") + "]"
-        _ = try await positions.query(
+        _ = try await positionsWrite(
             "DELETE FROM push_mutes WHERE user = ? AND room NOT IN (SELECT value FROM json_each(?))", [.text(user), .text(list)]
         )
-        _ = try await positions.query(
-            "INSERT OR IGNORE INTO push_mutes(user, room) SELECT ?, value FROM json_each(?)", [.text(user), .text(list)]
-        )
+        _ = try await positionsWrite("INSERT OR IGNORE INTO push_mutes(user, room) SELECT ?, value FROM json_each(?)", [.text(user), .text(list)])
     }
 
     public func sharedSecret(named name: String) async throws -> [UInt8] {
         let fresh = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        _ = try await positions.query(
+        _ = try await positionsWrite(
             "INSERT INTO secrets(name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", [.text(name), .blob(ByteBuffer(bytes: fresh))]
         )
         let rows = try await positions.query("SELECT value FROM secrets WHERE name = ?", [.text(name)])
@@ -295,7 +287,6 @@ public final class SQLiteMessageStore: MessageStore {
         try? await positions.close()
         try? await reader.close()
         try? await writer.close()
-        for pool in threads { try? await pool.shutdownGracefully() }
     }
 
     // MARK: Writing
@@ -632,14 +623,14 @@ public final class SQLiteMessageStore: MessageStore {
     // MARK: Read positions
 
     public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
-        _ = try await positions.query(
+        _ = try await positionsWrite(
             "INSERT INTO read_positions(user, room, seq) VALUES (?, ?, ?) ON CONFLICT(user, room) DO NOTHING",
             [.text(user), .text(room), .integer(Int(readSeq))]
         )
     }
 
     public func markRead(user: String, room: String, seq: Int64) async throws {
-        _ = try await positions.query(
+        _ = try await positionsWrite(
             "INSERT INTO read_positions(user, room, seq) VALUES (?, ?, ?) ON CONFLICT(user, room) DO UPDATE SET seq = max(seq, excluded.seq)",
             [.text(user), .text(room), .integer(Int(seq))]
         )

@@ -217,14 +217,14 @@ public struct ParleyServer: Sendable {
     public static let version = "0.1.0"
 
     /// Buckets suited to chat: sub-millisecond commits up to multi-second stalls.
-    static func makeMetricsFactory(_ registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
-        var factory = PrometheusMetricsFactory(registry: registry)
+    static func makeMetricsFactory(_ registry: PrometheusCollectorRegistry) -> DescribedMetricsFactory {
+        var factory = DescribedMetricsFactory(registry: registry)
         let latency: [Duration] = [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
             .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
             .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)]
-        factory.durationHistogramBuckets[ParleyMetrics.deliveryLatencyLabel] = latency
-        factory.durationHistogramBuckets[ParleyMetrics.appendLatencyLabel] = latency
-        factory.valueHistogramBuckets[ParleyMetrics.batchSizeLabel] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+        factory.durationBuckets[ParleyMetrics.deliveryLatencyLabel] = latency
+        factory.durationBuckets[ParleyMetrics.appendLatencyLabel] = latency
+        factory.valueBuckets[ParleyMetrics.batchSizeLabel] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
         return factory
     }
 

@@ -7,6 +7,29 @@ public struct ParleyMetrics: Sendable {
     public static let appendLatencyLabel = "parley_store_append_seconds"
     public static let batchSizeLabel = "parley_store_batch_size"
 
+    /// Each metric's `# HELP` text (their meanings: docs/operations.md, "Metrics").
+    public static let help: [String: String] = [
+        "parley_messages_published_total": "Messages stored (acked) through this instance.",
+        "parley_messages_duplicate_total": "Idempotent retries answered with the original message.",
+        "parley_messages_delivered_total": "Live messages queued to members' sockets.",
+        "parley_broker_published_total": "Events handed to the broker.",
+        "parley_broker_received_total": "Events received from the broker.",
+        "parley_slow_consumers_total": "Connections cut off because their backlog passed its bound.",
+        "parley_rate_limited_total": "Publishes refused with rate_limited.",
+        "parley_calls_started_total": "Calls started on this instance.",
+        "parley_calls_missed_total": "Calls that rang out unanswered.",
+        "parley_socketio_forwarded_total": "Socket.IO polling requests forwarded to the instance holding their session.",
+        "parley_rooms": "Rooms with at least one member on this instance.",
+        "parley_members": "Room memberships of this instance's sessions.",
+        appendLatencyLabel: "Store append, commit included, in seconds.",
+        deliveryLatencyLabel: "Seconds from a message's publication to its write on a member's socket.",
+        batchSizeLabel: "Appends per store commit (group commit).",
+        "parley_connections": "Open sessions by transport.",
+        "parley_errors_total": "Errors answered to clients, by protocol code.",
+        "parley_pushes_total": "Web Push outcomes: sent, retried, gone, failed, not_needed, dropped.",
+        "parley_build_info": "Always 1; the labels say what runs.",
+    ]
+
     public let factory: any MetricsFactory
     let published: Counter
     let duplicates: Counter
