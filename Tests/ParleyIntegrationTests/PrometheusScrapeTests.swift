@@ -58,41 +58,55 @@ struct PrometheusScrapeTests {
             prometheus.standardOutput = FileHandle.nullDevice
             prometheus.standardError = FileHandle.nullDevice
             try launchProcess(prometheus)
-            defer {
-                prometheus.terminate()
-                prometheus.waitUntilExit()
+            do {
+                try await Self.checkDashboard(server: server, port: port, reader: reader, writer: writer)
+            } catch {
+                await Self.stop(prometheus)
+                throw error
             }
-            let api = "http://127.0.0.1:\(port)/api/v1/query?query="
-            func query(_ expression: String) async throws -> [JSON] {
-                let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? expression
-                guard let answer = try? await http("GET", api + encoded), answer.status == 200 else { return [] }
-                return answer.json["data"]["result"].array ?? []
-            }
-            // Scraped once: then the traffic, then two more scrapes so that rates span it.
-            try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
-                try await query("up{job=\"parley\"}").first?["value"][1].string == "1"
-            }
-            for index in 1...20 { try await writer.ack("message", ["room": "general", "content": "m\(index)"]) }
-            _ = try await reader.messages(20, room: "general")
-            try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
-                let scrapes = try await query("count_over_time(parley_messages_published_total[1m]) >= 4").count
-                let published = try await query("max_over_time(parley_messages_published_total[1m])").first?["value"][1].string
-                return scrapes == 1 && published == "20"
-            }
-
-            let dashboard = try JSON.parse(String(
-                contentsOf: BrowserTests.repository.appendingPathComponent("docs/grafana-dashboard.json"), encoding: .utf8
-            ))
-            let expressions = (dashboard["panels"].array ?? []).flatMap { ($0["targets"].array ?? []).compactMap { $0["expr"].string } }
-            #expect(expressions.count >= 18)
-            for expression in expressions {
-                let series = try await query(expression)
-                #expect(!series.isEmpty, "no series for \(expression)")
-            }
-            // A few answers that must be what the traffic made.
-            #expect(try await query("sum(rate(parley_messages_published_total[1m])) > 0").count == 1)
-            #expect(try await query("histogram_quantile(0.99, sum by (le) (rate(parley_delivery_latency_seconds_bucket[5m]))) >= 0").count == 1)
+            await Self.stop(prometheus)
         }
+    }
+
+    /// SIGTERM, then waits for the exit by polling: blocking one of the few threads that run
+    /// every test's tasks stalls all the servers of the suite.
+    static func stop(_ process: Process) async {
+        process.terminate()
+        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(100)) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    static func checkDashboard(server: TestServer, port: Int, reader: TestClient, writer: TestClient) async throws {
+        let api = "http://127.0.0.1:\(port)/api/v1/query?query="
+        func query(_ expression: String) async throws -> [JSON] {
+            let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? expression
+            guard let answer = try? await http("GET", api + encoded), answer.status == 200 else { return [] }
+            return answer.json["data"]["result"].array ?? []
+        }
+        // Scraped once: then the traffic, then two more scrapes so that rates span it.
+        try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
+            try await query("up{job=\"parley\"}").first?["value"][1].string == "1"
+        }
+        for index in 1...20 { try await writer.ack("message", ["room": "general", "content": "m\(index)"]) }
+        _ = try await reader.messages(20, room: "general")
+        try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
+            let scrapes = try await query("count_over_time(parley_messages_published_total[1m]) >= 4").count
+            let published = try await query("max_over_time(parley_messages_published_total[1m])").first?["value"][1].string
+            return scrapes == 1 && published == "20"
+        }
+
+        let dashboard = try JSON.parse(String(
+            contentsOf: BrowserTests.repository.appendingPathComponent("docs/grafana-dashboard.json"), encoding: .utf8
+        ))
+        let expressions = (dashboard["panels"].array ?? []).flatMap { ($0["targets"].array ?? []).compactMap { $0["expr"].string } }
+        #expect(expressions.count >= 18)
+        for expression in expressions {
+            let series = try await query(expression)
+            #expect(!series.isEmpty, "no series for \(expression)")
+        }
+        // A few answers that must be what the traffic made.
+        #expect(try await query("sum(rate(parley_messages_published_total[1m])) > 0").count == 1)
+        #expect(try await query("histogram_quantile(0.99, sum by (le) (rate(parley_delivery_latency_seconds_bucket[5m]))) >= 0").count == 1)
     }
 
     static func freePort() async throws -> Int {
