@@ -2,8 +2,6 @@ import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import NIOCore
-import NIOPosix
 import ParleyTestSupport
 import Testing
 
@@ -48,16 +46,11 @@ struct PrometheusScrapeTests {
                     static_configs:
                       - targets: ["127.0.0.1:\(server.port)"]
                 """.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
-            let port = try await Self.freePort()
-            let prometheus = Process()
-            prometheus.executableURL = URL(fileURLWithPath: "/usr/bin/prometheus")
-            prometheus.arguments = [
+            let port = try freeLoopbackPort()
+            let prometheus = try SpawnedProcess.spawn(URL(fileURLWithPath: "/usr/bin/prometheus"), [
                 "--config.file=\(directory)/prometheus.yml", "--storage.tsdb.path=\(directory)/data",
                 "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
-            ]
-            prometheus.standardOutput = FileHandle.nullDevice
-            prometheus.standardError = FileHandle.nullDevice
-            try launchProcess(prometheus)
+            ])
             do {
                 try await Self.checkDashboard(server: server, port: port, reader: reader, writer: writer)
             } catch {
@@ -70,10 +63,12 @@ struct PrometheusScrapeTests {
 
     /// SIGTERM, then waits for the exit by polling: blocking one of the few threads that run
     /// every test's tasks stalls all the servers of the suite.
-    static func stop(_ process: Process) async {
+    static func stop(_ process: SpawnedProcess) async {
         process.terminate()
-        for _ in 0..<100 where process.isRunning { try? await Task.sleep(for: .milliseconds(100)) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if await process.waitForExit(timeout: .seconds(10)) == nil {
+            kill(process.processIdentifier, SIGKILL)
+            _ = await process.waitForExit(timeout: .seconds(5))
+        }
     }
 
     static func checkDashboard(server: TestServer, port: Int, reader: TestClient, writer: TestClient) async throws {
@@ -107,14 +102,5 @@ struct PrometheusScrapeTests {
         // A few answers that must be what the traffic made.
         #expect(try await query("sum(rate(parley_messages_published_total[1m])) > 0").count == 1)
         #expect(try await query("histogram_quantile(0.99, sum by (le) (rate(parley_delivery_latency_seconds_bucket[5m]))) >= 0").count == 1)
-    }
-
-    static func freePort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0)
-            .get()
-        let port = channel.localAddress?.port ?? 0
-        try await channel.close()
-        return port
     }
 }

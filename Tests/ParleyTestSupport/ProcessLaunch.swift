@@ -1,13 +1,7 @@
 import Foundation
 
-/// Starts `process`, one launch at a time in this test process. Foundation's `Process.run()` on
-/// Linux crashed (a segmentation fault inside it) when several suites launched children at
-/// the same moment: the Python suites, redis-server and PostgreSQL start in parallel tests.
-public func launchProcess(_ process: Process) throws {
-    try withLaunchLock { try process.run() }
-}
-
-/// Runs `body` (a `posix_spawn`, a `Process.run()`) while no other child is being launched.
+/// Runs `body` (a `posix_spawn`) while no other child is being launched in this test process:
+/// a spawn marks the process's descriptors close-on-exec first where glibc lacks closefrom.
 func withLaunchLock<T>(_ body: () throws -> T) rethrows -> T {
     launchLock.lock()
     defer { launchLock.unlock() }

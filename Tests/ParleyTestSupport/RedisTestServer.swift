@@ -7,7 +7,7 @@ public final class RedisTestServer: Sendable {
     public let port: Int
     /// Set when the server speaks only TLS, with these certificates.
     public let tls: TestCertificates?
-    private let process = Mutex<Process?>(nil)
+    private let process = Mutex<SpawnedProcess?>(nil)
 
     private init(port: Int, tls: TestCertificates?) {
         self.port = port
@@ -33,21 +33,16 @@ public final class RedisTestServer: Sendable {
 
     /// Starts the server (again, after `kill`), empty, on the same port.
     public func launch() async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.executable)
         let listen = if let tls {
             ["--port", "0", "--tls-port", "\(port)", "--tls-cert-file", tls.certificateFile, "--tls-key-file", tls.keyFile,
              "--tls-ca-cert-file", tls.caFile, "--tls-auth-clients", "no"]
         } else {
             ["--port", "\(port)"]
         }
-        process.arguments = listen + [
+        let process = try SpawnedProcess.spawn(URL(fileURLWithPath: Self.executable), listen + [
             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(),
-        ]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try launchProcess(process)
+        ])
         self.process.withLock { $0 = process }
         for _ in 0..<250 {
             if canConnect() { return }

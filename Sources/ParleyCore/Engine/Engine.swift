@@ -678,7 +678,13 @@ public final class Engine: Sendable {
     /// not visible.
     public func setVisible(_ session: Session, _ visible: Bool) async throws {
         guard !session.isWatcher, let change = session.setVisible(visible) else { return }
-        try await storeCall { try await self.presence.setVisible(user: session.user, session: session.id, change) }
+        do {
+            try await storeCall { try await self.presence.setVisible(user: session.user, session: session.id, change) }
+        } catch {
+            // Not recorded: the session is as it was, so the client's retry is a change again.
+            _ = session.setVisible(!change)
+            throw error
+        }
         // A disconnect that ran meanwhile may have come first: then the entry is removed again.
         if change, session.hasEnded { try? await presence.setVisible(user: session.user, session: session.id, false) }
     }

@@ -10,34 +10,24 @@ func runToCompletion(
     includeErrors: Bool = true, timeout: Duration
 ) async throws -> (status: Int32?, output: String) {
     let log = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("output.log")
-    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-    let output = try FileHandle(forWritingTo: log)
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    process.currentDirectoryURL = directory
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    process.standardOutput = output
-    process.standardError = includeErrors ? output : FileHandle.nullDevice
-    try launchProcess(process)
-    try? output.close()
-    let deadline = ContinuousClock.now + timeout
-    while process.isRunning, ContinuousClock.now < deadline {
-        try await Task.sleep(for: .milliseconds(100))
+    let process = try SpawnedProcess.spawn(
+        executable, arguments, environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, directory: directory,
+        output: log.path, errorsToOutput: includeErrors
+    )
+    let status = await process.waitForExit(timeout: timeout)
+    if status == nil {
+        process.terminate()
+        _ = await process.waitForExit(timeout: .seconds(5))
     }
-    let timedOut = process.isRunning
-    if timedOut { process.terminate() }
     let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-    return (timedOut ? nil : process.terminationStatus, text)
+    return (status, text)
 }
 
 /// Whether `python3 -c "import <modules>"` succeeds (modules comma-separated).
 func pythonCanImport(_ modules: String) -> Bool {
-    let probe = Process()
-    probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    probe.arguments = ["python3", "-c", "import \(modules)"]
-    probe.standardError = FileHandle.nullDevice
-    guard (try? launchProcess(probe)) != nil else { return false }
+    guard let probe = try? SpawnedProcess.spawn(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", "import \(modules)"]) else {
+        return false
+    }
     probe.waitUntilExit()
     return probe.terminationStatus == 0
 }

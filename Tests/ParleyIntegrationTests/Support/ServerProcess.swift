@@ -3,11 +3,11 @@ import ParleyTestSupport
 
 /// The real `parley` executable in a child process, for tests that kill or signal it.
 final class ServerProcess: Sendable {
-    private let process: Process
+    private let process: SpawnedProcess
     let port: Int
     let grpcPort: Int
 
-    private init(process: Process, port: Int, grpcPort: Int) {
+    private init(process: SpawnedProcess, port: Int, grpcPort: Int) {
         self.process = process
         self.port = port
         self.grpcPort = grpcPort
@@ -27,16 +27,10 @@ final class ServerProcess: Sendable {
     /// Foundation on Linux handles poorly when several children run at once.
     static func start(_ arguments: [String], environment: [String: String] = [:]) async throws -> ServerProcess {
         let log = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("parley.log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        let output = try FileHandle(forWritingTo: log)
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardError = output
-        process.standardOutput = output
-        try launchProcess(process)
-        try? output.close()
+        let process = try SpawnedProcess.spawn(
+            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, output: log.path
+        )
         let deadline = ContinuousClock.now + .seconds(20)
         var seen = ""
         while ContinuousClock.now < deadline, process.isRunning {
@@ -67,11 +61,7 @@ final class ServerProcess: Sendable {
 
     /// Waits for the process to exit; returns its status, or nil if still running after `timeout`.
     func waitForExit(timeout: Duration) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return process.isRunning ? nil : process.terminationStatus
+        await process.waitForExit(timeout: timeout)
     }
 
     deinit {

@@ -10,7 +10,7 @@ import Synchronization
 final class RedisServerProcess: Sendable {
     let port: Int
     let password: String?
-    private let process: Mutex<Process?>
+    private let process: Mutex<SpawnedProcess?>
 
     private init(port: Int, password: String?) {
         self.port = port
@@ -45,17 +45,12 @@ final class RedisServerProcess: Sendable {
 
     /// Starts a new process on the same port, after `kill()`.
     func launch() async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.executable)
         var arguments = [
             "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--dir", NSTemporaryDirectory(),
         ]
         if let password { arguments += ["--requirepass", password] }
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try launchProcess(process)
+        let process = try SpawnedProcess.spawn(URL(fileURLWithPath: Self.executable), arguments)
         self.process.withLock { $0 = process }
         try await waitUntilReady()
     }
