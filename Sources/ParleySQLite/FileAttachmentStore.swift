@@ -17,7 +17,7 @@ import Synchronization
 public final class FileAttachmentStore: AttachmentStore {
     private let directory: String
     private let db: SQLiteConnection
-    private let io = NonBlockingFileIO(threadPool: .singleton)
+    private let io = NonBlockingFileIO(threadPool: StorageThreads.pool)
     private let logger: Logger
     /// One writer at a time on the one connection: concurrent `attach` calls would otherwise
     /// nest their BEGINs, and an insert made during another's transaction would be rolled back
@@ -35,7 +35,7 @@ public final class FileAttachmentStore: AttachmentStore {
         let files = FileManager.default
         try? files.removeItem(atPath: directory + "/tmp")
         try files.createDirectory(atPath: directory + "/tmp", withIntermediateDirectories: true)
-        let db = try await SQLiteConnection.open(storage: .file(path: directory + "/index.sqlite"), logger: logger)
+        let db = try await StorageThreads.open(directory + "/index.sqlite", logger: logger)
         do {
             for statement in [
                 "PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000",
@@ -81,7 +81,7 @@ public final class FileAttachmentStore: AttachmentStore {
         do {
             try await io.withFileHandle(path: temporary, mode: .write, flags: .allowFileCreation(posixMode: 0o600)) { handle in
                 try await reader.read(body) { chunk in try await io.write(fileHandle: handle, buffer: chunk) }
-                try await NIOThreadPool.singleton.runIfActive {
+                try await StorageThreads.pool.runIfActive {
                     try handle.withUnsafeFileDescriptor { descriptor in
                         guard fsync(descriptor) == 0 else { throw ParleyError.unavailable("could not store the file") }
                     }

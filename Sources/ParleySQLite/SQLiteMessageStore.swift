@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import NIOCore
+import NIOPosix
 import ParleyCore
 import SQLiteNIO
 import ServiceLifecycle
@@ -28,6 +29,8 @@ public final class SQLiteMessageStore: MessageStore {
         public var maxBatch = 512
         /// Where the batch-size histogram goes; none when nil.
         public var metricsFactory: (any MetricsFactory)?
+        /// The threads its statements block on.
+        public var threadPool: NIOThreadPool = StorageThreads.pool
 
         public init(path: String) {
             self.path = path
@@ -45,12 +48,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let queue: AppendQueue
     /// Last seq per room as known to the writer; touched only by the writer task.
     private let lastSeqs = Mutex<[String: Int64]>([:])
-    /// The last rowid given out in `message_search`; -1 until the writer loads it. (Not an
-    /// `Int64?`: with a `Mutex<Int64?>` here, one more stored property above it made the
-    /// futex word of `stats` hold garbage, and its next contended lock trapped (ESRCH) in
-    /// `parley bench-store`; Swift 6.3.1 on Linux. A payload whose size is its stride does not.
-    /// The cause is not pinned down; no other `Mutex` in Parley holds such a payload.)
-    private let lastSearchRowid = Mutex<Int64>(-1)
+    /// The last rowid given out in `message_search`; nil until the writer loads it.
+    private let lastSearchRowid = Mutex<Int64?>(nil)
     /// Every room's sanctions as committed (by room, then user): the writer alone changes them,
     /// so joins and posts check them without a query.
     private let sanctions = Mutex<[String: [String: Sanction]]>([:])
@@ -70,15 +69,15 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// Opens (creating if needed) and migrates the database file.
     public static func open(_ configuration: Configuration, logger: Logger = Logger(label: "parley.sqlite")) async throws -> SQLiteMessageStore {
-        let writer = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+        let writer = try await StorageThreads.open(configuration.path, on: configuration.threadPool, logger: logger)
         do {
             for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=\(configuration.synchronous.rawValue)", "PRAGMA busy_timeout=5000"] {
                 _ = try await writer.query(pragma, [])
             }
             try await migrate(writer)
-            let reader = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            let reader = try await StorageThreads.open(configuration.path, on: configuration.threadPool, logger: logger)
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
-            let positions = try await SQLiteConnection.open(storage: .file(path: configuration.path), logger: logger)
+            let positions = try await StorageThreads.open(configuration.path, on: configuration.threadPool, logger: logger)
             // No busy timeout here: `positionsWrite` waits for the lock without holding a thread.
             for pragma in ["PRAGMA busy_timeout=0", "PRAGMA synchronous=NORMAL"] { _ = try await positions.query(pragma, []) }
             let store = SQLiteMessageStore(configuration: configuration, writer: writer, reader: reader, positions: positions, logger: logger)
@@ -195,9 +194,9 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// A write on the read positions' connection. When the messages' commit holds the write
     /// lock, it waits for it here, in the task, with backoff (1 ms, doubling to 32 ms, for up to
-    /// 5 s in all), instead of in SQLite's busy handler: that one sleeps in the thread, and a
-    /// few such waits took every thread of NIO's shared pool (a thread per core) while the
-    /// commit holding the lock needed one to finish.
+    /// 5 s in all), instead of in SQLite's busy handler: that one sleeps in a thread of the
+    /// storage pool, and enough such waits took every thread while the commit holding the lock
+    /// needed one to finish.
     @discardableResult
     private func positionsWrite(_ sql: String, _ binds: [SQLiteData]) async throws -> [SQLiteRow] {
         var delay = Duration.milliseconds(1)
@@ -305,7 +304,7 @@ public final class SQLiteMessageStore: MessageStore {
             logger.error("commit failed", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
             // The caches may hold values of the rolled-back transaction: reload them on next use.
             lastSeqs.withLock { $0.removeAll() }
-            lastSearchRowid.withLock { $0 = -1 }
+            lastSearchRowid.withLock { $0 = nil }
             try? await loadSanctions()
             let failure = ParleyError.unavailable("could not store the message")
             for pending in batch { pending.continuation.resume(throwing: failure) }
@@ -561,7 +560,7 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     private func loadLastSearchRowid() async throws -> Int64 {
-        if case let cached = lastSearchRowid.withLock({ $0 }), cached >= 0 { return cached }
+        if let cached = lastSearchRowid.withLock({ $0 }) { return cached }
         let rows = try await writer.query("SELECT MAX(rowid) AS rowid FROM message_search", [])
         return Int64(rows.first?.column("rowid")?.integer ?? 0)
     }

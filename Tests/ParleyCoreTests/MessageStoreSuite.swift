@@ -213,20 +213,22 @@ struct MessageStoreSuite {
         }
     }
 
-    @Test("read-position writes, push lookups and appends running together all finish, none waiting out a lock", arguments: StoreKind.allCases)
-    func concurrentSmallWritesAndAppends(kind: StoreKind) async throws {
-        try await withStore(kind) { store, _ in
-            // A query that waits for SQLite's write lock while the commit holding it has no
-            // thread to finish on fails after the 5-second busy timeout: every call must succeed.
-            // NIO's shared thread pool is kept busy meanwhile but for one thread, as other work
-            // (file I/O) may keep it: the store must not depend on it.
-            let hold = HoldFlag()
-            let holders = (0..<max(0, System.coreCount - 1)).map { _ in
-                NIOThreadPool.singleton.runIfActive(eventLoop: MultiThreadedEventLoopGroup.singleton.any()) {
-                    while hold.held.load(ordering: .relaxed) { usleep(1000) }
-                }
-            }
-            defer { hold.held.store(false, ordering: .relaxed) }
+    @Test("read-position writes, push lookups and appends running together all finish on one storage thread, none waiting out a lock")
+    func concurrentSmallWritesAndAppends() async throws {
+        // Two storage threads, one kept busy (as other file I/O may keep them): a query that
+        // waits for SQLite's write lock in a thread while the commit holding it has none to
+        // finish on fails after the 5-second busy timeout. Every call must succeed.
+        let threads = NIOThreadPool(numberOfThreads: 2)
+        threads.start()
+        let hold = HoldFlag()
+        let holder = threads.runIfActive(eventLoop: MultiThreadedEventLoopGroup.singleton.any()) {
+            while hold.held.load(ordering: .relaxed) { usleep(1000) }
+        }
+        var configuration = SQLiteMessageStore.Configuration(path: NSTemporaryDirectory() + "parley-store-\(UUID().uuidString).sqlite")
+        configuration.threadPool = threads
+        let running = RunningStore.run(try await SQLiteMessageStore.open(configuration)) { nil }
+        let store = running.store
+        do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // Each loop waits for its call before the next: their statements interleave.
                 group.addTask { for n in 0..<100 { _ = try await store.append(draft("room\(n % 8)", "message \(n)", user: "u\(n % 16)")) } }
@@ -240,10 +242,14 @@ struct MessageStoreSuite {
                 }
                 for try await _ in group {}
             }
-            hold.held.store(false, ordering: .relaxed)
-            for holder in holders { try await holder.get() }
             #expect(try await store.rooms().map(\.seq).reduce(0, +) == 100)
+        } catch {
+            Issue.record(error)
         }
+        hold.held.store(false, ordering: .relaxed)
+        try await holder.get()
+        await running.close()
+        try await threads.shutdownGracefully()
     }
 
     @Test("search finds messages with every word, newest first, paged by id; words are never query syntax", arguments: StoreKind.allCases)
