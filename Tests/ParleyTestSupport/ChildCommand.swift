@@ -9,30 +9,12 @@ import Synchronization
 func runCommand(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let log = NSTemporaryDirectory() + "parley-command-\(UUID().uuidString).log"
     defer { try? FileManager.default.removeItem(atPath: log) }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-    defer { for pointer in argv { free(pointer) } }
-    var pid: pid_t = 0
-    let spawned = withLaunchLock { () -> Int32 in
-        // Nothing else of this process: `pg_ctl` leaves a server running that would otherwise
-        // hold copies of the tests' sockets (and keep their ports bound) for its whole life.
-        if let closeFrom = addCloseFrom {
-            _ = closeFrom(&actions, 3)
-        } else {
-            markOpenDescriptorsCloseOnExec()
-        }
-        return posix_spawn(&pid, executable, &actions, nil, argv, environ)
-    }
-    guard spawned == 0 else { throw TestSupportError("cannot run \(executable): error \(spawned)") }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-    let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    return (exitStatus, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+    // Nothing else of this process goes to the child (`SpawnedProcess` closes every other
+    // descriptor): `pg_ctl` leaves a server running that would otherwise hold copies of the
+    // tests' sockets (and keep their ports bound) for its whole life.
+    let process = try SpawnedProcess.spawn(URL(fileURLWithPath: executable), arguments, output: log)
+    process.waitUntilExit()
+    return (process.terminationStatus ?? -1, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
 }
 
 /// `runCommand` on a Dispatch thread: waiting for a child must not block one of the few
