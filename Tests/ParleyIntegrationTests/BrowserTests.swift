@@ -17,15 +17,8 @@ struct BrowserTests {
 
     @Test("two people chat, survive a server restart, and see markup as text", .enabled(if: required || browserAvailable))
     func seleniumSuite() async throws {
-        var environment = ["PARLEY_BIN": ServerProcess.executable.path, "PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()]
         // With a Redis and a PostgreSQL, the call test puts its two browsers on two instances.
-        let cluster = try await ClusterBackends.startForPython(&environment)
-        defer { cluster?.stop() }
-        let result = try await runToCompletion(
-            URL(fileURLWithPath: "/usr/bin/env"),
-            ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "Tests/browser"],
-            environment: environment, directory: Self.repository, timeout: .seconds(300)
-        )
+        let result = try await runPythonSuite("Tests/browser", environment: ["PARLEY_SCREENSHOT_DIR": NSTemporaryDirectory()])
         #expect(result.status == 0, "browser suite failed:\n\(result.output)")
     }
 

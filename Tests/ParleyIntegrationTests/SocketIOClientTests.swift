@@ -21,16 +21,9 @@ struct SocketIOClientTests {
 
     @Test("python-socketio and socket.io-client 4.8.1 chat, recover and are refused bad packets", .enabled(if: required || clientsAvailable))
     func pythonSuite() async throws {
-        var environment = ["PARLEY_BIN": ServerProcess.executable.path]
-        let cluster = try await ClusterBackends.startForPython(&environment)
-        defer { cluster?.stop() }
-        let result = try await runToCompletion(
-            URL(fileURLWithPath: "/usr/bin/env"),
-            ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "Tests/socketio"],
-            environment: environment, directory: BrowserTests.repository, timeout: .seconds(300)
-        )
+        let result = try await runPythonSuite("Tests/socketio")
         #expect(result.status == 0, "Socket.IO suite failed:\n\(result.output)")
-        if cluster != nil {
+        if result.cluster {
             #expect(!result.output.contains("SKIPPED"), "a Socket.IO test was skipped:\n\(result.output)")
         }
     }

@@ -16,15 +16,8 @@ struct WebPushInteropTests {
 
     @Test("DMs, mentions and calls reach a closed browser, gone subscriptions are dropped, a cluster pushes once", .enabled(if: required || pythonCanImport("http_ece, cryptography, aiohttp, pytest")))
     func pythonSuite() async throws {
-        var environment = ["PARLEY_BIN": ServerProcess.executable.path]
-        let cluster = try await ClusterBackends.startForPython(&environment)
-        defer { cluster?.stop() }
-        let result = try await runToCompletion(
-            URL(fileURLWithPath: "/usr/bin/env"),
-            ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "Tests/webpush"],
-            environment: environment, directory: BrowserTests.repository, timeout: .seconds(300)
-        )
+        let result = try await runPythonSuite("Tests/webpush")
         #expect(result.status == 0, "Web Push suite failed:\n\(result.output)")
-        #expect(result.output.contains(cluster != nil ? "3 passed" : "2 passed"), "unexpected pytest summary:\n\(result.output)")
+        #expect(result.output.contains(result.cluster ? "3 passed" : "2 passed"), "unexpected pytest summary:\n\(result.output)")
     }
 }

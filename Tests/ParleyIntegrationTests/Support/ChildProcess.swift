@@ -23,6 +23,22 @@ func runToCompletion(
     return (status, text)
 }
 
+/// Runs the pytest suite in the repository folder `suite` against the `parley` built for these
+/// tests (`PARLEY_BIN`), with a Redis and a PostgreSQL for its cluster tests when they can be
+/// started (`cluster` says whether they were), and `-rs` listing what it skipped.
+func runPythonSuite(
+    _ suite: String, environment extra: [String: String] = [:], timeout: Duration = .seconds(300)
+) async throws -> (status: Int32?, output: String, cluster: Bool) {
+    var environment = extra.merging(["PARLEY_BIN": ServerProcess.executable.path]) { $1 }
+    let cluster = try await ClusterBackends.startForPython(&environment)
+    defer { cluster?.stop() }
+    let result = try await runToCompletion(
+        URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", suite],
+        environment: environment, directory: BrowserTests.repository, timeout: timeout
+    )
+    return (result.status, result.output, cluster != nil)
+}
+
 /// Whether `python3 -c "import <modules>"` succeeds (modules comma-separated).
 func pythonCanImport(_ modules: String) -> Bool {
     guard let probe = try? SpawnedProcess.spawn(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", "import \(modules)"]) else {
