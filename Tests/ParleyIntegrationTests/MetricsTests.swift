@@ -7,7 +7,15 @@ import Testing
 
 /// Reads `/metrics` into `series -> value`, e.g. `parley_connections{transport="websocket"}`.
 func scrape(_ server: TestServer) async throws -> [String: Double] {
-    let (data, _) = try await URLSession.shared.data(from: URL(string: server.url("/metrics"))!)
+    try await scrape(port: server.port)
+}
+
+func scrape(_ server: ServerProcess) async throws -> [String: Double] {
+    try await scrape(port: server.port)
+}
+
+func scrape(port: Int) async throws -> [String: Double] {
+    let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
     var values: [String: Double] = [:]
     for line in String(decoding: data, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
         guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }

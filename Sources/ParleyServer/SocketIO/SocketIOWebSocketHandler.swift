@@ -28,6 +28,7 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
     private var packets: [ByteBuffer] = []
     private var frames: [Outbox.Frame] = []
     private var closeSent = false
+    private var ended = false
 
     init(server: SocketIOServer, admission: Admission) {
         self.server = server
@@ -46,9 +47,33 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        end()
+        context.fireChannelInactive()
+    }
+
+    /// Also reached when the client was gone before this handler was added (no
+    /// `channelInactive` then): the session must still hear of it.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        end()
+    }
+
+    /// The client ended its side of the TCP connection (the server allows half-closed
+    /// connections for HTTP): a WebSocket client that did so has left, close frame or not.
+    /// Without this the connection sat in CLOSE_WAIT, holding its session and rooms, until
+    /// the next write to it failed or two ping intervals passed.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func end() {
+        guard !ended else { return }
+        ended = true
         session?.websocketClosed(self)
         self.context = nil
-        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

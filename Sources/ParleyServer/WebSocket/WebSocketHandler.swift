@@ -69,6 +69,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     private var heardSinceLastPing = true
     private var pings: LoopPings?
     private var closeTimer: Scheduled<Void>?
+    private var ended = false
 
     init(shared: Shared, identity: Identity?) {
         self.shared = shared
@@ -106,6 +107,34 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        end()
+        context.fireChannelInactive()
+    }
+
+    /// A client that resets its connection right after the upgrade can be gone before this
+    /// handler is added: `channelInactive` then never reaches it, but the pipeline's teardown
+    /// still removes it. Before this, such a connection kept its session, rooms and ping slot
+    /// for the life of the process (about 3 KiB each, seen under churn).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        end()
+    }
+
+    /// The client ended its side of the TCP connection (the server allows half-closed
+    /// connections for HTTP): a WebSocket client that did so has left, close frame or not.
+    /// Without this the connection sat in CLOSE_WAIT, holding its session and rooms, until
+    /// the next write to it failed or two ping intervals passed.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Once per connection: stops its timers and leaves its rooms.
+    private func end() {
+        guard !ended else { return }
+        ended = true
         pings?.remove(self)
         pings = nil
         closeTimer?.cancel()
@@ -116,7 +145,6 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         self.context = nil
         logger.debug("websocket closed")
-        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

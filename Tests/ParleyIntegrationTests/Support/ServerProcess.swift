@@ -49,9 +49,15 @@ final class ServerProcess: Sendable {
     }
 
     /// The process's resident memory, in KiB (Linux).
-    var residentKiB: Int? {
+    var residentKiB: Int? { status("VmRSS:") }
+
+    /// The process's resident anonymous memory (its heap and stacks, not the pages of its
+    /// executable and libraries that running new code brings in), in KiB (Linux).
+    var anonymousKiB: Int? { status("RssAnon:") }
+
+    private func status(_ field: String) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return nil }
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+        let line = status.split(separator: "\n").first { $0.hasPrefix(field) }
         return line.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") }
     }
 
