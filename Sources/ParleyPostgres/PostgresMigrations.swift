@@ -83,6 +83,17 @@ enum PostgresMigrations {
             "CREATE INDEX push_subscriptions_user ON push_subscriptions(user_id, created_ts)",
             "CREATE TABLE push_mutes(user_id TEXT NOT NULL, room TEXT NOT NULL, PRIMARY KEY (user_id, room))",
         ],
+        [
+            // The webhook outbox (`WebhookOutbox`), shared by every instance: one row per event
+            // and endpoint, until delivered (deleted) or dead (kept).
+            """
+            CREATE TABLE webhook_outbox(
+                id BIGSERIAL PRIMARY KEY, target INT NOT NULL, room TEXT NOT NULL, kind TEXT NOT NULL, user_id TEXT NOT NULL,
+                seq BIGINT, ts BIGINT NOT NULL, attempts INT NOT NULL DEFAULT 0, due_at BIGINT NOT NULL DEFAULT 0,
+                lease_until BIGINT NOT NULL DEFAULT 0, dead BOOLEAN NOT NULL DEFAULT false, last_error TEXT)
+            """,
+            "CREATE INDEX webhook_outbox_queues ON webhook_outbox(target, room, id) WHERE NOT dead",
+        ],
     ]
 
     /// An arbitrary constant: the advisory lock that serializes migrations.

@@ -53,6 +53,7 @@ public final class PostgresStore: MessageStore {
     private let queue: AppendQueue
     /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
+    let webhookSelection = Mutex<WebhookSelection?>(nil)
     private let batchSizes: Recorder?
 
     private init(configuration: Configuration, logger: Logger) {
@@ -255,6 +256,20 @@ public final class PostgresStore: MessageStore {
             """,
             logger: logger
         )
+        let outbox = Self.outboxRows(for: rows, selection: webhookSelection.withLock { $0 })
+        if !outbox.isEmpty {
+            // In the commit: the event exists exactly when its row does. Under the rooms'
+            // counter locks, so a room's rows are numbered in the order they commit.
+            try await connection.query(
+                """
+                INSERT INTO webhook_outbox(target, room, kind, user_id, seq, ts)
+                SELECT * FROM unnest(\(outbox.map { $0.target })::int4[], \(outbox.map(\.message.room))::text[],
+                    \(outbox.map { WebhookKind($0.message.kind).rawValue })::text[], \(outbox.map(\.message.user))::text[],
+                    \(outbox.map(\.message.seq))::int8[], \(outbox.map(\.message.timestamp.milliseconds))::int8[])
+                """,
+                logger: logger
+            )
+        }
         for message in writes.changed.values {
             try await connection.query(
                 """
@@ -682,3 +697,121 @@ final class LeaseState: Sendable {
     }
 }
 
+// MARK: Webhook outbox
+
+extension PostgresStore: WebhookOutbox {
+    public func selectWebhooks(_ selection: WebhookSelection) {
+        webhookSelection.withLock { $0 = selection }
+    }
+
+    public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
+        guard let selection = webhookSelection.withLock({ $0 }) else { return }
+        var rows: [(target: Int, draft: WebhookDraft)] = []
+        for target in 0..<selection.targets {
+            for draft in drafts where selection.kinds.contains(draft.kind) { rows.append((target, draft)) }
+        }
+        guard !rows.isEmpty else { return }
+        let outbox = rows
+        try await write {
+            let rows = outbox
+            try await self.client.query(
+                """
+                INSERT INTO webhook_outbox(target, room, kind, user_id, seq, ts)
+                SELECT t, r, k, u, NULLIF(s, -1), ts FROM unnest(\(rows.map(\.target))::int4[], \(rows.map(\.draft.room))::text[],
+                    \(rows.map(\.draft.kind.rawValue))::text[], \(rows.map(\.draft.user))::text[], \(rows.map { $0.draft.seq ?? -1 })::int8[],
+                    \(rows.map(\.draft.timestamp.milliseconds))::int8[]) AS v(t, r, k, u, s, ts)
+                """,
+                logger: self.logger
+            )
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED`: instances claiming at the same moment take different rows
+    /// instead of waiting for each other; the lease keeps a claimed row theirs afterwards.
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+        let (now, until) = (now.milliseconds, leaseUntil.milliseconds)
+        return try await read {
+            let rows = try await self.client.query(
+                """
+                UPDATE webhook_outbox SET lease_until = \(until) WHERE id IN (
+                    SELECT o.id FROM webhook_outbox o
+                    WHERE o.id IN (SELECT min(id) FROM webhook_outbox WHERE NOT dead GROUP BY target, room)
+                        AND o.due_at <= \(now) AND o.lease_until <= \(now)
+                    ORDER BY o.id LIMIT \(limit) FOR UPDATE SKIP LOCKED)
+                    AND lease_until <= \(now)
+                RETURNING id, target, room, kind, user_id, seq, ts, attempts, last_error
+                """,
+                logger: self.logger
+            )
+            return try await Self.webhookEvents(rows).sorted { $0.id < $1.id }
+        }
+    }
+
+    public func completeWebhook(id: Int64) async throws {
+        try await write { try await self.client.query("DELETE FROM webhook_outbox WHERE id = \(id)", logger: self.logger) }
+    }
+
+    public func retryWebhook(id: Int64, at: Timestamp, error: String) async throws {
+        let due = at.milliseconds
+        try await write {
+            try await self.client.query(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = \(due), lease_until = 0, last_error = \(error) WHERE id = \(id)",
+                logger: self.logger
+            )
+        }
+    }
+
+    public func deadLetterWebhook(id: Int64, error: String) async throws {
+        try await write {
+            try await self.client.query(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, dead = true, lease_until = 0, last_error = \(error) WHERE id = \(id)",
+                logger: self.logger
+            )
+        }
+    }
+
+    public func deadWebhooks(limit: Int) async throws -> [WebhookEvent] {
+        try await read {
+            try await Self.webhookEvents(try await self.client.query(
+                "SELECT id, target, room, kind, user_id, seq, ts, attempts, last_error FROM webhook_outbox WHERE dead ORDER BY id LIMIT \(limit)",
+                logger: self.logger
+            ))
+        }
+    }
+
+    public func reviveWebhook(id: Int64) async throws -> Bool {
+        try await read {
+            let rows = try await self.client.query(
+                "UPDATE webhook_outbox SET dead = false, attempts = 0, due_at = 0, lease_until = 0 WHERE id = \(id) AND dead RETURNING id",
+                logger: self.logger
+            )
+            var found = false
+            for try await _ in rows { found = true }
+            return found
+        }
+    }
+
+    public func webhookBacklog() async throws -> Int {
+        try await read {
+            var count = 0
+            for try await n in try await self.client.query("SELECT count(*) FROM webhook_outbox WHERE NOT dead", logger: self.logger).decode(Int.self) {
+                count = n
+            }
+            return count
+        }
+    }
+
+    private static func webhookEvents(_ rows: PostgresRowSequence) async throws -> [WebhookEvent] {
+        var events: [WebhookEvent] = []
+        for try await (id, target, room, kind, user, seq, ts, attempts, lastError) in rows.decode(
+            (Int64, Int, String, String, String, Int64?, Int64, Int, String?).self
+        ) {
+            guard let kind = WebhookKind(rawValue: kind) else { continue }
+            events.append(WebhookEvent(
+                id: id, target: target, kind: kind, room: room, user: user, seq: seq, timestamp: Timestamp(milliseconds: ts),
+                attempts: attempts, lastError: lastError
+            ))
+        }
+        return events
+    }
+}

@@ -56,6 +56,7 @@ public final class SQLiteMessageStore: MessageStore {
     /// Batches and appends committed so far (for benchmarks).
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
+    private let webhookSelection = Mutex<WebhookSelection?>(nil)
 
     private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
@@ -75,6 +76,9 @@ public final class SQLiteMessageStore: MessageStore {
                 _ = try await writer.query(pragma, [])
             }
             try await migrate(writer)
+            // One process writes this file: webhooks it had claimed when it stopped are free
+            // again at once, not when their leases run out.
+            _ = try await writer.query("UPDATE webhook_outbox SET lease_until = 0 WHERE lease_until > 0", [])
             let reader = try await StorageThreads.open(configuration.path, on: configuration.threadPool, logger: logger)
             _ = try await reader.query("PRAGMA busy_timeout=5000", [])
             let positions = try await StorageThreads.open(configuration.path, on: configuration.threadPool, logger: logger)
@@ -156,6 +160,17 @@ public final class SQLiteMessageStore: MessageStore {
             """,
             "CREATE INDEX push_subscriptions_user ON push_subscriptions(user, created)",
             "CREATE TABLE push_mutes(user TEXT NOT NULL, room TEXT NOT NULL, PRIMARY KEY (user, room)) WITHOUT ROWID",
+        ],
+        [
+            // The webhook outbox (`WebhookOutbox`): one row per event and endpoint, until
+            // delivered (deleted) or dead (kept, `dead = 1`).
+            """
+            CREATE TABLE webhook_outbox(
+                id INTEGER PRIMARY KEY AUTOINCREMENT, target INTEGER NOT NULL, room TEXT NOT NULL, kind TEXT NOT NULL,
+                user TEXT NOT NULL, seq INTEGER, ts INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                due_at INTEGER NOT NULL DEFAULT 0, lease_until INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0, last_error TEXT)
+            """,
+            "CREATE INDEX webhook_outbox_queues ON webhook_outbox(target, room, id) WHERE dead = 0",
         ],
     ]
 
@@ -357,6 +372,7 @@ public final class SQLiteMessageStore: MessageStore {
             }
             try await insert(writes.rows)
             try await update(writes)
+            try await insertWebhooks(for: writes.rows)
             _ = try await writer.query("COMMIT", [])
             if !writes.sanctions.isEmpty {
                 sanctions.withLock { all in
@@ -559,6 +575,26 @@ public final class SQLiteMessageStore: MessageStore {
         lastSearchRowid.withLock { $0 = searchRowid }
     }
 
+    /// The batch's rows that webhooks were selected for, into the outbox, in the commit.
+    private func insertWebhooks(for rows: [Message]) async throws {
+        let outbox = Self.outboxRows(for: rows, selection: webhookSelection.withLock { $0 })
+        var start = 0
+        while start < outbox.count {
+            let chunk = outbox[start..<min(start + 128, outbox.count)]
+            var binds: [SQLiteData] = []
+            binds.reserveCapacity(chunk.count * 6)
+            for (target, message) in chunk {
+                binds += [
+                    .integer(target), .text(message.room), .text(WebhookKind(message.kind).rawValue), .text(message.user),
+                    .integer(Int(message.seq)), .integer(Int(message.timestamp.milliseconds)),
+                ]
+            }
+            let placeholders = Array(repeating: "(?,?,?,?,?,?)", count: chunk.count).joined(separator: ",")
+            _ = try await writer.query("INSERT INTO webhook_outbox(target, room, kind, user, seq, ts) VALUES \(placeholders)", binds)
+            start += chunk.count
+        }
+    }
+
     private func loadLastSearchRowid() async throws -> Int64 {
         if let cached = lastSearchRowid.withLock({ $0 }) { return cached }
         let rows = try await writer.query("SELECT MAX(rowid) AS rowid FROM message_search", [])
@@ -715,5 +751,91 @@ public final class SQLiteMessageStore: MessageStore {
             message.quote = Quote(of: answered)
         }
         return message
+    }
+}
+
+// MARK: Webhook outbox (written on the read positions' connection, never behind a commit)
+
+extension SQLiteMessageStore: WebhookOutbox {
+    public func selectWebhooks(_ selection: WebhookSelection) {
+        webhookSelection.withLock { $0 = selection }
+    }
+
+    public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
+        guard let selection = webhookSelection.withLock({ $0 }) else { return }
+        var binds: [SQLiteData] = []
+        for target in 0..<selection.targets {
+            for draft in drafts where selection.kinds.contains(draft.kind) {
+                binds += [
+                    .integer(target), .text(draft.room), .text(draft.kind.rawValue), .text(draft.user),
+                    draft.seq.map { .integer(Int($0)) } ?? .null, .integer(Int(draft.timestamp.milliseconds)),
+                ]
+            }
+        }
+        guard !binds.isEmpty else { return }
+        let placeholders = Array(repeating: "(?,?,?,?,?,?)", count: binds.count / 6).joined(separator: ",")
+        try await positionsWrite("INSERT INTO webhook_outbox(target, room, kind, user, seq, ts) VALUES \(placeholders)", binds)
+    }
+
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+        let rows = try await positionsWrite(
+            """
+            UPDATE webhook_outbox SET lease_until = ? WHERE id IN (
+                SELECT o.id FROM (SELECT min(id) AS id FROM webhook_outbox WHERE dead = 0 GROUP BY target, room) AS head
+                JOIN webhook_outbox AS o ON o.id = head.id
+                WHERE o.due_at <= ? AND o.lease_until <= ? ORDER BY o.id LIMIT ?)
+            RETURNING id, target, room, kind, user, seq, ts, attempts, last_error
+            """,
+            [.integer(Int(leaseUntil.milliseconds)), .integer(Int(now.milliseconds)), .integer(Int(now.milliseconds)), .integer(limit)]
+        )
+        return rows.compactMap(Self.webhookEvent).sorted { $0.id < $1.id }
+    }
+
+    public func completeWebhook(id: Int64) async throws {
+        try await positionsWrite("DELETE FROM webhook_outbox WHERE id = ?", [.integer(Int(id))])
+    }
+
+    public func retryWebhook(id: Int64, at: Timestamp, error: String) async throws {
+        try await positionsWrite(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
+            [.integer(Int(at.milliseconds)), .text(error), .integer(Int(id))]
+        )
+    }
+
+    public func deadLetterWebhook(id: Int64, error: String) async throws {
+        try await positionsWrite(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, dead = 1, lease_until = 0, last_error = ? WHERE id = ?",
+            [.text(error), .integer(Int(id))]
+        )
+    }
+
+    public func deadWebhooks(limit: Int) async throws -> [WebhookEvent] {
+        try await reader.query(
+            "SELECT id, target, room, kind, user, seq, ts, attempts, last_error FROM webhook_outbox WHERE dead = 1 ORDER BY id LIMIT ?",
+            [.integer(limit)]
+        ).compactMap(Self.webhookEvent)
+    }
+
+    public func reviveWebhook(id: Int64) async throws -> Bool {
+        let rows = try await positionsWrite(
+            "UPDATE webhook_outbox SET dead = 0, attempts = 0, due_at = 0, lease_until = 0 WHERE id = ? AND dead = 1 RETURNING id",
+            [.integer(Int(id))]
+        )
+        return !rows.isEmpty
+    }
+
+    public func webhookBacklog() async throws -> Int {
+        try await reader.query("SELECT count(*) AS n FROM webhook_outbox WHERE dead = 0", []).first?.column("n")?.integer ?? 0
+    }
+
+    private static func webhookEvent(_ row: SQLiteRow) -> WebhookEvent? {
+        guard let id = row.column("id")?.integer, let target = row.column("target")?.integer, let room = row.column("room")?.string,
+            let kind = row.column("kind")?.string.flatMap(WebhookKind.init(rawValue:)), let user = row.column("user")?.string,
+            let ts = row.column("ts")?.integer, let attempts = row.column("attempts")?.integer
+        else { return nil }
+        return WebhookEvent(
+            id: Int64(id), target: target, kind: kind, room: room, user: user, seq: row.column("seq")?.integer.map(Int64.init),
+            timestamp: Timestamp(milliseconds: Int64(ts)), attempts: attempts, lastError: row.column("last_error")?.string
+        )
     }
 }

@@ -28,6 +28,10 @@ public struct ServerConfiguration: Sendable {
     public var ice = ICEConfiguration()
     /// Web Push (docs/protocol.md, "Web Push"); nil turns it off.
     public var push: PushNotifier.Configuration? = PushNotifier.Configuration()
+    /// Webhooks to backends (docs/protocol.md, "Webhooks"); nil sends none.
+    public var webhooks: WebhookDispatcher.Configuration?
+    /// The synchronous publish hook; nil asks no one.
+    public var publishHook: PublishHookConfiguration?
     /// Time a WebSocket client that did not authenticate at upgrade has to send `connect`.
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long a plain HTTP/1 keep-alive connection may wait between requests, and a gRPC
@@ -132,4 +136,18 @@ extension ServerConfiguration {
 /// A `ServerConfiguration` that cannot run; `description` says which setting and why.
 public struct InvalidConfiguration: Error, CustomStringConvertible {
     public let description: String
+}
+
+/// The publish hook: `url` is asked (a signed POST) before each user message is stored.
+public struct PublishHookConfiguration: Sendable {
+    public var url: String
+    public var secret: [UInt8]
+    public var timeout: Duration = .seconds(2)
+    /// No answer (or a 5xx) lets the message through; by default it is refused as `unavailable`.
+    public var failOpen = false
+
+    public init(url: String, secret: [UInt8]) {
+        self.url = url
+        self.secret = secret
+    }
 }

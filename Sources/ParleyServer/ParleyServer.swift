@@ -71,8 +71,26 @@ public struct ParleyServer: Sendable {
                 clock: configuration.clock ?? SystemClock(), metrics: metrics, logger: logger
             )
         }
+        let clock = configuration.clock ?? SystemClock()
+        let outbox = store as? any WebhookOutbox
+        if configuration.webhooks != nil, outbox == nil { throw ParleyError(.internal, "this store keeps no webhook outbox") }
+        let dispatcher = configuration.webhooks.flatMap { webhooks in
+            outbox.map { outbox in
+                WebhookDispatcher(
+                    outbox: outbox, store: store, transport: HTTPWebhookTransport(), encoder: WebhookJSON.body, configuration: webhooks,
+                    clock: clock, metrics: metrics, logger: logger
+                )
+            }
+        }
+        let webhooks = dispatcher.flatMap { dispatcher in
+            outbox.map { Webhooks(outbox: $0, selection: dispatcher.configuration.selection, notify: { dispatcher.poke() }) }
+        }
+        let publishGate = configuration.publishHook.map {
+            HTTPPublishGate(configuration: $0, transport: HTTPWebhookTransport(), clock: clock, metrics: metrics)
+        }
         let engine = Engine(
             store: store, broker: broker, presence: presence, attachments: attachments, ice: configuration.ice, push: push,
+            webhooks: webhooks, publishGate: publishGate,
             limits: configuration.limits, metrics: metrics, instanceID: instanceID, logger: logger, clock: configuration.clock ?? SystemClock()
         )
         let storageName: StaticString = configuration.cluster.database != nil ? "postgres" : configuration.storage == .sqlite ? "sqlite" : "memory"
@@ -95,6 +113,7 @@ public struct ParleyServer: Sendable {
         APIRoutes(engine: engine, auth: auth).register(on: router)
         AttachmentRoutes(engine: engine, auth: auth).register(on: router)
         PushRoutes(engine: engine, auth: auth).register(on: router)
+        if let dispatcher, let outbox { WebhookRoutes(outbox: outbox, dispatcher: dispatcher, auth: auth).register(on: router) }
         SSERoutes(engine: engine, auth: auth, heartbeat: configuration.sseHeartbeat, clock: configuration.clock, logger: logger).register(on: router)
         let webSocketRoutes = WebSocketRoutes(
             engine: engine, authenticator: authenticator,
@@ -159,7 +178,7 @@ public struct ParleyServer: Sendable {
             engine: engine, configuration: configuration,
             services: (redis?.services ?? []) + (socketIOPeers.map { [$0] } ?? []) + [
                 store, broker, presence,
-            ] + attachmentServices + (push.map { [$0] } ?? []) + [
+            ] + attachmentServices + (push.map { [$0] } ?? []) + (dispatcher.map { [$0] } ?? []) + [
                 NamedService(name: "HTTP server on \(configuration.host):\(configuration.port)", app),
                 grpc, EngineService(engine: engine),
             ],

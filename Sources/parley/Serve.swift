@@ -85,6 +85,30 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "How push services can reach whoever runs this server: a mailto: or https: URL (VAPID sub). [env: PARLEY_PUSH_CONTACT] (default: mailto:parley@localhost)")
     var pushContact: String?
 
+    @Option(help: "Backend URLs that receive room events as signed webhooks, comma-separated. [env: PARLEY_WEBHOOK_URLS] (default: none)")
+    var webhookUrls: String?
+
+    @Option(help: "The secret webhooks and the publish hook are signed with (HMAC-SHA256); needed with either. [env: PARLEY_WEBHOOK_SECRET]")
+    var webhookSecret: String?
+
+    @Option(help: "Events sent by webhook: message, edit, delete, reaction, moderation, join, leave, read, comma-separated. [env: PARLEY_WEBHOOK_EVENTS] (default: all)")
+    var webhookEvents: String?
+
+    @Option(help: "Attempts at a webhook before it becomes a dead letter. [env: PARLEY_WEBHOOK_ATTEMPTS] (default: 12)")
+    var webhookAttempts: Int?
+
+    @Option(help: "Milliseconds before a failed webhook's first retry; each next one doubles, up to 10 minutes. [env: PARLEY_WEBHOOK_RETRY_MS] (default: 1000)")
+    var webhookRetryMs: Int?
+
+    @Option(help: "A backend URL asked before each user message is stored (the publish hook). [env: PARLEY_PUBLISH_HOOK_URL] (default: none)")
+    var publishHookUrl: String?
+
+    @Option(help: "Milliseconds the publish hook has to answer. [env: PARLEY_PUBLISH_HOOK_TIMEOUT_MS] (default: 2000)")
+    var publishHookTimeoutMs: Int?
+
+    @Option(help: "When the publish hook does not answer: closed refuses the message (unavailable), open lets it through. [env: PARLEY_PUBLISH_HOOK_FAILURE] (default: closed)")
+    var publishHookFailure: String?
+
     @Option(help: "Largest attachment in bytes. [env: PARLEY_MAX_ATTACHMENT_BYTES] (default: 26214400, 25 MiB)")
     var maxAttachmentBytes: Int?
 
@@ -269,12 +293,57 @@ struct Serve: AsyncParsableCommand {
         }
         c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
         c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
+        try resolveWebhooks(&c, environment: env)
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         c.corsOrigins = Environment.list(corsOrigins ?? env["PARLEY_CORS_ORIGINS"]) ?? []
     }
 }
 
 extension Serve {
+    func resolveWebhooks(_ c: inout ServerConfiguration, environment env: Environment) throws {
+        let urls = Environment.list(webhookUrls ?? env["PARLEY_WEBHOOK_URLS"]) ?? []
+        let hook = publishHookUrl ?? env["PARLEY_PUBLISH_HOOK_URL"]
+        let secret = try env.required("PARLEY_WEBHOOK_SECRET", flag: webhookSecret)
+        guard !urls.isEmpty || hook != nil else { return }
+        guard let secret else { throw ConfigurationError("webhooks and the publish hook need PARLEY_WEBHOOK_SECRET (they are signed with it)") }
+        for url in urls + (hook.map { [$0] } ?? []) where !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+            throw ConfigurationError("a webhook URL must be http:// or https://, got '\(url)'")
+        }
+        if !urls.isEmpty {
+            var webhooks = WebhookDispatcher.Configuration(urls: urls, secret: Array(secret.utf8))
+            if let names = Environment.list(webhookEvents ?? env["PARLEY_WEBHOOK_EVENTS"]) {
+                webhooks.kinds = Set(try names.map { name in
+                    guard let kind = WebhookKind(rawValue: name.lowercased()) else {
+                        throw ConfigurationError("PARLEY_WEBHOOK_EVENTS: unknown event '\(name)' (\(WebhookKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+                    }
+                    return kind
+                })
+            }
+            if let attempts = try webhookAttempts ?? env.int("PARLEY_WEBHOOK_ATTEMPTS") {
+                guard attempts >= 1 else { throw ConfigurationError("PARLEY_WEBHOOK_ATTEMPTS must be at least 1") }
+                webhooks.maxAttempts = attempts
+            }
+            if let ms = try webhookRetryMs ?? env.int("PARLEY_WEBHOOK_RETRY_MS") {
+                guard ms >= 1 else { throw ConfigurationError("PARLEY_WEBHOOK_RETRY_MS must be at least 1") }
+                webhooks.baseDelay = .milliseconds(ms)
+            }
+            c.webhooks = webhooks
+        }
+        if let hook {
+            var gate = PublishHookConfiguration(url: hook, secret: Array(secret.utf8))
+            if let ms = try publishHookTimeoutMs ?? env.int("PARLEY_PUBLISH_HOOK_TIMEOUT_MS") {
+                guard ms >= 1 else { throw ConfigurationError("PARLEY_PUBLISH_HOOK_TIMEOUT_MS must be at least 1") }
+                gate.timeout = .milliseconds(ms)
+            }
+            switch (publishHookFailure ?? env["PARLEY_PUBLISH_HOOK_FAILURE"])?.lowercased() {
+            case nil, "closed": gate.failOpen = false
+            case "open": gate.failOpen = true
+            case let other?: throw ConfigurationError("PARLEY_PUBLISH_HOOK_FAILURE must be open or closed, got '\(other)'")
+            }
+            c.publishHook = gate
+        }
+    }
+
     func resolveCluster(_ c: inout ClusterConfiguration, environment env: Environment) throws {
         do {
             if let url = redis ?? env["PARLEY_REDIS_URL"] {

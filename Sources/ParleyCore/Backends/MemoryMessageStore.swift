@@ -29,6 +29,24 @@ public final class MemoryMessageStore: MessageStore {
         /// Push subscriptions in the order they were made.
         var subscriptions: [PushSubscription] = []
         var pushMutes: [String: Set<String>] = [:]
+        var webhookSelection: WebhookSelection?
+        /// Outbox rows by id (ascending), live and dead.
+        var webhooks: [Int64: WebhookRow] = [:]
+        var lastWebhookID: Int64 = 0
+
+        mutating func addWebhook(_ event: WebhookEvent) {
+            lastWebhookID += 1
+            var event = event
+            event.id = lastWebhookID
+            webhooks[lastWebhookID] = WebhookRow(event: event)
+        }
+    }
+
+    struct WebhookRow {
+        var event: WebhookEvent
+        var dueAt: Int64 = 0
+        var leaseUntil: Int64 = 0
+        var dead = false
     }
 
     private let state = Mutex(State())
@@ -83,6 +101,12 @@ public final class MemoryMessageStore: MessageStore {
                 room.index[row.id] = room.messages.count
                 room.messages.append(row)
                 if let key { state.clientIds[key] = row }
+                for (target, message) in Self.outboxRows(for: [row], selection: state.webhookSelection) {
+                    state.addWebhook(WebhookEvent(
+                        id: 0, target: target, kind: WebhookKind(message.kind), room: message.room, user: message.user, seq: message.seq,
+                        timestamp: message.timestamp, attempts: 0
+                    ))
+                }
             }
             state.rooms[draft.room] = room
             return result
@@ -211,5 +235,96 @@ extension Duration {
     public var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+// MARK: Webhook outbox
+
+extension MemoryMessageStore: WebhookOutbox {
+    public func selectWebhooks(_ selection: WebhookSelection) {
+        state.withLock { $0.webhookSelection = selection }
+    }
+
+    public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
+        state.withLock { state in
+            guard let selection = state.webhookSelection else { return }
+            for target in 0..<selection.targets {
+                for draft in drafts where selection.kinds.contains(draft.kind) {
+                    state.addWebhook(WebhookEvent(
+                        id: 0, target: target, kind: draft.kind, room: draft.room, user: draft.user, seq: draft.seq,
+                        timestamp: draft.timestamp, attempts: 0
+                    ))
+                }
+            }
+        }
+    }
+
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+        state.withLock { state in
+            struct Queue: Hashable {
+                var target: Int
+                var room: String
+            }
+            var seen: Set<Queue> = []
+            var claimed: [WebhookEvent] = []
+            for id in state.webhooks.keys.sorted() where claimed.count < limit {
+                guard var row = state.webhooks[id], !row.dead else { continue }
+                // Only the oldest live row of its (target, room) may go.
+                guard seen.insert(Queue(target: row.event.target, room: row.event.room)).inserted else { continue }
+                guard row.dueAt <= now.milliseconds, row.leaseUntil <= now.milliseconds else { continue }
+                row.leaseUntil = leaseUntil.milliseconds
+                state.webhooks[id] = row
+                claimed.append(row.event)
+            }
+            return claimed
+        }
+    }
+
+    public func completeWebhook(id: Int64) async throws {
+        state.withLock { _ = $0.webhooks.removeValue(forKey: id) }
+    }
+
+    public func retryWebhook(id: Int64, at: Timestamp, error: String) async throws {
+        state.withLock { state in
+            guard var row = state.webhooks[id] else { return }
+            row.event.attempts += 1
+            row.event.lastError = error
+            row.dueAt = at.milliseconds
+            row.leaseUntil = 0
+            state.webhooks[id] = row
+        }
+    }
+
+    public func deadLetterWebhook(id: Int64, error: String) async throws {
+        state.withLock { state in
+            guard var row = state.webhooks[id] else { return }
+            row.event.attempts += 1
+            row.event.lastError = error
+            row.dead = true
+            row.leaseUntil = 0
+            state.webhooks[id] = row
+        }
+    }
+
+    public func deadWebhooks(limit: Int) async throws -> [WebhookEvent] {
+        state.withLock { state in
+            let rows = state.webhooks
+            return Array(rows.keys.sorted().compactMap { rows[$0] }.filter(\.dead).map(\.event).prefix(limit))
+        }
+    }
+
+    public func reviveWebhook(id: Int64) async throws -> Bool {
+        state.withLock { state in
+            guard var row = state.webhooks[id], row.dead else { return false }
+            row.dead = false
+            row.dueAt = 0
+            row.event.attempts = 0
+            state.webhooks[id] = row
+            return true
+        }
+    }
+
+    public func webhookBacklog() async throws -> Int {
+        state.withLock { state in state.webhooks.values.count { !$0.dead } }
     }
 }

@@ -26,6 +26,8 @@ public final class Engine: Sendable {
     public let ice: ICEConfiguration
     /// Web Push to users with no visible session; nil: push is off.
     public let push: PushNotifier?
+    public let webhooks: Webhooks?
+    public let publishGate: (any PublishGate)?
     /// Calls started on this instance that still ring, by id: the timer that ends them as
     /// missed, and the call.
     private let ringing = Mutex<[String: (call: CallID, timer: ScheduledCall)]>([:])
@@ -67,6 +69,8 @@ public final class Engine: Sendable {
         attachments: (any AttachmentStore)? = nil,
         ice: ICEConfiguration = ICEConfiguration(),
         push: PushNotifier? = nil,
+        webhooks: Webhooks? = nil,
+        publishGate: (any PublishGate)? = nil,
         limits: Limits = Limits(),
         metrics: ParleyMetrics = ParleyMetrics(),
         instanceID: String = MessageID.next().suffix(8).lowercased(),
@@ -79,6 +83,8 @@ public final class Engine: Sendable {
         self.attachments = attachments
         self.ice = ice
         self.push = push
+        self.webhooks = webhooks
+        self.publishGate = publishGate
         self.broker = broker
         self.presence = presence
         self.limits = limits
@@ -229,6 +235,7 @@ public final class Engine: Sendable {
             everyone = try await members(of: room)
             if arrived {
                 try await announce(.join(room: room, user: session.user, timestamp: clock.now), online: everyone.count)
+                await recordWebhook(WebhookDraft(kind: .join, room: room, user: session.user, timestamp: clock.now))
             }
         } catch {
             _ = session.removeRoom(room)
@@ -404,9 +411,24 @@ public final class Engine: Sendable {
             if try await presence.remove(room: room, user: session.user, session: session.id) {
                 await setTyping(room: room, user: session.user, false, leaving: true)
                 try await announce(.leave(room: room, user: session.user, timestamp: clock.now), online: nil)
+                await recordWebhook(WebhookDraft(kind: .leave, room: room, user: session.user, timestamp: clock.now))
             }
         } catch {
             logger.warning("presence update failed", metadata: ["room": "\(room)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Webhooks
+
+    /// Puts a join, leave or read in the webhook outbox (rows of history enter it with their
+    /// commit). A failure is logged: the event it follows happened.
+    private func recordWebhook(_ draft: WebhookDraft) async {
+        guard let webhooks, webhooks.selection.selects(draft.kind) else { return }
+        do {
+            try await webhooks.outbox.enqueueWebhooks([draft])
+            webhooks.notify()
+        } catch {
+            logger.warning("could not queue a webhook", metadata: ["room": "\(draft.room)", "kind": "\(draft.kind.rawValue)", "error": "\(error)"])
         }
     }
 
@@ -435,7 +457,8 @@ public final class Engine: Sendable {
             room: room, user: author, content: content, timestamp: clock.now, clientId: clientId, replyTo: replyTo,
             privileged: identity.mayModerate
         )
-        return try await submit(draft, attachmentIDs: attachmentIDs, session: session, onStored: onStored)
+        // A backend's own posts skip the publish hook: the backend is who the hook asks.
+        return try await submit(draft, attachmentIDs: attachmentIDs, session: session, gated: !identity.isBackend, onStored: onStored)
     }
 
     /// A moderator's (or a backend's) action on `user` in `room`: `.kick` takes their sessions
@@ -755,7 +778,7 @@ public final class Engine: Sendable {
 
     /// Stores a checked draft and delivers it: the publish path of messages and changes alike.
     private func submit(
-        _ draft: MessageDraft, attachmentIDs: [String] = [], session: Session?, onStored: (AppendResult) -> Void
+        _ draft: MessageDraft, attachmentIDs: [String] = [], session: Session?, gated: Bool = false, onStored: (AppendResult) -> Void
     ) async throws -> AppendResult {
         var draft = draft
         let room = draft.room
@@ -767,6 +790,7 @@ public final class Engine: Sendable {
             metrics.rateLimited.increment()
             throw ParleyError(.rateLimited, "publishing too fast; retry in \(wait) ms", retryAfterMs: wait)
         }
+        if gated, let publishGate { try await publishGate.check(draft, attachments: attachmentIDs) }
         if let attachments, !attachmentIDs.isEmpty {
             draft.attachments = try await attachments.attachForPublish(
                 ids: attachmentIDs, room: room, user: draft.user, message: draft.id, clientId: draft.clientId
@@ -785,6 +809,7 @@ public final class Engine: Sendable {
         (result.duplicate ? metrics.duplicates : metrics.published).increment()
         onStored(result)
         if !result.duplicate {
+            if let webhooks, webhooks.selection.selects(WebhookKind(result.message.kind)) { webhooks.notify() }
             do {
                 try await publishToBroker(.message(result.message))
             } catch {
@@ -959,6 +984,7 @@ public final class Engine: Sendable {
             // never past what the room has, so that later messages still count as unread.
             let position = min(seq, hub.lastDelivered(room: room) ?? seq)
             try await storeCall { try await self.store.markRead(user: session.user, room: room, seq: position) }
+            await recordWebhook(WebhookDraft(kind: .read, room: room, user: session.user, seq: position, timestamp: clock.now))
             try? await publishToBroker(.ownRead(user: session.user, room: room, seq: position))
         }
         let key = TypingKey(room: room, user: session.user)

@@ -27,6 +27,8 @@ public struct ParleyMetrics: Sendable {
         "parley_connections": "Open sessions by transport.",
         "parley_errors_total": "Errors answered to clients, by protocol code.",
         "parley_pushes_total": "Web Push outcomes: sent, retried, gone, failed, not_needed, dropped.",
+        "parley_webhooks_total": "Webhook attempts: delivered, retried, dead (retries spent); rejected and failed publish hook calls.",
+        "parley_webhook_seconds": "Seconds a backend took to answer a webhook or the publish hook.",
         "parley_build_info": "Always 1; the labels say what runs.",
     ]
 
@@ -49,12 +51,18 @@ public struct ParleyMetrics: Sendable {
     private let connections: [String: Meter]
     private let errors: [String: Counter]
     private let pushes: [String: Counter]
+    private let webhooks: [String: Counter]
+    let webhookLatency: Timer
 
     public static let transports = ["websocket", "sse", "grpc", "socketio"]
     /// What became of a push (`parley_pushes_total{result}`): accepted by the push service,
     /// retried (429, 5xx, no answer), the subscription gone (404, 410: deleted), failed (given
     /// up, or refused), not needed (a visible session, or muted), dropped (queue full).
     public static let pushResults = ["sent", "retried", "gone", "failed", "not_needed", "dropped"]
+    /// What became of a webhook attempt (`parley_webhooks_total{result}`): delivered (2xx),
+    /// retried, dead (its retries spent); and of a publish hook call: allowed, rejected,
+    /// hook_failed (no usable answer; the message then went through or not as configured).
+    public static let webhookResults = ["delivered", "retried", "dead", "allowed", "rejected", "hook_failed"]
     static let errorCodes: [ParleyError.Code] = [.badRequest, .unauthorized, .forbidden, .notFound, .tooLarge, .rateLimited, .unavailable, .internal]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory, version: String = "dev") {
@@ -82,6 +90,10 @@ public struct ParleyMetrics: Sendable {
         pushes = Dictionary(uniqueKeysWithValues: Self.pushResults.map {
             ($0, Counter(label: "parley_pushes_total", dimensions: [("result", $0)], factory: factory))
         })
+        webhooks = Dictionary(uniqueKeysWithValues: Self.webhookResults.map {
+            ($0, Counter(label: "parley_webhooks_total", dimensions: [("result", $0)], factory: factory))
+        })
+        webhookLatency = Timer(label: "parley_webhook_seconds", factory: factory)
         Meter(label: "parley_build_info", dimensions: [("version", version)], factory: factory).set(1)
         for meter in connections.values { meter.set(0) }
         rooms.set(0)
@@ -97,6 +109,14 @@ public struct ParleyMetrics: Sendable {
 
     func push(_ result: String) {
         pushes[result]?.increment()
+    }
+
+    public func webhook(_ result: String) {
+        webhooks[result]?.increment()
+    }
+
+    public func webhookAnswered(after duration: Duration) {
+        webhookLatency.recordNanoseconds(duration.nanoseconds)
     }
 
     /// Counts a connection cut off because its outbox overflowed.
