@@ -1,6 +1,7 @@
 import Crypto
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// An HTTP POST to a backend, and its answer.
 public struct WebhookRequest: Sendable {
@@ -129,6 +130,8 @@ public final class WebhookDispatcher: Service, Sendable {
     private let metrics: ParleyMetrics
     private let logger: Logger
     private let wakeup = Wakeup()
+    /// The earliest retry this instance scheduled and has not looked for yet.
+    private let nextRetry = Mutex<Timestamp?>(nil)
 
     public init(
         outbox: any WebhookOutbox, store: any MessageStore, transport: any WebhookTransport, encoder: @escaping Encoder,
@@ -155,12 +158,18 @@ public final class WebhookDispatcher: Service, Sendable {
         let wakeup = self.wakeup
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                let claimed = await self.sendDue()
-                if claimed < self.configuration.batch {
-                    let tick = self.clock.schedule(in: self.configuration.pollInterval) { wakeup.poke() }
-                    await self.wakeup.wait(upTo: nil)
-                    tick.cancel()
+                // Whatever was claimed is now delivered, retried or dead: the rooms' next events
+                // may be due at once. Only when nothing was, wait: for a poke (an event stored
+                // here), this instance's next retry, or the poll (events stored elsewhere).
+                guard await self.sendDue() == 0 else { continue }
+                let now = self.clock.now
+                var delay = self.configuration.pollInterval
+                if let retry = self.nextRetry.withLock({ $0.take() }) {
+                    delay = min(delay, .milliseconds(max(retry.milliseconds - now.milliseconds, 0)))
                 }
+                let tick = self.clock.schedule(in: delay) { wakeup.poke() }
+                await wakeup.wait(upTo: nil)
+                tick.cancel()
             }
         }
     }
@@ -244,7 +253,9 @@ public final class WebhookDispatcher: Service, Sendable {
                 metrics.webhook("retried")
                 logger.debug("webhook attempt failed", metadata: ["event": "\(event.id)", "attempt": "\(attempts)", "error": "\(why)"])
                 let delay = Self.backoff(attempt: attempts, base: configuration.baseDelay, cap: configuration.maxDelay)
-                try await outbox.retryWebhook(id: event.id, at: clock.now.adding(milliseconds: delay.milliseconds), error: why)
+                let due = clock.now.adding(milliseconds: delay.milliseconds)
+                try await outbox.retryWebhook(id: event.id, at: due, error: why)
+                nextRetry.withLock { next in next = min(next ?? due, due) }
             }
         } catch {
             // The lease runs out and the event is tried again.
