@@ -157,8 +157,12 @@ struct GRPCTests {
                 let publisher = Task {
                     for index in 1...total { _ = try await Self.send(client, "m\(index)") }
                 }
-                // Join partway through, from the very beginning of the room.
-                try await waitUntil { (try? await client.getHistory(.with { $0.roomID = "general"; $0.limit = 1 }).messages.first?.seq ?? 0) ?? 0 >= 50 }
+                // Join partway through, from the very beginning of the room. Under a full suite's
+                // load (fuzzers, browsers, other servers' fsyncs) the first appends can be slow:
+                // what matters is joining while messages flow, not how many came first.
+                try await waitUntil(timeout: .seconds(60), every: .milliseconds(20)) {
+                    (try? await client.getHistory(.with { $0.roomID = "general"; $0.limit = 1 }).messages.first?.seq ?? 0) ?? 0 >= 20
+                }
                 let stream = EventStream.join(client, room: "general", user: "late", since: 0)
                 let seqs = try await stream.messages(total).map(\.seq)
                 #expect(seqs == Array(1...Int64(total)))
