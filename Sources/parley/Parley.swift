@@ -5,7 +5,7 @@ struct Parley: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "parley",
         abstract: "Parley: a self-hosted real-time chat server.",
-        subcommands: [Serve.self, Bench.self, BenchStore.self, BenchReads.self, Token.self],
+        subcommands: [Serve.self, Gateway.self, Bench.self, BenchStore.self, BenchReads.self, Token.self],
         defaultSubcommand: Serve.self
     )
 }

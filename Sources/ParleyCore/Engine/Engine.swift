@@ -193,6 +193,14 @@ public final class Engine: Sendable {
         public var online: Int
         /// More users than `users` holds: page on with `presence` `after`.
         public var hasMore: Bool
+
+        public init(room: String, seq: Int64, users: [PresenceEntry], online: Int, hasMore: Bool) {
+            self.room = room
+            self.seq = seq
+            self.users = users
+            self.online = online
+            self.hasMore = hasMore
+        }
     }
 
     /// One page of a room's users, sorted by id.
@@ -201,6 +209,13 @@ public final class Engine: Sendable {
         public var users: [PresenceEntry]
         public var online: Int
         public var hasMore: Bool
+
+        public init(room: String, users: [PresenceEntry], online: Int, hasMore: Bool) {
+            self.room = room
+            self.users = users
+            self.online = online
+            self.hasMore = hasMore
+        }
     }
 
     /// Joins a room. `onJoined` runs once membership is in place and before any replayed
@@ -524,6 +539,11 @@ public final class Engine: Sendable {
     public struct CallStart: Sendable, Hashable {
         public var call: String
         public var iceServers: [ICEServer]
+
+        public init(call: String, iceServers: [ICEServer]) {
+            self.call = call
+            self.iceServers = iceServers
+        }
     }
 
     /// Calls `callee` from `session`: every session of the callee rings (a `ring` signal with

@@ -26,6 +26,12 @@ public struct ParleyError: Error, Sendable, Hashable, CustomStringConvertible {
 
         /// The wire name, e.g. `bad_request`.
         public var name: String { wrapped.rawValue }
+
+        /// The code a protocol names (`bad_request`, ...); nil for a name it does not have.
+        public init?(name: String) {
+            guard let wrapped = Wrapped(rawValue: name) else { return nil }
+            self.wrapped = wrapped
+        }
         public var description: String { wrapped.rawValue }
     }
 

@@ -54,6 +54,14 @@ enum WebSocketWire {
     static let ping: UInt8 = 0x9
     static let pong: UInt8 = 0xA
 
+    /// The payload of a whole frame made by `frame(reserved:opcode:)` (the gateway hands
+    /// payloads to a WebSocket writer that frames them itself).
+    static func payload(of frame: ByteBuffer) -> ByteBuffer {
+        let length = frame.getInteger(at: frame.readerIndex + 1, as: UInt8.self) ?? 0
+        let header = length < 126 ? 2 : length == 126 ? 4 : 10
+        return frame.getSlice(at: frame.readerIndex + header, length: frame.readableBytes - header) ?? ByteBuffer()
+    }
+
     /// Writes the header into the `maxHeaderBytes` left free before the payload of `buffer`
     /// (whose reader index is at the start of the free space) and returns the whole frame.
     static func frame(reserved buffer: ByteBuffer, opcode: UInt8) -> ByteBuffer {

@@ -1,0 +1,493 @@
+import AsyncHTTPClient
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import HTTPTypes
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import NIOWebSocket
+import ParleyCore
+import ParleyGRPC
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// `parley gateway`: a stateless WebSocket edge. Browsers speak Parley's WebSocket protocol to
+/// it; it carries each connection over one gRPC `Chat` stream to an upstream Parley instance
+/// (`chat.v1.ChatService`), passing the client's credential through. It keeps no state: when
+/// an upstream dies its clients are closed (1012) and reconnect (through any gateway) to a
+/// live upstream, where they resume with `since`, so every guarantee holds end to end.
+public struct GatewayConfiguration: Sendable {
+    public struct Upstream: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// `host:port` (`[::1]:50051` for IPv6).
+        public init?(_ text: String) {
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+                return nil
+            }
+            var host = String(text[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty else { return nil }
+            self.init(host: host, port: port)
+        }
+
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    public var host = "0.0.0.0"
+    public var port = 8080
+    /// Tried in turn: a new connection goes to the next live one (round robin).
+    public var upstreams: [Upstream] = []
+    /// TLS to the upstreams (their certificates checked against the system's roots, or
+    /// `upstreamCAFile`); nil is plaintext HTTP/2.
+    public var upstreamTLS = false
+    public var upstreamCAFile: String?
+    /// A Parley instance's HTTP address (`http://host:8080`) that `/api/...` is passed to, for
+    /// the web client's uploads, downloads and Web Push settings; nil answers them 404.
+    public var apiUpstream: String?
+    /// Folder the web client is served from; nil serves the copy bundled with Parley.
+    public var publicDirectory: String?
+    public var maxFrameBytes = Limits().maxFrameBytes
+    public var maxConsecutiveBadFrames = Limits().maxConsecutiveBadFrames
+    public var pingInterval: Duration = .seconds(30)
+    /// How long a new connection waits for a live upstream before it is closed (1013).
+    public var upstreamWait: Duration = .seconds(5)
+    /// How often each upstream's gRPC health is checked.
+    public var healthInterval: Duration = .seconds(1)
+    public var logLevel = Logger.Level.info
+
+    public init() {}
+}
+
+public enum ParleyGateway {
+    public static let metricsPaths = ["/ws-metrics", "/metrics"]
+
+    /// The gateway's services: its HTTP server, its upstream clients and their health checks.
+    public static func make(
+        _ configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) -> Void)? = nil
+    ) throws -> [any Service] {
+        guard !configuration.upstreams.isEmpty else { throw ParleyError.badRequest("the gateway needs at least one --upstream host:port") }
+        let registry = PrometheusCollectorRegistry()
+        let metrics = GatewayMetrics(registry: registry)
+        let upstreams = try UpstreamPool(configuration, metrics: metrics, logger: logger)
+        let bridge = GatewayBridge(configuration: configuration, upstreams: upstreams, metrics: metrics, logger: logger)
+
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.add(middleware: FileMiddleware(
+            configuration.publicDirectory ?? ParleyServer.bundledPublicDirectory(), searchForIndexHtml: true, logger: logger
+        ))
+        for path in metricsPaths {
+            router.get(RouterPath(path)) { _, _ -> Response in
+                var buffer = [UInt8]()
+                registry.emit(into: &buffer)
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: buffer))
+                )
+            }
+        }
+        router.get("/healthz") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
+        router.get("/readyz") { _, _ -> Response in
+            let live = upstreams.liveCount
+            return Response(
+                status: live > 0 ? .ok : .serviceUnavailable,
+                body: .init(byteBuffer: ByteBuffer(string: live > 0 ? "ready: \(live) of \(configuration.upstreams.count) upstreams\n" : "no upstream\n"))
+            )
+        }
+        router.ws("/ws") { request, _ in
+            .upgrade([:])
+        } onUpgrade: { inbound, outbound, context in
+            await bridge.serve(inbound: inbound, outbound: outbound, request: context.request)
+        }
+        if let api = configuration.apiUpstream {
+            let proxy = APIProxy(upstream: api, maxBody: Int(Limits().maxAttachmentBytes) + 64 * 1024)
+            for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete, .head] {
+                router.on("/api/**", method: method) { request, _ in try await proxy.forward(request) }
+            }
+        }
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(
+                webSocketRouter: router,
+                configuration: .init(
+                    ws: .init(
+                        maxFrameSize: configuration.maxFrameBytes,
+                        autoPing: .enabled(timePeriod: configuration.pingInterval),
+                        closeTimeout: .seconds(5)
+                    )
+                )
+            ),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "Parley"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? configuration.port
+                logger.info("gateway listening on http://\(configuration.host):\(port) (WebSocket at /ws, metrics at /ws-metrics)")
+                onListening?(port)
+            },
+            logger: logger
+        )
+        return [upstreams, app]
+    }
+}
+
+// MARK: Metrics
+
+/// The gateway's own metrics (`/ws-metrics`): connections, frames each way, upstream stream
+/// errors, and the upstream's reply time per command.
+final class GatewayMetrics: Sendable {
+    let connections: Prometheus.Gauge
+    let framesIn: Prometheus.Counter
+    let framesOut: Prometheus.Counter
+    let upstreamErrors: Prometheus.Counter
+    let upstreamStreams: Prometheus.Counter
+    let replySeconds: Prometheus.DurationHistogram
+    private let registry: PrometheusCollectorRegistry
+
+    init(registry: PrometheusCollectorRegistry) {
+        self.registry = registry
+        connections = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "parley_gateway_connections", unitName: "", helpText: "Open WebSocket connections."))
+        framesIn = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "in")])
+        framesOut = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "out")])
+        upstreamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_errors_total", unitName: "", helpText: "Upstream streams that failed or were ended by the upstream."))
+        upstreamStreams = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_streams_total", unitName: "", helpText: "Chat streams opened to upstreams."))
+        replySeconds = registry.makeDurationHistogram(
+            descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_reply_seconds", unitName: "", helpText: "Time from a command to the upstream's ack or error."),
+            buckets: [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                      .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5)]
+        )
+    }
+
+    func upstream(_ upstream: GatewayConfiguration.Upstream) -> Prometheus.Gauge {
+        registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_up", unitName: "", helpText: "1 while the upstream answers its health check."), labels: [("upstream", upstream.description)])
+    }
+}
+
+// MARK: Upstreams
+
+/// One gRPC client per upstream (an HTTP/2 connection, kept open and re-established by the
+/// client), each checked with `grpc.health.v1.Health` every `healthInterval`; new streams go to
+/// the next live upstream.
+final class UpstreamPool: Service, Sendable {
+    typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+
+    final class Member: Sendable {
+        let upstream: GatewayConfiguration.Upstream
+        let client: Client
+        let live = Atomic<Bool>(false)
+        let gauge: Prometheus.Gauge
+
+        init(upstream: GatewayConfiguration.Upstream, client: Client, gauge: Prometheus.Gauge) {
+            self.upstream = upstream
+            self.client = client
+            self.gauge = gauge
+        }
+    }
+
+    private let members: [Member]
+    private let next = Atomic<Int>(0)
+    private let configuration: GatewayConfiguration
+    private let logger: Logger
+    let changed = Wakeup()
+
+    init(_ configuration: GatewayConfiguration, metrics: GatewayMetrics, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let security: HTTP2ClientTransport.Posix.TransportSecurity = if configuration.upstreamTLS {
+            .tls { tls in
+                if let ca = configuration.upstreamCAFile { tls.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+            }
+        } else {
+            .plaintext
+        }
+        members = try configuration.upstreams.map { upstream in
+            let transport = try HTTP2ClientTransport.Posix(
+                target: .dns(host: upstream.host, port: upstream.port), transportSecurity: security,
+                config: .defaults { config in
+                    // A gateway holds a stream per browser: bounded buffering per stream, so that
+                    // a client that stops reading makes the upstream cut it off (slow consumer)
+                    // instead of the gateway holding megabytes for it.
+                    config.http2.targetWindowSize = 256 * 1024
+                    config.connection.maxIdleTime = nil
+                    config.backoff = .init(initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
+                }
+            )
+            return Member(upstream: upstream, client: GRPCClient(transport: transport), gauge: metrics.upstream(upstream))
+        }
+    }
+
+    var liveCount: Int { members.count { $0.live.load(ordering: .relaxed) } }
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            for member in members {
+                group.addTask { try? await member.client.runConnections() }
+                group.addTask { await self.watch(member) }
+            }
+            try? await gracefulShutdown()
+            for member in members { member.client.beginGracefulShutdown() }
+            group.cancelAll()
+        }
+    }
+
+    private func watch(_ member: Member) async {
+        let health = Grpc_Health_V1_Health.Client(wrapping: member.client)
+        while !Task.isCancelled {
+            var options = CallOptions.defaults
+            options.timeout = .seconds(1)
+            options.waitForReady = false
+            let serving = (try? await health.check(.with { $0.service = "chat.v1.ChatService" }, options: options).status == .serving) ?? false
+            setLive(member, serving)
+            try? await Task.sleep(for: configuration.healthInterval)
+        }
+    }
+
+    private func setLive(_ member: Member, _ live: Bool) {
+        let was = member.live.exchange(live, ordering: .relaxed)
+        member.gauge.set(live ? Int64(1) : Int64(0))
+        guard was != live else { return }
+        logger.info(live ? "upstream is up" : "upstream is down", metadata: ["upstream": "\(member.upstream)"])
+        if live { changed.poke() }
+    }
+
+    /// A stream failed as an unreachable upstream fails: take it out at once (its health check
+    /// brings it back).
+    func markDown(_ upstream: GatewayConfiguration.Upstream) {
+        guard let member = members.first(where: { $0.upstream == upstream }) else { return }
+        setLive(member, false)
+    }
+
+    /// The next live upstream, waiting up to `wait` for one.
+    func pick(wait: Duration) async -> Member? {
+        let deadline = ContinuousClock.now + wait
+        while true {
+            let start = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            for offset in 0..<members.count {
+                let member = members[(start + offset) % members.count]
+                if member.live.load(ordering: .relaxed) { return member }
+            }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return nil }
+            await changed.wait(upTo: min(left, .milliseconds(250)))
+        }
+    }
+}
+
+// MARK: Bridging one WebSocket to one Chat stream
+
+final class GatewayBridge: Sendable {
+    let configuration: GatewayConfiguration
+    let upstreams: UpstreamPool
+    let metrics: GatewayMetrics
+    let logger: Logger
+    private let decoder = ClientFrameDecoder()
+
+    init(configuration: GatewayConfiguration, upstreams: UpstreamPool, metrics: GatewayMetrics, logger: Logger) {
+        self.configuration = configuration
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Why the WebSocket closes.
+    struct Close: Sendable {
+        var code: WebSocketErrorCode
+        var reason: String
+    }
+
+    /// The commands sent and not yet answered, by the request id they went with.
+    final class Pending: Sendable {
+        private let state = Mutex<(next: Int, open: [String: (ParleyCore.RequestID, ContinuousClock.Instant)])>((0, [:]))
+
+        func add(_ id: ParleyCore.RequestID?) -> String {
+            guard let id else { return "" }
+            return state.withLock { state in
+                state.next += 1
+                let key = String(state.next)
+                state.open[key] = (id, .now)
+                return key
+            }
+        }
+
+        func take(_ key: String) -> (ParleyCore.RequestID, ContinuousClock.Instant)? {
+            guard !key.isEmpty else { return nil }
+            return state.withLock { $0.open.removeValue(forKey: key) }
+        }
+    }
+
+    func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, request: Request) async {
+        metrics.connections.increment()
+        defer { metrics.connections.decrement() }
+        guard let member = await upstreams.pick(wait: configuration.upstreamWait) else {
+            try? await outbound.close(.unknown(1013), reason: "no upstream available: try again later")
+            return
+        }
+        var metadata = Metadata()
+        let query = request.uri.queryParameters
+        let token = BearerToken.parse(request.headers[.authorization]) ?? query["token"].map(String.init)
+        if let token { metadata.addString("Bearer \(token)", forKey: "authorization") }
+        let (commands, feed) = AsyncStream.makeStream(of: Chat_V1_ChatCommand.self)
+        // Open mode: `?user=` is a `connect` the client does not hear the answer of, as a
+        // WebSocket that named its user at the upgrade hears nothing.
+        let credentials = metadata
+        if token == nil, let user = query["user"] { feed.yield(Chat_V1_ChatCommand(.connect(token: nil, user: String(user)), requestID: "")) }
+        let pending = Pending()
+        metrics.upstreamStreams.increment()
+
+        await withTaskGroup(of: Void.self) { group in
+            // The upstream side ends by closing the WebSocket, which ends the client side once
+            // the client answers the close (or the close times out).
+            group.addTask {
+                if let close = await self.relayUpstream(member, metadata: credentials, commands: commands, pending: pending, outbound: outbound) {
+                    try? await outbound.close(close.code, reason: close.reason)
+                }
+            }
+            let close = await self.relayClient(inbound, outbound: outbound, feed: feed, pending: pending)
+            feed.finish()
+            if let close { try? await outbound.close(close.code, reason: close.reason) }
+            group.cancelAll()
+        }
+    }
+
+    /// Upstream events to the client, until the stream ends; then how to close the WebSocket
+    /// (nil when the client went first).
+    private func relayUpstream(
+        _ member: UpstreamPool.Member, metadata: Metadata, commands: AsyncStream<Chat_V1_ChatCommand>, pending: Pending,
+        outbound: WebSocketOutboundWriter
+    ) async -> Close? {
+        let chat = Chat_V1_ChatService.Client(wrapping: member.client)
+        var options = CallOptions.defaults
+        options.waitForReady = false
+        do {
+            try await chat.chat(metadata: metadata, options: options) { writer in
+                for await command in commands { try await writer.write(command) }
+            } onResponse: { response in
+                for try await event in response.messages {
+                    guard let frame = UpstreamFrame(event), let bytes = self.encode(frame, pending: pending) else { continue }
+                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: WebSocketWire.payload(of: bytes))))
+                    self.metrics.framesOut.increment()
+                }
+            }
+            if Task.isCancelled { return nil }
+            return Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
+        } catch let error as RPCError {
+            if Task.isCancelled { return nil }
+            metrics.upstreamErrors.increment()
+            logger.debug("upstream stream ended", metadata: ["upstream": "\(member.upstream)", "error": "\(error)"])
+            return Self.close(for: error, upstream: member.upstream, pool: upstreams)
+        } catch {
+            // The client's socket failed under a write: nothing left to close.
+            return nil
+        }
+    }
+
+    static func close(for error: RPCError, upstream: GatewayConfiguration.Upstream, pool: UpstreamPool) -> Close {
+        switch error.code {
+        case .resourceExhausted:
+            return Close(code: .unknown(1013), reason: "slow consumer: resume with since")
+        case .unauthenticated, .invalidArgument, .permissionDenied:
+            return Close(code: .policyViolation, reason: String(error.message.prefix(120)))
+        case .unavailable where error.message.hasPrefix("server shutting down"):
+            return Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
+        case .unavailable, .deadlineExceeded, .cancelled, .unknown:
+            pool.markDown(upstream)
+            return Close(code: .unknown(1012), reason: "upstream unavailable: reconnect and resume with since")
+        default:
+            return Close(code: .unexpectedServerError, reason: String(error.message.prefix(120)))
+        }
+    }
+
+    /// Client frames to the upstream, until the client leaves (nil) or breaks the protocol.
+    private func relayClient(
+        _ inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, feed: AsyncStream<Chat_V1_ChatCommand>.Continuation,
+        pending: Pending
+    ) async -> Close? {
+        var bad = 0
+        do {
+            for try await message in inbound.messages(maxSize: configuration.maxFrameBytes) {
+                metrics.framesIn.increment()
+                guard case .text(let text) = message else {
+                    return Close(code: .policyViolation, reason: "binary frames are not supported")
+                }
+                switch decoder.decode(text) {
+                case .success(let (id, command)):
+                    bad = 0
+                    feed.yield(Chat_V1_ChatCommand(command, requestID: pending.add(id)))
+                case .failure(let failure):
+                    // Answered here, as the server answers a frame it cannot decode.
+                    let frame = WebSocketFrames.shared.encode(failure.error, id: failure.id)
+                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: WebSocketWire.payload(of: frame))))
+                    metrics.framesOut.increment()
+                    bad += 1
+                    if bad >= configuration.maxConsecutiveBadFrames {
+                        return Close(code: .policyViolation, reason: "too many bad commands in a row")
+                    }
+                }
+            }
+        } catch {
+            return Close(code: .messageTooLarge, reason: "frame larger than \(configuration.maxFrameBytes) bytes")
+        }
+        return nil
+    }
+
+    /// The WebSocket frame for an upstream frame, as the server would have sent it itself.
+    private func encode(_ frame: UpstreamFrame, pending: Pending) -> ByteBuffer? {
+        switch frame {
+        case .event(let event):
+            return WebSocketFrames.shared.encode(event)
+        case .reply(let reply, let key):
+            let sent = pending.take(key)
+            if let sent { metrics.replySeconds.record(ContinuousClock.now - sent.1) }
+            return WebSocketFrames.shared.encode(reply, id: sent?.0)
+        case .error(let error, let key):
+            let sent = pending.take(key)
+            if let sent { metrics.replySeconds.record(ContinuousClock.now - sent.1) }
+            return WebSocketFrames.shared.encode(error, id: sent?.0)
+        }
+    }
+}
+
+// MARK: /api to an instance
+
+/// Passes `/api/...` to a Parley instance's HTTP port (uploads, downloads, Web Push settings of
+/// the web client): method, path, query, body and the headers that matter, both ways.
+struct APIProxy: Sendable {
+    let upstream: String
+    let maxBody: Int
+    static let requestHeaders: [HTTPField.Name] = [.authorization, .contentType, .accept, .range, .ifNoneMatch, .origin]
+    static let responseHeaders: [HTTPField.Name] = [
+        .contentType, .contentLength, .contentDisposition, .cacheControl, .eTag, .contentRange, .acceptRanges, .retryAfter, .location,
+    ]
+
+    func forward(_ request: Request) async throws -> Response {
+        var outbound = HTTPClientRequest(url: upstream + (request.uri.string.hasPrefix("/") ? request.uri.string : "/" + request.uri.string))
+        outbound.method = HTTPMethod(rawValue: request.method.rawValue)
+        for name in Self.requestHeaders {
+            for value in request.headers[values: name] { outbound.headers.add(name: name.rawName, value: value) }
+        }
+        if request.method != .get, request.method != .head {
+            outbound.body = .bytes(try await request.body.collect(upTo: maxBody))
+        }
+        let answer: HTTPClientResponse
+        do {
+            answer = try await HTTPClient.shared.execute(outbound, timeout: .seconds(60))
+        } catch {
+            throw ParleyError.unavailable("the API upstream did not answer")
+        }
+        var headers = HTTPFields()
+        for name in Self.responseHeaders {
+            for value in answer.headers[name.rawName] { headers.append(HTTPField(name: name, value: value)) }
+        }
+        let body = try await answer.body.collect(upTo: maxBody)
+        return Response(status: .init(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: body))
+    }
+}
