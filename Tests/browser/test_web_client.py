@@ -648,3 +648,68 @@ def test_a_video_call_shows_each_side_the_other(browser):
     assert alice.js("return document.getElementById('call-local').srcObject.getVideoTracks()[0].enabled;") is False
     alice.clickable("#call-hangup").click()
     bob.until(lambda d: not call_state(bob), "bob's call did not end when alice hung up")
+
+
+# ---------------------------------------------------------------------------------------------
+# the web client through `parley gateway` (WebSocket edge -> gRPC Chat -> parley serve)
+# ---------------------------------------------------------------------------------------------
+
+
+def start_gateway(upstream_grpc: int, api: str, log_path) -> tuple[subprocess.Popen, str]:
+    import re
+    import time
+
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [str(PARLEY_BIN), "gateway", "--host", "127.0.0.1", "--port", "0", "--upstream", f"127.0.0.1:{upstream_grpc}", "--api-upstream", api],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        match = re.search(r"gateway listening on http://127\.0\.0\.1:(\d+)", text)
+        if match and "upstream is up" in text:
+            return proc, f"http://127.0.0.1:{match.group(1)}"
+        assert proc.poll() is None, f"the gateway exited: {text}"
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the gateway did not start: {log_path.read_text(errors='replace')}")
+
+
+def test_the_web_client_through_a_gateway(parley_server, tmp_path):
+    import re
+    import urllib.request
+
+    grpc = int(re.search(r"gRPC listening on [0-9.]+:(\d+)", parley_server.log_path.read_text()).group(1))
+    gateway, url = start_gateway(grpc, parley_server.url, tmp_path / "gateway.log")
+    pages: list[ChatPage] = []
+    try:
+        for name in ("alice", "bob"):
+            page = ChatPage(new_driver(1280, 800), url, label=name)
+            pages.append(page)
+            page.sign_in(name)
+            page.join(ROOM)
+        alice, bob = pages
+        for page in pages:
+            page.until(lambda d, p=page: {"alice", "bob"} <= set(p.presence()), f"no presence through the gateway: {page.presence()}")
+        first = exchange(alice, "hello through the gateway", bob)
+        second = exchange(bob, "and back", alice)
+        assert (first, second) == (1, 2)
+        assert_conversation(alice, [("alice", "hello through the gateway"), ("bob", "and back")])
+        # The page's own origin is the gateway: its WebSocket and its API calls went there.
+        assert alice.driver.execute_script("return location.origin") == url
+        metrics = urllib.request.urlopen(url + "/ws-metrics", timeout=5).read().decode()
+        assert re.search(r"^parley_gateway_connections 2(\.0)?$", metrics, re.M), metrics
+        # A reload resumes from history through the gateway too.
+        bob.driver.refresh()
+        if bob.driver.find_elements(By.CSS_SELECTOR, "#login:not([hidden])"):
+            bob.sign_in("bob")
+        bob.join(ROOM)
+        bob.wait_message("and back", author="bob")
+        assert_conversation(bob, [("alice", "hello through the gateway"), ("bob", "and back")])
+    finally:
+        for page in pages:
+            page.driver.quit()
+        gateway.terminate()
+        gateway.wait(timeout=10)

@@ -6,11 +6,13 @@ final class ServerProcess: Sendable {
     private let process: SpawnedProcess
     let port: Int
     let grpcPort: Int
+    private let log: URL
 
-    private init(process: SpawnedProcess, port: Int, grpcPort: Int) {
+    private init(process: SpawnedProcess, port: Int, grpcPort: Int, log: URL) {
         self.process = process
         self.port = port
         self.grpcPort = grpcPort
+        self.log = log
     }
 
     /// The built `parley` binary next to the test bundle.
@@ -26,27 +28,47 @@ final class ServerProcess: Sendable {
     /// child writes to a log file that is polled: no pipes or dispatch sources, which
     /// Foundation on Linux handles poorly when several children run at once.
     static func start(_ arguments: [String], environment: [String: String] = [:]) async throws -> ServerProcess {
+        try await launch(
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"] + arguments, environment: environment,
+            http: #"listening on http://[0-9.]+:(\d+)"#, grpc: #"gRPC listening on [0-9.]+:(\d+)"#
+        )
+    }
+
+    /// Starts `parley gateway --port 0` with `arguments` (its upstreams); `grpcPort` is 0.
+    static func startGateway(_ arguments: [String], environment: [String: String] = [:]) async throws -> ServerProcess {
+        try await launch(
+            ["gateway", "--host", "127.0.0.1", "--port", "0"] + arguments, environment: environment,
+            http: #"gateway listening on http://[0-9.]+:(\d+)"#, grpc: nil
+        )
+    }
+
+    private static func launch(_ arguments: [String], environment: [String: String], http: String, grpc: String?) async throws -> ServerProcess {
         let log = URL(fileURLWithPath: temporaryDirectory()).appendingPathComponent("parley.log")
         let process = try SpawnedProcess.spawn(
-            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0"] + arguments,
-            environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, output: log.path
+            executable, arguments, environment: ProcessInfo.processInfo.environment.merging(environment) { $1 }, output: log.path
         )
         let deadline = ContinuousClock.now + .seconds(20)
         var seen = ""
         while ContinuousClock.now < deadline, process.isRunning {
             seen = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            if let range = seen.range(of: #"listening on http://[0-9.]+:(\d+)"#, options: .regularExpression),
-                let grpcRange = seen.range(of: #"gRPC listening on [0-9.]+:(\d+)"#, options: .regularExpression)
-            {
+            if let range = seen.range(of: http, options: .regularExpression) {
                 let port = Int(seen[range].split(separator: ":").last!)!
-                let grpcPort = Int(seen[grpcRange].split(separator: ":").last!)!
-                return ServerProcess(process: process, port: port, grpcPort: grpcPort)
+                if let grpc {
+                    if let grpcRange = seen.range(of: grpc, options: .regularExpression) {
+                        return ServerProcess(process: process, port: port, grpcPort: Int(seen[grpcRange].split(separator: ":").last!)!, log: log)
+                    }
+                } else {
+                    return ServerProcess(process: process, port: port, grpcPort: 0, log: log)
+                }
             }
             try await Task.sleep(for: .milliseconds(20))
         }
         if process.isRunning { process.terminate() }
         throw TestFailure("parley did not start: \(seen)")
     }
+
+    /// What the process logged so far.
+    var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
 
     /// The process's resident memory, in KiB (Linux).
     var residentKiB: Int? { status("VmRSS:") }

@@ -1,0 +1,201 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import ParleyTestSupport
+import Testing
+
+/// `parley gateway` in front of real `parley serve` processes: the WebSocket protocol's core
+/// cases through it, a slow consumer cut off end to end, and an upstream killed mid-traffic
+/// with every subscriber resuming through the gateway without a lost or repeated message.
+@Suite("WebSocket gateway")
+struct GatewayTests {
+    static func get(_ url: String) async throws -> (Int, String) {
+        let (data, response) = try await URLSession.shared.data(from: URL(string: url)!)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test("chat, idempotency, resume, history, errors and bad input through the gateway, with the credential passed through; the web client, /api and /ws-metrics served")
+    func coreCases() async throws {
+        let server = try await ServerProcess.start(["--data-dir", temporaryDirectory(), "--rate-per-sec", "0"])
+        let gateway = try await ServerProcess.startGateway([
+            "--upstream", "127.0.0.1:\(server.grpcPort)", "--api-upstream", "http://127.0.0.1:\(server.port)",
+        ])
+        defer {
+            gateway.kill(SIGTERM)
+            server.kill(SIGTERM)
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+
+        let alice = try await TestClient.connect(port: gateway.port, user: "alice")
+        let bob = try await TestClient.connect(port: gateway.port, user: "bob")
+        let joined = try await alice.ack("join", ["room": "lobby"])
+        #expect(joined["room"].string == "lobby" && joined["seq"].int == 0)
+        #expect(joined["users"].array?.compactMap { $0["user"].string } == ["alice"])
+        try await bob.ack("join", ["room": "lobby"])
+        _ = try await alice.expect("join") { $0["user"].string == "bob" }
+
+        // Chat: the ack, then the message to every member, the sender included.
+        let sent = try await alice.ack("message", ["room": "lobby", "content": "hello through the edge", "clientId": "k1"])
+        #expect(sent["seq"].int == 1 && sent["user"].string == "alice" && sent["clientId"].string == "k1")
+        let received = try await bob.messages(1, room: "lobby")
+        #expect(received.first?["id"].string == sent["id"].string && received.first?["content"].string == "hello through the edge")
+
+        // Idempotency: the retry is acked with the original, and nothing new is delivered.
+        let retried = try await alice.ack("message", ["room": "lobby", "content": "hello through the edge", "clientId": "k1"])
+        #expect(retried["id"].string == sent["id"].string && retried["seq"].int == 1)
+
+        // Resume: bob leaves, three messages go by, bob comes back with since and gets exactly those.
+        bob.close()
+        for index in 2...4 { try await alice.ack("message", ["room": "lobby", "content": "missed \(index)"]) }
+        let back = try await TestClient.connect(port: gateway.port, user: "bob")
+        try await back.ack("join", ["room": "lobby", "since": 1])
+        let resumed = try await back.messages(3, room: "lobby").compactMap { $0["seq"].int }
+        #expect(resumed == [2, 3, 4])
+        let page = try await back.ack("history", ["room": "lobby", "limit": 10])
+        #expect(page["messages"].array?.compactMap { $0["seq"].int } == [1, 2, 3, 4])
+
+        // The upstream's errors keep the client's id (a number or a string).
+        let refused = try await back.request("join", ["room": ""])
+        #expect(refused["event"].string == "error" && refused["data"]["code"].string == "bad_request")
+        back.sendText(#"{"event":"leave","data":{"room":"nowhere"},"id":"s-1"}"#)
+        let notMember = try await back.expect("error")
+        #expect(notMember["code"].string == "not_found")
+        // Frames the gateway cannot decode are answered by it, as the server answers them.
+        back.sendText("{not json")
+        #expect(try await back.expect("error")["code"].string == "bad_request")
+        let unknown = try await back.request("teleport", ["room": "lobby"])
+        #expect(unknown["event"].string == "error" && unknown["data"]["code"].string == "bad_request")
+        // The connection is still fine, and a ping is answered.
+        let pong = try await back.request("ping")
+        #expect(pong["event"].string == "pong")
+        // Too many bad frames in a row: closed with 1008.
+        for _ in 0..<50 { back.sendText("[]") }
+        let badClose = await back.closed(timeout: .seconds(10))
+        #expect(badClose == 1008, "closed with \(String(describing: badClose))")
+
+        // A credential that the upstream refuses ends the connection with 1008.
+        let stranger = try await TestClient.connect(port: gateway.port, query: "", name: "stranger")
+        let early = try await stranger.request("join", ["room": "lobby"])
+        #expect(early["event"].string == "error" && early["data"]["code"].string == "unauthorized")
+
+        // The web client, the HTTP API through to the instance, and the gateway's metrics.
+        let (status, html) = try await Self.get("http://127.0.0.1:\(gateway.port)/")
+        #expect(status == 200 && html.contains("<html"))
+        let (apiStatus, history) = try await Self.get("http://127.0.0.1:\(gateway.port)/api/rooms/lobby/messages")
+        #expect(apiStatus == 200 && history.contains("missed 4"))
+        let (metricsStatus, metrics) = try await Self.get("http://127.0.0.1:\(gateway.port)/ws-metrics")
+        #expect(metricsStatus == 200)
+        for series in ["parley_gateway_connections ", "parley_gateway_frames_total{direction=\"in\"}", "parley_gateway_frames_total{direction=\"out\"}",
+                       "parley_gateway_upstream_reply_seconds_bucket", "parley_gateway_upstream_up{upstream=\"127.0.0.1:\(server.grpcPort)\"} 1"] {
+            #expect(metrics.contains(series), "no \(series) in /ws-metrics")
+        }
+        alice.close()
+    }
+
+    @Test("a client that stops reading behind the gateway is cut off with 1013 by the upstream and resumes where it stopped")
+    func slowConsumer() async throws {
+        try await withHeavyTestLock {
+            let server = try await ServerProcess.start([
+                "--storage", "memory", "--rate-per-sec", "0", "--outbox-bytes", "262144",
+            ])
+            let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+            defer {
+                gateway.kill(SIGTERM)
+                server.kill(SIGTERM)
+            }
+            try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+            let relay = try await TCPRelay.start(to: gateway.port)
+            defer { Task { await relay.stop() } }
+            let slow = try await TestClient.connect(port: relay.port, user: "slow")
+            let publisher = try await TestClient.connect(port: server.port, user: "pub")
+            try await slow.ack("join", ["room": "firehose"])
+            try await relay.setServerReading(false)
+            let body = String(repeating: "x", count: 3500)
+            var total = 0
+            // Until the upstream cuts the stream off: its outbox, the HTTP/2 window and the
+            // sockets' buffers fill up in turn. Bounded.
+            while total < 6000 {
+                total += 1
+                try await publisher.ack("message", ["room": "firehose", "content": "\(total) \(body)"])
+                if total % 250 == 0, let cut = try? await scrape(port: server.port)["parley_slow_consumers_total"], cut >= 1 { break }
+            }
+            #expect(try await scrape(port: server.port)["parley_slow_consumers_total"] ?? 0 >= 1, "never cut off after \(total) messages")
+            try await relay.setServerReading(true)
+            var seqs: [Int] = []
+            while let frame = try await slow.next(timeout: .seconds(10)) {
+                if frame["event"].string == "message", let seq = frame["data"]["seq"].int { seqs.append(seq) }
+            }
+            #expect(await slow.closed(timeout: .seconds(15)) == 1013)
+            #expect(seqs == Array(1...max(seqs.count, 1)).prefix(seqs.count).map { $0 }, "a gapless prefix arrived before the cut")
+            let again = try await TestClient.connect(port: gateway.port, user: "slow")
+            try await again.ack("join", ["room": "firehose", "since": seqs.last ?? 0])
+            let rest = try await again.messages(total - seqs.count, room: "firehose", timeout: .seconds(60)).compactMap { $0["seq"].int }
+            #expect(rest == Array((seqs.count + 1)...total))
+        }
+    }
+
+    @Test("an upstream killed mid-traffic: its clients are closed with 1012, resume through the gateway on the other instance, and miss or repeat nothing", .enabled(if: clusterTestsEnabled, "needs redis-server and PostgreSQL"))
+    func upstreamKilled() async throws {
+        let backends = try await ClusterBackends.start()
+        defer { backends.stop() }
+        let a = try await ServerProcess.start(backends.arguments + ["--instance-id", "alpha"])
+        let b = try await ServerProcess.start(backends.arguments + ["--instance-id", "beta"])
+        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(a.grpcPort),127.0.0.1:\(b.grpcPort)"])
+        defer {
+            gateway.kill(SIGTERM)
+            a.kill(SIGKILL)
+            b.kill(SIGTERM)
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) {
+            (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").1.hasPrefix("ready: 2")) ?? false
+        }
+        let total = 150
+        let room = "live"
+        let closes = AsyncQueue<Int>()
+        let joinedOnce = AsyncQueue<Int>()
+
+        /// Follows the room through the gateway, reconnecting and resuming after each close.
+        @Sendable func follow(_ index: Int) async throws -> [Int] {
+            var seqs: [Int] = []
+            var connects = 0
+            while seqs.count < total, connects < 10 {
+                connects += 1
+                guard let client = try? await TestClient.connect(port: gateway.port, user: "sub\(index)") else {
+                    try await Task.sleep(for: .milliseconds(200))
+                    continue
+                }
+                guard (try? await client.ack("join", ["room": room, "since": seqs.last ?? 0])) != nil else {
+                    client.close()
+                    try await Task.sleep(for: .milliseconds(200))
+                    continue
+                }
+                if connects == 1 { joinedOnce.push(index) }
+                seqs += try await client.messages(total - seqs.count, room: room, timeout: .seconds(60)).compactMap { $0["seq"].int }
+                if seqs.count < total, let code = await client.closed(timeout: .seconds(1)) { closes.push(code) }
+                client.close()
+            }
+            return seqs
+        }
+
+        let followers = (0..<6).map { index in Task { try await follow(index) } }
+        for _ in 0..<6 { _ = try #require(await joinedOnce.pop(timeout: .seconds(20))) }
+        // The publisher talks to the instance that stays.
+        let publisher = try await TestClient.connect(port: b.port, user: "pub")
+        for index in 1...total {
+            try await publisher.ack("message", ["room": room, "content": "m\(index)"])
+            if index == total / 3 { a.kill(SIGKILL) }
+        }
+        for follower in followers {
+            let seqs = try await follower.value
+            #expect(seqs == Array(1...total), "a follower saw \(seqs.count) messages: \(seqs.prefix(20))...")
+        }
+        // Half of the followers were on the killed instance: they were closed with 1012.
+        var codes: [Int] = []
+        while let code = await closes.pop(timeout: .milliseconds(100)) { codes.append(code) }
+        #expect(codes.count >= 1 && codes.allSatisfy { $0 == 1012 }, "close codes: \(codes)")
+        let (_, metrics) = try await Self.get("http://127.0.0.1:\(gateway.port)/ws-metrics")
+        #expect(metrics.contains("parley_gateway_upstream_up{upstream=\"127.0.0.1:\(a.grpcPort)\"} 0"))
+        #expect(!metrics.contains("parley_gateway_upstream_errors_total 0"))
+    }
+}
