@@ -20,6 +20,9 @@ struct PrometheusScrapeTests {
     @Test("promtool finds /metrics clean, and every dashboard query returns series from a real Prometheus", .enabled(if: DeploymentFilesTests.required || available))
     func scrape() async throws {
         try await withServer { server in
+            // A gateway in front of it, scraped at its own /ws-metrics.
+            let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+            defer { gateway.kill(SIGTERM) }
             // Traffic, so that rates and the latency histograms have something to show.
             let reader = try await TestClient.connect(port: server.port, user: "reader")
             try await reader.ack("join", ["room": "general"])
@@ -34,6 +37,12 @@ struct PrometheusScrapeTests {
                 URL(fileURLWithPath: "/bin/sh"), ["-c", "/usr/bin/promtool check metrics < \(metricsFile)"], timeout: .seconds(60)
             )
             #expect(lint.status == 0 && lint.output.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "promtool: \(lint.output)")
+            let (gatewayBody, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(gateway.port)/ws-metrics")!)
+            try gatewayBody.write(to: URL(fileURLWithPath: metricsFile))
+            let gatewayLint = try await runToCompletion(
+                URL(fileURLWithPath: "/bin/sh"), ["-c", "/usr/bin/promtool check metrics < \(metricsFile)"], timeout: .seconds(60)
+            )
+            #expect(gatewayLint.status == 0 && gatewayLint.output.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "promtool (gateway): \(gatewayLint.output)")
 
             let directory = NSTemporaryDirectory() + "parley-prometheus-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -45,6 +54,10 @@ struct PrometheusScrapeTests {
                   - job_name: parley
                     static_configs:
                       - targets: ["127.0.0.1:\(server.port)"]
+                  - job_name: parley-gateway
+                    metrics_path: /ws-metrics
+                    static_configs:
+                      - targets: ["127.0.0.1:\(gateway.port)"]
                 """.write(toFile: directory + "/prometheus.yml", atomically: true, encoding: .utf8)
             let port = try freeLoopbackPort()
             let prometheus = try SpawnedProcess.spawn(URL(fileURLWithPath: "/usr/bin/prometheus"), [
@@ -52,7 +65,7 @@ struct PrometheusScrapeTests {
                 "--web.listen-address=127.0.0.1:\(port)", "--log.level=warn",
             ])
             do {
-                try await Self.checkDashboard(server: server, port: port, reader: reader, writer: writer)
+                try await Self.checkDashboard(server: server, gateway: gateway, port: port, reader: reader, writer: writer)
             } catch {
                 await Self.stop(prometheus)
                 throw error
@@ -71,7 +84,7 @@ struct PrometheusScrapeTests {
         }
     }
 
-    static func checkDashboard(server: TestServer, port: Int, reader: TestClient, writer: TestClient) async throws {
+    static func checkDashboard(server: TestServer, gateway: ServerProcess, port: Int, reader: TestClient, writer: TestClient) async throws {
         let api = "http://127.0.0.1:\(port)/api/v1/query?query="
         func query(_ expression: String) async throws -> [JSON] {
             let encoded = expression.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? expression
@@ -80,9 +93,15 @@ struct PrometheusScrapeTests {
         }
         // Scraped once: then the traffic, then two more scrapes so that rates span it.
         try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
-            try await query("up{job=\"parley\"}").first?["value"][1].string == "1"
+            let server = try await query("up{job=\"parley\"}").first?["value"][1].string
+            let gateway = try await query("up{job=\"parley-gateway\"}").first?["value"][1].string
+            return server == "1" && gateway == "1"
         }
+        // A client through the gateway too.
+        let edge = try await TestClient.connect(port: gateway.port, user: "edge")
+        try await edge.ack("join", ["room": "general"])
         for index in 1...20 { try await writer.ack("message", ["room": "general", "content": "m\(index)"]) }
+        _ = try await edge.messages(20, room: "general")
         _ = try await reader.messages(20, room: "general")
         try await waitUntil(timeout: .seconds(60), every: .milliseconds(200)) {
             let scrapes = try await query("count_over_time(parley_messages_published_total[1m]) >= 4").count
