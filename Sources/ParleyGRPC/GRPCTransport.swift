@@ -4,7 +4,7 @@ import Logging
 import ParleyCore
 import ServiceLifecycle
 
-/// The gRPC server (ChatService and Health on HTTP/2, plaintext) as a service of the server's
+/// The gRPC server (ChatService and Health on HTTP/2, plaintext or TLS) as a service of the server's
 /// group. On graceful shutdown it stops accepting calls and waits for the running ones; the
 /// engine, shut down before it, has already ended every stream with UNAVAILABLE.
 public struct GRPCTransport: Service {
@@ -17,9 +17,20 @@ public struct GRPCTransport: Service {
     /// `maxRequestBytes` is Parley's limit on one request message, checked by the services
     /// (RESOURCE_EXHAUSTED); the transport refuses anything over four times it before
     /// buffering it whole (it resets the stream).
+    /// A PEM certificate chain and private key: gRPC over TLS (HTTP/2 negotiated by ALPN).
+    public struct TLSFiles: Sendable {
+        public var certificateChain: String
+        public var privateKey: String
+
+        public init(certificateChain: String, privateKey: String) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+        }
+    }
+
     public init(
-        host: String, port: Int, maxRequestBytes: Int, idleTimeout: Duration? = nil, services: [any RegistrableRPCService],
-        logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        host: String, port: Int, maxRequestBytes: Int, idleTimeout: Duration? = nil, tls: TLSFiles? = nil,
+        services: [any RegistrableRPCService], logger: Logger, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) {
         var config = HTTP2ServerTransport.Posix.Config.defaults
         config.rpc.maxRequestPayloadSize = maxRequestBytes * 4
@@ -30,8 +41,16 @@ public struct GRPCTransport: Service {
         config.connection.maxGraceTime = .seconds(5)
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
             ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port)
+        let security: HTTP2ServerTransport.Posix.TransportSecurity = if let tls {
+            .tls(
+                certificateChain: [.file(path: tls.certificateChain, format: .pem)],
+                privateKey: .file(path: tls.privateKey, format: .pem)
+            )
+        } else {
+            .plaintext
+        }
         self.server = GRPCServer(
-            transport: .http2NIOPosix(address: address, transportSecurity: .plaintext, config: config),
+            transport: .http2NIOPosix(address: address, transportSecurity: security, config: config),
             services: services
         )
         self.host = host

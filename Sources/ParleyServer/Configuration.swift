@@ -20,6 +20,8 @@ public struct ServerConfiguration: Sendable {
     public var port = 8080
     /// gRPC port (ChatService and Health, plaintext HTTP/2); 0 picks a free one.
     public var grpcPort = 50051
+    /// Serve gRPC over TLS with this certificate chain and key (PEM); nil is plaintext.
+    public var grpcTLS: (certificateChain: String, privateKey: String)?
     public var dataDirectory = "./data"
     public var storage = Storage.sqlite
     public var synchronous = SQLiteSynchronous.full

@@ -154,7 +154,7 @@ public struct ParleyServer: Sendable {
         )
         let grpc = GRPCTransport(
             host: configuration.host, port: configuration.grpcPort,
-            maxRequestBytes: configuration.limits.maxFrameBytes, idleTimeout: configuration.idleTimeout,
+            maxRequestBytes: configuration.limits.maxFrameBytes, idleTimeout: configuration.idleTimeout, tls: configuration.grpcTLS.map { GRPCTransport.TLSFiles(certificateChain: $0.certificateChain, privateKey: $0.privateKey) },
             services: [
                 ChatService(
                     engine: engine, authenticator: authenticator,

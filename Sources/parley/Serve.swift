@@ -85,6 +85,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "How push services can reach whoever runs this server: a mailto: or https: URL (VAPID sub). [env: PARLEY_PUSH_CONTACT] (default: mailto:parley@localhost)")
     var pushContact: String?
 
+    @Option(help: "PEM certificate chain to serve gRPC over TLS with (with --grpc-tls-key). [env: PARLEY_GRPC_TLS_CERT]")
+    var grpcTlsCert: String?
+
+    @Option(help: "PEM private key of --grpc-tls-cert. [env: PARLEY_GRPC_TLS_KEY]")
+    var grpcTlsKey: String?
+
     @Option(help: "Backend URLs that receive room events as signed webhooks, comma-separated. [env: PARLEY_WEBHOOK_URLS] (default: none)")
     var webhookUrls: String?
 
@@ -294,6 +300,11 @@ struct Serve: AsyncParsableCommand {
         c.limits.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? c.limits.maxConnections
         c.limits.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? c.limits.maxConnectionsPerIP
         try resolveWebhooks(&c, environment: env)
+        switch (grpcTlsCert ?? env["PARLEY_GRPC_TLS_CERT"], grpcTlsKey ?? env["PARLEY_GRPC_TLS_KEY"]) {
+        case (nil, nil): break
+        case (let certificate?, let key?): c.grpcTLS = (certificate, key)
+        default: throw ConfigurationError("gRPC over TLS needs both PARLEY_GRPC_TLS_CERT and PARLEY_GRPC_TLS_KEY")
+        }
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         c.corsOrigins = Environment.list(corsOrigins ?? env["PARLEY_CORS_ORIGINS"]) ?? []
     }

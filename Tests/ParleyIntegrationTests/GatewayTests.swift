@@ -198,4 +198,29 @@ struct GatewayTests {
         #expect(metrics.contains("parley_gateway_upstream_up{upstream=\"127.0.0.1:\(a.grpcPort)\"} 0"))
         #expect(!metrics.contains("parley_gateway_upstream_errors_total 0"))
     }
+
+    @Test("an upstream served over TLS (--grpc-tls-cert): reached with its CA; another CA's certificate or plaintext reaches nothing")
+    func upstreamTLS() async throws {
+        let certificates = try await TestCertificates.make()
+        let server = try await ServerProcess.start([
+            "--data-dir", temporaryDirectory(), "--grpc-tls-cert", certificates.certificateFile, "--grpc-tls-key", certificates.keyFile,
+        ])
+        let gateway = try await ServerProcess.startGateway(["--upstream", "localhost:\(server.grpcPort)", "--upstream-ca-file", certificates.caFile])
+        let wrongCA = try await ServerProcess.startGateway(["--upstream", "localhost:\(server.grpcPort)", "--upstream-ca-file", certificates.otherCAFile])
+        let plaintext = try await ServerProcess.startGateway(["--upstream", "localhost:\(server.grpcPort)"])
+        defer {
+            for process in [gateway, wrongCA, plaintext, server] { process.kill(SIGTERM) }
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+        let alice = try await TestClient.connect(port: gateway.port, user: "alice")
+        try await alice.ack("join", ["room": "secure"])
+        let sent = try await alice.ack("message", ["room": "secure", "content": "over TLS"])
+        #expect(try await alice.messages(1, room: "secure").first?["id"].string == sent["id"].string)
+        // No upstream is ever live for these: a client is closed with 1013 after the wait.
+        let clients = try await [TestClient.connect(port: wrongCA.port, user: "bob"), TestClient.connect(port: plaintext.port, user: "carol")]
+        async let first = clients[0].closed(timeout: .seconds(15))
+        async let second = clients[1].closed(timeout: .seconds(15))
+        #expect(await [first, second] == [1013, 1013])
+        for other in [wrongCA, plaintext] { #expect(try await Self.get("http://127.0.0.1:\(other.port)/readyz").0 == 503) }
+    }
 }
