@@ -223,4 +223,34 @@ struct GatewayTests {
         #expect(await [first, second] == [1013, 1013])
         for other in [wrongCA, plaintext] { #expect(try await Self.get("http://127.0.0.1:\(other.port)/readyz").0 == 503) }
     }
+
+    @Test("more clients than one HTTP/2 connection carries streams (100): the gateway opens more connections to the upstream")
+    func manyStreams() async throws {
+        let server = try await ServerProcess.start(["--storage", "memory", "--rate-per-sec", "0"])
+        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+        defer {
+            gateway.kill(SIGTERM)
+            server.kill(SIGTERM)
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+        let clients = try await withThrowingTaskGroup(of: TestClient.self) { group in
+            for index in 0..<250 {
+                group.addTask {
+                    let client = try await TestClient.connect(port: gateway.port, user: "u\(index)")
+                    try await client.ack("join", ["room": "crowd"])
+                    return client
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        let publisher = try await TestClient.connect(port: server.port, user: "pub")
+        let sent = try await publisher.ack("message", ["room": "crowd", "content": "to all 250"])
+        for client in clients {
+            let got = try await client.expect("message") { $0["room"].string == "crowd" }
+            #expect(got["id"].string == sent["id"].string)
+        }
+        let (_, metrics) = try await Self.get("http://127.0.0.1:\(gateway.port)/ws-metrics")
+        #expect(metrics.contains("parley_gateway_connections 250"), "\(metrics.prefix(400))")
+        for client in clients { client.close() }
+    }
 }

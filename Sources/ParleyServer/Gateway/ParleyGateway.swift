@@ -174,22 +174,60 @@ final class GatewayMetrics: Sendable {
 
 // MARK: Upstreams
 
-/// One gRPC client per upstream (an HTTP/2 connection, kept open and re-established by the
-/// client), each checked with `grpc.health.v1.Health` every `healthInterval`; new streams go to
-/// the next live upstream.
+/// The upstreams, each reached over as many HTTP/2 connections as its streams need (100
+/// streams to a connection, HTTP/2's usual limit: a gateway holds one stream per browser),
+/// checked with `grpc.health.v1.Health` every `healthInterval`; new streams go to the next live
+/// upstream.
 final class UpstreamPool: Service, Sendable {
     typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+    static let streamsPerConnection = 100
 
     final class Member: Sendable {
         let upstream: GatewayConfiguration.Upstream
-        let client: Client
         let live = Atomic<Bool>(false)
         let gauge: Prometheus.Gauge
+        private let makeClient: @Sendable () throws -> Client
+        /// Each connection with the streams it carries now.
+        private let connections = Mutex<[(client: Client, streams: Int)]>([])
+        let started: AsyncStream<Client>
+        private let start: AsyncStream<Client>.Continuation
+        /// The first connection, which also carries the health checks.
+        let first: Client
 
-        init(upstream: GatewayConfiguration.Upstream, client: Client, gauge: Prometheus.Gauge) {
+        init(upstream: GatewayConfiguration.Upstream, gauge: Prometheus.Gauge, makeClient: @escaping @Sendable () throws -> Client) throws {
             self.upstream = upstream
-            self.client = client
             self.gauge = gauge
+            self.makeClient = makeClient
+            (started, start) = AsyncStream.makeStream()
+            first = try makeClient()
+            connections.withLock { $0.append((first, 0)) }
+            start.yield(first)
+        }
+
+        /// A connection with room for one more stream (a new one when all are full); give
+        /// the index back with `release`.
+        func lease() throws -> (Client, Int) {
+            try connections.withLock { connections in
+                if let index = connections.indices.min(by: { connections[$0].streams < connections[$1].streams }),
+                    connections[index].streams < UpstreamPool.streamsPerConnection
+                {
+                    connections[index].streams += 1
+                    return (connections[index].client, index)
+                }
+                let client = try makeClient()
+                connections.append((client, 1))
+                start.yield(client)
+                return (client, connections.count - 1)
+            }
+        }
+
+        func release(_ index: Int) {
+            connections.withLock { $0[index].streams -= 1 }
+        }
+
+        func shutDown() {
+            start.finish()
+            for (client, _) in connections.withLock({ $0 }) { client.beginGracefulShutdown() }
         }
     }
 
@@ -197,7 +235,6 @@ final class UpstreamPool: Service, Sendable {
     private let next = Atomic<Int>(0)
     private let configuration: GatewayConfiguration
     private let logger: Logger
-    let changed = Wakeup()
 
     init(_ configuration: GatewayConfiguration, metrics: GatewayMetrics, logger: Logger) throws {
         self.configuration = configuration
@@ -210,18 +247,20 @@ final class UpstreamPool: Service, Sendable {
             .plaintext
         }
         members = try configuration.upstreams.map { upstream in
-            let transport = try HTTP2ClientTransport.Posix(
-                target: .dns(host: upstream.host, port: upstream.port), transportSecurity: security,
-                config: .defaults { config in
-                    // A gateway holds a stream per browser: bounded buffering per stream, so that
-                    // a client that stops reading makes the upstream cut it off (slow consumer)
-                    // instead of the gateway holding megabytes for it.
-                    config.http2.targetWindowSize = 256 * 1024
-                    config.connection.maxIdleTime = nil
-                    config.backoff = .init(initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
-                }
-            )
-            return Member(upstream: upstream, client: GRPCClient(transport: transport), gauge: metrics.upstream(upstream))
+            try Member(upstream: upstream, gauge: metrics.upstream(upstream)) {
+                let transport = try HTTP2ClientTransport.Posix(
+                    target: .dns(host: upstream.host, port: upstream.port), transportSecurity: security,
+                    config: .defaults { config in
+                        // Bounded buffering per stream, so that a client that stops reading makes
+                        // the upstream cut it off (slow consumer) instead of the gateway holding
+                        // megabytes for it.
+                        config.http2.targetWindowSize = 256 * 1024
+                        config.connection.maxIdleTime = nil
+                        config.backoff = .init(initial: .milliseconds(100), max: .seconds(2), multiplier: 1.6, jitter: 0.2)
+                    }
+                )
+                return GRPCClient(transport: transport)
+            }
         }
     }
 
@@ -230,23 +269,34 @@ final class UpstreamPool: Service, Sendable {
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
             for member in members {
-                group.addTask { try? await member.client.runConnections() }
+                group.addTask {
+                    await withTaskGroup(of: Void.self) { connections in
+                        for await client in member.started {
+                            connections.addTask { try? await client.runConnections() }
+                        }
+                    }
+                }
                 group.addTask { await self.watch(member) }
             }
             try? await gracefulShutdown()
-            for member in members { member.client.beginGracefulShutdown() }
+            for member in members { member.shutDown() }
             group.cancelAll()
         }
     }
 
+    /// Live from the first answered check; down after three unanswered in a row (a busy
+    /// upstream answers late, and a join storm must not take it out of rotation) or at once
+    /// when a stream to it fails as an unreachable server fails (`markDown`).
     private func watch(_ member: Member) async {
-        let health = Grpc_Health_V1_Health.Client(wrapping: member.client)
+        let health = Grpc_Health_V1_Health.Client(wrapping: member.first)
+        var misses = 0
         while !Task.isCancelled {
             var options = CallOptions.defaults
-            options.timeout = .seconds(1)
+            options.timeout = .seconds(2)
             options.waitForReady = false
             let serving = (try? await health.check(.with { $0.service = "chat.v1.ChatService" }, options: options).status == .serving) ?? false
-            setLive(member, serving)
+            misses = serving ? 0 : misses + 1
+            if serving || misses >= 3 || !member.live.load(ordering: .relaxed) { setLive(member, serving) }
             try? await Task.sleep(for: configuration.healthInterval)
         }
     }
@@ -256,7 +306,6 @@ final class UpstreamPool: Service, Sendable {
         member.gauge.set(live ? Int64(1) : Int64(0))
         guard was != live else { return }
         logger.info(live ? "upstream is up" : "upstream is down", metadata: ["upstream": "\(member.upstream)"])
-        if live { changed.poke() }
     }
 
     /// A stream failed as an unreachable upstream fails: take it out at once (its health check
@@ -266,7 +315,8 @@ final class UpstreamPool: Service, Sendable {
         setLive(member, false)
     }
 
-    /// The next live upstream, waiting up to `wait` for one.
+    /// The next live upstream, waiting up to `wait` for one (looking again every 50 ms: any
+    /// number of new connections may be waiting, each on its own).
     func pick(wait: Duration) async -> Member? {
         let deadline = ContinuousClock.now + wait
         while true {
@@ -275,9 +325,7 @@ final class UpstreamPool: Service, Sendable {
                 let member = members[(start + offset) % members.count]
                 if member.live.load(ordering: .relaxed) { return member }
             }
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { return nil }
-            await changed.wait(upTo: min(left, .milliseconds(250)))
+            guard ContinuousClock.now < deadline, (try? await Task.sleep(for: .milliseconds(50))) != nil else { return nil }
         }
     }
 }
@@ -364,7 +412,14 @@ final class GatewayBridge: Sendable {
         _ member: UpstreamPool.Member, metadata: Metadata, commands: AsyncStream<Chat_V1_ChatCommand>, pending: Pending,
         outbound: WebSocketOutboundWriter
     ) async -> Close? {
-        let chat = Chat_V1_ChatService.Client(wrapping: member.client)
+        let connection: (UpstreamPool.Client, Int)
+        do {
+            connection = try member.lease()
+        } catch {
+            return Close(code: .unexpectedServerError, reason: "could not reach the upstream")
+        }
+        defer { member.release(connection.1) }
+        let chat = Chat_V1_ChatService.Client(wrapping: connection.0)
         var options = CallOptions.defaults
         options.waitForReady = false
         do {
