@@ -726,24 +726,38 @@ extension PostgresStore: WebhookOutbox {
         }
     }
 
-    /// `FOR UPDATE SKIP LOCKED`: instances claiming at the same moment take different rows
-    /// instead of waiting for each other; the lease keeps a claimed row theirs afterwards.
-    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
-        let (now, until) = (now.milliseconds, leaseUntil.milliseconds)
+    /// `FOR UPDATE SKIP LOCKED` on the queues' heads: instances claiming at the same moment take
+    /// different queues instead of waiting for each other; the leases keep them theirs
+    /// afterwards (the rows behind a head are reached only through it).
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int, perQueue: Int) async throws -> [WebhookEvent] {
+        let (now, until, perQueue) = (now.milliseconds, leaseUntil.milliseconds, max(perQueue, 1))
         return try await read {
             let rows = try await self.client.query(
                 """
-                UPDATE webhook_outbox SET lease_until = \(until) WHERE id IN (
-                    SELECT o.id FROM webhook_outbox o
+                WITH heads AS (
+                    SELECT o.id, o.target, o.room FROM webhook_outbox o
                     WHERE o.id IN (SELECT min(id) FROM webhook_outbox WHERE NOT dead GROUP BY target, room)
                         AND o.due_at <= \(now) AND o.lease_until <= \(now)
-                    ORDER BY o.id LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-                    AND lease_until <= \(now)
+                    ORDER BY o.id LIMIT \(limit) FOR UPDATE SKIP LOCKED),
+                picked AS (
+                    SELECT id FROM (
+                        SELECT w.id, row_number() OVER (PARTITION BY w.target, w.room ORDER BY w.id) AS n
+                        FROM webhook_outbox w JOIN heads h ON w.target = h.target AND w.room = h.room AND w.id >= h.id
+                        WHERE NOT w.dead) s
+                    WHERE n <= \(perQueue))
+                UPDATE webhook_outbox SET lease_until = \(until) WHERE id IN (SELECT id FROM picked)
                 RETURNING id, target, room, kind, user_id, seq, ts, attempts, last_error
                 """,
                 logger: self.logger
             )
             return try await Self.webhookEvents(rows).sorted { $0.id < $1.id }
+        }
+    }
+
+    public func releaseWebhooks(ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        try await write {
+            try await self.client.query("UPDATE webhook_outbox SET lease_until = 0 WHERE id = ANY(\(ids))", logger: self.logger)
         }
     }
 

@@ -777,18 +777,33 @@ extension SQLiteMessageStore: WebhookOutbox {
         try await positionsWrite("INSERT INTO webhook_outbox(target, room, kind, user, seq, ts) VALUES \(placeholders)", binds)
     }
 
-    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int, perQueue: Int) async throws -> [WebhookEvent] {
         let rows = try await positionsWrite(
             """
             UPDATE webhook_outbox SET lease_until = ? WHERE id IN (
-                SELECT o.id FROM (SELECT min(id) AS id FROM webhook_outbox WHERE dead = 0 GROUP BY target, room) AS head
-                JOIN webhook_outbox AS o ON o.id = head.id
-                WHERE o.due_at <= ? AND o.lease_until <= ? ORDER BY o.id LIMIT ?)
+                SELECT id FROM (
+                    SELECT w.id, row_number() OVER (PARTITION BY w.target, w.room ORDER BY w.id) AS n
+                    FROM webhook_outbox AS w JOIN (
+                        SELECT o.target, o.room FROM (SELECT min(id) AS id FROM webhook_outbox WHERE dead = 0 GROUP BY target, room) AS head
+                        JOIN webhook_outbox AS o ON o.id = head.id
+                        WHERE o.due_at <= ? AND o.lease_until <= ? ORDER BY o.id LIMIT ?
+                    ) AS q ON w.target = q.target AND w.room = q.room
+                    WHERE w.dead = 0
+                ) WHERE n <= ?)
             RETURNING id, target, room, kind, user, seq, ts, attempts, last_error
             """,
-            [.integer(Int(leaseUntil.milliseconds)), .integer(Int(now.milliseconds)), .integer(Int(now.milliseconds)), .integer(limit)]
+            [
+                .integer(Int(leaseUntil.milliseconds)), .integer(Int(now.milliseconds)), .integer(Int(now.milliseconds)), .integer(limit),
+                .integer(max(perQueue, 1)),
+            ]
         )
         return rows.compactMap(Self.webhookEvent).sorted { $0.id < $1.id }
+    }
+
+    public func releaseWebhooks(ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        let list = ids.map(String.init).joined(separator: ",")
+        try await positionsWrite("UPDATE webhook_outbox SET lease_until = 0 WHERE id IN (\(list))", [])
     }
 
     public func completeWebhook(id: Int64) async throws {

@@ -259,24 +259,41 @@ extension MemoryMessageStore: WebhookOutbox {
         }
     }
 
-    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int, perQueue: Int) async throws -> [WebhookEvent] {
         state.withLock { state in
             struct Queue: Hashable {
                 var target: Int
                 var room: String
             }
-            var seen: Set<Queue> = []
-            var claimed: [WebhookEvent] = []
-            for id in state.webhooks.keys.sorted() where claimed.count < limit {
-                guard var row = state.webhooks[id], !row.dead else { continue }
-                // Only the oldest live row of its (target, room) may go.
-                guard seen.insert(Queue(target: row.event.target, room: row.event.room)).inserted else { continue }
-                guard row.dueAt <= now.milliseconds, row.leaseUntil <= now.milliseconds else { continue }
-                row.leaseUntil = leaseUntil.milliseconds
-                state.webhooks[id] = row
-                claimed.append(row.event)
+            // Each queue's live rows in order; then the queues whose head may go.
+            var queues: [Queue: [Int64]] = [:]
+            var order: [Queue] = []
+            for id in state.webhooks.keys.sorted() {
+                guard let row = state.webhooks[id], !row.dead else { continue }
+                let queue = Queue(target: row.event.target, room: row.event.room)
+                if queues[queue] == nil { order.append(queue) }
+                queues[queue, default: []].append(id)
             }
-            return claimed
+            var claimed: [WebhookEvent] = []
+            var heads = 0
+            for queue in order where heads < limit {
+                let ids = queues[queue]!
+                guard let head = state.webhooks[ids[0]], head.dueAt <= now.milliseconds, head.leaseUntil <= now.milliseconds else { continue }
+                heads += 1
+                for id in ids.prefix(max(perQueue, 1)) {
+                    guard var row = state.webhooks[id], row.leaseUntil <= now.milliseconds else { break }
+                    row.leaseUntil = leaseUntil.milliseconds
+                    state.webhooks[id] = row
+                    claimed.append(row.event)
+                }
+            }
+            return claimed.sorted { $0.id < $1.id }
+        }
+    }
+
+    public func releaseWebhooks(ids: [Int64]) async throws {
+        state.withLock { state in
+            for id in ids { state.webhooks[id]?.leaseUntil = 0 }
         }
     }
 

@@ -106,8 +106,11 @@ public final class WebhookDispatcher: Service, Sendable {
         /// How often the outbox is looked at when nothing pokes this instance (events that
         /// other instances stored, retries coming due).
         public var pollInterval: Duration = .seconds(1)
-        /// Events sent at once (each of a different room or endpoint).
+        /// Rooms (per endpoint) sent to at once.
         public var batch = 32
+        /// A room's events claimed together and sent one after another, each after the one
+        /// before it was delivered (fewer store round trips than one claim per event).
+        public var perRoom = 16
 
         public init(urls: [String], secret: [UInt8]) {
             self.urls = urls
@@ -178,28 +181,53 @@ public final class WebhookDispatcher: Service, Sendable {
     @discardableResult
     public func sendDue() async -> Int {
         let now = clock.now
+        let leaseUntil = now.adding(milliseconds: configuration.lease.milliseconds)
         let claimed: [WebhookEvent]
         do {
             claimed = try await outbox.claimWebhooks(
-                now: now, leaseUntil: now.adding(milliseconds: configuration.lease.milliseconds), limit: configuration.batch
+                now: now, leaseUntil: leaseUntil, limit: configuration.batch,
+                perQueue: configuration.perRoom
             )
         } catch {
             logger.warning("could not read the webhook outbox", metadata: ["error": "\(error)"])
             return 0
         }
+        var queues: [QueueKey: [WebhookEvent]] = [:]
+        for event in claimed { queues[QueueKey(target: event.target, room: event.room), default: []].append(event) }
         await withTaskGroup(of: Void.self) { group in
-            for event in claimed {
-                group.addTask { await self.send(event) }
+            for queue in queues.values {
+                group.addTask {
+                    // In order. After a failure the rest wait (released) behind the retry; and
+                    // none is begun that could outlast the lease (another instance may then
+                    // claim the room's queue).
+                    let lastStart = leaseUntil.adding(milliseconds: -self.configuration.timeout.milliseconds)
+                    for (index, event) in queue.enumerated() {
+                        guard self.clock.now < lastStart else {
+                            try? await self.outbox.releaseWebhooks(ids: queue[index...].map(\.id))
+                            break
+                        }
+                        if await self.send(event) { continue }
+                        try? await self.outbox.releaseWebhooks(ids: queue[(index + 1)...].map(\.id))
+                        break
+                    }
+                }
             }
         }
         return claimed.count
     }
 
-    private func send(_ event: WebhookEvent) async {
+    private struct QueueKey: Hashable {
+        var target: Int
+        var room: String
+    }
+
+    /// Sends one event; true when it is done with (delivered, or given up as a dead letter).
+    @discardableResult
+    private func send(_ event: WebhookEvent) async -> Bool {
         guard event.target < configuration.urls.count else {
             // An endpoint taken out of the configuration: its events stay, as dead letters.
             try? await outbox.deadLetterWebhook(id: event.id, error: "no webhook URL \(event.target + 1) is configured")
-            return
+            return true
         }
         var message: Message?
         if event.kind.isStored, let seq = event.seq {
@@ -207,8 +235,7 @@ public final class WebhookDispatcher: Service, Sendable {
                 let page = try await store.history(room: event.room, query: HistoryQuery(after: seq - 1, limit: 1))
                 message = page.messages.first { $0.seq == seq }
             } catch {
-                await failed(event, "could not read the event's row: \(error)")
-                return
+                return await failed(event, "could not read the event's row: \(error)")
             }
         }
         let body = encode(event, message)
@@ -230,16 +257,23 @@ public final class WebhookDispatcher: Service, Sendable {
             metrics.webhookAnswered(after: clock.instant - started)
             if (200..<300).contains(response.status) {
                 metrics.webhook("delivered")
-                try? await outbox.completeWebhook(id: event.id)
+                do {
+                    try await outbox.completeWebhook(id: event.id)
+                    return true
+                } catch {
+                    // Sent again when the lease runs out; the ones behind it wait.
+                    return false
+                }
             } else {
-                await failed(event, "HTTP \(response.status)")
+                return await failed(event, "HTTP \(response.status)")
             }
         } catch {
-            await failed(event, "no answer: \(error)")
+            return await failed(event, "no answer: \(error)")
         }
     }
 
-    private func failed(_ event: WebhookEvent, _ why: String) async {
+    /// Records a failed attempt; true when the event became a dead letter (its room goes on).
+    private func failed(_ event: WebhookEvent, _ why: String) async -> Bool {
         let attempts = event.attempts + 1
         do {
             if attempts >= configuration.maxAttempts {
@@ -249,6 +283,7 @@ public final class WebhookDispatcher: Service, Sendable {
                     metadata: ["event": "\(event.id)", "room": "\(event.room)", "error": "\(why)"]
                 )
                 try await outbox.deadLetterWebhook(id: event.id, error: why)
+                return true
             } else {
                 metrics.webhook("retried")
                 logger.debug("webhook attempt failed", metadata: ["event": "\(event.id)", "attempt": "\(attempts)", "error": "\(why)"])
@@ -261,6 +296,7 @@ public final class WebhookDispatcher: Service, Sendable {
             // The lease runs out and the event is tried again.
             logger.warning("could not record a webhook attempt", metadata: ["event": "\(event.id)", "error": "\(error)"])
         }
+        return false
     }
 
     /// The delay before attempt `attempt + 1`: `base * 2^(attempt-1)`, at most `cap`, drawn

@@ -115,9 +115,12 @@ public protocol WebhookOutbox: Sendable {
     func selectWebhooks(_ selection: WebhookSelection)
     /// Puts events that are not rows of history into the outbox, one row per target.
     func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws
-    /// Leases up to `limit` rows that are due at `now`, each the oldest live row of its
-    /// (target, room), until `leaseUntil`; oldest first.
-    func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent]
+    /// Leases, until `leaseUntil`, the queues of up to `limit` (target, room) pairs whose oldest
+    /// live row is due at `now` and not leased: that row and up to `perQueue - 1` rows behind
+    /// it, to be sent in order. Oldest first.
+    func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int, perQueue: Int) async throws -> [WebhookEvent]
+    /// Ends the leases of claimed rows that were not attempted (behind one that failed).
+    func releaseWebhooks(ids: [Int64]) async throws
     /// The row was delivered: deletes it.
     func completeWebhook(id: Int64) async throws
     /// The attempt failed: counts it, and makes the row due again at `at`.
@@ -134,6 +137,11 @@ public protocol WebhookOutbox: Sendable {
 }
 
 extension WebhookOutbox {
+    /// Each queue's oldest live row only.
+    public func claimWebhooks(now: Timestamp, leaseUntil: Timestamp, limit: Int) async throws -> [WebhookEvent] {
+        try await claimWebhooks(now: now, leaseUntil: leaseUntil, limit: limit, perQueue: 1)
+    }
+
     /// The outbox rows for a batch's new stored rows, per selected target: (target, row).
     public static func outboxRows(for messages: [Message], selection: WebhookSelection?) -> [(target: Int, message: Message)] {
         guard let selection, selection.targets > 0 else { return [] }
