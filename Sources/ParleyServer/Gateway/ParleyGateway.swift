@@ -84,6 +84,8 @@ public enum ParleyGateway {
         let bridge = GatewayBridge(configuration: configuration, upstreams: upstreams, metrics: metrics, logger: logger)
 
         let router = Router(context: BasicWebSocketRequestContext.self)
+        // Errors (an unreachable API upstream, a body too large) as Parley's JSON errors.
+        router.add(middleware: APIErrorMiddleware())
         router.add(middleware: FileMiddleware(
             configuration.publicDirectory ?? ParleyServer.bundledPublicDirectory(), searchForIndexHtml: true, logger: logger
         ))
@@ -105,7 +107,7 @@ public enum ParleyGateway {
                 body: .init(byteBuffer: ByteBuffer(string: live > 0 ? "ready: \(live) of \(configuration.upstreams.count) upstreams\n" : "no upstream\n"))
             )
         }
-        router.ws("/ws") { request, _ in
+        router.ws("/ws") { _, _ in
             .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             await bridge.serve(inbound: inbound, outbound: outbound, request: context.request)

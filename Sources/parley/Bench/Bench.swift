@@ -158,8 +158,9 @@ struct Bench: AsyncParsableCommand {
                             stats.sent()
                             try await outbound.write(.text(#"{"event":"message","data":{"room":"\#(stats.room)","content":"\#(content)"},"id":\#(sequence)}"#))
                         }
-                        // Wait for outstanding acks (bounded).
-                        let drain = monotonicNanos() + 5_000_000_000
+                        // Wait for outstanding acks (bounded): a message stored but not counted
+                        // would make the report's acked and delivered disagree with the server.
+                        let drain = monotonicNanos() + 30_000_000_000
                         while stats.snapshot.outstanding > 0, monotonicNanos() < drain {
                             try await Task.sleep(for: .milliseconds(5))
                         }
