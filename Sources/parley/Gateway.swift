@@ -31,6 +31,9 @@ struct Gateway: AsyncParsableCommand {
     @Option(help: "Serve the web client from this folder instead of the bundled copy. [env: PARLEY_PUBLIC_DIR]")
     var publicDir: String?
 
+    @Option(help: "Seconds between WebSocket pings to idle clients; a client that misses one is closed. [env: PARLEY_PING_INTERVAL] (default: 30)")
+    var pingInterval: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. [env: PARLEY_LOG_LEVEL] (default: info)")
     var logLevel: String?
 
@@ -52,6 +55,10 @@ struct Gateway: AsyncParsableCommand {
             throw ValidationError("--api-upstream must be an http:// or https:// URL, got '\(api)'")
         }
         c.publicDirectory = publicDir ?? env["PARLEY_PUBLIC_DIR"]
+        if let seconds = try pingInterval ?? env.int("PARLEY_PING_INTERVAL") {
+            guard seconds > 0 else { throw ValidationError("--ping-interval must be at least 1 second") }
+            c.pingInterval = .seconds(seconds)
+        }
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
             guard let parsed = Logger.Level(rawValue: level) else { throw ValidationError("invalid log level '\(level)'") }
             c.logLevel = parsed

@@ -99,7 +99,9 @@ struct GatewayTests {
             let server = try await ServerProcess.start([
                 "--storage", "memory", "--rate-per-sec", "0", "--outbox-bytes", "262144",
             ])
-            let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+            // No gateway pings: on a loaded machine the run outlasts a ping interval, and the
+            // stalled client's missing pong would close it before the upstream cuts it off.
+            let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)", "--ping-interval", "600"])
             defer {
                 gateway.kill(SIGTERM)
                 server.kill(SIGTERM)
