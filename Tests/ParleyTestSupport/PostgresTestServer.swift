@@ -115,7 +115,7 @@ public final class PostgresTestServer: Sendable {
     /// Starts the server again after `stop()`, on the same port and data.
     public func launch() async throws {
         let result = try await Self.runAsync("pg_ctl", [
-            "-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "30",
+            "-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "120",
             "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200", "start",
         ])
         guard result.status == 0 else { throw TestSupportError("pg_ctl start failed: \(result.output)") }

@@ -159,61 +159,89 @@ public final class WebhookDispatcher: Service, Sendable {
 
     public func run() async throws {
         let wakeup = self.wakeup
+        let active = ActiveRooms()
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                // Whatever was claimed is now delivered, retried or dead: the rooms' next events
-                // may be due at once. Only when nothing was, wait: for a poke (an event stored
-                // here), this instance's next retry, or the poll (events stored elsewhere).
-                guard await self.sendDue() == 0 else { continue }
-                let now = self.clock.now
-                var delay = self.configuration.pollInterval
-                if let retry = self.nextRetry.withLock({ $0.take() }) {
-                    delay = min(delay, .milliseconds(max(retry.milliseconds - now.milliseconds, 0)))
+            // Each claimed room is sent to in a task of its own; a room that finishes makes room
+            // for the next claim at once, so a slow backend room holds back only itself.
+            await withDiscardingTaskGroup { group in
+                while !Task.isCancelled {
+                    let free = self.configuration.batch - active.count.load(ordering: .relaxed)
+                    if free > 0 {
+                        for queue in await self.claimQueues(limit: free) {
+                            active.count.add(1, ordering: .relaxed)
+                            group.addTask {
+                                await self.send(queue)
+                                active.count.subtract(1, ordering: .relaxed)
+                                wakeup.poke()
+                            }
+                        }
+                    }
+                    // Until a room finishes, an event is stored here, this instance's next retry
+                    // comes due, or the poll (events stored by other instances).
+                    let now = self.clock.now
+                    var delay = self.configuration.pollInterval
+                    if let retry = self.nextRetry.withLock({ $0.take() }) {
+                        delay = min(delay, .milliseconds(max(retry.milliseconds - now.milliseconds, 0)))
+                    }
+                    let tick = self.clock.schedule(in: delay) { wakeup.poke() }
+                    await wakeup.wait(upTo: nil)
+                    tick.cancel()
                 }
-                let tick = self.clock.schedule(in: delay) { wakeup.poke() }
-                await wakeup.wait(upTo: nil)
-                tick.cancel()
             }
         }
     }
 
-    /// Claims the events that are due and sends them, at once; returns how many it claimed.
+    /// Claims the rooms that are due and sends to all of them, at once, until each is done;
+    /// returns how many events it claimed.
     @discardableResult
     public func sendDue() async -> Int {
+        let queues = await claimQueues(limit: configuration.batch)
+        await withTaskGroup(of: Void.self) { group in
+            for queue in queues {
+                group.addTask { await self.send(queue) }
+            }
+        }
+        return queues.reduce(0) { $0 + $1.events.count }
+    }
+
+    private final class ActiveRooms: Sendable {
+        let count = Atomic<Int>(0)
+    }
+
+    /// A room's claimed events for one endpoint, in order, and when their lease ends.
+    struct Queue: Sendable {
+        var events: [WebhookEvent]
+        var leaseUntil: Timestamp
+    }
+
+    private func claimQueues(limit: Int) async -> [Queue] {
         let now = clock.now
         let leaseUntil = now.adding(milliseconds: configuration.lease.milliseconds)
         let claimed: [WebhookEvent]
         do {
-            claimed = try await outbox.claimWebhooks(
-                now: now, leaseUntil: leaseUntil, limit: configuration.batch,
-                perQueue: configuration.perRoom
-            )
+            claimed = try await outbox.claimWebhooks(now: now, leaseUntil: leaseUntil, limit: limit, perQueue: configuration.perRoom)
         } catch {
             logger.warning("could not read the webhook outbox", metadata: ["error": "\(error)"])
-            return 0
+            return []
         }
         var queues: [QueueKey: [WebhookEvent]] = [:]
         for event in claimed { queues[QueueKey(target: event.target, room: event.room), default: []].append(event) }
-        await withTaskGroup(of: Void.self) { group in
-            for queue in queues.values {
-                group.addTask {
-                    // In order. After a failure the rest wait (released) behind the retry; and
-                    // none is begun that could outlast the lease (another instance may then
-                    // claim the room's queue).
-                    let lastStart = leaseUntil.adding(milliseconds: -self.configuration.timeout.milliseconds)
-                    for (index, event) in queue.enumerated() {
-                        guard self.clock.now < lastStart else {
-                            try? await self.outbox.releaseWebhooks(ids: queue[index...].map(\.id))
-                            break
-                        }
-                        if await self.send(event) { continue }
-                        try? await self.outbox.releaseWebhooks(ids: queue[(index + 1)...].map(\.id))
-                        break
-                    }
-                }
+        return queues.values.map { Queue(events: $0, leaseUntil: leaseUntil) }
+    }
+
+    /// In order. After a failure the rest wait (released) behind the retry; and none is begun
+    /// that could outlast the lease (another instance may then claim the room's queue).
+    private func send(_ queue: Queue) async {
+        let lastStart = queue.leaseUntil.adding(milliseconds: -configuration.timeout.milliseconds)
+        for (index, event) in queue.events.enumerated() {
+            guard clock.now < lastStart else {
+                try? await outbox.releaseWebhooks(ids: queue.events[index...].map(\.id))
+                return
             }
+            if await send(event) { continue }
+            try? await outbox.releaseWebhooks(ids: queue.events[(index + 1)...].map(\.id))
+            return
         }
-        return claimed.count
     }
 
     private struct QueueKey: Hashable {
