@@ -195,6 +195,7 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             try channel.syncOptions?.setOption(
                 ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 64 * 1024)
             )
+            try channel.pipeline.syncOperations.addHandler(ClosesOnInputClosed())
             try channel.pipeline.syncOperations.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
             )
@@ -212,5 +213,23 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             }
             return .websocket
         }
+    }
+}
+
+/// The client ended its side of the TCP connection (the server allows half-closed connections
+/// for HTTP): a WebSocket client that did so has left, close frame or not. Without this the
+/// connection sat in CLOSE_WAIT, holding its session and rooms, until the next write to it
+/// failed or two ping intervals passed. In the pipeline of every upgraded connection (Parley
+/// and Socket.IO), so it also sees a FIN that arrived during the upgrade, which NIO's upgrade
+/// handler replays as `inputClosed`.
+final class ClosesOnInputClosed: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }

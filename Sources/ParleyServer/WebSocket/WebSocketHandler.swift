@@ -119,18 +119,6 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         end()
     }
 
-    /// The client ended its side of the TCP connection (the server allows half-closed
-    /// connections for HTTP): a WebSocket client that did so has left, close frame or not.
-    /// Without this the connection sat in CLOSE_WAIT, holding its session and rooms, until
-    /// the next write to it failed or two ping intervals passed.
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     /// Once per connection: stops its timers and leaves its rooms.
     private func end() {
         guard !ended else { return }
