@@ -705,13 +705,8 @@ extension PostgresStore: WebhookOutbox {
     }
 
     public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
-        guard let selection = webhookSelection.withLock({ $0 }) else { return }
-        var rows: [(target: Int, draft: WebhookDraft)] = []
-        for target in 0..<selection.targets {
-            for draft in drafts where selection.kinds.contains(draft.kind) { rows.append((target, draft)) }
-        }
-        guard !rows.isEmpty else { return }
-        let outbox = rows
+        let outbox = webhookSelection.withLock({ $0 })?.rows(drafts).map { (target: $0.target, draft: $0.item) } ?? []
+        guard !outbox.isEmpty else { return }
         try await write {
             let rows = outbox
             try await self.client.query(

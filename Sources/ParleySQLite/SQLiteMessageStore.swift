@@ -762,15 +762,12 @@ extension SQLiteMessageStore: WebhookOutbox {
     }
 
     public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
-        guard let selection = webhookSelection.withLock({ $0 }) else { return }
         var binds: [SQLiteData] = []
-        for target in 0..<selection.targets {
-            for draft in drafts where selection.kinds.contains(draft.kind) {
-                binds += [
-                    .integer(target), .text(draft.room), .text(draft.kind.rawValue), .text(draft.user),
-                    draft.seq.map { .integer(Int($0)) } ?? .null, .integer(Int(draft.timestamp.milliseconds)),
-                ]
-            }
+        for (target, draft) in webhookSelection.withLock({ $0 })?.rows(drafts) ?? [] {
+            binds += [
+                .integer(target), .text(draft.room), .text(draft.kind.rawValue), .text(draft.user),
+                draft.seq.map { .integer(Int($0)) } ?? .null, .integer(Int(draft.timestamp.milliseconds)),
+            ]
         }
         guard !binds.isEmpty else { return }
         let placeholders = Array(repeating: "(?,?,?,?,?,?)", count: binds.count / 6).joined(separator: ",")

@@ -247,14 +247,11 @@ extension MemoryMessageStore: WebhookOutbox {
 
     public func enqueueWebhooks(_ drafts: [WebhookDraft]) async throws {
         state.withLock { state in
-            guard let selection = state.webhookSelection else { return }
-            for target in 0..<selection.targets {
-                for draft in drafts where selection.kinds.contains(draft.kind) {
-                    state.addWebhook(WebhookEvent(
-                        id: 0, target: target, kind: draft.kind, room: draft.room, user: draft.user, seq: draft.seq,
-                        timestamp: draft.timestamp, attempts: 0
-                    ))
-                }
+            for (target, draft) in state.webhookSelection?.rows(drafts) ?? [] {
+                state.addWebhook(WebhookEvent(
+                    id: 0, target: target, kind: draft.kind, room: draft.room, user: draft.user, seq: draft.seq,
+                    timestamp: draft.timestamp, attempts: 0
+                ))
             }
         }
     }

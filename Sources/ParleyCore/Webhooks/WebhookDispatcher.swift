@@ -46,7 +46,7 @@ public enum WebhookSignature {
         var signed = Array("\(seconds).".utf8)
         signed.append(contentsOf: body)
         let mac = HMAC<SHA256>.authenticationCode(for: signed, using: SymmetricKey(data: secret))
-        return "t=\(seconds),v1=\(hex(Array(mac)))"
+        return "t=\(seconds),v1=\(UploadReader.hex(mac))"
     }
 
     /// The check a backend makes (the documentation's examples do the same).
@@ -62,17 +62,6 @@ public enum WebhookSignature {
         let expected = sign(body, secret: secret, at: Timestamp(milliseconds: seconds * 1000))
         guard let mine = expected.split(separator: "=").last.map(String.init) else { return false }
         return signatures.contains { constantTimeEqual(Array($0.utf8), Array(mine.utf8)) }
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
     private static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

@@ -47,6 +47,21 @@ public struct WebhookSelection: Sendable, Hashable {
     }
 
     public func selects(_ kind: WebhookKind) -> Bool { targets > 0 && kinds.contains(kind) }
+
+    /// The outbox rows for `items`: one per target and selected item, target by target, each
+    /// target's in the items' order (so every target's queues keep it).
+    public func rows<Item>(_ items: [Item], kind: (Item) -> WebhookKind) -> [(target: Int, item: Item)] {
+        var rows: [(target: Int, item: Item)] = []
+        for target in 0..<max(targets, 0) {
+            for item in items where kinds.contains(kind(item)) { rows.append((target, item)) }
+        }
+        return rows
+    }
+
+    /// The rows for events that are not rows of history.
+    public func rows(_ drafts: [WebhookDraft]) -> [(target: Int, item: WebhookDraft)] {
+        rows(drafts, kind: \.kind)
+    }
 }
 
 /// An event for the outbox that is not a row of history (join, leave, read).
@@ -144,14 +159,7 @@ extension WebhookOutbox {
 
     /// The outbox rows for a batch's new stored rows, per selected target: (target, row).
     public static func outboxRows(for messages: [Message], selection: WebhookSelection?) -> [(target: Int, message: Message)] {
-        guard let selection, selection.targets > 0 else { return [] }
-        var rows: [(target: Int, message: Message)] = []
-        for target in 0..<selection.targets {
-            for message in messages where selection.kinds.contains(WebhookKind(message.kind)) {
-                rows.append((target, message))
-            }
-        }
-        return rows
+        selection?.rows(messages) { WebhookKind($0.kind) }.map { ($0.target, $0.item) } ?? []
     }
 }
 
