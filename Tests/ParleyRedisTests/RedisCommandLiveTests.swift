@@ -132,7 +132,12 @@ struct RedisCommandLiveTests {
 
     @Test func clientWaitsForItsFirstConnectionThenServes() async throws {
         try await withRedisServer { server in
-            let client = RedisClient(configuration: server.configuration)
+            // The first connection may take seconds on a loaded CI machine: the command waits
+            // for it (the default 5 s ran out once under a full suite).
+            var configuration = server.configuration
+            configuration.commandTimeout = .seconds(30)
+            configuration.connectTimeout = .seconds(30)
+            let client = RedisClient(configuration: configuration)
             try await withRunning(client) {
                 // Sent at once, before the connection is up: it waits for it.
                 #expect(try await client.send("PING").string == "PONG")
