@@ -7,7 +7,7 @@ import ServiceLifecycle
 /// that keep the edge apart (docs/operations.md, "The gateway").
 struct Gateway: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "A stateless WebSocket gateway: browsers' WebSockets, each carried over one gRPC Chat stream to an upstream Parley."
+        abstract: "A stateless WebSocket gateway: browsers' WebSockets and Socket.IO sessions, each carried over one gRPC Chat stream to an upstream Parley."
     )
 
     @Option(help: "Address to listen on. [env: PARLEY_GATEWAY_HOST] (default: 0.0.0.0)")
@@ -31,8 +31,14 @@ struct Gateway: AsyncParsableCommand {
     @Option(help: "Serve the web client from this folder instead of the bundled copy. [env: PARLEY_PUBLIC_DIR]")
     var publicDir: String?
 
-    @Option(help: "Seconds between WebSocket pings to idle clients; a client that misses one is closed. [env: PARLEY_PING_INTERVAL] (default: 30)")
+    @Option(help: "Seconds between WebSocket pings to idle clients (and Engine.IO's pingInterval); a client that misses one is closed. [env: PARLEY_PING_INTERVAL] (default: 30)")
     var pingInterval: Int?
+
+    @Option(help: "Bytes a Socket.IO session may have unsent before it is cut off as a slow consumer. [env: PARLEY_OUTBOX_BYTES] (default: 4194304)")
+    var outboxBytes: Int?
+
+    @Option(help: "Origins whose pages may open Socket.IO sessions, comma-separated, or *. [env: PARLEY_ALLOWED_ORIGINS] (default: *)")
+    var allowedOrigins: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical. [env: PARLEY_LOG_LEVEL] (default: info)")
     var logLevel: String?
@@ -59,6 +65,11 @@ struct Gateway: AsyncParsableCommand {
             guard seconds > 0 else { throw ValidationError("--ping-interval must be at least 1 second") }
             c.pingInterval = .seconds(seconds)
         }
+        if let bytes = try outboxBytes ?? env.int("PARLEY_OUTBOX_BYTES") {
+            guard bytes >= 1024 else { throw ValidationError("--outbox-bytes must be at least 1024") }
+            c.maxOutboxBytes = bytes
+        }
+        c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
             guard let parsed = Logger.Level(rawValue: level) else { throw ValidationError("invalid log level '\(level)'") }
             c.logLevel = parsed

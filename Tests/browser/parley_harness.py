@@ -49,6 +49,10 @@ class ParleyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def grpc_port(self) -> int:
+        return int(re.search(r"gRPC listening on [0-9.]+:(\d+)", self.log_path.read_text(errors="replace")).group(1))
+
     def start(self, port: int = 0, bind_retry_s: float = 10.0) -> None:
         wait_for_binary()
         deadline = time.monotonic() + bind_retry_s
@@ -149,6 +153,58 @@ class ParleyServer:
         if not self.log_path or not self.log_path.exists():
             return "(no server log)"
         text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+class ParleyGateway:
+    """A ``parley gateway`` in front of servers' gRPC ports (``upstreams``: ParleyServer or
+    ``host:port``), with the same environment as the server it fronts. ``url`` is its HTTP
+    address, so a test written against a server runs through the gateway unchanged."""
+
+    def __init__(self, log_path: Path, *upstreams, api: str | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None):
+        self.log_path = log_path
+        self.upstreams = [u if isinstance(u, str) else f"127.0.0.1:{u.grpc_port}" for u in upstreams]
+        self.api = api
+        self.env = {**os.environ, **(env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ParleyGateway":
+        wait_for_binary()
+        cmd = [str(PARLEY_BIN), "gateway", "--host", "127.0.0.1", "--port", "0", "--upstream", ",".join(self.upstreams), *self.args]
+        if self.api:
+            cmd += ["--api-upstream", self.api]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            match = re.search(r"gateway listening on http://127\.0\.0\.1:(\d+)", text)
+            if match and "upstream is up" in text:
+                self.port = int(match.group(1))
+                return self
+            assert self.proc.poll() is None, f"the gateway exited: {text}"
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"the gateway did not start: {self.log_path.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else ["(no gateway log)"]
         return "\n".join(text[-lines:])
 
 

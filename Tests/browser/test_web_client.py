@@ -19,7 +19,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from conftest import PHONE, RECONNECT_WAIT, ChatPage
-from parley_harness import PARLEY_BIN, ParleyServer, new_driver
+from parley_harness import PARLEY_BIN, ParleyGateway, ParleyServer, new_driver
 
 ROOM = "general"
 
@@ -665,34 +665,12 @@ def test_a_video_call_shows_each_side_the_other(browser):
 # ---------------------------------------------------------------------------------------------
 
 
-def start_gateway(upstream_grpc: int, api: str, log_path) -> tuple[subprocess.Popen, str]:
-    import re
-    import time
-
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(PARLEY_BIN), "gateway", "--host", "127.0.0.1", "--port", "0", "--upstream", f"127.0.0.1:{upstream_grpc}", "--api-upstream", api],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        match = re.search(r"gateway listening on http://127\.0\.0\.1:(\d+)", text)
-        if match and "upstream is up" in text:
-            return proc, f"http://127.0.0.1:{match.group(1)}"
-        assert proc.poll() is None, f"the gateway exited: {text}"
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"the gateway did not start: {log_path.read_text(errors='replace')}")
-
-
 def test_the_web_client_through_a_gateway(parley_server, tmp_path):
     import re
     import urllib.request
 
-    grpc = int(re.search(r"gRPC listening on [0-9.]+:(\d+)", parley_server.log_path.read_text()).group(1))
-    gateway, url = start_gateway(grpc, parley_server.url, tmp_path / "gateway.log")
+    gateway = ParleyGateway(tmp_path / "gateway.log", parley_server, api=parley_server.url).start()
+    url = gateway.url
     pages: list[ChatPage] = []
     try:
         for name in ("alice", "bob"):
@@ -721,5 +699,4 @@ def test_the_web_client_through_a_gateway(parley_server, tmp_path):
     finally:
         for page in pages:
             page.driver.quit()
-        gateway.terminate()
-        gateway.wait(timeout=10)
+        gateway.stop()

@@ -23,7 +23,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "browser"))
 
-from parley_harness import ParleyServer  # noqa: E402
+from parley_harness import ParleyGateway, ParleyServer  # noqa: E402
 
 SOCKETIO_JS = Path(os.environ.get("PARLEY_SOCKETIO_JS", HERE / ".assets" / "socket.io.min.js"))
 
@@ -86,6 +86,22 @@ def servers(request, public_dir):
 @pytest.fixture
 def server(servers):
     return servers()
+
+
+@pytest.fixture(params=["direct", "gateway"])
+def edge(request, server, tmp_path):
+    """What the client connects to: the server itself, or a ``parley gateway`` in front of it
+    (the Socket.IO sessions at the gateway, their commands over gRPC to the server), started
+    with the server's settings."""
+    if request.param == "direct":
+        yield server
+        return
+    marker = request.node.get_closest_marker("server_env")
+    gateway = ParleyGateway(tmp_path / "gateway.log", server, env=dict(marker.kwargs) if marker else None).start()
+    yield gateway
+    gateway.stop()
+    if getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+        print(f"\n--- gateway log ---\n{gateway.log_tail()}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,7 +2,7 @@
 Chromium against Parley: chat with acks, and its built-in connection state recovery
 (`socket.recovered`) restoring the rooms and replaying every missed message exactly once, after
 the client's network dropped while the server restarted, and after the instance it was on was
-killed and it reconnected to another."""
+killed and it reconnected to another, directly or through a ``parley gateway``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import CLUSTER_ENV, needs_cluster
-from parley_harness import new_driver
+from parley_harness import ParleyGateway, new_driver
 from test_python_client import Client, run
 
 WAIT = 15
@@ -129,6 +129,51 @@ def test_official_client_recovers_on_another_instance_after_a_kill(servers, rela
     wait_for(lambda: len(web.contents()) >= 4, "m4")
     time.sleep(0.3)
     assert web.contents() == ["m1", "m2", "m3", "m4"]
+
+
+def grpc_streams(server) -> int:
+    """The gRPC streams a server holds (a gateway's sessions), from its metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
+    match = re.search(r'^parley_connections\{transport="grpc"\} (\d+)', text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+@needs_cluster
+def test_official_client_through_a_gateway_recovers_after_its_upstream_is_killed(servers, page, public_dir, tmp_path):
+    first, second = servers(CLUSTER_ENV), servers(CLUSTER_ENV)
+    gateway = ParleyGateway(tmp_path / "gateway.log", first, second, args=["--public-dir", str(public_dir)]).start()
+    try:
+        room = f"g{int(time.time() * 1000)}"
+        web = page(gateway.url)
+        web.js("window.start({ auth: { user: 'web' } });")
+        wait_for(lambda: web.seen()["connects"], "the first connect through the gateway")
+        assert web.call("join", {"room": room})["room"] == room
+        wait_for(lambda: web.js("return window.socket.io.engine.transport.name;") == "websocket", "the upgrade at the gateway")
+        publish(second.url, ["m1"], room)
+        wait_for(lambda: web.contents() == ["m1"], "m1 through the gateway")
+
+        # The instance that carries the session's stream dies; the room goes on on the other.
+        carrying = wait_for(lambda: next((s for s in (first, second) if grpc_streams(s) == 1), None), "the carrying upstream")
+        other = second if carrying is first else first
+        carrying.kill()
+        publish(other.url, ["m2", "m3"], room)
+
+        # The gateway closes the transport; socket.io-client reconnects through it to the live
+        # upstream and recovers its room from the offset.
+        wait_for(lambda: len(web.seen()["connects"]) == 2, "the reconnect through the gateway", timeout=30)
+        assert web.seen()["connects"][1]["recovered"] is True, web.seen()
+        assert grpc_streams(other) == 1
+        wait_for(lambda: len(web.contents()) >= 3, "the missed messages")
+        publish(other.url, ["m4"], room)
+        wait_for(lambda: len(web.contents()) >= 4, "m4")
+        time.sleep(0.3)
+        assert web.contents() == ["m1", "m2", "m3", "m4"], web.seen()
+        assert web.call("message", {"room": room, "content": "from the browser"})["seq"] == 5
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """python-socketio (asyncio client; not written here) against Parley's /socket.io/: every command
 with acks over polling, WebSocket and the upgrade, rooms, presence, typing, read receipts,
 errors, idempotent retry, the same order as a plain WebSocket client, and bad packets answered
-as the protocols say while the server keeps serving."""
+as the protocols say while the server keeps serving. Each runs against the server itself and
+through a ``parley gateway`` in front of it (the ``edge`` fixture)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,12 @@ TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"], "upgrade": ["p
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_every_command_with_acks(server, transport):
+def test_every_command_with_acks(edge, transport):
     async def main():
         transports = TRANSPORTS[transport]
-        alice = await Client().connect(server.url, "alice", transports)
-        bob = await Client().connect(server.url, "bob", transports)
-        carol = await Client().connect(server.url, "carol", transports)
+        alice = await Client().connect(edge.url, "alice", transports)
+        bob = await Client().connect(edge.url, "bob", transports)
+        carol = await Client().connect(edge.url, "carol", transports)
         if transport == "upgrade":
             for _ in range(100):
                 if alice.sio.transport() == "websocket":
@@ -132,31 +133,31 @@ def test_every_command_with_acks(server, transport):
     run(main())
 
 
-def test_connect_errors_and_namespaces(server):
+def test_connect_errors_and_namespaces(edge):
     async def main():
         # Open mode needs a user: CONNECT_ERROR with the reason.
         nameless = socketio.AsyncClient(reconnection=False)
         errors = []
         nameless.on("connect_error", lambda data: errors.append(data))
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await nameless.connect(server.url, wait_timeout=TIMEOUT)
+            await nameless.connect(edge.url, wait_timeout=TIMEOUT)
         assert errors and "user id is required" in json.dumps(errors[0])
         # Only the main namespace exists.
         admin = socketio.AsyncClient(reconnection=False)
         admin_errors = []
         admin.on("connect_error", lambda data: admin_errors.append(data), namespace="/admin")
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await admin.connect(server.url, auth={"user": "eve"}, namespaces=["/admin"], wait_timeout=TIMEOUT)
+            await admin.connect(edge.url, auth={"user": "eve"}, namespaces=["/admin"], wait_timeout=TIMEOUT)
         assert admin_errors and "Invalid namespace" in json.dumps(admin_errors[0])
         await admin.disconnect()
-        await serves_on(server)
+        await serves_on(edge)
 
     run(main())
 
 
-def test_idempotent_retry(server):
+def test_idempotent_retry(edge):
     async def main():
-        alice = await Client().connect(server.url, "alice")
+        alice = await Client().connect(edge.url, "alice")
         await alice.ack("join", {"room": "r"})
         first = await alice.ack("message", {"room": "r", "content": "once", "clientId": "retry-1"})
         again = await alice.ack("message", {"room": "r", "content": "once", "clientId": "retry-1"})
@@ -168,10 +169,10 @@ def test_idempotent_retry(server):
     run(main())
 
 
-def test_edits_reactions_replies_and_deletions(server):
+def test_edits_reactions_replies_and_deletions(edge):
     async def main():
-        alice = await Client().connect(server.url, "alice")
-        bob = await Client().connect(server.url, "bob", transports=["websocket"])
+        alice = await Client().connect(edge.url, "alice")
+        bob = await Client().connect(edge.url, "bob", transports=["websocket"])
         for client in (alice, bob):
             await client.ack("join", {"room": "c"})
         first = await alice.ack("message", {"room": "c", "content": "helo"})
@@ -201,12 +202,12 @@ def test_edits_reactions_replies_and_deletions(server):
 
 
 @pytest.mark.server_env(PARLEY_RATE_PER_SEC="0")
-def test_same_messages_in_the_same_order_as_a_websocket_client(server):
+def test_same_messages_in_the_same_order_as_a_websocket_client(edge):
     async def main():
-        sio = await Client().connect(server.url, "sio-user")
+        sio = await Client().connect(edge.url, "sio-user")
         await sio.ack("join", {"room": "mixed"})
         async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(server.url.replace("http", "ws") + "/ws?user=ws-user") as ws:
+            async with http.ws_connect(edge.url.replace("http", "ws") + "/ws?user=ws-user") as ws:
                 await ws.send_json({"event": "join", "id": 1, "data": {"room": "mixed"}})
                 # Joined before anyone posts: a join without `since` starts at the room's end, so a
                 # message stored before it would never reach this socket (a loaded machine did that).
@@ -269,8 +270,8 @@ class Polling:
         return self.request("POST", f"EIO=4&transport=polling&sid={self.sid}", "\x1e".join(packets).encode())
 
 
-def test_engineio_handshake_and_errors(server):
-    client = Polling(server.url)
+def test_engineio_handshake_and_errors(edge):
+    client = Polling(edge.url)
     handshake = client.open()
     assert handshake["upgrades"] == ["websocket"]
     assert handshake["pingInterval"] > 0 and handshake["pingTimeout"] > 0 and handshake["maxPayload"] == 65536
@@ -283,9 +284,9 @@ def test_engineio_handshake_and_errors(server):
     assert status == 400
 
 
-def test_bad_packets_are_answered_and_the_server_serves_on(server):
+def test_bad_packets_are_answered_and_the_server_serves_on(edge):
     # An unknown namespace: CONNECT_ERROR for it, the session lives on.
-    client = Polling(server.url)
+    client = Polling(edge.url)
     client.open()
     assert client.post("40/admin,") == (200, "ok")
     status, packets = client.get()
@@ -307,7 +308,7 @@ def test_bad_packets_are_answered_and_the_server_serves_on(server):
 
     # A malformed packet ends that session, as the protocol says; others are untouched.
     for bad in ('42["message"', "49", '42{"not":"an array"}', "4"):
-        victim = Polling(server.url)
+        victim = Polling(edge.url)
         victim.open()
         victim.post('40{"user":"victim"}')
         victim.get()
@@ -317,12 +318,12 @@ def test_bad_packets_are_answered_and_the_server_serves_on(server):
         status, _ = victim.get()
         assert status == 400, bad
 
-    run(serves_on(server))
+    run(serves_on(edge))
 
 
-def test_recovery_offsets_by_hand(server):
+def test_recovery_offsets_by_hand(edge):
     async def post_messages():
-        alice = await Client().connect(server.url, "alice")
+        alice = await Client().connect(edge.url, "alice")
         await alice.ack("join", {"room": "a"})
         for i in range(3):
             await alice.ack("message", {"room": "a", "content": f"m{i + 1}"})
@@ -330,7 +331,7 @@ def test_recovery_offsets_by_hand(server):
 
     run(post_messages())
     # A session that was in room a up to seq 1 comes back: it is recovered, with m2 and m3.
-    client = Polling(server.url)
+    client = Polling(edge.url)
     client.open()
     client.post('40{"user":"bob","pid":"p-1","offset":"a=1"}')
     packets = []
@@ -343,7 +344,7 @@ def test_recovery_offsets_by_hand(server):
     replayed = [json.loads(p[2:]) for p in packets if p.startswith('42["message"')]
     assert [(m[1]["content"], m[2]) for m in replayed] == [("m2", "a=2"), ("m3", "a=3")]
     # An offset it cannot honour (not a room name): not recovered, told by a new pid.
-    other = Polling(server.url)
+    other = Polling(edge.url)
     other.open()
     other.post('40{"user":"bob","pid":"p-2","offset":"no room!=1"}')
     status, packets = other.get()
@@ -352,13 +353,13 @@ def test_recovery_offsets_by_hand(server):
 
 
 @pytest.mark.server_env(PARLEY_OUTBOX_BYTES="16384", PARLEY_RATE_PER_SEC="0")
-def test_a_slow_consumer_is_cut_off(server):
-    slow = Polling(server.url)
+def test_a_slow_consumer_is_cut_off(edge):
+    slow = Polling(edge.url)
     slow.open()
     slow.post('40{"user":"slow"}', '420["join",{"room":"busy"}]')
 
     async def flood():
-        alice = await Client().connect(server.url, "alice")
+        alice = await Client().connect(edge.url, "alice")
         await alice.ack("join", {"room": "busy"})
         for i in range(40):
             await alice.ack("message", {"room": "busy", "content": f"{i} " + "x" * 1000})
@@ -399,7 +400,7 @@ def token(sub: str, rooms: list[str] | None = None, lifetime: int = 3600) -> str
 
 
 @pytest.mark.server_env(PARLEY_JWT_SECRET=SECRET)
-def test_jwt_auth_permissions_and_refresh(server):
+def test_jwt_auth_permissions_and_refresh(edge):
     async def main():
         # No token, a forged one, a claimed user without a token: CONNECT_ERROR unauthorized.
         for auth in (None, {"token": token("alice")[:-4] + "AAAA"}, {"user": "alice"}):
@@ -407,11 +408,11 @@ def test_jwt_auth_permissions_and_refresh(server):
             errors = []
             client.on("connect_error", lambda data: errors.append(data))
             with pytest.raises(socketio.exceptions.ConnectionError):
-                await client.connect(server.url, auth=auth, wait_timeout=TIMEOUT)
+                await client.connect(edge.url, auth=auth, wait_timeout=TIMEOUT)
             assert errors and errors[0]["data"]["code"] == "unauthorized", (auth, errors)
         # A token limited to room a: b is forbidden, as on every transport.
         alice = Client()
-        await alice.sio.connect(server.url, auth={"token": token("alice", rooms=["a"])}, wait_timeout=TIMEOUT)
+        await alice.sio.connect(edge.url, auth={"token": token("alice", rooms=["a"])}, wait_timeout=TIMEOUT)
         await alice.ack("join", {"room": "a"})
         assert (await alice.call("join", {"room": "b"}))["error"]["code"] == "forbidden"
         assert (await alice.call("message", {"room": "b", "content": "x"}))["error"]["code"] == "forbidden"

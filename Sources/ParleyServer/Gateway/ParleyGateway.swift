@@ -60,11 +60,19 @@ public struct GatewayConfiguration: Sendable {
     public var publicDirectory: String?
     public var maxFrameBytes = Limits().maxFrameBytes
     public var maxConsecutiveBadFrames = Limits().maxConsecutiveBadFrames
+    /// The most a Socket.IO session may have unsent at the gateway before it is cut off as a
+    /// slow consumer (a WebSocket of `/ws` is bounded by its stream's HTTP/2 window instead).
+    public var maxOutboxBytes = Limits().maxOutboxBytes
     public var pingInterval: Duration = .seconds(30)
     /// How long a new connection waits for a live upstream before it is closed (1013).
     public var upstreamWait: Duration = .seconds(5)
     /// How often each upstream's gRPC health is checked.
     public var healthInterval: Duration = .seconds(1)
+    /// How long a Socket.IO client has to answer the Engine.IO ping (sent every `pingInterval`).
+    public var socketIOPingTimeout: Duration = .seconds(20)
+    /// Pages of these origins may open Socket.IO sessions (`*` or nil: any). The upstream never
+    /// sees a browser's `Origin` through gRPC, so this is the gateway's to check.
+    public var allowedOrigins: [String]?
     public var logLevel = Logger.Level.info
 
     public init() {}
@@ -83,7 +91,7 @@ public enum ParleyGateway {
         let upstreams = try UpstreamPool(configuration, metrics: metrics, logger: logger)
         let bridge = GatewayBridge(configuration: configuration, upstreams: upstreams, metrics: metrics, logger: logger)
 
-        let router = Router(context: BasicWebSocketRequestContext.self)
+        let router = Router(context: GatewayRequestContext.self)
         // Errors (an unreachable API upstream, a body too large) as Parley's JSON errors.
         router.add(middleware: APIErrorMiddleware())
         router.add(middleware: FileMiddleware(
@@ -107,10 +115,33 @@ public enum ParleyGateway {
                 body: .init(byteBuffer: ByteBuffer(string: live > 0 ? "ready: \(live) of \(configuration.upstreams.count) upstreams\n" : "no upstream\n"))
             )
         }
-        router.ws("/ws") { _, _ in
+        // Socket.IO: polling on the router; WebSocket upgrades (of `/ws` and `/socket.io/`,
+        // whose polling `GET` shares its path) on a router of their own.
+        let socketIO = SocketIORoutes(server: bridge.socketIOServer(), origins: OriginPolicy(configuration.allowedOrigins))
+        socketIO.register(on: router)
+        let upgrades = Router(context: GatewayRequestContext.self)
+        upgrades.ws("/ws") { _, _ in
             .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
             await bridge.serve(inbound: inbound, outbound: outbound, request: context.request)
+        }
+        upgrades.ws("socket.io") { request, context in
+            do {
+                let admission = try socketIO.admitUpgrade(
+                    uri: request.uri.description, origin: request.headers[.origin], host: request.head.authority,
+                    address: context.channel.remoteAddress?.ipAddress
+                )
+                context.socketIOAdmission.value.withLock { $0 = admission }
+                return .upgrade([:])
+            } catch {
+                return .dontUpgrade
+            }
+        } onUpgrade: { inbound, outbound, context in
+            guard let admission = context.requestContext.socketIOAdmission.value.withLock({ $0.take() }) else { return }
+            await GatewaySocketIOSocket.serve(
+                admission, server: socketIO.server, eventLoop: context.requestContext.channel.eventLoop, metrics: metrics,
+                inbound: inbound, outbound: outbound
+            )
         }
         if let api = configuration.apiUpstream {
             let proxy = APIProxy(upstream: api, maxBody: Int(Limits().maxAttachmentBytes) + 64 * 1024)
@@ -121,7 +152,7 @@ public enum ParleyGateway {
         let app = Application(
             router: router,
             server: .http1WebSocketUpgrade(
-                webSocketRouter: router,
+                webSocketRouter: upgrades,
                 configuration: .init(
                     ws: .init(
                         maxFrameSize: configuration.maxFrameBytes,
@@ -152,6 +183,7 @@ final class GatewayMetrics: Sendable {
     let framesOut: Prometheus.Counter
     let upstreamErrors: Prometheus.Counter
     let upstreamStreams: Prometheus.Counter
+    let socketIOSessions: Prometheus.Gauge
     let replySeconds: Prometheus.DurationHistogram
     private let registry: PrometheusCollectorRegistry
 
@@ -161,6 +193,7 @@ final class GatewayMetrics: Sendable {
         framesIn = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "in")])
         framesOut = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "out")])
         upstreamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_errors_total", unitName: "", helpText: "Upstream streams that failed or were ended by the upstream."))
+        socketIOSessions = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "parley_gateway_socketio_sessions", unitName: "", helpText: "Open Socket.IO sessions (polling or WebSocket)."))
         upstreamStreams = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_streams_total", unitName: "", helpText: "Chat streams opened to upstreams."))
         replySeconds = registry.makeDurationHistogram(
             descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_reply_seconds", unitName: "", helpText: "Time from a command to the upstream's ack or error."),
@@ -348,6 +381,25 @@ final class GatewayBridge: Sendable {
         self.logger = logger
     }
 
+    /// Socket.IO sessions whose commands go upstream, each over a `Chat` stream of its own.
+    func socketIOServer() -> SocketIOServer {
+        var limits = Limits()
+        limits.maxFrameBytes = configuration.maxFrameBytes
+        limits.maxConsecutiveBadFrames = configuration.maxConsecutiveBadFrames
+        limits.maxOutboxBytes = configuration.maxOutboxBytes
+        let host = SocketIOServer.Host(
+            instanceID: "gateway-" + SocketIOServer.newID(), connections: ConnectionLimiter(maxTotal: 0, maxPerAddress: 0),
+            isDraining: { false }, metrics: metrics,
+            link: { _, outbox, resumeReading in UpstreamLink(bridge: self, outbox: outbox, resumeReading: resumeReading) }
+        )
+        // The handshake deadline and token expiry are the upstream's to enforce.
+        let settings = SocketIOServer.Settings(
+            limits: limits, handshakeTimeout: .seconds(10), refreshGrace: .seconds(30), pingInterval: configuration.pingInterval,
+            pingTimeout: configuration.socketIOPingTimeout
+        )
+        return SocketIOServer(host: host, settings: settings, logger: logger)
+    }
+
     /// Why the WebSocket closes.
     struct Close: Sendable {
         var code: WebSocketErrorCode
@@ -391,7 +443,6 @@ final class GatewayBridge: Sendable {
         let credentials = metadata
         if token == nil, let user = query["user"] { feed.yield(Chat_V1_ChatCommand(.connect(token: nil, user: String(user)), requestID: "")) }
         let pending = Pending()
-        metrics.upstreamStreams.increment()
 
         await withTaskGroup(of: Void.self) { group in
             // The upstream side ends by closing the WebSocket, which ends the client side once
@@ -408,19 +459,31 @@ final class GatewayBridge: Sendable {
         }
     }
 
-    /// Upstream events to the client, until the stream ends; then how to close the WebSocket
-    /// (nil when the client went first).
-    private func relayUpstream(
-        _ member: UpstreamPool.Member, metadata: Metadata, commands: AsyncStream<Chat_V1_ChatCommand>, pending: Pending,
-        outbound: WebSocketOutboundWriter
-    ) async -> Close? {
+    /// How an upstream stream ended.
+    enum StreamEnd {
+        /// The client side went first (the task was cancelled), or its socket failed.
+        case clientGone
+        /// The upstream ended the stream without an error.
+        case ended
+        case failed(RPCError)
+        /// No connection to the upstream could be made.
+        case unreachable
+    }
+
+    /// Carries `commands` to `member` over one `Chat` stream and hands every frame it sends to
+    /// `onFrame`, until the stream ends.
+    func stream(
+        _ member: UpstreamPool.Member, metadata: Metadata, commands: AsyncStream<Chat_V1_ChatCommand>,
+        onFrame: @escaping @Sendable (UpstreamFrame) async throws -> Void
+    ) async -> StreamEnd {
         let connection: (UpstreamPool.Client, Int)
         do {
             connection = try member.lease()
         } catch {
-            return Close(code: .unexpectedServerError, reason: "could not reach the upstream")
+            return .unreachable
         }
         defer { member.release(connection.1) }
+        metrics.upstreamStreams.increment()
         let chat = Chat_V1_ChatService.Client(wrapping: connection.0)
         var options = CallOptions.defaults
         options.waitForReady = false
@@ -429,37 +492,76 @@ final class GatewayBridge: Sendable {
                 for await command in commands { try await writer.write(command) }
             } onResponse: { response in
                 for try await event in response.messages {
-                    guard let frame = UpstreamFrame(event), let bytes = self.encode(frame, pending: pending) else { continue }
-                    try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: WebSocketWire.payload(of: bytes))))
-                    self.metrics.framesOut.increment()
+                    guard let frame = UpstreamFrame(event) else { continue }
+                    try await onFrame(frame)
                 }
             }
-            if Task.isCancelled { return nil }
-            return Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
+            return Task.isCancelled ? .clientGone : .ended
         } catch let error as RPCError {
-            if Task.isCancelled { return nil }
+            if Task.isCancelled { return .clientGone }
             metrics.upstreamErrors.increment()
             logger.debug("upstream stream ended", metadata: ["upstream": "\(member.upstream)", "error": "\(error)"])
-            return Self.close(for: error, upstream: member.upstream, pool: upstreams)
+            return .failed(error)
         } catch {
-            // The client's socket failed under a write: nothing left to close.
-            return nil
+            return .clientGone
+        }
+    }
+
+    /// Upstream events to the client, until the stream ends; then how to close the WebSocket
+    /// (nil when the client went first).
+    private func relayUpstream(
+        _ member: UpstreamPool.Member, metadata: Metadata, commands: AsyncStream<Chat_V1_ChatCommand>, pending: Pending,
+        outbound: WebSocketOutboundWriter
+    ) async -> Close? {
+        let end = await stream(member, metadata: metadata, commands: commands) { frame in
+            guard let bytes = self.encode(frame, pending: pending) else { return }
+            try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: WebSocketWire.payload(of: bytes))))
+            self.metrics.framesOut.increment()
+        }
+        switch end {
+        case .clientGone: return nil
+        case .ended: return Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
+        case .failed(let error): return Self.close(for: error, upstream: member.upstream, pool: upstreams)
+        case .unreachable: return Close(code: .unexpectedServerError, reason: "could not reach the upstream")
+        }
+    }
+
+    /// What an upstream stream's error means for its client.
+    enum Failure {
+        /// The client stopped reading and the upstream cut it off; it may resume.
+        case slowConsumer
+        /// The upstream refused the client (a credential, bad commands): it should not retry as it is.
+        case refused(String)
+        /// The upstream is shutting down; the client reconnects elsewhere.
+        case shuttingDown
+        /// The upstream died or cannot be reached; it is taken out of rotation.
+        case upstreamDown
+        case other(String)
+    }
+
+    static func failure(of error: RPCError, upstream: GatewayConfiguration.Upstream, pool: UpstreamPool) -> Failure {
+        switch error.code {
+        case .resourceExhausted:
+            return .slowConsumer
+        case .unauthenticated, .invalidArgument, .permissionDenied:
+            return .refused(String(error.message.prefix(120)))
+        case .unavailable where error.message.hasPrefix("server shutting down"):
+            return .shuttingDown
+        case .unavailable, .deadlineExceeded, .cancelled, .unknown:
+            pool.markDown(upstream)
+            return .upstreamDown
+        default:
+            return .other(String(error.message.prefix(120)))
         }
     }
 
     static func close(for error: RPCError, upstream: GatewayConfiguration.Upstream, pool: UpstreamPool) -> Close {
-        switch error.code {
-        case .resourceExhausted:
-            return Close(code: .unknown(1013), reason: "slow consumer: resume with since")
-        case .unauthenticated, .invalidArgument, .permissionDenied:
-            return Close(code: .policyViolation, reason: String(error.message.prefix(120)))
-        case .unavailable where error.message.hasPrefix("server shutting down"):
-            return Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
-        case .unavailable, .deadlineExceeded, .cancelled, .unknown:
-            pool.markDown(upstream)
-            return Close(code: .unknown(1012), reason: "upstream unavailable: reconnect and resume with since")
-        default:
-            return Close(code: .unexpectedServerError, reason: String(error.message.prefix(120)))
+        switch failure(of: error, upstream: upstream, pool: pool) {
+        case .slowConsumer: Close(code: .unknown(1013), reason: "slow consumer: resume with since")
+        case .refused(let why): Close(code: .policyViolation, reason: why)
+        case .shuttingDown: Close(code: .goingAway, reason: "server shutting down: reconnect and resume with since")
+        case .upstreamDown: Close(code: .unknown(1012), reason: "upstream unavailable: reconnect and resume with since")
+        case .other(let why): Close(code: .unexpectedServerError, reason: why)
         }
     }
 

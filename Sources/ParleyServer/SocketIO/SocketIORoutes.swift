@@ -16,7 +16,7 @@ import ParleyCore
 struct SocketIORoutes {
     let server: SocketIOServer
     let origins: OriginPolicy
-    var engine: Engine { server.engine }
+    var host: SocketIOServer.Host { server.host }
 
     enum EngineIOError: Int, Error {
         case unknownTransport = 0
@@ -45,18 +45,18 @@ struct SocketIORoutes {
 
     static let paths = ["/socket.io", "/socket.io/"]
 
-    func register(on router: Router<ParleyRequestContext>) {
+    func register<Context: ChannelRequestContext>(on router: Router<Context>) {
         router.get("socket.io") { request, context in try await get(request, context) }
         router.post("socket.io") { request, context in try await post(request, context) }
     }
 
     /// The checks of a new Engine.IO session: not shutting down, an allowed origin, a slot.
     private func admit(origin: String?, host: String?, address: String?) throws(ParleyError) -> ConnectionLimiter.Ticket {
-        guard !engine.isDraining else { throw ParleyError.unavailable("server is shutting down") }
+        guard !self.host.isDraining() else { throw ParleyError.unavailable("server is shutting down") }
         guard origins.allows(origin, host: host) else {
             throw ParleyError(.forbidden, "origin \(origin ?? "") is not allowed (PARLEY_ALLOWED_ORIGINS)")
         }
-        return try engine.connections.acquire(address: address)
+        return try self.host.connections.acquire(address: address)
     }
 
     /// The query of every Engine.IO request: `EIO=4` and the transport.
@@ -66,7 +66,7 @@ struct SocketIORoutes {
         return nil
     }
 
-    private func get(_ request: Request, _ context: ParleyRequestContext) async throws -> Response {
+    private func get(_ request: Request, _ context: some ChannelRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         if let error = Self.check(query, transport: "polling") { return error.response }
         let session: SocketIOSession
@@ -97,7 +97,7 @@ struct SocketIORoutes {
         }
     }
 
-    private func post(_ request: Request, _ context: ParleyRequestContext) async throws -> Response {
+    private func post(_ request: Request, _ context: some ChannelRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         if let error = Self.check(query, transport: "polling") { return error.response }
         guard let sid = query["sid"].map(String.init) else { return EngineIOError.badRequest.response }
@@ -143,13 +143,13 @@ struct SocketIORoutes {
         else { return nil }
         var outbound = HTTPClientRequest(url: base + request.uri.description)
         outbound.method = request.method == .post ? .POST : .GET
-        outbound.headers.add(name: Self.forwardedHeader.rawName, value: engine.instanceID)
+        outbound.headers.add(name: Self.forwardedHeader.rawName, value: host.instanceID)
         if let contentType = request.headers[.contentType] { outbound.headers.add(name: "Content-Type", value: contentType) }
         if let body { outbound.body = .bytes(body) }
         // A GET waits up to a ping interval for something to send.
         let timeout = server.settings.pingInterval + server.settings.pingTimeout + .seconds(5)
         do {
-            engine.metrics.socketIOForwarded.increment()
+            host.metrics.forwarded()
             let answer = try await HTTPClient.shared.execute(outbound, timeout: .nanoseconds(Int64(timeout.nanoseconds)))
             let bytes = try await answer.body.collect(upTo: 2 * server.settings.limits.maxOutboxBytes + 1024)
             var headers = Self.textHeaders
@@ -168,7 +168,17 @@ struct SocketIORoutes {
     /// Admits a WebSocket upgrade of `/socket.io/`: a session of its own, or the upgrade of the
     /// polling session its `sid` names.
     func admitUpgrade(_ head: HTTPRequestHead, channel: any Channel) throws -> SocketIOWebSocketHandler.Admission {
-        let query = URI(head.uri).queryParameters
+        let admission = try admitUpgrade(
+            uri: head.uri, origin: head.headers.first(name: "origin"), host: head.headers.first(name: "host"),
+            address: channel.remoteAddress?.ipAddress
+        )
+        if case .new(let ticket) = admission { channel.closeFuture.whenComplete { _ in ticket.release() } }
+        return admission
+    }
+
+    /// The checks of a WebSocket upgrade of `uri`, wherever its request was read.
+    func admitUpgrade(uri: String, origin: String?, host: String?, address: String?) throws -> SocketIOWebSocketHandler.Admission {
+        let query = URI(uri).queryParameters
         if let error = Self.check(query, transport: "websocket") {
             throw ParleyError.badRequest(error.message)
         }
@@ -178,10 +188,6 @@ struct SocketIORoutes {
             }
             return .upgrade(session)
         }
-        let ticket = try admit(
-            origin: head.headers.first(name: "origin"), host: head.headers.first(name: "host"), address: channel.remoteAddress?.ipAddress
-        )
-        channel.closeFuture.whenComplete { _ in ticket.release() }
-        return .new(ticket)
+        return .new(try admit(origin: origin, host: host, address: address))
     }
 }

@@ -4,8 +4,8 @@ import NIOCore
 import ParleyCore
 import Synchronization
 
-/// What every Socket.IO session of a server shares: the engine, settings and the sessions by
-/// Engine.IO `sid` (a polling request or a WebSocket upgrade names its session).
+/// What every Socket.IO session of a server shares: where their commands go, settings and the
+/// sessions by Engine.IO `sid` (a polling request or a WebSocket upgrade names its session).
 final class SocketIOServer: Sendable {
     struct Settings: Sendable {
         var limits: Limits
@@ -22,32 +22,57 @@ final class SocketIOServer: Sendable {
         var maxPayload: Int { limits.maxFrameBytes }
     }
 
-    let engine: Engine
-    let authenticator: any Authenticator
+    /// What the sessions are served by: this process's engine (`parley serve`), or upstream
+    /// instances over gRPC (`parley gateway`).
+    struct Host: Sendable {
+        /// Names this process in session ids.
+        var instanceID: String
+        var connections: ConnectionLimiter
+        var isDraining: @Sendable () -> Bool
+        var metrics: any SocketIOMetrics
+        /// The link of a new session, given its clock, its outbox and how to resume reading.
+        var link: @Sendable (_ clock: any ParleyClock, _ outbox: Outbox, _ resumeReading: @escaping @Sendable () -> Void) -> any SocketIOLink
+    }
+
+    let host: Host
     let settings: Settings
     let logger: Logger
     /// The other instances of a cluster, for polling requests that land on the wrong one.
     let peers: (any SocketIOPeers)?
     private let sessions = Mutex<[String: SocketIOSession]>([:])
 
-    init(engine: Engine, authenticator: any Authenticator, settings: Settings, peers: (any SocketIOPeers)? = nil, logger: Logger) {
-        self.engine = engine
-        self.authenticator = authenticator
+    init(host: Host, settings: Settings, peers: (any SocketIOPeers)? = nil, logger: Logger) {
+        self.host = host
         self.settings = settings
         self.peers = peers
         self.logger = logger
     }
 
+    /// Sessions served by `engine` in this process.
+    convenience init(engine: Engine, authenticator: any Authenticator, settings: Settings, peers: (any SocketIOPeers)? = nil, logger: Logger) {
+        let host = Host(
+            instanceID: engine.instanceID, connections: engine.connections, isDraining: { engine.isDraining }, metrics: engine.metrics,
+            link: { clock, outbox, resumeReading in
+                Connection(
+                    engine: engine, authenticator: authenticator, format: SocketIOFrames.shared,
+                    settings: .init(transport: "socketio", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
+                    clock: clock, outbox: outbox, logger: logger, resumeReading: resumeReading
+                )
+            }
+        )
+        self.init(host: host, settings: settings, peers: peers, logger: logger)
+    }
+
     /// A session id names its instance: `<instance id>.<random>`.
     func newSessionID() -> String {
-        engine.instanceID + "." + Self.newID()
+        host.instanceID + "." + Self.newID()
     }
 
     /// The instance that holds session `sid`, when it is another one.
     func otherOwner(of sid: String) -> String? {
         guard let dot = sid.lastIndex(of: ".") else { return nil }
         let owner = String(sid[..<dot])
-        return owner == engine.instanceID ? nil : owner
+        return owner == host.instanceID ? nil : owner
     }
 
     func session(_ sid: String) -> SocketIOSession? {
@@ -84,7 +109,7 @@ final class SocketIOServer: Sendable {
 final class SocketIOSession: Sendable {
     enum Transport: Sendable {
         case polling
-        case websocket(SocketIOWebSocketHandler)
+        case websocket(any SocketIOSocket)
     }
 
     /// What a polling `GET` found.
@@ -100,7 +125,7 @@ final class SocketIOSession: Sendable {
     private struct State {
         var transport: Transport
         /// The WebSocket that sent the `probe` and waits for `upgrade`.
-        var probing: SocketIOWebSocketHandler?
+        var probing: (any SocketIOSocket)?
         var writer = SocketIOWriter()
         var poll: CheckedContinuation<Void, Never>?
         var polling = false
@@ -133,11 +158,12 @@ final class SocketIOSession: Sendable {
 
     let sid: String
     let server: SocketIOServer
-    let connection: Connection
+    /// The protocol of the namespace: this process's engine, or an upstream's.
+    let link: any SocketIOLink
     private let state: Mutex<State>
     private let ticket: ConnectionLimiter.Ticket
     private let clock: any ParleyClock
-    private var engine: Engine { server.engine }
+    private var metrics: any SocketIOMetrics { server.host.metrics }
     private var settings: SocketIOServer.Settings { server.settings }
 
     fileprivate init(server: SocketIOServer, transport: Transport, ticket: ConnectionLimiter.Ticket, eventLoop: any EventLoop) {
@@ -149,12 +175,7 @@ final class SocketIOSession: Sendable {
         self.clock = clock
         let signal = SessionSignal()
         let outbox = Outbox(maxBytes: server.settings.limits.maxOutboxBytes) { signal.session.withLock { $0 }?.ready() }
-        self.connection = Connection(
-            engine: server.engine, authenticator: server.authenticator, format: SocketIOFrames.shared,
-            settings: .init(transport: "socketio", handshakeTimeout: server.settings.handshakeTimeout, refreshGrace: server.settings.refreshGrace),
-            clock: clock, outbox: outbox, logger: server.logger,
-            resumeReading: { signal.session.withLock { $0 }?.resumeReading() }
-        )
+        self.link = server.host.link(clock, outbox) { signal.session.withLock { $0 }?.resumeReading() }
         signalTarget = signal
         signal.session.withLock { $0 = self }
     }
@@ -169,11 +190,11 @@ final class SocketIOSession: Sendable {
     /// The `open` packet goes out first; the namespace's `CONNECT` must follow in time.
     fileprivate func start() {
         let upgrades = if case .polling = state.withLock({ $0.transport }) { ["websocket"] } else { [String]() }
-        connection.outbox.enqueue(SocketIOFrames.open(
+        link.outbox.enqueue(SocketIOFrames.open(
             sid: sid, upgrades: upgrades, pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,
             maxPayload: settings.maxPayload
         ))
-        try? connection.start(identity: nil)
+        link.begin()
         schedulePing()
     }
 
@@ -192,7 +213,7 @@ final class SocketIOSession: Sendable {
             return !state.ended
         }
         guard alive else { return }
-        connection.outbox.enqueue(SocketIOFrames.ping)
+        link.outbox.enqueue(SocketIOFrames.ping)
         let deadline = clock.schedule(in: settings.pingTimeout) { [weak self] in
             guard let self, !self.state.withLock({ $0.heard || $0.ended }) else { return }
             self.server.logger.debug("socket.io ping timed out", metadata: ["sid": "\(self.sid)"])
@@ -216,7 +237,7 @@ final class SocketIOSession: Sendable {
             break
         case .ping:
             // Clients do not ping in v4; answered anyway.
-            connection.outbox.enqueue(ByteBuffer(string: "3"))
+            link.outbox.enqueue(ByteBuffer(string: "3"))
         case .close:
             end()
         case .message(let text):
@@ -236,7 +257,7 @@ final class SocketIOSession: Sendable {
         guard packet.namespace == "/" else {
             // Only the main namespace exists.
             if packet.kind == .connect {
-                connection.outbox.enqueue(SocketIOFrames.connectError(namespace: packet.namespace, ParleyError(.notFound, "Invalid namespace")))
+                link.outbox.enqueue(SocketIOFrames.connectError(namespace: packet.namespace, ParleyError(.notFound, "Invalid namespace")))
             }
             return
         }
@@ -306,8 +327,8 @@ final class SocketIOSession: Sendable {
             state.withLock { $0.writer.pendingSince[room] = since }
         }
         let keepReading = switch item {
-        case .success(let command): connection.submit(command, id: id)
-        case .failure(let error): connection.submit(rejecting: error, id: id)
+        case .success(let command): link.submit(command, id: id)
+        case .failure(let error): link.submit(rejecting: error, id: id)
         }
         if !keepReading { state.withLock { $0.paused = true } }
     }
@@ -316,7 +337,7 @@ final class SocketIOSession: Sendable {
     var isPaused: Bool { state.withLock { $0.paused } }
 
     private func resumeReading() {
-        let (post, handler) = state.withLock { state -> (CheckedContinuation<Void, Never>?, SocketIOWebSocketHandler?) in
+        let (post, handler) = state.withLock { state -> (CheckedContinuation<Void, Never>?, (any SocketIOSocket)?) in
             state.paused = false
             if case .websocket(let handler) = state.transport { return (state.pausedPost.take(), handler) }
             return (state.pausedPost.take(), nil)
@@ -328,8 +349,8 @@ final class SocketIOSession: Sendable {
     /// A packet that breaks the protocol: the session ends, as socket.io's parser errors do.
     private func protocolError(_ reason: String) {
         server.logger.debug("socket.io protocol error", metadata: ["sid": "\(sid)", "reason": "\(reason)"])
-        engine.metrics.error(.badRequest)
-        connection.close(.policyViolation(reason))
+        metrics.error(.badRequest)
+        link.close(.policyViolation(reason))
     }
 
     // MARK: CONNECT and recovery
@@ -350,15 +371,15 @@ final class SocketIOSession: Sendable {
         let token = auth["token"] as? String
         let user = auth["user"] as? String
         let recovery = (auth["pid"] as? String).flatMap { pid in
-            (auth["offset"] as? String).flatMap { SocketIOWriter.parseOffset($0, limits: engine.limits) }.map { (pid, $0) }
+            (auth["offset"] as? String).flatMap { SocketIOWriter.parseOffset($0, limits: settings.limits) }.map { (pid, $0) }
         }
         Task {
             do {
-                try await connection.perform(.connect(token: token, user: user), id: nil)
+                try await link.perform(.connect(token: token, user: user))
             } catch {
                 let error = (error as? ParleyError) ?? ParleyError(.internal, "internal error")
-                engine.metrics.error(error.code)
-                connection.outbox.enqueue(SocketIOFrames.connectError(namespace: "/", error))
+                metrics.error(error.code)
+                link.outbox.enqueue(SocketIOFrames.connectError(namespace: "/", error))
                 state.withLock { state in
                     state.namespace = .idle
                     state.early.removeAll()
@@ -372,7 +393,7 @@ final class SocketIOSession: Sendable {
                 defer { state.early.removeAll() }
                 return (state.pid, state.early)
             }
-            connection.outbox.enqueue(SocketIOFrames.connected(sid: connection.session?.id ?? sid, pid: pid))
+            link.outbox.enqueue(SocketIOFrames.connected(sid: link.sessionID ?? sid, pid: pid))
             for (item, id) in early { submit(item, id: id) }
         }
     }
@@ -380,12 +401,11 @@ final class SocketIOSession: Sendable {
     /// Joins the rooms of a recovery offset from their positions; returns the recovered `pid`,
     /// nil when there was nothing to recover or some room may not be joined again.
     private func recover(_ recovery: (pid: String, positions: [String: Int64])?) async -> String? {
-        guard let (pid, positions) = recovery, let identity = connection.session?.identity else { return nil }
-        guard positions.keys.allSatisfy(identity.mayAccess) else { return nil }
+        guard let (pid, positions) = recovery, link.mayRejoin(Array(positions.keys)) != false else { return nil }
         for (room, since) in positions.sorted(by: { $0.key < $1.key }) {
             state.withLock { $0.writer.pendingSince[room] = since }
             do {
-                try await connection.perform(.join(room: room, since: since), id: nil)
+                try await link.perform(.join(room: room, since: since))
             } catch {
                 // The rooms joined so far stay joined and replayed; the client is told that
                 // the session was not recovered and may join the others with `since`.
@@ -400,7 +420,7 @@ final class SocketIOSession: Sendable {
 
     /// The outbox has packets, or is closing: wake whoever writes them.
     private func ready() {
-        enum Action { case websocket(SocketIOWebSocketHandler), poll(CheckedContinuation<Void, Never>), none }
+        enum Action { case websocket(any SocketIOSocket), poll(CheckedContinuation<Void, Never>), none }
         let action = state.withLock { state -> Action in
             if case .websocket(let handler) = state.transport { return .websocket(handler) }
             if let poll = state.poll.take() { return .poll(poll) }
@@ -418,9 +438,9 @@ final class SocketIOSession: Sendable {
     /// WebSocket frame header); returns the close reason once the session is over (its last
     /// packets included). Called by one writer at a time.
     func takePackets(into packets: inout [ByteBuffer], frames: inout [Outbox.Frame], headroom: Int = 0) -> CloseReason? {
-        let reason = connection.outbox.take(into: &frames)
+        let reason = link.outbox.take(into: &frames)
         if !frames.isEmpty {
-            engine.metrics.recordDeliveries(frames)
+            metrics.recordDeliveries(frames)
             state.withLock { state in
                 for frame in frames { state.writer.packets(frame.bytes, into: &packets, headroom: headroom) }
             }
@@ -506,7 +526,7 @@ final class SocketIOSession: Sendable {
 
     /// A WebSocket sent `ping probe`: a pending `GET` is answered with `noop` so that polling
     /// pauses; the probe is answered on the WebSocket by its handler.
-    func probe(from handler: SocketIOWebSocketHandler) {
+    func probe(from handler: any SocketIOSocket) {
         let poll = state.withLock { state in
             state.probing = handler
             state.heard = true
@@ -516,7 +536,7 @@ final class SocketIOSession: Sendable {
     }
 
     /// The WebSocket sent `upgrade`: from now on it carries the session.
-    func upgrade(to handler: SocketIOWebSocketHandler) -> Bool {
+    func upgrade(to handler: any SocketIOSocket) -> Bool {
         let done = state.withLock { state -> Bool in
             guard state.probing === handler, !state.ended else { return false }
             state.probing = nil
@@ -528,7 +548,7 @@ final class SocketIOSession: Sendable {
     }
 
     /// The WebSocket carrying (or probing for) the session closed.
-    func websocketClosed(_ handler: SocketIOWebSocketHandler) {
+    func websocketClosed(_ handler: any SocketIOSocket) {
         let carried = state.withLock { state -> Bool in
             if state.probing === handler { state.probing = nil }
             if case .websocket(let current) = state.transport, current === handler { return true }
@@ -541,7 +561,7 @@ final class SocketIOSession: Sendable {
 
     /// Ends the session now (the client left or went silent): nothing more is sent.
     func end() {
-        connection.outbox.close(.goingAway)
+        link.outbox.close(.goingAway)
         finishEnding(nil)
         let (poll, post) = state.withLock { ($0.poll.take(), $0.pausedPost.take()) }
         poll?.resume()
@@ -563,11 +583,11 @@ final class SocketIOSession: Sendable {
         guard first else { return }
         ping?.cancel()
         pongDeadline?.cancel()
-        if reason == .slowConsumer { engine.metrics.slowConsumer() }
+        if reason == .slowConsumer { metrics.slowConsumer() }
         server.remove(self)
         ticket.release()
         signalTarget.session.withLock { $0 = nil }
-        Task { await connection.finish() }
+        Task { await link.finish() }
     }
 
     var isEnded: Bool { state.withLock { $0.ended } }

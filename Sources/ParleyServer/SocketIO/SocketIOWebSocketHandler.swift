@@ -8,7 +8,7 @@ import ParleyCore
 /// session (`2probe` / `3probe`) and takes it over at `5` (upgrade). Served on the channel's
 /// event loop; the session's outbox schedules a drain that writes everything queued and
 /// flushes once.
-final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
+final class SocketIOWebSocketHandler: ChannelInboundHandler, SocketIOSocket, @unchecked Sendable {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = ByteBuffer
 
@@ -87,7 +87,7 @@ final class SocketIOWebSocketHandler: ChannelInboundHandler, @unchecked Sendable
         case .text:
             let text = String(buffer: frame.unmaskedData)
             guard let packet = EngineIOPacket(Substring(text)) else {
-                session?.connection.close(.policyViolation("not an Engine.IO packet"))
+                session?.link.close(.policyViolation("not an Engine.IO packet"))
                 return
             }
             receive(packet, context: context)
