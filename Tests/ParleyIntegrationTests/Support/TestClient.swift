@@ -20,14 +20,15 @@ final class TestClient: Sendable {
         (outgoing, send) = AsyncStream.makeStream()
     }
 
-    /// Connects to `/ws` with `query` (e.g. `?user=alice`). Throws when the upgrade is refused.
-    static func connect(port: Int, query: String = "", name: String = "client") async throws -> TestClient {
+    /// Connects to `path` (`/ws` by default) with `query` (e.g. `?user=alice`). Throws when the
+    /// upgrade is refused.
+    static func connect(port: Int, path: String = "/ws", query: String = "", name: String = "client") async throws -> TestClient {
         let client = TestClient(name: name)
         let opened = AsyncQueue<String?>()
         Task {
             do {
                 let close = try await WebSocketClient.connect(
-                    url: "ws://127.0.0.1:\(port)/ws\(query)",
+                    url: "ws://127.0.0.1:\(port)\(path)\(query)",
                     configuration: .init(maxFrameSize: 1 << 24, closeTimeout: .seconds(2)),
                     logger: Logger(label: "test-client")
                 ) { inbound, outbound, _ in
@@ -113,6 +114,11 @@ final class TestClient: Sendable {
     }
 
     // MARK: Receiving
+
+    /// The next message as it came (not parsed), or nil after `timeout` or once closed.
+    func nextText(timeout: Duration = .seconds(10)) async -> String? {
+        await inbox.pop(timeout: timeout)
+    }
 
     /// The next frame (skipped ones first), or nil after `timeout` or once closed.
     func next(timeout: Duration = .seconds(10)) async throws -> JSON? {
