@@ -257,6 +257,27 @@ struct GatewayTests {
         for client in clients { client.close() }
     }
 
+    @Test("a gateway shutting down (SIGTERM) closes its WebSockets and Socket.IO sessions going away (1001), so that clients reconnect through another, and exits 0")
+    func shutdown() async throws {
+        let server = try await ServerProcess.start(["--storage", "memory"])
+        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+        defer {
+            gateway.kill(SIGKILL)
+            server.kill(SIGTERM)
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+        let client = try await TestClient.connect(port: gateway.port, user: "alice")
+        try await client.ack("join", ["room": "r"])
+        let socketIO = try await TestClient.connect(port: gateway.port, path: "/socket.io/", query: "?EIO=4&transport=websocket", name: "sio")
+        #expect(await socketIO.nextText()?.hasPrefix("0{") == true)
+        socketIO.sendText("40{\"user\":\"bob\"}")
+        #expect(await socketIO.nextText()?.hasPrefix("40{\"sid\"") == true)
+        gateway.kill(SIGTERM)
+        #expect(await client.closed() == 1001)
+        #expect(await socketIO.closed() == 1001)
+        #expect(await gateway.waitForExit(timeout: .seconds(10)) == 0)
+    }
+
     /// Valid Engine.IO and Socket.IO packets, for mutation.
     static let socketIOPackets = [
         "40{\"user\":\"fuzz\"}", "421[\"join\",{\"room\":\"r\"}]", "422[\"message\",{\"room\":\"r\",\"content\":\"hi @bob\"}]",

@@ -169,7 +169,27 @@ public enum ParleyGateway {
             },
             logger: logger
         )
-        return [upstreams, app]
+        // Services shut down in reverse order: the drain closes every client going away (1001)
+        // before the HTTP server stops, and the upstream connections go last.
+        return [upstreams, app, GatewayDrain(bridge: bridge, socketIO: socketIO.server)]
+    }
+}
+
+/// At shutdown, closes the gateway's clients as going away (WebSocket 1001, Socket.IO's
+/// transport close), so that they reconnect through another gateway and resume, and gives them
+/// up to two seconds to answer.
+struct GatewayDrain: Service {
+    let bridge: GatewayBridge
+    let socketIO: SocketIOServer
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        socketIO.closeAll(.goingAway)
+        await bridge.closeAll()
+        let deadline = ContinuousClock.now + .seconds(2)
+        while bridge.openWebSockets + socketIO.count > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 }
 
@@ -426,9 +446,34 @@ final class GatewayBridge: Sendable {
         }
     }
 
+    /// The open WebSockets of `/ws`, each with how to close it going away.
+    private let open = Mutex<(next: Int, closers: [Int: @Sendable () async -> Void])>((0, [:]))
+
+    private func track(_ outbound: WebSocketOutboundWriter) -> Int {
+        open.withLock { open in
+            open.next += 1
+            open.closers[open.next] = { try? await outbound.close(.goingAway, reason: "gateway shutting down: reconnect and resume with since") }
+            return open.next
+        }
+    }
+
+    var openWebSockets: Int { open.withLock { $0.closers.count } }
+
+    /// Closes every WebSocket of `/ws` with 1001: the gateway is shutting down.
+    func closeAll() async {
+        let closers = open.withLock { Array($0.closers.values) }
+        await withTaskGroup(of: Void.self) { group in
+            for close in closers { group.addTask { await close() } }
+        }
+    }
+
     func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, request: Request) async {
         metrics.connections.increment()
-        defer { metrics.connections.decrement() }
+        let tracked = track(outbound)
+        defer {
+            open.withLock { _ = $0.closers.removeValue(forKey: tracked) }
+            metrics.connections.decrement()
+        }
         guard let member = await upstreams.pick(wait: configuration.upstreamWait) else {
             try? await outbound.close(.unknown(1013), reason: "no upstream available: try again later")
             return

@@ -93,6 +93,14 @@ final class SocketIOServer: Sendable {
         }
     }
 
+    /// Open sessions.
+    var count: Int { sessions.withLock { $0.count } }
+
+    /// Closes every session for `reason` (after what is already queued for it).
+    func closeAll(_ reason: CloseReason) {
+        for session in sessions.withLock({ Array($0.values) }) { session.link.close(reason) }
+    }
+
     /// A new Engine.IO session id: 120 random bits, URL-safe.
     static func newID() -> String {
         var generator = SystemRandomNumberGenerator()
