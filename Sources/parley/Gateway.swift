@@ -37,6 +37,12 @@ struct Gateway: AsyncParsableCommand {
     @Option(help: "Bytes a Socket.IO session may have unsent before it is cut off as a slow consumer. [env: PARLEY_OUTBOX_BYTES] (default: 4194304)")
     var outboxBytes: Int?
 
+    @Option(help: "Open WebSockets and Socket.IO sessions in total; 0 means no limit. [env: PARLEY_MAX_CONNECTIONS] (default: 0)")
+    var maxConnections: Int?
+
+    @Option(help: "Open WebSockets and Socket.IO sessions per client IP; 0 means no limit. [env: PARLEY_MAX_CONNECTIONS_PER_IP] (default: 0)")
+    var maxConnectionsPerIp: Int?
+
     @Option(help: "Origins whose pages may open Socket.IO sessions, comma-separated, or *. [env: PARLEY_ALLOWED_ORIGINS] (default: *)")
     var allowedOrigins: String?
 
@@ -69,6 +75,9 @@ struct Gateway: AsyncParsableCommand {
             guard bytes >= 1024 else { throw ValidationError("--outbox-bytes must be at least 1024") }
             c.maxOutboxBytes = bytes
         }
+        c.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? 0
+        c.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? 0
+        guard c.maxConnections >= 0, c.maxConnectionsPerIP >= 0 else { throw ValidationError("connection limits must be 0 (none) or more") }
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
             guard let parsed = Logger.Level(rawValue: level) else { throw ValidationError("invalid log level '\(level)'") }

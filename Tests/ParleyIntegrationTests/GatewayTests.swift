@@ -278,6 +278,56 @@ struct GatewayTests {
         #expect(await gateway.waitForExit(timeout: .seconds(10)) == 0)
     }
 
+    @Test("the gateway counts connections per client address (the upstream sees only the gateway's): over the limit, a WebSocket is closed with 1013 and why, polling gets 429")
+    func connectionLimits() async throws {
+        let server = try await ServerProcess.start(["--storage", "memory"])
+        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)", "--max-connections-per-ip", "2"])
+        defer {
+            gateway.kill(SIGTERM)
+            server.kill(SIGTERM)
+        }
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
+        let first = try await TestClient.connect(port: gateway.port, user: "a")
+        let socketIO = try await TestClient.connect(port: gateway.port, path: "/socket.io/", query: "?EIO=4&transport=websocket", name: "sio")
+        #expect(await socketIO.nextText()?.hasPrefix("0{") == true)
+        // Connected, so that the upstream's handshake deadline cannot end it during the test.
+        socketIO.sendText("40{\"user\":\"b\"}")
+        #expect(await socketIO.nextText()?.hasPrefix("40{\"sid\"") == true)
+        // Read off the wire: the 101, then a close frame with 1013 and why.
+        for path in ["/ws?user=c", "/socket.io/?EIO=4&transport=websocket"] {
+            let (code, reason) = try await Self.closeAfterUpgrade(port: gateway.port, path: path)
+            #expect(code == 1013 && reason.contains("too many connections"), "\(path): \(String(describing: code)) \(reason)")
+        }
+        let polling = try await rawHTTP(port: gateway.port, .GET, "/socket.io/?EIO=4&transport=polling")
+        #expect(polling.status == 429 && polling.json["error"]["code"].string == "rate_limited", "\(polling.status) \(polling.body)")
+        // A slot given back is taken again.
+        first.close()
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) {
+            (try? await rawHTTP(port: gateway.port, .GET, "/ws?user=d", headers: upgradeHeaders(), untilHead: true).status) == 101
+        }
+        socketIO.close()
+    }
+
+    /// Upgrades `path` by hand and reads the close frame that follows the 101: its code and reason.
+    static func closeAfterUpgrade(port: Int, path: String) async throws -> (Int?, String) {
+        let socket = try await RawSocket.connect(port: port)
+        defer { Task { await socket.close() } }
+        let headers = upgradeHeaders().map { "\($0.0): \($0.1)\r\n" }.joined()
+        try await socket.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\(headers)\r\n")
+        var bytes: [UInt8] = []
+        while let chunk = await socket.readBytes(timeout: .seconds(10)), !chunk.isEmpty {
+            bytes += chunk
+            guard let end = bytes.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound, bytes.count >= end + 2 else { continue }
+            let head = String(decoding: bytes[..<end], as: UTF8.self)
+            guard head.hasPrefix("HTTP/1.1 101") else { return (nil, head) }
+            let frame = Array(bytes[end...])
+            let length = Int(frame[1] & 0x7F)
+            guard frame[0] == 0x88, length >= 2, frame.count >= 2 + length else { continue }
+            return (Int(frame[2]) << 8 | Int(frame[3]), String(decoding: frame[4..<(2 + length)], as: UTF8.self))
+        }
+        return (nil, String(decoding: bytes, as: UTF8.self))
+    }
+
     /// Valid Engine.IO and Socket.IO packets, for mutation.
     static let socketIOPackets = [
         "40{\"user\":\"fuzz\"}", "421[\"join\",{\"room\":\"r\"}]", "422[\"message\",{\"room\":\"r\",\"content\":\"hi @bob\"}]",

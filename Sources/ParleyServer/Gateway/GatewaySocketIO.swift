@@ -316,16 +316,29 @@ final class GatewaySocketIOSocket: SocketIOSocket {
 }
 
 /// The gateway's request context: Hummingbird's WebSocket context, with the channel (the
-/// client's address, an event loop for a session's deadlines) and what the admission of a
-/// Socket.IO upgrade found, for its handler.
+/// client's address, an event loop for a session's deadlines) and what the admission of an
+/// upgrade found.
 struct GatewayRequestContext: RequestContext, WebSocketRequestContext, ChannelRequestContext {
     var coreContext: CoreRequestContextStorage
     let webSocket: WebSocketHandlerReference<Self>
     let channel: any Channel
-    let socketIOAdmission = AdmissionBox()
+    /// What the admission of an upgrade found, for its handler.
+    let admitted = Admitted()
 
-    final class AdmissionBox: Sendable {
-        let value = Mutex<SocketIOWebSocketHandler.Admission?>(nil)
+    final class Admitted: Sendable {
+        /// The slot of a `/ws` connection.
+        let ticket = Mutex<ConnectionLimiter.Ticket?>(nil)
+        let socketIO = Mutex<SocketIOWebSocketHandler.Admission?>(nil)
+        /// A connection limit refused it: the WebSocket is closed with 1013 and why at once
+        /// (Hummingbird answers a refused upgrade with a bare 400, which says nothing).
+        let refusal = Mutex<ParleyError?>(nil)
+
+        /// Closes `outbound` if the upgrade was refused; true then.
+        func refused(_ outbound: WebSocketOutboundWriter) async -> Bool {
+            guard let refusal = refusal.withLock({ $0.take() }) else { return false }
+            try? await outbound.close(.unknown(1013), reason: String(refusal.message.prefix(120)))
+            return true
+        }
     }
 
     init(source: ApplicationRequestContextSource) {

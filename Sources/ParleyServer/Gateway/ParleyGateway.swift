@@ -73,6 +73,10 @@ public struct GatewayConfiguration: Sendable {
     /// Pages of these origins may open Socket.IO sessions (`*` or nil: any). The upstream never
     /// sees a browser's `Origin` through gRPC, so this is the gateway's to check.
     public var allowedOrigins: [String]?
+    /// Open WebSockets and Socket.IO sessions in total, and per client address; 0: no limit.
+    /// (The upstreams see every client of a gateway as the gateway's one address.)
+    public var maxConnections = 0
+    public var maxConnectionsPerIP = 0
     public var logLevel = Logger.Level.info
 
     public init() {}
@@ -120,9 +124,18 @@ public enum ParleyGateway {
         let socketIO = SocketIORoutes(server: bridge.socketIOServer(), origins: OriginPolicy(configuration.allowedOrigins))
         socketIO.register(on: router)
         let upgrades = Router(context: GatewayRequestContext.self)
-        upgrades.ws("/ws") { _, _ in
-            .upgrade([:])
+        upgrades.ws("/ws") { _, context in
+            do throws(ParleyError) {
+                let ticket = try bridge.connections.acquire(address: context.channel.remoteAddress?.ipAddress)
+                context.admitted.ticket.withLock { $0 = ticket }
+            } catch {
+                context.admitted.refusal.withLock { $0 = error }
+            }
+            return .upgrade([:])
         } onUpgrade: { inbound, outbound, context in
+            if await context.requestContext.admitted.refused(outbound) { return }
+            let ticket = context.requestContext.admitted.ticket.withLock { $0.take() }
+            defer { ticket?.release() }
             await bridge.serve(inbound: inbound, outbound: outbound, request: context.request)
         }
         upgrades.ws("socket.io") { request, context in
@@ -131,13 +144,17 @@ public enum ParleyGateway {
                     uri: request.uri.description, origin: request.headers[.origin], host: request.head.authority,
                     address: context.channel.remoteAddress?.ipAddress
                 )
-                context.socketIOAdmission.value.withLock { $0 = admission }
+                context.admitted.socketIO.withLock { $0 = admission }
+                return .upgrade([:])
+            } catch let error as ParleyError where error.code == .rateLimited || error.code == .unavailable {
+                context.admitted.refusal.withLock { $0 = error }
                 return .upgrade([:])
             } catch {
                 return .dontUpgrade
             }
         } onUpgrade: { inbound, outbound, context in
-            guard let admission = context.requestContext.socketIOAdmission.value.withLock({ $0.take() }) else { return }
+            if await context.requestContext.admitted.refused(outbound) { return }
+            guard let admission = context.requestContext.admitted.socketIO.withLock({ $0.take() }) else { return }
             await GatewaySocketIOSocket.serve(
                 admission, server: socketIO.server, eventLoop: context.requestContext.channel.eventLoop, metrics: metrics,
                 inbound: inbound, outbound: outbound
@@ -393,12 +410,15 @@ final class GatewayBridge: Sendable {
     let metrics: GatewayMetrics
     let logger: Logger
     private let decoder = ClientFrameDecoder()
+    /// Every client connection of the gateway counts here (`/ws` and Socket.IO).
+    let connections: ConnectionLimiter
 
     init(configuration: GatewayConfiguration, upstreams: UpstreamPool, metrics: GatewayMetrics, logger: Logger) {
         self.configuration = configuration
         self.upstreams = upstreams
         self.metrics = metrics
         self.logger = logger
+        connections = ConnectionLimiter(maxTotal: configuration.maxConnections, maxPerAddress: configuration.maxConnectionsPerIP)
     }
 
     /// Socket.IO sessions whose commands go upstream, each over a `Chat` stream of its own.
@@ -408,7 +428,7 @@ final class GatewayBridge: Sendable {
         limits.maxConsecutiveBadFrames = configuration.maxConsecutiveBadFrames
         limits.maxOutboxBytes = configuration.maxOutboxBytes
         let host = SocketIOServer.Host(
-            instanceID: "gateway-" + SocketIOServer.newID(), connections: ConnectionLimiter(maxTotal: 0, maxPerAddress: 0),
+            instanceID: "gateway-" + SocketIOServer.newID(), connections: connections,
             isDraining: { false }, metrics: metrics,
             link: { _, outbox, resumeReading in UpstreamLink(bridge: self, outbox: outbox, resumeReading: resumeReading) }
         )
