@@ -52,6 +52,13 @@ struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            // Reads start at 256 bytes and grow only while more data flows. Set before the
+            // first read: a channel keeps its receive buffer for the next read, at the largest
+            // size it ever had, so NIO's default first buffer (2 KiB) would stay with every
+            // idle WebSocket (client frames are small commands) for its whole life.
+            try channel.syncOptions?.setOption(
+                ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 64 * 1024)
+            )
             let attempted = NIOLoopBoundBox(Attempt(), eventLoop: channel.eventLoop)
             let upgrader = WebSocketUpgrader(routes: webSocket, socketIO: socketIO, attempted: attempted)
             let http1 = self.http1
@@ -190,11 +197,6 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         let routes = self.routes
         let socketIO = self.socketIO
         return channel.eventLoop.makeCompletedFuture {
-            // Client frames are small commands: reads start at 256 bytes and grow only while
-            // more data flows (NIO's default starts at 2 KiB, which an idle socket then keeps).
-            try channel.syncOptions?.setOption(
-                ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 64 * 1024)
-            )
             try channel.pipeline.syncOperations.addHandler(ClosesOnInputClosed())
             try channel.pipeline.syncOperations.addHandler(
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
