@@ -197,18 +197,17 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         let routes = self.routes
         let socketIO = self.socketIO
         return channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(ClosesOnInputClosed())
-            try channel.pipeline.syncOperations.addHandler(
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: routes.settings.limits.maxFrameBytes))
-            )
             switch admission {
             case .socketIO(let admission):
                 let limit = socketIO.server.settings.maxPayload
+                try channel.pipeline.syncOperations.addHandler(ClosesOnInputClosed())
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: limit)))
                 try channel.pipeline.syncOperations.addHandler(
                     NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: limit)
                 )
                 try channel.pipeline.syncOperations.addHandler(SocketIOWebSocketHandler(server: socketIO.server, admission: admission))
             case .parley(let identity):
+                // One handler: it splits frames itself and ends half-closed connections.
                 try channel.pipeline.syncOperations.addHandler(routes.makeHandler(identity: identity))
             case nil:
                 throw WebSocketUpgrader.Refused()
@@ -221,9 +220,9 @@ struct WebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
 /// The client ended its side of the TCP connection (the server allows half-closed connections
 /// for HTTP): a WebSocket client that did so has left, close frame or not. Without this the
 /// connection sat in CLOSE_WAIT, holding its session and rooms, until the next write to it
-/// failed or two ping intervals passed. In the pipeline of every upgraded connection (Parley
-/// and Socket.IO), so it also sees a FIN that arrived during the upgrade, which NIO's upgrade
-/// handler replays as `inputClosed`.
+/// failed or two ping intervals passed. First in the pipeline of a Socket.IO WebSocket, so it
+/// also sees a FIN that arrived during the upgrade, which NIO's upgrade handler replays as
+/// `inputClosed`. (`WebSocketHandler`, alone in its pipeline, does the same itself.)
 final class ClosesOnInputClosed: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
 

@@ -17,7 +17,7 @@ import Synchronization
 /// All mutable state is touched on the channel's event loop only; the outbox and connection
 /// are thread-safe. That is what makes the `@unchecked Sendable` sound.
 final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = WebSocketFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     struct Settings: Sendable {
@@ -56,6 +56,9 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     private var logger: Logger { shared.logger }
     private let identity: Identity?
     private let decoder = ClientFrameDecoder()
+    private var frames: WebSocketFrameParser
+    /// A frame was broken: nothing more is read.
+    private var broken = false
 
     private var context: ChannelHandlerContext?
     private var connection: Connection?
@@ -74,6 +77,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     init(shared: Shared, identity: Identity?) {
         self.shared = shared
         self.identity = identity
+        frames = WebSocketFrameParser(maxFrameSize: shared.settings.limits.maxFrameBytes)
     }
 
     // MARK: Lifecycle
@@ -136,23 +140,45 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? NIOWebSocketError {
-            switch error {
-            case .invalidFrameLength:
-                protocolClose(context, code: 1009, "frame larger than \(settings.limits.maxFrameBytes) bytes")
-            case .fragmentedControlFrame, .multiByteControlFrameLength:
-                protocolClose(context, code: 1002, "invalid control frame")
-            }
-            return
-        }
         logger.debug("websocket error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
 
+    /// The client ended its side of the TCP connection (the server allows half-closed
+    /// connections for HTTP): it has left, close frame or not. (Also a FIN that came during
+    /// the upgrade, which NIO's upgrade handler replays as this event.)
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     // MARK: Reading
 
+    /// Bytes from the client: each complete frame in turn; a broken one closes the connection.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
+        guard !broken else { return }
+        var bytes = frames.begin(unwrapInboundIn(data))
+        do {
+            while let frame = try frames.next(&bytes) {
+                read(frame, context: context)
+                if broken { return }
+            }
+            frames.keep(&bytes)
+        } catch {
+            broken = true
+            switch error as? NIOWebSocketError {
+            case .invalidFrameLength?:
+                protocolClose(context, code: 1009, "frame larger than \(settings.limits.maxFrameBytes) bytes")
+            default:
+                protocolClose(context, code: 1002, "invalid control frame")
+            }
+        }
+    }
+
+    private func read(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
         heardSinceLastPing = true
         // RFC 6455 5.1 and 5.2: client frames are masked; no extension was negotiated.
         guard frame.maskKey != nil, !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
