@@ -60,31 +60,55 @@ public final class Connection: Sendable {
     /// Commands a client may have in flight before its transport stops reading from it.
     public static let maxQueuedCommands = 64
 
-    public let engine: Engine
+    /// What every connection of a transport shares: one object, made once per server, rather
+    /// than five fields in each connection (an idle WebSocket's memory counts).
+    public final class Environment: Sendable {
+        let engine: Engine
+        let authenticator: any Authenticator
+        let format: any WireFormat
+        let settings: Settings
+        let logger: Logger
+
+        public init(engine: Engine, authenticator: any Authenticator, format: any WireFormat, settings: Settings, logger: Logger) {
+            self.engine = engine
+            self.authenticator = authenticator
+            self.format = format
+            self.settings = settings
+            self.logger = logger
+        }
+    }
+
+    private let environment: Environment
     public let outbox: Outbox
-    public let format: any WireFormat
-    private let authenticator: any Authenticator
-    private let settings: Settings
     private let clock: any ParleyClock
-    private let logger: Logger
     private let state = Mutex(State())
     /// Called when a paused transport may read again.
     private let resumeReading: (@Sendable () -> Void)?
 
+    public var engine: Engine { environment.engine }
+    public var format: any WireFormat { environment.format }
+    private var authenticator: any Authenticator { environment.authenticator }
+    private var settings: Settings { environment.settings }
+    private var logger: Logger { environment.logger }
+
     /// `outbox`: the transport's (a pushed one), or a new pulled one bounded by
     /// `limits.maxOutboxBytes`.
-    public init(
+    public init(environment: Environment, clock: any ParleyClock, outbox: Outbox? = nil, resumeReading: (@Sendable () -> Void)? = nil) {
+        self.environment = environment
+        self.clock = clock
+        self.outbox = outbox ?? Outbox(maxBytes: environment.engine.limits.maxOutboxBytes)
+        self.resumeReading = resumeReading
+    }
+
+    /// A connection with an environment of its own.
+    public convenience init(
         engine: Engine, authenticator: any Authenticator, format: any WireFormat, settings: Settings,
         clock: any ParleyClock, outbox: Outbox? = nil, logger: Logger, resumeReading: (@Sendable () -> Void)? = nil
     ) {
-        self.engine = engine
-        self.authenticator = authenticator
-        self.format = format
-        self.settings = settings
-        self.clock = clock
-        self.outbox = outbox ?? Outbox(maxBytes: engine.limits.maxOutboxBytes)
-        self.logger = logger
-        self.resumeReading = resumeReading
+        self.init(
+            environment: Environment(engine: engine, authenticator: authenticator, format: format, settings: settings, logger: logger),
+            clock: clock, outbox: outbox, resumeReading: resumeReading
+        )
     }
 
     public var session: Session? { state.withLock { $0.session } }

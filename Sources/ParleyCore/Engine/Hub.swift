@@ -275,7 +275,8 @@ struct Room {
 
     var lastDelivered: Int64
     /// The wire formats of the room's members (a handful at most), encoded for ahead of the
-    /// fan-out; one a member brings later is encoded for on first use.
+    /// fan-out; one a member brings later is encoded for on first use. Empty while the room
+    /// has had only one member.
     var formats: [any EventEncoder] = []
     var pending: [Int64: Message] = [:]
     var gapFillScheduled = false
@@ -295,7 +296,12 @@ struct Room {
         guard members[key] == nil else { return nil }
         let cursor = min(since ?? lastDelivered, lastDelivered)
         let catchingUp = cursor < lastDelivered
-        if !formats.contains(where: { $0 === session.encoder }) { formats.append(session.encoder) }
+        // A room of one (a user's own channel, one per connection) keeps no list: its events are
+        // encoded on first use. From the second member on, every member's format is listed.
+        if let first = members.first?.value.session.encoder {
+            if !formats.contains(where: { $0 === first }) { formats.append(first) }
+            if !formats.contains(where: { $0 === session.encoder }) { formats.append(session.encoder) }
+        }
         members[key] = Member(session: session, cursor: cursor, buffer: catchingUp ? [] : nil)
         return (lastDelivered, catchingUp)
     }

@@ -50,14 +50,15 @@ final class SocketIOServer: Sendable {
 
     /// Sessions served by `engine` in this process.
     convenience init(engine: Engine, authenticator: any Authenticator, settings: Settings, peers: (any SocketIOPeers)? = nil, logger: Logger) {
+        let environment = Connection.Environment(
+            engine: engine, authenticator: authenticator, format: SocketIOFrames.shared,
+            settings: .init(transport: "socketio", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
+            logger: logger
+        )
         let host = Host(
             instanceID: engine.instanceID, connections: engine.connections, isDraining: { engine.isDraining }, metrics: engine.metrics,
             link: { clock, outbox, resumeReading in
-                Connection(
-                    engine: engine, authenticator: authenticator, format: SocketIOFrames.shared,
-                    settings: .init(transport: "socketio", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
-                    clock: clock, outbox: outbox, logger: logger, resumeReading: resumeReading
-                )
+                Connection(environment: environment, clock: clock, outbox: outbox, resumeReading: resumeReading)
             }
         )
         self.init(host: host, settings: settings, peers: peers, logger: logger)

@@ -40,12 +40,19 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         let authenticator: any Authenticator
         let settings: Settings
         let logger: Logger
+        /// What every WebSocket's `Connection` shares.
+        let connections: Connection.Environment
 
         init(engine: Engine, authenticator: any Authenticator, settings: Settings, logger: Logger) {
             self.engine = engine
             self.authenticator = authenticator
             self.settings = settings
             self.logger = logger
+            connections = Connection.Environment(
+                engine: engine, authenticator: authenticator, format: WebSocketFrames.shared,
+                settings: .init(transport: "websocket", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
+                logger: logger
+            )
         }
     }
 
@@ -86,19 +93,13 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         self.context = context
         let eventLoop = context.eventLoop
         let drains = LoopDrains.of(eventLoop)
-        // Weak: the session (and its outbox) may outlive the channel until it has left its rooms.
-        let outbox = Outbox(maxBytes: settings.limits.maxOutboxBytes) { [weak self] in
-            guard let self else { return }
-            drains.schedule(self)
-        }
+        // Strong references (a weak one costs every connection a side table): the handler and
+        // its connection hold each other until `end`, which lets the connection go; the
+        // session (and its outbox) may then hold the handler until it has left its rooms.
+        let outbox = Outbox(maxBytes: settings.limits.maxOutboxBytes) { drains.schedule(self) }
         let connection = Connection(
-            engine: engine, authenticator: authenticator, format: WebSocketFrames.shared,
-            settings: .init(transport: "websocket", handshakeTimeout: settings.handshakeTimeout, refreshGrace: settings.refreshGrace),
-            clock: settings.clock ?? EventLoopClock(eventLoop: eventLoop), outbox: outbox, logger: logger,
-            resumeReading: { [weak self] in
-                guard let self else { return }
-                eventLoop.execute(self.resumeReading)
-            }
+            environment: shared.connections, clock: settings.clock ?? EventLoopClock(eventLoop: eventLoop), outbox: outbox,
+            resumeReading: { eventLoop.execute(self.resumeReading) }
         )
         self.connection = connection
         do {
@@ -134,6 +135,7 @@ final class WebSocketHandler: ChannelInboundHandler, @unchecked Sendable {
         if let connection {
             // Leaving the rooms is async (presence, broker): one task, once per connection.
             Task { await connection.finish() }
+            self.connection = nil
         }
         self.context = nil
         logger.debug("websocket closed")
