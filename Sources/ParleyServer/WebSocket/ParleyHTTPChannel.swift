@@ -12,9 +12,9 @@ import NIOWebSocket
 import ParleyCore
 
 /// HTTP/1 with the WebSocket upgrade at `/ws`, on SwiftNIO's own upgrade machinery. A plain
-/// request is served by Hummingbird's router as usual. An upgraded connection gets only the
-/// WebSocket frame decoder and a `WebSocketHandler`: the HTTP handlers are gone from its
-/// pipeline, and no task, stream or buffer is kept for it while it is idle.
+/// request is served by Hummingbird's router as usual. An upgraded `/ws` connection's pipeline
+/// is one `WebSocketHandler` (which splits frames itself): the HTTP handlers are gone, and no
+/// task, stream or buffer beyond a 256-byte receive buffer is kept for it while it is idle.
 struct ParleyHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     enum UpgradeResult: Sendable {
         /// The connection is a WebSocket now; its handler serves it on the event loop.
