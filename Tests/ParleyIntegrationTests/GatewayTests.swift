@@ -16,6 +16,15 @@ struct GatewayTests {
         return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
+    /// `parley serve` with `server` arguments and a gateway in front of it with `gateway` ones,
+    /// once the gateway is ready (its upstream answers health checks).
+    static func serverAndGateway(_ server: [String], gateway: [String] = []) async throws -> (ServerProcess, ServerProcess) {
+        let upstream = try await ServerProcess.start(server)
+        let edge = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(upstream.grpcPort)"] + gateway)
+        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await get("http://127.0.0.1:\(edge.port)/readyz").0) == 200 }
+        return (upstream, edge)
+    }
+
     @Test("chat, idempotency, resume, history, errors and bad input through the gateway, with the credential passed through; the web client, /api and /ws-metrics served")
     func coreCases() async throws {
         let server = try await ServerProcess.start(["--data-dir", temporaryDirectory(), "--rate-per-sec", "0"])
@@ -229,13 +238,11 @@ struct GatewayTests {
 
     @Test("more clients than one HTTP/2 connection carries streams (100): the gateway opens more connections to the upstream")
     func manyStreams() async throws {
-        let server = try await ServerProcess.start(["--storage", "memory", "--rate-per-sec", "0"])
-        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+        let (server, gateway) = try await Self.serverAndGateway(["--storage", "memory", "--rate-per-sec", "0"])
         defer {
             gateway.kill(SIGTERM)
             server.kill(SIGTERM)
         }
-        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
         let clients = try await withThrowingTaskGroup(of: TestClient.self) { group in
             for index in 0..<250 {
                 group.addTask {
@@ -259,13 +266,11 @@ struct GatewayTests {
 
     @Test("a gateway shutting down (SIGTERM) closes its WebSockets and Socket.IO sessions going away (1001), so that clients reconnect through another, and exits 0")
     func shutdown() async throws {
-        let server = try await ServerProcess.start(["--storage", "memory"])
-        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)"])
+        let (server, gateway) = try await Self.serverAndGateway(["--storage", "memory"])
         defer {
             gateway.kill(SIGKILL)
             server.kill(SIGTERM)
         }
-        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
         let client = try await TestClient.connect(port: gateway.port, user: "alice")
         try await client.ack("join", ["room": "r"])
         let socketIO = try await TestClient.connect(port: gateway.port, path: "/socket.io/", query: "?EIO=4&transport=websocket", name: "sio")
@@ -280,13 +285,11 @@ struct GatewayTests {
 
     @Test("the gateway counts connections per client address (the upstream sees only the gateway's): over the limit, a WebSocket is closed with 1013 and why, polling gets 429")
     func connectionLimits() async throws {
-        let server = try await ServerProcess.start(["--storage", "memory"])
-        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)", "--max-connections-per-ip", "2"])
+        let (server, gateway) = try await Self.serverAndGateway(["--storage", "memory"], gateway: ["--max-connections-per-ip", "2"])
         defer {
             gateway.kill(SIGTERM)
             server.kill(SIGTERM)
         }
-        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
         let first = try await TestClient.connect(port: gateway.port, user: "a")
         let socketIO = try await TestClient.connect(port: gateway.port, path: "/socket.io/", query: "?EIO=4&transport=websocket", name: "sio")
         #expect(await socketIO.nextText()?.hasPrefix("0{") == true)
@@ -339,13 +342,11 @@ struct GatewayTests {
 
     @Test("thousands of mutated Socket.IO packets through the gateway, over WebSockets and polling, to an upstream on the default SQLite store: answered or closed, neither process falls, the store is untouched")
     func socketIOFuzz() async throws {
-        let server = try await ServerProcess.start(["--data-dir", temporaryDirectory(), "--rate-per-sec", "0"])
-        let gateway = try await ServerProcess.startGateway(["--upstream", "127.0.0.1:\(server.grpcPort)", "--ping-interval", "2"])
+        let (server, gateway) = try await Self.serverAndGateway(["--data-dir", temporaryDirectory(), "--rate-per-sec", "0"], gateway: ["--ping-interval", "2"])
         defer {
             gateway.kill(SIGTERM)
             server.kill(SIGTERM)
         }
-        try await waitUntil(timeout: .seconds(10), every: .milliseconds(50)) { (try? await Self.get("http://127.0.0.1:\(gateway.port)/readyz").0) == 200 }
         let owner = try await TestClient.connect(port: server.port, user: "owner")
         try await owner.ack("join", ["room": "keep"])
         for index in 1...3 { try await owner.ack("message", ["room": "keep", "content": "kept \(index)"]) }
