@@ -77,6 +77,14 @@ struct WebSocketFrameParserTests {
         #expect(try Self.parse(Self.frame(0x1, [UInt8](repeating: 1, count: 100)), chunk: 3, max: 100).count == 1)
     }
 
+    @Test("a largest frame trickled in a byte at a time, then frames run on in the kept buffer")
+    func trickle() throws {
+        let payload = [UInt8](repeating: 42, count: 65536)
+        let stream = Self.frame(0x1, payload) + Self.frame(0x1, Array("after".utf8)) + Self.frame(0x8, [3, 232])
+        let frames = try Self.parse(stream, chunk: 1, max: 65536)
+        #expect(frames.map(\.1) == [payload, Array("after".utf8), [3, 232]])
+    }
+
     @Test("the bytes of an incomplete frame are kept in a buffer of their own size, not the read's")
     func keepsLittle() throws {
         var parser = WebSocketFrameParser(maxFrameSize: 1 << 16)

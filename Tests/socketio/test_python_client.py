@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 
@@ -372,6 +373,11 @@ def test_a_slow_consumer_is_cut_off(edge):
     status, packets = slow.get()
     # The backlog was dropped and the transport closed (the client may reconnect and recover).
     assert status == 400 or packets == ["1"], packets
+    # Counted where it was cut off: the server, or the gateway (whose outbox filled).
+    path, metric = ("/ws-metrics", "parley_gateway_slow_consumers_total") if "gateway" in type(edge).__name__.lower() \
+        else ("/metrics", "parley_slow_consumers_total")
+    metrics = urllib.request.urlopen(edge.url + path, timeout=TIMEOUT).read().decode()
+    assert re.search(rf"^{metric}(\{{[^}}]*\}})? [1-9]", metrics, re.M), metrics
 
 
 # ---------------------------------------------------------------------------------------------

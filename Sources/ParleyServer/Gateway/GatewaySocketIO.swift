@@ -281,7 +281,7 @@ final class GatewaySocketIOSocket: SocketIOSocket {
     private func waitWhilePaused(_ session: SocketIOSession) async {
         await withCheckedContinuation { continuation in
             let wait = paused.withLock { paused in
-                guard session.isPaused else { return false }
+                guard session.isPaused, !session.isEnded else { return false }
                 paused = continuation
                 return true
             }
@@ -292,6 +292,9 @@ final class GatewaySocketIOSocket: SocketIOSocket {
     /// Writes what the session's outbox holds each time it has something, each packet a
     /// WebSocket message; then the close its session ended with.
     private func write(_ session: SocketIOSession, outbound: WebSocketOutboundWriter, metrics: GatewayMetrics) async {
+        // Once nothing more is written, a reader paused for the session's commands must not
+        // wait for them: it reads on until the client's close (or the socket's end).
+        defer { resumeReading() }
         var packets: [ByteBuffer] = []
         var frames: [Outbox.Frame] = []
         for await _ in wakes {
@@ -352,7 +355,9 @@ extension GatewayMetrics: SocketIOMetrics {
     /// Errors are counted by the upstream that answered them.
     func error(_ code: ParleyError.Code) {}
     func recordDeliveries(_ frames: [Outbox.Frame]) {}
-    func slowConsumer() {}
+    func slowConsumer() {
+        slowConsumers.increment()
+    }
     /// Gateways do not forward polling requests to each other.
     func forwarded() {}
 }

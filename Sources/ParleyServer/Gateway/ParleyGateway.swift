@@ -221,6 +221,7 @@ final class GatewayMetrics: Sendable {
     let upstreamErrors: Prometheus.Counter
     let upstreamStreams: Prometheus.Counter
     let socketIOSessions: Prometheus.Gauge
+    let slowConsumers: Prometheus.Counter
     let replySeconds: Prometheus.DurationHistogram
     private let registry: PrometheusCollectorRegistry
 
@@ -230,6 +231,7 @@ final class GatewayMetrics: Sendable {
         framesIn = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "in")])
         framesOut = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_frames_total", unitName: "", helpText: "WebSocket frames: in from clients, out to them."), labels: [("direction", "out")])
         upstreamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_errors_total", unitName: "", helpText: "Upstream streams that failed or were ended by the upstream."))
+        slowConsumers = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_slow_consumers_total", unitName: "", helpText: "Socket.IO sessions cut off at the gateway because their unsent backlog passed --outbox-bytes."))
         socketIOSessions = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "parley_gateway_socketio_sessions", unitName: "", helpText: "Open Socket.IO sessions (polling or WebSocket)."))
         upstreamStreams = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "parley_gateway_upstream_streams_total", unitName: "", helpText: "Chat streams opened to upstreams."))
         replySeconds = registry.makeDurationHistogram(

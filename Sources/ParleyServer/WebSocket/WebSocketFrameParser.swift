@@ -12,6 +12,8 @@ import NIOWebSocket
 struct WebSocketFrameParser {
     let maxFrameSize: Int
     private var partial: ByteBuffer?
+    /// The buffer being parsed is `partial` grown by a read (ours), not the read itself.
+    private var ownsBuffer = false
 
     init(maxFrameSize: Int) {
         self.maxFrameSize = maxFrameSize
@@ -20,16 +22,28 @@ struct WebSocketFrameParser {
     /// What to parse after a read: `bytes` after what was kept of the last one. Take frames
     /// from it with `next`, then give it back with `keep`.
     mutating func begin(_ bytes: ByteBuffer) -> ByteBuffer {
-        guard var kept = partial.take() else { return bytes }
+        guard var kept = partial.take() else {
+            ownsBuffer = false
+            return bytes
+        }
+        ownsBuffer = true
         var bytes = bytes
         kept.writeBuffer(&bytes)
         return kept
     }
 
-    /// Keeps the bytes of a frame not yet complete, in a buffer of their own (a slice would
-    /// keep the whole receive buffer).
+    /// Keeps the bytes of a frame not yet complete: a copy of the rest of a read (a slice
+    /// would keep the whole receive buffer), or the buffer already kept, grown in place (a
+    /// frame trickled in byte by byte is not copied again at every read). At most one frame
+    /// is ever kept, and a frame's header is checked before its payload is waited for, so
+    /// this stays under `maxFrameSize` plus a header.
     mutating func keep(_ buffer: inout ByteBuffer) {
         guard buffer.readableBytes > 0 else { return }
+        if ownsBuffer {
+            if buffer.readerIndex > buffer.readableBytes { buffer.discardReadBytes() }
+            partial = buffer
+            return
+        }
         var rest = ByteBufferAllocator().buffer(capacity: buffer.readableBytes)
         rest.writeBuffer(&buffer)
         partial = rest
