@@ -353,6 +353,34 @@ def test_recovery_offsets_by_hand(edge):
     assert connected["pid"] != "p-2"
 
 
+@pytest.mark.server_env(PARLEY_RATE_PER_SEC="0", PARLEY_COMMAND_RATE_PER_SEC="0")
+def test_more_events_in_one_post_than_may_wait_are_all_answered_in_order(edge):
+    # 200 acked events in one POST: more than the 64 a session may have waiting. The answer to
+    # the POST waits until they are served (the client cannot queue without bound); none is
+    # dropped and the acks come in order, on the server and through the gateway alike.
+    client = Polling(edge.url)
+    client.open()
+    assert client.post('40{"user":"flood"}') == (200, "ok")
+    packets = []
+    while not any(p.startswith("40") for p in packets):
+        status, more = client.get()
+        assert status == 200
+        packets += more
+    events = ['421["join",{"room":"flood"}]'] + [f'42{i}["message",{{"room":"flood","content":"m{i}"}}]' for i in range(2, 202)]
+    assert client.post(*events) == (200, "ok")
+    acks = []
+    for _ in range(400):
+        status, more = client.get()
+        assert status == 200, more
+        acks += [p for p in more if p.startswith("43")]
+        if len(acks) >= 201:
+            break
+    ids = [int(p[2:p.index("[")]) for p in acks]
+    assert ids == list(range(1, 202)), ids[:20]
+    seqs = [json.loads(p[p.index("["):])[0]["seq"] for p in acks[1:]]
+    assert seqs == list(range(1, 201))
+
+
 @pytest.mark.server_env(PARLEY_OUTBOX_BYTES="16384", PARLEY_RATE_PER_SEC="0")
 def test_a_slow_consumer_is_cut_off(edge):
     slow = Polling(edge.url)
