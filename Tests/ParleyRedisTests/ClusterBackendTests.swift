@@ -77,7 +77,10 @@ struct TestInstance {
     let receiver = RecordingReceiver()
     let task: Task<Void, Never>
 
-    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(5)) {
+    /// `commandTimeout` is also how long a command waits for the first connection: 30 s by
+    /// default, as a full suite on a loaded 2-core CI machine once took more than 5 s to connect.
+    /// Tests of failures give a short one.
+    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(30)) {
         var configuration = server.configuration
         configuration.commandTimeout = commandTimeout
         let client = RedisClient(configuration: configuration)
