@@ -59,29 +59,23 @@ struct Gateway: AsyncParsableCommand {
             guard let parsed = GatewayConfiguration.Upstream(name) else { throw ValidationError("--upstream wants host:port, got '\(name)'") }
             return parsed
         }
-        guard !c.upstreams.isEmpty else { throw ValidationError("give at least one --upstream host:port (a Parley instance's gRPC port, 50051 by default)") }
         c.upstreamCAFile = upstreamCaFile ?? env["PARLEY_UPSTREAM_CA_FILE"]
         c.upstreamTLS = upstreamTls || env["PARLEY_UPSTREAM_TLS"] == "1" || c.upstreamCAFile != nil
         c.apiUpstream = (apiUpstream ?? env["PARLEY_API_UPSTREAM"]).map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
-        if let api = c.apiUpstream, !(api.hasPrefix("http://") || api.hasPrefix("https://")) {
-            throw ValidationError("--api-upstream must be an http:// or https:// URL, got '\(api)'")
-        }
         c.publicDirectory = publicDir ?? env["PARLEY_PUBLIC_DIR"]
-        if let seconds = try pingInterval ?? env.int("PARLEY_PING_INTERVAL") {
-            guard seconds > 0 else { throw ValidationError("--ping-interval must be at least 1 second") }
-            c.pingInterval = .seconds(seconds)
-        }
-        if let bytes = try outboxBytes ?? env.int("PARLEY_OUTBOX_BYTES") {
-            guard bytes >= 1024 else { throw ValidationError("--outbox-bytes must be at least 1024") }
-            c.maxOutboxBytes = bytes
-        }
+        if let seconds = try pingInterval ?? env.int("PARLEY_PING_INTERVAL") { c.pingInterval = .seconds(seconds) }
+        if let bytes = try outboxBytes ?? env.int("PARLEY_OUTBOX_BYTES") { c.maxOutboxBytes = bytes }
         c.maxConnections = try maxConnections ?? env.int("PARLEY_MAX_CONNECTIONS") ?? 0
         c.maxConnectionsPerIP = try maxConnectionsPerIp ?? env.int("PARLEY_MAX_CONNECTIONS_PER_IP") ?? 0
-        guard c.maxConnections >= 0, c.maxConnectionsPerIP >= 0 else { throw ValidationError("connection limits must be 0 (none) or more") }
         c.allowedOrigins = Environment.list(allowedOrigins ?? env["PARLEY_ALLOWED_ORIGINS"])
         if let level = logLevel ?? env["PARLEY_LOG_LEVEL"] {
             guard let parsed = Logger.Level(rawValue: level) else { throw ValidationError("invalid log level '\(level)'") }
             c.logLevel = parsed
+        }
+        do {
+            try c.validate()
+        } catch {
+            throw ValidationError(error.description)
         }
         let level = c.logLevel
         LoggingSystem.bootstrap { label in

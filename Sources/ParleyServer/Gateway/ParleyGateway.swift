@@ -80,6 +80,22 @@ public struct GatewayConfiguration: Sendable {
     public var logLevel = Logger.Level.info
 
     public init() {}
+
+    /// Refuses settings the gateway cannot run with, whoever built them (the executable or
+    /// code that embeds the gateway), as `ServerConfiguration.validate` does for the server.
+    public func validate() throws(InvalidConfiguration) {
+        func check(_ condition: Bool, _ message: String) throws(InvalidConfiguration) {
+            if !condition { throw InvalidConfiguration(description: message) }
+        }
+        try check(!upstreams.isEmpty, "give at least one --upstream host:port (a Parley instance's gRPC port, 50051 by default)")
+        try check((0...65535).contains(port), "the port must be 0...65535")
+        if let api = apiUpstream {
+            try check(api.hasPrefix("http://") || api.hasPrefix("https://"), "--api-upstream must be an http:// or https:// URL, got '\(api)'")
+        }
+        try check(pingInterval >= .seconds(1), "--ping-interval must be at least 1 second")
+        try check(maxOutboxBytes >= 1024, "--outbox-bytes must be at least 1024")
+        try check(maxConnections >= 0 && maxConnectionsPerIP >= 0, "connection limits must be 0 (none) or more")
+    }
 }
 
 public enum ParleyGateway {
@@ -89,7 +105,7 @@ public enum ParleyGateway {
     public static func make(
         _ configuration: GatewayConfiguration, logger: Logger, onListening: (@Sendable (Int) -> Void)? = nil
     ) throws -> [any Service] {
-        guard !configuration.upstreams.isEmpty else { throw ParleyError.badRequest("the gateway needs at least one --upstream host:port") }
+        try configuration.validate()
         let registry = PrometheusCollectorRegistry()
         let metrics = GatewayMetrics(registry: registry)
         let upstreams = try UpstreamPool(configuration, metrics: metrics, logger: logger)
