@@ -51,7 +51,16 @@ class ParleyServer:
 
     @property
     def grpc_port(self) -> int:
-        return int(re.search(r"gRPC listening on [0-9.]+:(\d+)", self.log_path.read_text(errors="replace")).group(1))
+        """The gRPC port from the log. The gRPC server starts beside the HTTP one, so its line
+        may come after the server is already answering HTTP: wait for it (bounded)."""
+        deadline = time.monotonic() + 30
+        while True:
+            match = re.search(r"gRPC listening on [0-9.]+:(\d+)", self.log_path.read_text(errors="replace"))
+            if match:
+                return int(match.group(1))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no 'gRPC listening on' line within 30 s\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def start(self, port: int = 0, bind_retry_s: float = 10.0) -> None:
         wait_for_binary()
