@@ -77,13 +77,7 @@ struct RedisBackends {
         presenceConfiguration.heartbeatInterval = max(.milliseconds(100), configuration.cluster.instanceTTL / 5)
         presence = RedisPresence(client: client, configuration: presenceConfiguration, logger: redisLogger)
         let broker = self.broker
-        presence.onEvent { event in
-            do {
-                try await broker.publish(event)
-            } catch {
-                redisLogger.warning("could not publish a presence event", metadata: ["error": "\(error)"])
-            }
-        }
+        presence.onEvent { event in try await broker.publish(event) }
         logger.info("cluster mode: Redis at \(redis.host):\(redis.port), instance \(instanceID)")
     }
 

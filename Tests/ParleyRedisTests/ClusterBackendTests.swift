@@ -80,7 +80,9 @@ struct TestInstance {
     /// `commandTimeout` is also how long a command waits for the first connection: 30 s by
     /// default, as a full suite on a loaded 2-core CI machine once took more than 5 s to connect.
     /// Tests of failures give a short one.
-    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(30)) {
+    /// `failingPublishes`: how many presence events the instance's handler refuses (throws for)
+    /// before it publishes them, as a broker does when Redis does not answer in time.
+    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(30), failingPublishes: Int = 0) {
         var configuration = server.configuration
         configuration.commandTimeout = commandTimeout
         let client = RedisClient(configuration: configuration)
@@ -93,7 +95,13 @@ struct TestInstance {
         presenceConfiguration.heartbeatInterval = .milliseconds(100)
         let presence = RedisPresence(client: client, configuration: presenceConfiguration, logger: Logger(label: "test"))
         broker.attach(receiver)
-        presence.onEvent { event in try? await broker.publish(event) }
+        let refusals = Mutex(failingPublishes)
+        presence.onEvent { event in
+            if refusals.withLock({ count in defer { count -= 1 }; return count > 0 }) {
+                throw RedisError(.timeout, "refused by the test")
+            }
+            try await broker.publish(event)
+        }
         (self.client, self.subscriber, self.broker, self.presence) = (client, subscriber, broker, presence)
         task = Task {
             await withDiscardingTaskGroup { group in
@@ -246,10 +254,13 @@ struct ClusterBackendTests {
         }
     }
 
-    @Test("a removal that failed while Redis was away is retried and emits its leave")
-    func retriesFailedRemoval() async throws {
+    /// `a`'s command timeout is what makes its removal fail while Redis is stopped; a second
+    /// is short enough for the test and long enough that a loaded machine's heartbeats after
+    /// `SIGCONT` do not time out as well (300 ms did, once, at the start of a full CI run).
+    @Test("a removal that failed while Redis was away is retried and emits its leave", arguments: [0, 2])
+    func retriesFailedRemoval(failingPublishes: Int) async throws {
         try await withRedisServer { server in
-            let a = TestInstance(server, id: "a", commandTimeout: .milliseconds(300))
+            let a = TestInstance(server, id: "a", commandTimeout: .seconds(1), failingPublishes: failingPublishes)
             let b = TestInstance(server, id: "b", ttl: .seconds(30))
             try await b.broker.setInterest(room: "r", true)
             try await a.waitForSubscribers(room: "r")
@@ -257,8 +268,31 @@ struct ClusterBackendTests {
             server.signal(SIGSTOP)
             await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
             server.signal(SIGCONT)
-            #expect(await b.receiver.waitFor { $0.events.withLock { $0 }.contains { if case .leave(_, "ann", _) = $0 { true } else { false } } })
+            // With failing publishes, Redis reports the leave once and `a` keeps it until a
+            // later heartbeat publishes it.
+            #expect(await b.receiver.waitFor(timeout: .seconds(30)) { $0.events.withLock { $0 }.contains { if case .leave(_, "ann", _) = $0 { true } else { false } } })
             #expect(try await b.presence.members(room: "r").isEmpty)
+            #expect(a.presence.owedEventCount == 0)
+            let leaves = b.receiver.events.withLock { $0 }.filter { if case .leave = $0 { true } else { false } }
+            #expect(leaves.count == 1)
+            await a.stop()
+            await b.stop()
+        }
+    }
+
+    @Test("a dead instance's leaves that could not be published are published with a later heartbeat")
+    func republishesReapedLeaves() async throws {
+        try await withRedisServer { server in
+            let a = TestInstance(server, id: "a", ttl: .seconds(30), failingPublishes: 1)
+            let b = TestInstance(server, id: "b", ttl: .seconds(30), runPresence: false)
+            try await b.broker.setInterest(room: "r", true)
+            try await a.waitForSubscribers(room: "r")
+            let dead = TestInstance(server, id: "dead", ttl: .milliseconds(500), runPresence: false)
+            #expect(try await dead.presence.add(room: "r", user: "zed", session: "dead-1", at: .now))
+            // Only `a` reaps (b runs no presence): its first publish fails, a later one delivers.
+            #expect(await b.receiver.waitFor(timeout: .seconds(30)) { $0.events.withLock { $0 }.contains { if case .leave(_, "zed", _) = $0 { true } else { false } } })
+            #expect(a.presence.owedEventCount == 0)
+            await dead.stop()
             await a.stop()
             await b.stop()
         }

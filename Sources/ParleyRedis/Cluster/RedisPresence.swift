@@ -26,6 +26,9 @@ import Synchronization
 /// An instance that finds itself missing from `instances` (Redis restarted empty, or it was
 /// reaped while paused) registers its local sessions again and emits their `join`s; a removal
 /// that failed while Redis was away is retried with each heartbeat and emits its `leave`.
+/// An event whose publication fails after Redis changed its state (the `leave` of a retried
+/// removal, a reaped instance's leaves) is kept and published again with the next heartbeats:
+/// Redis reports such a leave only once.
 ///
 /// Scripts compute some key names, so this needs a single Redis (not Redis Cluster).
 public final class RedisPresence: PresenceStore {
@@ -56,7 +59,11 @@ public final class RedisPresence: PresenceStore {
     private let pendingRemovals = Mutex<Set<LocalSession>>([])
     /// This instance's visible sessions (user, session), to register them again likewise.
     private let visibleHere = Mutex<Set<[String]>>([])
-    private let eventHandler = Mutex<(@Sendable (ServerEvent) async -> Void)?>(nil)
+    private let eventHandler = Mutex<(@Sendable (ServerEvent) async throws -> Void)?>(nil)
+    /// Events whose publication failed, oldest first; published again with each heartbeat.
+    private let owedEvents = Mutex<[ServerEvent]>([])
+    /// The most events kept for publishing again; beyond it the oldest are dropped, logged.
+    static let owedEventLimit = 10_000
 
     public init(client: RedisClient, configuration: Configuration, logger: Logger) {
         self.client = client
@@ -65,7 +72,8 @@ public final class RedisPresence: PresenceStore {
     }
 
     /// Where the reaper's `leave` events (and the `join`s of a re-registration) go: the broker.
-    public func onEvent(_ handler: @escaping @Sendable (ServerEvent) async -> Void) {
+    /// An event the handler throws for is kept and handed to it again with the next heartbeats.
+    public func onEvent(_ handler: @escaping @Sendable (ServerEvent) async throws -> Void) {
         eventHandler.withLock { $0 = handler }
     }
 
@@ -95,6 +103,7 @@ public final class RedisPresence: PresenceStore {
                 "EVAL", RedisPresenceScripts.heartbeat, 2, prefix + "instance:" + configuration.instanceID, prefix + "instances",
                 configuration.instanceID, ttlMilliseconds
             ))
+            await publishOwedEvents()
             let sessions = local.withLock { $0 }
             if reply.int == 1 {
                 for entry in visibleHere.withLock({ $0 }) { try await addVisible(user: entry[0], session: entry[1]) }
@@ -139,8 +148,49 @@ public final class RedisPresence: PresenceStore {
     }
 
     private func emit(_ event: ServerEvent) async {
-        await eventHandler.withLock { $0 }?(event)
+        guard let handler = eventHandler.withLock({ $0 }) else { return }
+        do {
+            try await handler(event)
+        } catch {
+            logger.warning("could not publish a presence event: kept for the next heartbeat", metadata: ["error": "\(error)", "room": "\(event.room)"])
+            owe([event])
+        }
     }
+
+    private func owe(_ events: [ServerEvent]) {
+        let dropped: Int = owedEvents.withLock { owed in
+            owed.append(contentsOf: events)
+            let excess = owed.count - Self.owedEventLimit
+            guard excess > 0 else { return 0 }
+            owed.removeFirst(excess)
+            return excess
+        }
+        if dropped > 0 { logger.error("dropped \(dropped) presence events that could not be published") }
+    }
+
+    /// Hands the kept events to the handler again, in order, stopping at the first failure.
+    private func publishOwedEvents() async {
+        let owed = owedEvents.withLock { owed in
+            defer { owed.removeAll() }
+            return owed
+        }
+        guard !owed.isEmpty, let handler = eventHandler.withLock({ $0 }) else {
+            if !owed.isEmpty { owe(owed) }
+            return
+        }
+        for (index, event) in owed.enumerated() {
+            do {
+                try await handler(event)
+            } catch {
+                owedEvents.withLock { $0.insert(contentsOf: owed[index...], at: 0) }
+                return
+            }
+        }
+        logger.info("published \(owed.count) presence events kept since a failure")
+    }
+
+    /// The events kept for publishing again (tests).
+    var owedEventCount: Int { owedEvents.withLock { $0.count } }
 
     // MARK: PresenceStore
 
