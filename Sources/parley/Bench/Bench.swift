@@ -117,8 +117,10 @@ struct Bench: AsyncParsableCommand {
                         await subscriber.runGRPC(grpc.client(for: subscriber.index))
                     } else if socketio {
                         await subscriber.runSocketIO()
+                    } else if subscriber.url.hasPrefix("ws://") {
+                        await subscriber.runOnWire()
                     } else {
-                        await subscriber.run()
+                        await subscriber.run()  // wss://
                     }
                 }
             }

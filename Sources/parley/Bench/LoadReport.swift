@@ -120,18 +120,24 @@ func monotonicNanos() -> UInt64 {
 enum FrameScanner {
     /// The integer after `"key":`, or nil.
     static func integer(after key: StaticString, in text: inout String) -> Int? {
-        text.withUTF8 { bytes in
-            guard let start = find(key, in: bytes) else { return nil }
-            var value = 0
-            var index = start
-            var digits = 0
-            while index < bytes.count, bytes[index] >= 48, bytes[index] <= 57 {
-                value = value * 10 + Int(bytes[index] - 48)
-                index += 1
-                digits += 1
-            }
-            return digits > 0 ? value : nil
+        text.withUTF8 { integer(after: key, in: $0) }
+    }
+
+    static func integer(after key: StaticString, in bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+        guard let start = find(key, in: bytes) else { return nil }
+        var value = 0
+        var index = start
+        var digits = 0
+        while index < bytes.count, bytes[index] >= 48, bytes[index] <= 57 {
+            value = value * 10 + Int(bytes[index] - 48)
+            index += 1
+            digits += 1
         }
+        return digits > 0 ? value : nil
+    }
+
+    static func starts(_ bytes: UnsafeBufferPointer<UInt8>, with prefix: StaticString) -> Bool {
+        bytes.count >= prefix.utf8CodeUnitCount && memcmp(bytes.baseAddress!, prefix.utf8Start, prefix.utf8CodeUnitCount) == 0
     }
 
     static func contains(_ key: StaticString, in text: inout String) -> Bool {
