@@ -136,4 +136,13 @@ struct ConfigurationTests {
         // Unset is still open mode, for development.
         #expect(try Serve.parse([]).resolve(environment: Environment(values: [:])).auth.isOpen)
     }
+
+    @Test("the event loops follow the CPUs the process may run on (taskset), read from /proc/self/status")
+    func allowedCPUs() {
+        #expect(EventLoopSizing.allowedCPUCount(procStatus: "Name:\tparley\nCpus_allowed_list:\t1\nMems_allowed:\t1\n") == 1)
+        #expect(EventLoopSizing.allowedCPUCount(procStatus: "Cpus_allowed_list:\t0-3,6,8-9\n") == 7)
+        #expect(EventLoopSizing.allowedCPUCount(procStatus: "Cpus_allowed:\t3\n") == nil)
+        #expect(EventLoopSizing.allowedCPUCount(procStatus: "Cpus_allowed_list:\t3-1\n") == nil)
+        #expect(EventLoopSizing.allowedCPUCount(procStatus: "Cpus_allowed_list:\tx\n") == nil)
+    }
 }
