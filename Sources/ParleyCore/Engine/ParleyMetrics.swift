@@ -2,7 +2,7 @@ import CoreMetrics
 
 /// Every metric Parley emits, through swift-metrics with an injected factory (so that each
 /// server, and each test, has its own registry). Names and meanings: docs/operations.md.
-public struct ParleyMetrics: Sendable {
+public final class ParleyMetrics: Sendable {
     public static let deliveryLatencyLabel = "parley_delivery_latency_seconds"
     public static let appendLatencyLabel = "parley_store_append_seconds"
     public static let batchSizeLabel = "parley_store_batch_size"
