@@ -68,6 +68,13 @@ final class RecordingReceiver: BrokerReceiver {
     }
 }
 
+/// Shut until opened: a test instance's presence events are refused meanwhile.
+final class PublishGate: Sendable {
+    private let shut = Mutex(true)
+    var isShut: Bool { shut.withLock { $0 } }
+    func open() { shut.withLock { $0 = false } }
+}
+
 /// A client, subscriber, broker and presence of one instance, running until `stop`.
 struct TestInstance {
     let client: RedisClient
@@ -82,7 +89,11 @@ struct TestInstance {
     /// Tests of failures give a short one.
     /// `failingPublishes`: how many presence events the instance's handler refuses (throws for)
     /// before it publishes them, as a broker does when Redis does not answer in time.
-    init(_ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true, commandTimeout: Duration = .seconds(30), failingPublishes: Int = 0) {
+    /// `gate`: while it is shut, the handler refuses every presence event.
+    init(
+        _ server: RedisServerProcess, id: String, ttl: Duration = .seconds(5), runPresence: Bool = true,
+        commandTimeout: Duration = .seconds(30), failingPublishes: Int = 0, gate: PublishGate? = nil
+    ) {
         var configuration = server.configuration
         configuration.commandTimeout = commandTimeout
         let client = RedisClient(configuration: configuration)
@@ -97,7 +108,7 @@ struct TestInstance {
         broker.attach(receiver)
         let refusals = Mutex(failingPublishes)
         presence.onEvent { event in
-            if refusals.withLock({ count in defer { count -= 1 }; return count > 0 }) {
+            if refusals.withLock({ count in defer { count -= 1 }; return count > 0 }) || gate?.isShut == true {
                 throw RedisError(.timeout, "refused by the test")
             }
             try await broker.publish(event)
@@ -275,6 +286,34 @@ struct ClusterBackendTests {
             #expect(a.presence.owedEventCount == 0)
             let leaves = b.receiver.events.withLock { $0 }.filter { if case .leave = $0 { true } else { false } }
             #expect(leaves.count == 1)
+            await a.stop()
+            await b.stop()
+        }
+    }
+
+    @Test("a kept leave whose user came back before it could be published is dropped, not published late")
+    func dropsStaleOwedLeave() async throws {
+        try await withRedisServer { server in
+            let gate = PublishGate()
+            let a = TestInstance(server, id: "a", commandTimeout: .seconds(1), gate: gate)
+            let b = TestInstance(server, id: "b", ttl: .seconds(30))
+            try await b.broker.setInterest(room: "r", true)
+            try await a.waitForSubscribers(room: "r")
+            #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
+            server.signal(SIGSTOP)
+            await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
+            server.signal(SIGCONT)
+            // The retried removal reports the leave; its publish is refused, so `a` keeps it.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while a.presence.owedEventCount == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(a.presence.owedEventCount == 1)
+            // Ann comes back through b before a can publish: her leave no longer holds.
+            #expect(try await b.presence.add(room: "r", user: "ann", session: "b-1", at: .now))
+            gate.open()
+            while a.presence.owedEventCount > 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(a.presence.owedEventCount == 0)
+            #expect(!b.receiver.events.withLock { $0 }.contains { if case .leave = $0 { true } else { false } })
+            #expect(try await b.presence.members(room: "r").map(\.user) == ["ann"])
             await a.stop()
             await b.stop()
         }

@@ -28,7 +28,8 @@ import Synchronization
 /// that failed while Redis was away is retried with each heartbeat and emits its `leave`.
 /// An event whose publication fails after Redis changed its state (the `leave` of a retried
 /// removal, a reaped instance's leaves) is kept and published again with the next heartbeats:
-/// Redis reports such a leave only once.
+/// Redis reports such a leave only once. A kept event that no longer holds (the user came
+/// back, or left again) is dropped rather than published late.
 ///
 /// Scripts compute some key names, so this needs a single Redis (not Redis Cluster).
 public final class RedisPresence: PresenceStore {
@@ -180,13 +181,27 @@ public final class RedisPresence: PresenceStore {
         }
         for (index, event) in owed.enumerated() {
             do {
-                try await handler(event)
+                if try await stillHolds(event) { try await handler(event) }
             } catch {
                 owedEvents.withLock { $0.insert(contentsOf: owed[index...], at: 0) }
                 return
             }
         }
         logger.info("published \(owed.count) presence events kept since a failure")
+    }
+
+    /// Whether a kept join or leave still says where its user is: published after a newer
+    /// event of the same user, it would undo that one in every client.
+    private func stillHolds(_ event: ServerEvent) async throws -> Bool {
+        switch event {
+        case .join(let room, let user, _): try await isPresent(user: user, room: room)
+        case .leave(let room, let user, _): try await !isPresent(user: user, room: room)
+        default: true
+        }
+    }
+
+    private func isPresent(user: String, room: String) async throws -> Bool {
+        try await client.send(RESPCommand("HEXISTS", prefix + "presence:" + room, user)).int == 1
     }
 
     /// The events kept for publishing again (tests).
