@@ -265,6 +265,17 @@ struct ClusterBackendTests {
         }
     }
 
+    /// Ann joins room `r` at `a` (which `b` follows), and her removal fails at `a` while Redis
+    /// is stopped; Redis runs again when this returns, and `a` retries the removal.
+    func removeAnnWhileRedisIsStopped(_ server: RedisServerProcess, at a: TestInstance, watchedBy b: TestInstance) async throws {
+        try await b.broker.setInterest(room: "r", true)
+        try await a.waitForSubscribers(room: "r")
+        #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
+        server.signal(SIGSTOP)
+        await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
+        server.signal(SIGCONT)
+    }
+
     /// `a`'s command timeout is what makes its removal fail while Redis is stopped; a second
     /// is short enough for the test and long enough that a loaded machine's heartbeats after
     /// `SIGCONT` do not time out as well (300 ms did, once, at the start of a full CI run).
@@ -273,12 +284,7 @@ struct ClusterBackendTests {
         try await withRedisServer { server in
             let a = TestInstance(server, id: "a", commandTimeout: .seconds(1), failingPublishes: failingPublishes)
             let b = TestInstance(server, id: "b", ttl: .seconds(30))
-            try await b.broker.setInterest(room: "r", true)
-            try await a.waitForSubscribers(room: "r")
-            #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
-            server.signal(SIGSTOP)
-            await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
-            server.signal(SIGCONT)
+            try await removeAnnWhileRedisIsStopped(server, at: a, watchedBy: b)
             // With failing publishes, Redis reports the leave once and `a` keeps it until a
             // later heartbeat publishes it.
             #expect(await b.receiver.waitFor(timeout: .seconds(30)) { $0.events.withLock { $0 }.contains { if case .leave(_, "ann", _) = $0 { true } else { false } } })
@@ -297,12 +303,7 @@ struct ClusterBackendTests {
             let gate = PublishGate()
             let a = TestInstance(server, id: "a", commandTimeout: .seconds(1), gate: gate)
             let b = TestInstance(server, id: "b", ttl: .seconds(30))
-            try await b.broker.setInterest(room: "r", true)
-            try await a.waitForSubscribers(room: "r")
-            #expect(try await a.presence.add(room: "r", user: "ann", session: "a-1", at: .now))
-            server.signal(SIGSTOP)
-            await #expect(throws: RedisError.self) { try await a.presence.remove(room: "r", user: "ann", session: "a-1") }
-            server.signal(SIGCONT)
+            try await removeAnnWhileRedisIsStopped(server, at: a, watchedBy: b)
             // The retried removal reports the leave; its publish is refused, so `a` keeps it.
             let deadline = ContinuousClock.now + .seconds(30)
             while a.presence.owedEventCount == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
