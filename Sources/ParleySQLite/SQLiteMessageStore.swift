@@ -57,6 +57,18 @@ public final class SQLiteMessageStore: MessageStore {
     public let stats = Mutex<(batches: Int, appends: Int)>((0, 0))
     private let batchSizes: Recorder?
     private let webhookSelection = Mutex<WebhookSelection?>(nil)
+    /// Rooms to list for users (`addToInbox`), written together: a crowd joining at once
+    /// costs one statement and one commit per batch instead of one per join.
+    private let inboxWrites = Mutex(InboxWrites())
+
+    private struct InboxWrites {
+        var queued: [(user: String, room: String, seq: Int64, done: CheckedContinuation<Void, any Error>)] = []
+        /// A task is writing the queue: later rows join its next batch.
+        var flushing = false
+    }
+
+    /// Rows per statement: three variables each, well under SQLite's limit.
+    static let inboxBatch = 500
 
     private init(configuration: Configuration, writer: SQLiteConnection, reader: SQLiteConnection, positions: SQLiteConnection, logger: Logger) {
         self.configuration = configuration
@@ -658,10 +670,36 @@ public final class SQLiteMessageStore: MessageStore {
     // MARK: Read positions
 
     public func addToInbox(user: String, room: String, readSeq: Int64) async throws {
-        _ = try await positionsWrite(
-            "INSERT INTO read_positions(user, room, seq) VALUES (?, ?, ?) ON CONFLICT(user, room) DO NOTHING",
-            [.text(user), .text(room), .integer(Int(readSeq))]
-        )
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            let leads = inboxWrites.withLock { writes in
+                writes.queued.append((user, room, readSeq, done))
+                defer { writes.flushing = true }
+                return !writes.flushing
+            }
+            if leads { Task { await self.flushInboxWrites() } }
+        }
+    }
+
+    /// Writes the queued rows in batches until the queue is empty; each row's caller gets its
+    /// batch's outcome.
+    private func flushInboxWrites() async {
+        while true {
+            let batch = inboxWrites.withLock { writes in
+                let batch = writes.queued.prefix(Self.inboxBatch)
+                writes.queued.removeFirst(batch.count)
+                if batch.isEmpty { writes.flushing = false }
+                return Array(batch)
+            }
+            guard !batch.isEmpty else { return }
+            let values = Array(repeating: "(?, ?, ?)", count: batch.count).joined(separator: ", ")
+            let binds = batch.flatMap { [SQLiteData.text($0.user), .text($0.room), .integer(Int($0.seq))] }
+            do {
+                _ = try await positionsWrite("INSERT INTO read_positions(user, room, seq) VALUES \(values) ON CONFLICT(user, room) DO NOTHING", binds)
+                for row in batch { row.done.resume() }
+            } catch {
+                for row in batch { row.done.resume(throwing: error) }
+            }
+        }
     }
 
     public func markRead(user: String, room: String, seq: Int64) async throws {

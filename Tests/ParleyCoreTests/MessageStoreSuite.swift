@@ -134,6 +134,32 @@ struct MessageStoreSuite {
         }
     }
 
+    @Test("a crowd listed at once (more rows than one batch, then some again): every user gets the room once, at its first position", arguments: StoreKind.allCases)
+    func crowdListedAtOnce(kind: StoreKind) async throws {
+        try await withStore(kind) { store, _ in
+            _ = try await store.append(draft("hall", "before", user: "host"))
+            _ = try await store.append(draft("hall", "welcome", user: "host"))
+            func list(_ users: Range<Int>, readSeq: Int64) async throws {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for n in users {
+                        group.addTask { try await store.addToInbox(user: "guest\(n)", room: n % 2 == 0 ? "hall" : "porch", readSeq: readSeq) }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            try await list(0..<1_200, readSeq: 1)
+            // Listing a room that is listed already keeps its position, however many come at once.
+            try await list(0..<300, readSeq: 0)
+            for n in [0, 1, 298, 299, 300, 1_198, 1_199] {
+                let inbox = try await store.inbox(user: "guest\(n)")
+                let hall = n % 2 == 0
+                #expect(inbox.map(\.room) == [hall ? "hall" : "porch"], "guest\(n)")
+                #expect(inbox.first?.readSeq == 1, "guest\(n)")
+                #expect(inbox.first?.unread == (hall ? 1 : 0), "guest\(n)")
+            }
+        }
+    }
+
     @Test("read positions: a user's rooms with the last message, unread by others and mentions; positions only move forward and survive a restart", arguments: StoreKind.allCases)
     func readPositions(kind: StoreKind) async throws {
         try await withStore(kind) { store, running in
