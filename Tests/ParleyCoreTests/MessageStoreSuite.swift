@@ -134,7 +134,7 @@ struct MessageStoreSuite {
         }
     }
 
-    @Test("a crowd listed at once (more rows than one batch, then some again): every user gets the room once, at its first position", arguments: StoreKind.allCases)
+    @Test("a crowd listed at once (on SQLite more rows than one batch), then some again: every user gets the room once, at its first position", arguments: StoreKind.allCases)
     func crowdListedAtOnce(kind: StoreKind) async throws {
         try await withStore(kind) { store, _ in
             _ = try await store.append(draft("hall", "before", user: "host"))
@@ -147,10 +147,14 @@ struct MessageStoreSuite {
                     try await group.waitForAll()
                 }
             }
-            try await list(0..<1_200, readSeq: 1)
+            // SQLite writes up to 500 waiting rows together: more than two batches. PostgreSQL
+            // writes each row on its own pooled connection: a crowd that size outwaits its
+            // query timeout on a loaded CI machine, and its rule is the same with fewer.
+            let crowd = kind == .postgres ? 200 : 1_200
+            try await list(0..<crowd, readSeq: 1)
             // Listing a room that is listed already keeps its position, however many come at once.
-            try await list(0..<300, readSeq: 0)
-            for n in [0, 1, 298, 299, 300, 1_198, 1_199] {
+            try await list(0..<crowd / 4, readSeq: 0)
+            for n in [0, 1, crowd / 4 - 2, crowd / 4 - 1, crowd / 4, crowd - 2, crowd - 1] {
                 let inbox = try await store.inbox(user: "guest\(n)")
                 let hall = n % 2 == 0
                 #expect(inbox.map(\.room) == [hall ? "hall" : "porch"], "guest\(n)")
