@@ -69,8 +69,14 @@ public final class PostgresTestServer: Sendable {
         let template = try await Self.template()
         let copy = try await runCommandAsync("/bin/cp", ["-a", template, directory + "/data"])
         guard copy.status == 0 else { throw TestSupportError("copying the template cluster failed: \(copy.output)") }
-        let server = PostgresTestServer(port: try freeLoopbackPort(), directory: directory, url: "", external: false)
-        let started = PostgresTestServer(port: server.port, directory: directory, url: "postgres://parley@127.0.0.1:\(server.port)/postgres", external: false)
+        // The free port is chosen before the server binds it, and a loaded suite opens
+        // thousands of loopback connections meanwhile: one may take it (a fresh-clone run
+        // once failed so, "could not start server"). Each try picks another port.
+        func attempt() throws -> PostgresTestServer {
+            let port = try freeLoopbackPort()
+            return PostgresTestServer(port: port, directory: directory, url: "postgres://parley@127.0.0.1:\(port)/postgres", external: false)
+        }
+        var started = try attempt()
         if let tls {
             // The server reads its key as its own user, and only a private key file.
             for (from, to) in [(tls.certificateFile, "server.pem"), (tls.keyFile, "server.key")] {
@@ -86,7 +92,14 @@ public final class PostgresTestServer: Sendable {
             handle.write(Data(settings.utf8))
             try handle.close()
         }
-        try await started.launch()
+        for remaining in (0..<3).reversed() {
+            do {
+                try await started.launch()
+                break
+            } catch where remaining > 0 {
+                started = try attempt()
+            }
+        }
         Self.cleanup.withLock { $0.append(directory) }
         return started
     }
@@ -118,7 +131,10 @@ public final class PostgresTestServer: Sendable {
             "-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "120",
             "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200", "start",
         ])
-        guard result.status == 0 else { throw TestSupportError("pg_ctl start failed: \(result.output)") }
+        guard result.status == 0 else {
+            let log = (try? String(contentsOfFile: directory + "/log", encoding: .utf8)).map { String($0.suffix(2000)) } ?? ""
+            throw TestSupportError("pg_ctl start failed: \(result.output)\nserver log: \(log)")
+        }
     }
 
     /// Stops the server at once, as a crash would (`-m immediate`).
