@@ -175,8 +175,9 @@ public final class RedisPresence: PresenceStore {
             defer { owed.removeAll() }
             return owed
         }
-        guard !owed.isEmpty, let handler = eventHandler.withLock({ $0 }) else {
-            if !owed.isEmpty { owe(owed) }
+        guard !owed.isEmpty else { return }
+        guard let handler = eventHandler.withLock({ $0 }) else {
+            owe(owed)
             return
         }
         for (index, event) in owed.enumerated() {
